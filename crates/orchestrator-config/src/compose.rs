@@ -1,0 +1,1 @@
+//! Applying overrides to a config (placeholder).

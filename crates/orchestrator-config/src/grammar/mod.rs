@@ -1,0 +1,1 @@
+//! Hydra override grammar (placeholder).

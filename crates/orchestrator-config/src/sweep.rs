@@ -1,0 +1,1 @@
+//! Lazy sweep expansion (placeholder).
