@@ -1,1 +1,5 @@
-fn main() {}
+//! `orchestrator`: run a parameter sweep as supervised parallel processes.
+
+fn main() -> std::process::ExitCode {
+    orchestrator_cli::main()
+}

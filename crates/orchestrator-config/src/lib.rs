@@ -1,6 +1,19 @@
 //! Pure configuration logic for orchestrator: the seed `joblib.yaml` format, the Hydra
 //! override grammar, and lazy sweep expansion. Nothing here touches processes.
+#![deny(missing_docs)]
 
 pub mod compose;
+mod config;
+mod error;
+pub mod expr;
 pub mod grammar;
+pub mod launcher;
+mod locate;
 pub mod sweep;
+
+pub use config::{
+    DEFAULT_SWEEP_DIR, DEFAULT_SWEEP_SUBDIR, HydraSettings, JOBLIB_CLASSES, LauncherForm, LoadedConfig, ResolvedConfig,
+    load_config_file, load_config_str,
+};
+pub use error::{ConfigError, ConfigErrorKind, Origin};
+pub use launcher::{Backend, BatchSize, HaltPolicy, LauncherConfig, MmapMode, NJobs, PreDispatch, Prefer, SlotValue};

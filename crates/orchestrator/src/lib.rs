@@ -1,1 +1,20 @@
-pub fn placeholder() {}
+//! orchestrator's core: run sweep jobs as supervised process groups, capture every line
+//! they write into per-job logs, enforce timeouts, and keep a journal to resume from.
+//!
+//! The binary `orchestrator` is a thin layer over this crate; services can embed it the
+//! same way. Only the binary installs signal handlers: the library takes stop requests
+//! through a [`tokio::sync::watch`] channel.
+#![deny(missing_docs)]
+
+pub mod event;
+pub mod job;
+pub mod journal;
+pub mod launch;
+mod output;
+pub mod runner;
+pub mod sys;
+
+pub use event::Event;
+pub use job::{JobRecord, JobSpec, Outcome, StopReason, Stream};
+pub use journal::Journal;
+pub use runner::{RunOptions, RunSummary, Stop, run};

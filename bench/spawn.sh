@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# spawn.sh: the "many tiny jobs" benchmark.
+#
+# N jobs of `true` with 2 slots, timed for:
+#   floor         bench/floor.c: posix_spawnp + waitpid, nothing else
+#   xargs         xargs -P2 -n1 true          (input: seq N)
+#   parallel      parallel --will-cite -j2 true   (input: seq N)
+#   orchestrator  orchestrator run --multirun task=1..N ... -- true, writing its full
+#                 per-job output tree (multirun/<date>/<time>/...) into a temp dir
+#
+# Each tool runs REPS times (interleaved: rep 1 of every tool, then rep 2, ...) after one
+# untimed warm-up; the table shows the median wall time, the peak RSS (GNU time's %M: the
+# largest single process of the tool's tree) and the ratio to the floor's median.
+# The table goes to stdout and to bench/results/spawn-<date>.md.
+#
+# Environment:
+#   N=2000        jobs per run
+#   REPS=5        timed repetitions per tool
+#   ORCH=path     orchestrator binary (default: build target/release/orchestrator)
+#   SKIP_ORCH=1   leave orchestrator out (peers only)
+#
+# Timings are information, never a pass/fail test. The script fails only when a tool
+# fails or orchestrator's output tree does not hold N jobs.
+set -euo pipefail
+export LC_ALL=C # '.' as the decimal separator in $EPOCHREALTIME and awk
+
+N=${N:-2000}
+REPS=${REPS:-5}
+SLOTS=2
+SKIP_ORCH=${SKIP_ORCH:-0}
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CONFIG=$REPO/config/joblib.yaml
+RESULTS_DIR=$REPO/bench/results
+
+log() { printf '%s\n' "$*" >&2; }
+die() {
+    log "spawn.sh: error: $*"
+    exit 1
+}
+
+[[ $N =~ ^[1-9][0-9]*$ ]] || die "N must be a positive integer (got '$N')"
+[[ $REPS =~ ^[1-9][0-9]*$ ]] || die "REPS must be a positive integer (got '$REPS')"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/spawn-bench.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
+# --- peers -------------------------------------------------------------------------------
+
+apt_updated=0
+apt_install() {
+    if [[ $EUID -ne 0 ]] || ! command -v apt-get >/dev/null; then
+        die "missing Debian package(s) $*: install them and run again"
+    fi
+    if ((!apt_updated)); then
+        log "apt-get update"
+        apt-get update -qq
+        apt_updated=1
+    fi
+    log "apt-get install $*"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_peers() {
+    command -v cc >/dev/null || apt_install gcc libc6-dev
+    command -v parallel >/dev/null || apt_install parallel
+    command -v xargs >/dev/null || apt_install findutils
+    # GNU time (for %M); bash's `time` keyword and busybox time cannot report it.
+    /usr/bin/time --version 2>&1 | grep -q GNU || apt_install time
+    parallel --version 2>/dev/null | grep -q 'GNU parallel' ||
+        die "'parallel' is not GNU parallel (moreutils' parallel takes other arguments)"
+}
+
+ensure_orchestrator() {
+    if [[ -z ${ORCH:-} ]]; then
+        ORCH=$REPO/target/release/orchestrator
+        log "cargo build --release -p orchestrator-cli"
+        (cd "$REPO" && cargo build --release -q -p orchestrator-cli) ||
+            die "orchestrator does not build (SKIP_ORCH=1 measures the peers only)"
+    fi
+    [[ -x $ORCH ]] || die "ORCH=$ORCH is not an executable"
+    [[ -f $CONFIG ]] || die "config not found: $CONFIG"
+}
+
+# --- measuring ---------------------------------------------------------------------------
+
+# run_timed NAME CMD...: run CMD once under GNU time, append "wall_seconds rss_kib" to
+# $WORK/NAME.samples; stdout and stderr go to $WORK/NAME.log. Fails if CMD fails.
+run_timed() {
+    local name=$1 t0 t1 rc=0
+    shift
+    t0=$EPOCHREALTIME
+    /usr/bin/time -f '%M' -o "$WORK/$name.rss" "$@" >"$WORK/$name.log" 2>&1 || rc=$?
+    t1=$EPOCHREALTIME
+    if ((rc != 0)); then
+        log "--- $name exited $rc; its output (last 20 lines):"
+        tail -n 20 "$WORK/$name.log" >&2
+        die "$name failed"
+    fi
+    # -o holds the %M line, after any "Command exited with non-zero status" line.
+    echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }') $(tail -n 1 "$WORK/$name.rss")" \
+        >>"$WORK/$name.samples"
+}
+
+# Each bench_* function runs its tool once: run_timed, then any checks and cleanup.
+bench_floor() {
+    run_timed floor "$WORK/floor" -n "$N" -P "$SLOTS" -- true </dev/null
+}
+
+bench_xargs() {
+    run_timed xargs xargs -P "$SLOTS" -n 1 true <"$WORK/input"
+}
+
+bench_parallel() {
+    run_timed parallel parallel --will-cite -j "$SLOTS" true <"$WORK/input"
+}
+
+bench_orchestrator() {
+    local dir=$WORK/orch
+    rm -rf "$dir"
+    mkdir "$dir"
+    (cd "$dir" && run_timed orchestrator "$ORCH" run --config "$CONFIG" --multirun "task=1..$N" \
+        "hydra.launcher.params.joblib.n_jobs=$SLOTS" --quiet -- true) </dev/null
+    verify_orchestrator_tree "$dir"
+    rm -rf "$dir"
+}
+
+# Fail loudly unless orchestrator left exactly one sweep dir with N job dirs and N
+# successful lines in jobs.jsonl: a run that did nothing must not look fast.
+verify_orchestrator_tree() {
+    local dir=$1 sweeps sweep jsonl lines ok nums jobdirs leftover
+    mapfile -t sweeps < <(find "$dir/multirun" -mindepth 2 -maxdepth 2 -type d 2>/dev/null)
+    ((${#sweeps[@]} == 1)) ||
+        die "orchestrator: expected one sweep dir multirun/<date>/<time>/ in $dir, found ${#sweeps[@]}"
+    sweep=${sweeps[0]}
+    jsonl=$sweep/jobs.jsonl
+    [[ -f $jsonl ]] || die "orchestrator: no jobs.jsonl in $sweep"
+    lines=$(wc -l <"$jsonl")
+    ok=$(grep -c '"status":"succeeded"' "$jsonl" || true)
+    nums=$(grep -o '"num":[0-9]*' "$jsonl" | sort -u | wc -l)
+    jobdirs=$(find "$sweep" -mindepth 3 -maxdepth 3 -path '*/.hydra/config.yaml' | wc -l)
+    ((lines == N)) || die "orchestrator: jobs.jsonl has $lines lines, expected $N"
+    ((nums == N)) || die "orchestrator: jobs.jsonl has $nums distinct job numbers, expected $N"
+    ((ok == N)) || die "orchestrator: $ok of $N jobs in jobs.jsonl have status succeeded"
+    ((jobdirs == N)) || die "orchestrator: $jobdirs job dirs with .hydra/config.yaml, expected $N"
+    # Jobs run with their job dir as cwd: any process still there was left behind.
+    leftover=$(find /proc/[0-9]*/cwd -maxdepth 0 -lname "$dir/*" 2>/dev/null | wc -l || true)
+    ((leftover == 0)) || log "warning: $leftover process(es) still running in $dir after orchestrator exited"
+}
+
+# stats NAME: "median min max peak_rss_kib" over NAME's samples.
+stats() {
+    sort -g "$WORK/$1.samples" | awk '
+        { t[NR] = $1; if ($2 > rss) rss = $2 }
+        END {
+            m = (NR % 2) ? t[(NR + 1) / 2] : (t[NR / 2] + t[NR / 2 + 1]) / 2
+            printf "%.3f %.3f %.3f %d\n", m, t[1], t[NR], rss
+        }'
+}
+
+# --- main --------------------------------------------------------------------------------
+
+ensure_peers
+tools=(floor xargs parallel)
+if [[ $SKIP_ORCH == 1 ]]; then
+    log "SKIP_ORCH=1: orchestrator left out"
+else
+    ensure_orchestrator
+    tools+=(orchestrator)
+fi
+
+cc -O2 -o "$WORK/floor" "$REPO/bench/floor.c"
+seq "$N" >"$WORK/input"
+
+log "warm-up: ${tools[*]}"
+for tool in "${tools[@]}"; do
+    "bench_$tool"
+    rm -f "$WORK/$tool.samples"
+done
+for ((rep = 1; rep <= REPS; rep++)); do
+    log "rep $rep/$REPS"
+    for tool in "${tools[@]}"; do
+        "bench_$tool"
+    done
+done
+
+declare -A command_of=(
+    [floor]="floor -n $N -P $SLOTS -- true"
+    [xargs]="seq $N \\| xargs -P$SLOTS -n1 true"
+    [parallel]="seq $N \\| parallel --will-cite -j$SLOTS true"
+    [orchestrator]="orchestrator run --config config/joblib.yaml --multirun task=1..$N hydra.launcher.params.joblib.n_jobs=$SLOTS --quiet -- true"
+)
+read -r floor_median _ <<<"$(stats floor)"
+
+# version_of TOOL: a short version string ("?" if unknown).
+version_of() {
+    local v
+    case $1 in
+    floor) v="cc $(cc -dumpversion)" ;;
+    xargs) v=$(xargs --version | awk 'NR == 1 { print "findutils " $NF }') ;;
+    parallel) v=$(parallel --version | awk 'NR == 1 { print $NF }') ;;
+    orchestrator) v=$("$ORCH" --version 2>/dev/null | awk 'NR == 1 { print $NF }') ;;
+    esac
+    echo "${v:-?}"
+}
+
+report() {
+    local tool median min max rss git_rev
+    git_rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "?")
+    git -C "$REPO" diff --quiet HEAD 2>/dev/null || git_rev+=" (uncommitted changes)"
+    echo "# spawn benchmark: $N jobs of \`true\`, $SLOTS slots"
+    echo
+    echo "$(date '+%Y-%m-%d %H:%M:%S %z'); $(nproc) cores," \
+        "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo);" \
+        "Linux $(uname -r); repo $git_rev; median of $REPS runs after 1 warm-up."
+    echo
+    echo "| tool | version | command | median wall (s) | min-max (s) | per job (ms) | peak RSS (MiB) | vs floor |"
+    echo "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"
+    for tool in "${tools[@]}"; do
+        read -r median min max rss <<<"$(stats "$tool")"
+        printf "| %s | %s | \`%s\` | %s |\n" "$tool" "$(version_of "$tool")" "${command_of[$tool]}" \
+            "$(awk -v m="$median" -v lo="$min" -v hi="$max" -v rss="$rss" -v f="$floor_median" -v n="$N" \
+                'BEGIN { printf "%.3f | %.3f-%.3f | %.2f | %.1f | %.2fx", m, lo, hi, 1000 * m / n, rss / 1024, m / f }')"
+    done
+    echo
+    echo "Peak RSS is GNU time's %M: the largest single process of the tool's tree."
+    echo "Wall times of each run (s), in run order:"
+    echo
+    for tool in "${tools[@]}"; do
+        echo "- $tool: $(cut -d ' ' -f 1 "$WORK/$tool.samples" | paste -sd ' ')"
+    done
+}
+
+mkdir -p "$RESULTS_DIR"
+out=$RESULTS_DIR/spawn-$(date +%Y-%m-%d-%H%M%S).md
+report | tee "$out"
+log "written: $out"

@@ -1,0 +1,50 @@
+//! Command-line arguments.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Run parameter sweeps as supervised parallel processes (Hydra's joblib launcher, in Rust).
+#[derive(Debug, Parser)]
+#[command(name = "orchestrator", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the app once per combination of the overrides' values.
+    ///
+    /// Example: orchestrator run --config config/joblib.yaml --multirun task=1..5 -- python3 my_app.py
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The config file (the seed `joblib.yaml` format). Without it, joblib's defaults apply.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Sweep: run one job per combination of values (`task=1,2,3 lr=0.1,0.01`).
+    #[arg(short, long)]
+    pub multirun: bool,
+
+    /// Print only the summary and errors (not the header and the jobs' lines).
+    #[arg(short, long, conflicts_with = "json")]
+    pub quiet: bool,
+
+    /// Print one JSON object per event on stdout, for programs to read.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Overrides: `key=value`, `key=a,b,c`, `key=1..5`, `+key=v`, `~key`, `hydra.launcher.params.joblib.n_jobs=2`.
+    #[arg(value_name = "OVERRIDE")]
+    pub overrides: Vec<String>,
+
+    /// The app to run, after `--`: its overrides are appended as `key=value` arguments
+    /// unless it contains placeholders such as `{task}` or `{job.num}`.
+    #[arg(last = true, required = true, value_name = "APP")]
+    pub app: Vec<OsString>,
+}

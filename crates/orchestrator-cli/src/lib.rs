@@ -1,0 +1,35 @@
+//! The `orchestrator` command line as a library, so that the binary and the integration
+//! tests' build of it share every line.
+
+mod cli;
+mod report;
+mod run;
+mod signals;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit codes, documented in the README.
+pub mod exit {
+    /// Every job succeeded.
+    pub const OK: u8 = 0;
+    /// At least one job failed, timed out, or could not start.
+    pub const JOBS_FAILED: u8 = 1;
+    /// Bad usage or config: nothing was started.
+    pub const USAGE: u8 = 2;
+    /// The supervisor itself failed (e.g. cannot write the sweep dir).
+    pub const INTERNAL: u8 = 3;
+    /// Stopped by SIGINT (Ctrl-C).
+    pub const SIGINT: u8 = 130;
+    /// Stopped by SIGTERM.
+    pub const SIGTERM: u8 = 143;
+}
+
+/// Parse the process arguments, run, and return the exit code.
+pub fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    match args.command {
+        cli::Command::Run(run_args) => ExitCode::from(run::main(run_args)),
+    }
+}

@@ -1,0 +1,441 @@
+//! Loading a config file: the seed form, the flat `_target_` form, and the app config.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde_yaml::{Mapping, Value};
+
+use crate::error::{ConfigError, ConfigErrorKind, Origin, did_you_mean};
+use crate::launcher::{LauncherConfig, Reader, is_null};
+use crate::locate::locate_key;
+
+/// Launcher classes that mean "the joblib launcher" (old plugin name, then the current one).
+pub const JOBLIB_CLASSES: &[&str] = &[
+    "hydra_plugins.joblib_launcher.JoblibLauncher",
+    "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
+];
+
+/// Default `hydra.sweep.dir`, as Hydra's.
+pub const DEFAULT_SWEEP_DIR: &str = "multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}";
+/// Default `hydra.sweep.subdir`, as Hydra's.
+pub const DEFAULT_SWEEP_SUBDIR: &str = "${hydra.job.num}";
+
+/// Keys Hydra writes under `hydra:` that are accepted and not used here.
+const HYDRA_PASSIVE_KEYS: &[&str] = &[
+    "run",
+    "sweeper",
+    "help",
+    "hydra_help",
+    "hydra_logging",
+    "job_logging",
+    "env",
+    "mode",
+    "searchpath",
+    "callbacks",
+    "output_subdir",
+    "overrides",
+    "runtime",
+    "verbose",
+];
+const HYDRA_KEYS: &[&str] = &["launcher", "sweep", "job"];
+const JOB_KEYS: &[&str] = &["name", "chdir", "env_set"];
+const SWEEP_KEYS: &[&str] = &["dir", "subdir"];
+
+/// A parsed config document, before overrides.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Its text, kept to point at lines in errors.
+    pub text: String,
+    /// The whole document.
+    pub root: Value,
+}
+
+/// Which shape the launcher section was written in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LauncherForm {
+    /// No launcher section: joblib's defaults.
+    Default,
+    /// The seed's `class:` + `params.joblib:` form.
+    Seed {
+        /// The `class` value.
+        class: String,
+    },
+    /// The current plugin's `_target_:` form with the keys directly under `hydra.launcher`.
+    Flat {
+        /// The `_target_` value.
+        target: String,
+    },
+}
+
+/// Hydra's per-run settings that orchestrator honours.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct HydraSettings {
+    /// `hydra.sweep.dir` (may contain `${now:...}`).
+    pub sweep_dir: String,
+    /// `hydra.sweep.subdir` (may contain `${hydra.job.num}` etc.).
+    pub sweep_subdir: String,
+    /// `hydra.job.name`; `None` = derived from the app command.
+    pub job_name: Option<String>,
+    /// `hydra.job.chdir`: run each job in its own dir.
+    pub chdir: bool,
+    /// `hydra.job.env_set`: extra environment for every job.
+    pub env_set: Vec<(String, String)>,
+}
+
+impl Default for HydraSettings {
+    fn default() -> Self {
+        HydraSettings {
+            sweep_dir: DEFAULT_SWEEP_DIR.into(),
+            sweep_subdir: DEFAULT_SWEEP_SUBDIR.into(),
+            job_name: None,
+            chdir: false,
+            env_set: Vec::new(),
+        }
+    }
+}
+
+/// Everything a sweep needs from the config, validated.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ResolvedConfig {
+    /// The launcher settings.
+    pub launcher: LauncherConfig,
+    /// The form the launcher section was written in.
+    pub form: LauncherForm,
+    /// Hydra's run settings.
+    pub hydra: HydraSettings,
+    /// The app's own config: the document without `hydra:`.
+    pub app: Value,
+    /// The whole document after overrides (for `multirun.yaml`).
+    pub root: Value,
+}
+
+/// Read and parse a config file.
+pub fn load_config_file(path: &Path) -> Result<LoadedConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let origin = Origin::File { path: path.to_path_buf(), line: None, column: None };
+        let help = match e.kind() {
+            std::io::ErrorKind::NotFound => "check the path given to --config",
+            std::io::ErrorKind::InvalidData => "the config must be UTF-8 text",
+            _ => "the config file must be a readable YAML file",
+        };
+        ConfigError::new(ConfigErrorKind::Io, format!("cannot read config file: {e}"), origin).with_help(help)
+    })?;
+    load_config_str(&text, path)
+}
+
+/// Parse config text (`origin` names it in errors) and validate it as it stands.
+pub fn load_config_str(text: &str, origin: &Path) -> Result<LoadedConfig, ConfigError> {
+    let root: Value = if text.trim().is_empty() {
+        Value::Mapping(Mapping::new())
+    } else {
+        serde_yaml::from_str(text).map_err(|e| {
+            let loc = e.location();
+            let mut err = ConfigError::new(
+                ConfigErrorKind::Syntax,
+                format!("invalid YAML: {}", strip_location(&e.to_string())),
+                Origin::File {
+                    path: origin.to_path_buf(),
+                    line: loc.as_ref().map(|l| l.line()),
+                    column: loc.as_ref().map(|l| l.column()),
+                },
+            );
+            if let Some(l) = loc {
+                err.snippet = text.lines().nth(l.line().saturating_sub(1)).map(str::to_string);
+            }
+            err.with_help("the config is YAML: `key: value` pairs, nested by indentation with spaces")
+        })?
+    };
+    let root = match root {
+        Value::Null => Value::Mapping(Mapping::new()),
+        Value::Mapping(m) => Value::Mapping(m),
+        other => {
+            return Err(ConfigError::new(
+                ConfigErrorKind::InvalidValue,
+                format!("the config must be a mapping at the top level, found {}", kind_name(&other)),
+                Origin::File { path: origin.to_path_buf(), line: Some(1), column: Some(1) },
+            )
+            .with_help("write `key: value` lines, e.g. `task: 1` and a `hydra:` section"));
+        }
+    };
+    let loaded = LoadedConfig { path: origin.to_path_buf(), text: text.to_string(), root };
+    loaded.resolve(&HashMap::new())?;
+    Ok(loaded)
+}
+
+fn strip_location(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+fn kind_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+impl LoadedConfig {
+    /// Validate `root` (possibly changed by overrides) into typed settings.
+    ///
+    /// `overridden` maps dotted keys set on the command line to the override text, so that an
+    /// error about such a key points at the override instead of the file.
+    pub fn resolve(&self, overridden: &HashMap<String, String>) -> Result<ResolvedConfig, ConfigError> {
+        self.resolve_root(&self.root, overridden)
+    }
+
+    /// Like [`LoadedConfig::resolve`], for a document derived from this one.
+    pub fn resolve_root(
+        &self,
+        root: &Value,
+        overridden: &HashMap<String, String>,
+    ) -> Result<ResolvedConfig, ConfigError> {
+        let origin = |path: &[&str]| -> Origin {
+            for n in (1..=path.len()).rev() {
+                if let Some(text) = overridden.get(&path[..n].join(".")) {
+                    return Origin::Override(text.clone());
+                }
+            }
+            match locate_key(&self.text, path) {
+                Some((line, column, _)) => {
+                    Origin::File { path: self.path.clone(), line: Some(line), column: Some(column) }
+                }
+                None => Origin::File { path: self.path.clone(), line: None, column: None },
+            }
+        };
+        let with_snippet = |mut e: ConfigError| -> ConfigError {
+            if let Origin::File { line: Some(l), .. } = &e.origin {
+                e.snippet = self.text.lines().nth(l - 1).map(str::to_string);
+            }
+            e
+        };
+        resolve(root, &origin).map_err(with_snippet)
+    }
+}
+
+fn resolve(root: &Value, origin: &dyn Fn(&[&str]) -> Origin) -> Result<ResolvedConfig, ConfigError> {
+    let reader = Reader { origin };
+    let mut launcher = LauncherConfig::default();
+    let mut form = LauncherForm::Default;
+    let mut hydra = HydraSettings::default();
+    let mut app = root.clone();
+    let hydra_node = match &mut app {
+        Value::Mapping(m) => m.remove("hydra"),
+        _ => None,
+    };
+    if let Some(node) = &hydra_node {
+        let map = expect_map(node, &["hydra"], origin)?;
+        for (k, v) in map {
+            let key = k.as_str().unwrap_or("");
+            match key {
+                "launcher" => form = launcher_section(&reader, v, &mut launcher, origin)?,
+                "sweep" => {
+                    let m = expect_map(v, &["hydra", "sweep"], origin)?;
+                    for (sk, sv) in m {
+                        let sk = check_key(sk, SWEEP_KEYS, &["hydra", "sweep"], origin)?;
+                        let s = expect_str(sv, &["hydra", "sweep", sk], origin)?;
+                        if sk == "dir" { hydra.sweep_dir = s } else { hydra.sweep_subdir = s }
+                    }
+                }
+                "job" => {
+                    let m = expect_map(v, &["hydra", "job"], origin)?;
+                    for (jk, jv) in m {
+                        let jk = check_key(jk, JOB_KEYS, &["hydra", "job"], origin)?;
+                        let p = ["hydra", "job", jk];
+                        match jk {
+                            "name" if is_null(jv) => hydra.job_name = None,
+                            "name" => hydra.job_name = Some(expect_str(jv, &p, origin)?),
+                            "chdir" => {
+                                hydra.chdir = match jv {
+                                    _ if is_null(jv) => false,
+                                    Value::Bool(b) => *b,
+                                    _ => {
+                                        return Err(invalid(&p, origin, "hydra.job.chdir must be true, false or None"));
+                                    }
+                                }
+                            }
+                            _ => {
+                                if !is_null(jv) {
+                                    for (ek, ev) in expect_map(jv, &p, origin)? {
+                                        let name = ek.as_str().unwrap_or_default().to_string();
+                                        let val = match ev {
+                                            Value::String(s) => s.clone(),
+                                            Value::Number(n) => n.to_string(),
+                                            Value::Bool(b) => b.to_string(),
+                                            _ => {
+                                                return Err(invalid(
+                                                    &p,
+                                                    origin,
+                                                    "hydra.job.env_set values must be scalars",
+                                                ));
+                                            }
+                                        };
+                                        hydra.env_set.push((name, val));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                k if HYDRA_PASSIVE_KEYS.contains(&k) => {}
+                other => {
+                    let all: Vec<&str> = HYDRA_KEYS.iter().chain(HYDRA_PASSIVE_KEYS).copied().collect();
+                    let mut err = ConfigError::new(
+                        ConfigErrorKind::UnknownKey,
+                        format!("unknown key `{other}` in `hydra`"),
+                        origin(&["hydra", other]),
+                    );
+                    err = match did_you_mean(other, &all) {
+                        Some(s) => err.with_help(format!(
+                            "did you mean `{s}`? orchestrator reads hydra.launcher, hydra.sweep and hydra.job"
+                        )),
+                        None => err.with_help("orchestrator reads hydra.launcher, hydra.sweep and hydra.job"),
+                    };
+                    return Err(err);
+                }
+            }
+        }
+    }
+    Ok(ResolvedConfig { launcher, form, hydra, app, root: root.clone() })
+}
+
+fn launcher_section(
+    reader: &Reader<'_>,
+    v: &Value,
+    launcher: &mut LauncherConfig,
+    origin: &dyn Fn(&[&str]) -> Origin,
+) -> Result<LauncherForm, ConfigError> {
+    const BASE: &[&str] = &["hydra", "launcher"];
+    if is_null(v) {
+        return Ok(LauncherForm::Default);
+    }
+    let map = expect_map(v, BASE, origin)?;
+    let class = map.get("class");
+    let target = map.get("_target_");
+    let form = match (class, target) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                &["hydra", "launcher", "_target_"],
+                origin,
+                "use either `class` + `params` (the seed form) or `_target_` with the keys beside it, not both",
+            ));
+        }
+        (Some(c), None) => {
+            let c = check_class(c, &["hydra", "launcher", "class"], origin)?;
+            for (k, val) in map {
+                let key = check_key(k, &["class", "params", "orchestrator"], BASE, origin)?;
+                match key {
+                    "params" => {
+                        let pm = expect_map(val, &["hydra", "launcher", "params"], origin)?;
+                        for (pk, pv) in pm {
+                            let pk = check_key(pk, &["joblib"], &["hydra", "launcher", "params"], origin)?;
+                            let jm = expect_map(pv, &["hydra", "launcher", "params", pk], origin)?;
+                            reader.joblib_params(&["hydra", "launcher", "params", "joblib"], jm, launcher)?;
+                        }
+                    }
+                    "orchestrator" => orchestrator(reader, val, launcher, origin)?,
+                    _ => {}
+                }
+            }
+            LauncherForm::Seed { class: c }
+        }
+        (None, Some(t)) => {
+            let t = check_class(t, &["hydra", "launcher", "_target_"], origin)?;
+            reader.joblib_params(BASE, map, launcher)?;
+            if let Some(o) = map.get("orchestrator") {
+                orchestrator(reader, o, launcher, origin)?;
+            }
+            LauncherForm::Flat { target: t }
+        }
+        (None, None) => {
+            // Keys without a class: read them as the flat form, so `hydra.launcher.n_jobs=2`
+            // works on a config that has no launcher section.
+            reader.joblib_params(BASE, map, launcher)?;
+            if let Some(o) = map.get("orchestrator") {
+                orchestrator(reader, o, launcher, origin)?;
+            }
+            LauncherForm::Default
+        }
+    };
+    Ok(form)
+}
+
+fn orchestrator(
+    reader: &Reader<'_>,
+    v: &Value,
+    launcher: &mut LauncherConfig,
+    origin: &dyn Fn(&[&str]) -> Origin,
+) -> Result<(), ConfigError> {
+    if is_null(v) {
+        return Ok(());
+    }
+    let path = ["hydra", "launcher", "orchestrator"];
+    reader.orchestrator_params(&path, expect_map(v, &path, origin)?, launcher)
+}
+
+fn check_class(v: &Value, path: &[&str], origin: &dyn Fn(&[&str]) -> Origin) -> Result<String, ConfigError> {
+    let s = v.as_str().unwrap_or_default();
+    if JOBLIB_CLASSES.contains(&s) {
+        return Ok(s.to_string());
+    }
+    Err(ConfigError::new(ConfigErrorKind::InvalidValue, format!("unsupported launcher `{s}`"), origin(path))
+        .with_help(format!("orchestrator implements the joblib launcher: {}", JOBLIB_CLASSES.join(" or "))))
+}
+
+fn check_key<'a>(
+    k: &'a Value,
+    known: &[&str],
+    base: &[&str],
+    origin: &dyn Fn(&[&str]) -> Origin,
+) -> Result<&'a str, ConfigError> {
+    let key = k.as_str().unwrap_or("");
+    if known.contains(&key) {
+        return Ok(key);
+    }
+    let mut path = base.to_vec();
+    path.push(key);
+    let err = ConfigError::new(
+        ConfigErrorKind::UnknownKey,
+        format!("unknown key `{key}` in `{}`", base.join(".")),
+        origin(&path),
+    );
+    Err(match did_you_mean(key, known) {
+        Some(s) => err.with_help(format!("did you mean `{s}`? known keys: {}", known.join(", "))),
+        None => err.with_help(format!("known keys: {}", known.join(", "))),
+    })
+}
+
+fn expect_map<'a>(v: &'a Value, path: &[&str], origin: &dyn Fn(&[&str]) -> Origin) -> Result<&'a Mapping, ConfigError> {
+    match v {
+        Value::Mapping(m) => Ok(m),
+        other => Err(ConfigError::new(
+            ConfigErrorKind::InvalidValue,
+            format!("`{}` must be a mapping, found {}", path.join("."), kind_name(other)),
+            origin(path),
+        )
+        .with_help("nest its keys below it, indented")),
+    }
+}
+
+fn expect_str(v: &Value, path: &[&str], origin: &dyn Fn(&[&str]) -> Origin) -> Result<String, ConfigError> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        _ => Err(invalid(path, origin, &format!("`{}` must be a string", path.join(".")))),
+    }
+}
+
+fn invalid(path: &[&str], origin: &dyn Fn(&[&str]) -> Origin, msg: &str) -> ConfigError {
+    ConfigError::new(ConfigErrorKind::InvalidValue, msg.to_string(), origin(path))
+}

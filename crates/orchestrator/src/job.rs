@@ -1,0 +1,299 @@
+//! What a job is, how it ended, and the record kept of it.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// Everything needed to start one job.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct JobSpec {
+    /// Job number (0..N-1 within a sweep).
+    pub num: u64,
+    /// Job id (`<name>_<num>` in a sweep).
+    pub id: String,
+    /// The program to run (a path or a name looked up in `PATH`).
+    pub program: OsString,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+    /// Environment added to the supervisor's own.
+    pub env: Vec<(OsString, OsString)>,
+    /// Working directory; `None` = the supervisor's.
+    pub cwd: Option<PathBuf>,
+    /// Where every line the job writes is logged.
+    pub log_path: PathBuf,
+    /// The job's own directory, if it has one.
+    pub dir: Option<PathBuf>,
+    /// Wall-clock limit from the job's start.
+    pub timeout: Option<Duration>,
+    /// The job's overrides as Hydra shows them (`task=1`).
+    pub overrides: Vec<String>,
+    /// Set when preparing the job failed (its directory or files could not be written):
+    /// the job is recorded as not started, with this reason.
+    pub setup_error: Option<String>,
+}
+
+impl JobSpec {
+    /// A job running `program` with `args`, logging to `log_path`.
+    pub fn new(num: u64, program: impl Into<OsString>, args: Vec<OsString>, log_path: impl Into<PathBuf>) -> Self {
+        JobSpec {
+            num,
+            id: num.to_string(),
+            program: program.into(),
+            args,
+            log_path: log_path.into(),
+            ..JobSpec::default()
+        }
+    }
+}
+
+/// Which output stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+impl Stream {
+    /// `stdout` or `stderr`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Why a job was stopped by the supervisor rather than ending on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum StopReason {
+    /// Another job failed and the halt policy is `now`.
+    Halt,
+    /// The supervisor was asked to stop (Ctrl-C, SIGTERM, a cancelled token).
+    Interrupted,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Exit code 0.
+    Succeeded,
+    /// A non-zero exit code.
+    Failed {
+        /// The exit code.
+        code: i32,
+    },
+    /// Killed by a signal it did not get from us.
+    Signaled {
+        /// The signal number.
+        signal: i32,
+        /// Whether it dumped core.
+        core_dumped: bool,
+    },
+    /// Ran past its timeout and was ended.
+    TimedOut {
+        /// The limit it ran past.
+        limit: Duration,
+        /// How it finally ended (exit code or signal).
+        code: Option<i32>,
+        /// The signal that ended it, if any.
+        signal: Option<i32>,
+    },
+    /// Ended by the supervisor before it finished.
+    Stopped {
+        /// Why.
+        reason: StopReason,
+        /// Exit code, if it exited.
+        code: Option<i32>,
+        /// The signal that ended it, if any.
+        signal: Option<i32>,
+    },
+    /// Could not be started at all.
+    SpawnFailed {
+        /// The operating system's reason.
+        error: String,
+    },
+}
+
+impl Outcome {
+    /// Whether the job succeeded.
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Succeeded)
+    }
+
+    /// Short status word used in the journal and summaries.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Signaled { .. } => "signaled",
+            Outcome::TimedOut { .. } => "timed_out",
+            Outcome::Stopped { reason: StopReason::Halt, .. } => "halted",
+            Outcome::Stopped { .. } => "interrupted",
+            Outcome::SpawnFailed { .. } => "spawn_failed",
+        }
+    }
+
+    /// Exit code, if the process exited.
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            Outcome::Succeeded => Some(0),
+            Outcome::Failed { code } => Some(*code),
+            Outcome::TimedOut { code, .. } | Outcome::Stopped { code, .. } => *code,
+            _ => None,
+        }
+    }
+
+    /// Terminating signal, if any.
+    pub fn signal(&self) -> Option<i32> {
+        match self {
+            Outcome::Signaled { signal, .. } => Some(*signal),
+            Outcome::TimedOut { signal, .. } | Outcome::Stopped { signal, .. } => *signal,
+            _ => None,
+        }
+    }
+
+    /// One human phrase: `exit code 3`, `killed by SIGSEGV (core dumped)`, `timed out after 2s`.
+    pub fn describe(&self) -> String {
+        let how = |code: Option<i32>, signal: Option<i32>| match (code, signal) {
+            (_, Some(s)) => format!("ended by {}", signal_name(s)),
+            (Some(c), None) => format!("exited with code {c}"),
+            _ => "ended".to_string(),
+        };
+        match self {
+            Outcome::Succeeded => "exit code 0".into(),
+            Outcome::Failed { code } => format!("exit code {code}"),
+            Outcome::Signaled { signal, core_dumped } => {
+                format!("killed by {}{}", signal_name(*signal), if *core_dumped { " (core dumped)" } else { "" })
+            }
+            Outcome::TimedOut { limit, code, signal } => {
+                format!("timed out after {}, {}", humanize(*limit), how(*code, *signal))
+            }
+            Outcome::Stopped { reason: StopReason::Halt, code, signal } => {
+                format!("stopped after another job failed, {}", how(*code, *signal))
+            }
+            Outcome::Stopped { code, signal, .. } => format!("interrupted, {}", how(*code, *signal)),
+            Outcome::SpawnFailed { error } => format!("could not start: {error}"),
+        }
+    }
+}
+
+/// `SIGTERM` for 15, `signal 99` for unknown numbers.
+pub fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig).map(|s| s.as_str().to_string()).unwrap_or_else(|_| format!("signal {sig}"))
+}
+
+pub(crate) fn humanize(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs.fract() == 0.0 { format!("{secs:.0}s") } else { format!("{secs:.3}s") }
+}
+
+/// What is known about a finished job: the line written to `jobs.jsonl`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct JobRecord {
+    /// Job number.
+    pub num: u64,
+    /// Job id.
+    pub id: String,
+    /// Overrides as Hydra shows them.
+    pub overrides: Vec<String>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Process id of the job's leader, if it started.
+    pub pid: Option<u32>,
+    /// Slot it ran in.
+    pub slot: usize,
+    /// When it started (or failed to).
+    pub start: DateTime<Utc>,
+    /// When it ended.
+    pub end: DateTime<Utc>,
+    /// Wall time.
+    pub duration: Duration,
+    /// User CPU seconds of the job's reaped processes.
+    pub user_cpu: f64,
+    /// System CPU seconds of the job's reaped processes.
+    pub sys_cpu: f64,
+    /// Peak RSS in KiB of the largest of the job's reaped processes.
+    pub max_rss_kib: u64,
+    /// Bytes written to stdout.
+    pub stdout_bytes: u64,
+    /// Bytes written to stderr.
+    pub stderr_bytes: u64,
+    /// Processes left behind by the job that the supervisor had to end.
+    pub leftover_processes: u32,
+    /// The job's log file.
+    pub log: PathBuf,
+    /// The job's directory.
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct JournalLine<'a> {
+    num: u64,
+    id: &'a str,
+    status: &'static str,
+    overrides: &'a [String],
+    exit_code: Option<i32>,
+    signal: Option<String>,
+    timed_out: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    pid: Option<u32>,
+    slot: usize,
+    start: String,
+    end: String,
+    duration_s: f64,
+    cpu_user_s: f64,
+    cpu_sys_s: f64,
+    max_rss_kib: u64,
+    stdout_bytes: u64,
+    stderr_bytes: u64,
+    leftover_processes: u32,
+    log: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dir: Option<String>,
+}
+
+impl JobRecord {
+    /// The record as one line of JSON (no trailing newline).
+    pub fn to_json(&self) -> String {
+        let line = JournalLine {
+            num: self.num,
+            id: &self.id,
+            status: self.outcome.status(),
+            overrides: &self.overrides,
+            exit_code: self.outcome.exit_code(),
+            signal: self.outcome.signal().map(signal_name),
+            timed_out: matches!(self.outcome, Outcome::TimedOut { .. }),
+            error: match &self.outcome {
+                Outcome::SpawnFailed { error } => Some(error),
+                _ => None,
+            },
+            pid: self.pid,
+            slot: self.slot,
+            start: self.start.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            end: self.end.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            duration_s: (self.duration.as_secs_f64() * 1e6).round() / 1e6,
+            cpu_user_s: (self.user_cpu * 1e6).round() / 1e6,
+            cpu_sys_s: (self.sys_cpu * 1e6).round() / 1e6,
+            max_rss_kib: self.max_rss_kib,
+            stdout_bytes: self.stdout_bytes,
+            stderr_bytes: self.stderr_bytes,
+            leftover_processes: self.leftover_processes,
+            log: self.log.display().to_string(),
+            dir: self.dir.as_ref().map(|d| d.display().to_string()),
+        };
+        serde_json::to_string(&line).unwrap_or_default()
+    }
+}

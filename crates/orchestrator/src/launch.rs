@@ -1,0 +1,524 @@
+//! From a validated config and sweep plan to job specs: the Hydra-compatible output tree.
+//!
+//! `SweepLayout::create` makes the sweep dir and `multirun.yaml`; `prepare` makes one job's
+//! dir with `.hydra/{config,overrides,hydra}.yaml` and returns its [`JobSpec`]. Everything
+//! that can fail because of user input is checked by `SweepLayout::check` before any
+//! directory is created.
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Local};
+use orchestrator_config::compose::apply_overrides;
+use orchestrator_config::sweep::{JobOverrides, ResolvedOverride};
+use orchestrator_config::{JOBLIB_CLASSES, LauncherForm, ResolvedConfig};
+use serde_yaml::{Mapping, Value};
+
+use crate::job::JobSpec;
+
+/// Problems found while laying out the sweep; all are the user's input or the filesystem.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LayoutError {
+    /// A `${...}` in `hydra.sweep.dir`/`subdir` that cannot be resolved.
+    #[error("cannot resolve `{interpolation}` in {key} `{template}`: {why}")]
+    Interpolation {
+        /// `hydra.sweep.dir` or `hydra.sweep.subdir`.
+        key: &'static str,
+        /// The template.
+        template: String,
+        /// The bad interpolation.
+        interpolation: String,
+        /// Why.
+        why: String,
+    },
+    /// An override that cannot be applied to the app config.
+    #[error("{0}")]
+    Compose(String),
+    /// Creating or writing a file failed.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LayoutError + '_ {
+    move |source| LayoutError::Io { path: path.to_path_buf(), source }
+}
+
+/// What a sweep needs to lay out its jobs.
+#[derive(Debug, Clone)]
+pub struct SweepLayout {
+    /// The sweep directory (relative to the cwd, as Hydra prints it).
+    pub dir: PathBuf,
+    /// Its absolute path.
+    pub abs_dir: PathBuf,
+    /// The job name (log file stem, job id prefix).
+    pub job_name: String,
+    /// The config that every job starts from.
+    pub resolved: ResolvedConfig,
+    /// The config file's stem (`hydra.job.config_name`).
+    pub config_name: String,
+    /// The app command: program then arguments.
+    pub command: Vec<OsString>,
+    /// Whether the command has placeholders (then overrides are not appended).
+    pub placeholders: bool,
+    /// Overrides of `hydra.*` keys, as written (for `hydra.yaml`).
+    pub hydra_overrides: Vec<String>,
+    /// The sweep's overrides as written (for `multirun.yaml`).
+    pub sweep_overrides: Vec<String>,
+    /// `false` for a single run (no `--multirun`): the job runs in the sweep dir itself.
+    pub multirun: bool,
+    /// Start time, for `${now:...}`.
+    pub started: DateTime<Local>,
+    /// Resolved `n_jobs`, exported to jobs.
+    pub n_jobs: usize,
+}
+
+/// The name Hydra would give the job: the script's stem for `python x.py`, else the program's.
+pub fn job_name_for(command: &[OsString]) -> String {
+    let stem = |s: &OsString| {
+        Path::new(s).file_stem().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| "app".into())
+    };
+    let Some(program) = command.first() else {
+        return "app".into();
+    };
+    let prog = stem(program);
+    if prog.starts_with("python") || prog == "uv" || prog == "pypy3" {
+        if let Some(script) = command.iter().skip(1).find(|a| a.to_string_lossy().ends_with(".py")) {
+            return stem(script);
+        }
+    }
+    prog
+}
+
+impl SweepLayout {
+    /// Resolve `${...}` in the sweep dir template (only `now:` and `hydra.job.name`).
+    pub fn resolve_dir(template: &str, started: &DateTime<Local>, job_name: &str) -> Result<String, LayoutError> {
+        interpolate(template, &|expr| {
+            if let Some(fmt) = expr.strip_prefix("now:") {
+                let mut out = String::new();
+                write!(out, "{}", started.format(fmt))
+                    .map_err(|_| format!("`{fmt}` is not a valid strftime format"))?;
+                Ok(out)
+            } else if expr == "hydra.job.name" {
+                Ok(job_name.to_string())
+            } else {
+                Err("only ${now:<strftime format>} and ${hydra.job.name} can be used in the sweep dir".to_string())
+            }
+        })
+        .map_err(|(interpolation, why)| LayoutError::Interpolation {
+            key: "hydra.sweep.dir",
+            template: template.to_string(),
+            interpolation,
+            why,
+        })
+    }
+
+    /// Check that job `num` can be composed and named, without writing anything.
+    pub fn check(&self, job: &JobOverrides) -> Result<(), LayoutError> {
+        let config = self.compose(job)?;
+        self.subdir(job, &config)?;
+        Ok(())
+    }
+
+    /// Create the sweep dir (a fresh one: `_1`, `_2`… are added if the name is taken) and
+    /// write `multirun.yaml`. Returns the dir actually created.
+    pub fn create(&mut self) -> Result<(), LayoutError> {
+        let base = self.dir.clone();
+        if let Some(parent) = base.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        let mut candidate = base.clone();
+        let mut n = 0;
+        loop {
+            match std::fs::create_dir(&candidate) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 10_000 => {
+                    n += 1;
+                    let mut name = base.file_name().map(|f| f.to_os_string()).unwrap_or_default();
+                    name.push(format!("_{n}"));
+                    candidate = base.with_file_name(name);
+                }
+                Err(e) => return Err(LayoutError::Io { path: candidate, source: e }),
+            }
+        }
+        self.dir = candidate;
+        self.abs_dir = std::path::absolute(&self.dir).map_err(io_err(&self.dir))?;
+        let multirun = self.abs_dir.join(if self.multirun { "multirun.yaml" } else { ".hydra/multirun.yaml" });
+        if !self.multirun {
+            std::fs::create_dir_all(self.abs_dir.join(".hydra")).map_err(io_err(&self.abs_dir))?;
+        }
+        let mut root = match &self.resolved.app {
+            Value::Mapping(m) => m.clone(),
+            _ => Mapping::new(),
+        };
+        let hydra = self.hydra_node(None, None);
+        let mut doc = Mapping::new();
+        doc.insert("hydra".into(), hydra);
+        for (k, v) in std::mem::take(&mut root) {
+            doc.insert(k, v);
+        }
+        write_yaml(&multirun, &Value::Mapping(doc))?;
+        Ok(())
+    }
+
+    /// Compose job's config: the app config with its overrides applied.
+    pub fn compose(&self, job: &JobOverrides) -> Result<Value, LayoutError> {
+        let mut config = self.resolved.app.clone();
+        apply_overrides(&mut config, &job.items).map_err(|e| LayoutError::Compose(e.to_string()))?;
+        Ok(config)
+    }
+
+    fn job_id(&self, num: u64) -> String {
+        format!("{}_{num}", self.job_name)
+    }
+
+    fn subdir(&self, job: &JobOverrides, config: &Value) -> Result<String, LayoutError> {
+        if !self.multirun {
+            return Ok(String::new());
+        }
+        let template = &self.resolved.hydra.sweep_subdir;
+        interpolate(template, &|expr| match expr {
+            "hydra.job.num" => Ok(job.num.to_string()),
+            "hydra.job.id" => Ok(self.job_id(job.num)),
+            "hydra.job.name" => Ok(self.job_name.clone()),
+            "hydra.job.override_dirname" => Ok(override_dirname(&job.items)),
+            key => lookup(config, key)
+                .map(|v| scalar_text(&v))
+                .ok_or_else(|| format!("`{key}` is not a key of the job's config")),
+        })
+        .map_err(|(interpolation, why)| LayoutError::Interpolation {
+            key: "hydra.sweep.subdir",
+            template: template.clone(),
+            interpolation,
+            why,
+        })
+    }
+
+    /// Make job `num`'s directory and files; returns the spec to run it.
+    pub fn prepare(&self, job: &JobOverrides) -> JobSpec {
+        let display: Vec<String> = job.items.iter().map(ResolvedOverride::display).collect();
+        let mut spec = JobSpec::new(job.num, OsString::new(), Vec::new(), PathBuf::new());
+        spec.id = self.job_id(job.num);
+        spec.overrides = display.clone();
+        spec.timeout = self.resolved.launcher.timeout;
+        match self.prepare_inner(job, &display, &mut spec) {
+            Ok(()) => {}
+            Err(e) => spec.setup_error = Some(e.to_string()),
+        }
+        spec
+    }
+
+    fn prepare_inner(&self, job: &JobOverrides, display: &[String], spec: &mut JobSpec) -> Result<(), LayoutError> {
+        let config = self.compose(job)?;
+        let sub = self.subdir(job, &config)?;
+        let dir = if sub.is_empty() { self.abs_dir.clone() } else { self.abs_dir.join(&sub) };
+        let rel_dir = if sub.is_empty() { self.dir.clone() } else { self.dir.join(&sub) };
+        let hydra_dir = dir.join(".hydra");
+        std::fs::create_dir_all(&hydra_dir).map_err(io_err(&hydra_dir))?;
+        let config_path = hydra_dir.join("config.yaml");
+        write_yaml(&config_path, &config)?;
+        let overrides_value = Value::Sequence(display.iter().map(|s| Value::String(s.clone())).collect());
+        write_yaml(&hydra_dir.join("overrides.yaml"), &overrides_value)?;
+        let mut hydra_doc = Mapping::new();
+        hydra_doc.insert("hydra".into(), self.hydra_node(Some(job), Some(&dir)));
+        write_yaml(&hydra_dir.join("hydra.yaml"), &Value::Mapping(hydra_doc))?;
+
+        let (program, args) = self.argv(job, &config, &dir, display);
+        spec.program = program;
+        spec.args = args;
+        spec.log_path = rel_dir.join(format!("{}.log", self.job_name));
+        spec.dir = Some(rel_dir);
+        if self.resolved.hydra.chdir {
+            spec.cwd = Some(dir.clone());
+            spec.log_path = dir.join(format!("{}.log", self.job_name));
+        }
+        let overrides_json: serde_json::Map<String, serde_json::Value> = job
+            .items
+            .iter()
+            .filter_map(|o| {
+                let v = o.value.as_ref()?.to_yaml();
+                Some((o.key.clone(), serde_json::to_value(v).unwrap_or(serde_json::Value::Null)))
+            })
+            .collect();
+        let env = [
+            ("ORCHESTRATOR_JOB_NUM", job.num.to_string()),
+            ("ORCHESTRATOR_JOB_ID", spec.id.clone()),
+            ("ORCHESTRATOR_JOB_NAME", self.job_name.clone()),
+            ("ORCHESTRATOR_JOB_DIR", dir.display().to_string()),
+            ("ORCHESTRATOR_SWEEP_DIR", self.abs_dir.display().to_string()),
+            ("ORCHESTRATOR_CONFIG", config_path.display().to_string()),
+            ("ORCHESTRATOR_OVERRIDES", serde_json::Value::Object(overrides_json).to_string()),
+            ("ORCHESTRATOR_N_JOBS", self.n_jobs.to_string()),
+        ];
+        spec.env = env.into_iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect();
+        for (k, v) in &self.resolved.hydra.env_set {
+            spec.env.push((k.into(), v.into()));
+        }
+        Ok(())
+    }
+
+    fn argv(&self, job: &JobOverrides, config: &Value, dir: &Path, display: &[String]) -> (OsString, Vec<OsString>) {
+        let mut words = self.command.iter();
+        let program = words.next().cloned().unwrap_or_default();
+        let mut args: Vec<OsString> = Vec::new();
+        if self.placeholders {
+            let lookup_ph = |name: &str| -> Option<String> { self.placeholder(name, job, config, dir) };
+            for w in words {
+                match w.to_str() {
+                    Some(s) => args.push(substitute(s, &lookup_ph).into()),
+                    None => args.push(w.clone()),
+                }
+            }
+        } else {
+            args.extend(words.cloned());
+            args.extend(display.iter().map(OsString::from));
+        }
+        (program, args)
+    }
+
+    fn placeholder(&self, name: &str, job: &JobOverrides, config: &Value, dir: &Path) -> Option<String> {
+        Some(match name {
+            "job.num" => job.num.to_string(),
+            "job.id" => self.job_id(job.num),
+            "job.name" => self.job_name.clone(),
+            "job.dir" => dir.display().to_string(),
+            "sweep.dir" => self.abs_dir.display().to_string(),
+            key => scalar_text(&lookup(config, key)?),
+        })
+    }
+
+    /// Whether `command` (after the program) uses any placeholder that job 0 can fill.
+    pub fn detect_placeholders(&mut self, job0: &JobOverrides) -> Result<(), LayoutError> {
+        let config = self.compose(job0)?;
+        let dir = self.abs_dir.clone();
+        let found = self.command.iter().skip(1).filter_map(|w| w.to_str()).any(|w| {
+            let hit = std::cell::Cell::new(false);
+            substitute(w, &|name| {
+                let v = self.placeholder(name, job0, &config, &dir);
+                hit.set(hit.get() | v.is_some());
+                v
+            });
+            hit.get()
+        });
+        self.placeholders = found;
+        Ok(())
+    }
+
+    fn hydra_node(&self, job: Option<&JobOverrides>, dir: Option<&Path>) -> Value {
+        let r = &self.resolved;
+        let unknown = || Value::String("???".into());
+        let mut m = Mapping::new();
+        let mut run = Mapping::new();
+        run.insert("dir".into(), "outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}".into());
+        m.insert("run".into(), Value::Mapping(run));
+        let mut sweep = Mapping::new();
+        sweep.insert("dir".into(), r.hydra.sweep_dir.clone().into());
+        sweep.insert("subdir".into(), r.hydra.sweep_subdir.clone().into());
+        m.insert("sweep".into(), Value::Mapping(sweep));
+        m.insert("launcher".into(), self.launcher_node());
+        let mut sweeper = Mapping::new();
+        sweeper.insert("_target_".into(), "hydra._internal.core_plugins.basic_sweeper.BasicSweeper".into());
+        sweeper.insert("max_batch_size".into(), Value::Null);
+        sweeper.insert("params".into(), Value::Null);
+        m.insert("sweeper".into(), Value::Mapping(sweeper));
+        m.insert("mode".into(), if self.multirun { "MULTIRUN" } else { "RUN" }.into());
+        m.insert("output_subdir".into(), ".hydra".into());
+        let mut overrides = Mapping::new();
+        let mut hydra_list =
+            vec![Value::String(format!("hydra.mode={}", if self.multirun { "MULTIRUN" } else { "RUN" }))];
+        hydra_list.extend(self.hydra_overrides.iter().map(|s| Value::String(s.clone())));
+        overrides.insert("hydra".into(), Value::Sequence(hydra_list));
+        let task: Vec<Value> = match job {
+            Some(j) => j.items.iter().map(|o| Value::String(o.display())).collect(),
+            None => self.sweep_overrides.iter().map(|s| Value::String(s.clone())).collect(),
+        };
+        overrides.insert("task".into(), Value::Sequence(task));
+        m.insert("overrides".into(), Value::Mapping(overrides));
+        let mut jobm = Mapping::new();
+        jobm.insert("name".into(), self.job_name.clone().into());
+        jobm.insert("chdir".into(), Value::Bool(r.hydra.chdir));
+        let dirname = match job {
+            Some(j) => override_dirname(&j.items),
+            None => self.sweep_overrides.join(","),
+        };
+        jobm.insert("override_dirname".into(), dirname.into());
+        jobm.insert("id".into(), job.map(|j| Value::String(self.job_id(j.num))).unwrap_or_else(unknown));
+        jobm.insert("num".into(), job.map(|j| Value::Number(j.num.into())).unwrap_or_else(unknown));
+        jobm.insert("config_name".into(), self.config_name.clone().into());
+        let mut env_set = Mapping::new();
+        for (k, v) in &r.hydra.env_set {
+            env_set.insert(k.clone().into(), v.clone().into());
+        }
+        jobm.insert("env_set".into(), Value::Mapping(env_set));
+        m.insert("job".into(), Value::Mapping(jobm));
+        let mut runtime = Mapping::new();
+        runtime.insert("version".into(), format!("orchestrator {}", env!("CARGO_PKG_VERSION")).into());
+        let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+        runtime.insert("cwd".into(), cwd.into());
+        runtime
+            .insert("output_dir".into(), dir.map(|d| Value::String(d.display().to_string())).unwrap_or_else(unknown));
+        m.insert("runtime".into(), Value::Mapping(runtime));
+        Value::Mapping(m)
+    }
+
+    /// The launcher as Hydra's current plugin writes it: `_target_` then the joblib keys,
+    /// with `None` written as null.
+    fn launcher_node(&self) -> Value {
+        let mut m = Mapping::new();
+        let target = match &self.resolved.form {
+            LauncherForm::Flat { target } => target.clone(),
+            _ => JOBLIB_CLASSES[1].to_string(),
+        };
+        m.insert("_target_".into(), target.into());
+        let source = launcher_params(&self.resolved.root);
+        for (k, shown) in &self.resolved.launcher.banner {
+            let v = source.and_then(|s| s.get(k.as_str())).cloned().unwrap_or_else(|| default_value(shown));
+            let v = if matches!(&v, Value::String(s) if s == "None") { Value::Null } else { v };
+            m.insert(k.clone().into(), v);
+        }
+        Value::Mapping(m)
+    }
+}
+
+fn default_value(shown: &str) -> Value {
+    if shown == "None" {
+        return Value::Null;
+    }
+    serde_yaml::from_str(shown).unwrap_or_else(|_| Value::String(shown.to_string()))
+}
+
+fn launcher_params(root: &Value) -> Option<&Mapping> {
+    let launcher = root.get("hydra")?.get("launcher")?;
+    match launcher.get("params").and_then(|p| p.get("joblib")) {
+        Some(Value::Mapping(m)) => Some(m),
+        _ => match launcher {
+            Value::Mapping(m) => Some(m),
+            _ => None,
+        },
+    }
+}
+
+/// Hydra's `override_dirname`: `key=value` pairs sorted by key, joined by `,`.
+pub fn override_dirname(items: &[ResolvedOverride]) -> String {
+    let mut parts: Vec<(String, String)> =
+        items.iter().filter(|o| !o.key.starts_with("hydra.")).map(|o| (o.key.clone(), o.display())).collect();
+    parts.sort();
+    parts.into_iter().map(|(_, d)| d).collect::<Vec<_>>().join(",")
+}
+
+fn lookup(config: &Value, dotted: &str) -> Option<Value> {
+    let mut cur = config;
+    for part in dotted.split('.') {
+        cur = match cur {
+            Value::Mapping(m) => m.get(part)?,
+            Value::Sequence(s) => s.get(part.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(cur.clone())
+}
+
+/// A value as plain text for argv or a path: strings unquoted, others as YAML/JSON.
+pub fn scalar_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => "null".into(),
+        other => serde_json::to_string(other).unwrap_or_default(),
+    }
+}
+
+/// Replace `{name}` where `lookup` knows `name`; anything else stays as written.
+fn substitute(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        match after.find('}') {
+            Some(close) if !after[..close].contains('{') => {
+                let name = &after[..close];
+                match lookup(name) {
+                    Some(v) => out.push_str(&v),
+                    None => {
+                        out.push('{');
+                        out.push_str(name);
+                        out.push('}');
+                    }
+                }
+                rest = &after[close + 1..];
+            }
+            _ => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Resolve `${...}` in `template`; the error names the interpolation and why it failed.
+fn interpolate(template: &str, resolve: &dyn Fn(&str) -> Result<String, String>) -> Result<String, (String, String)> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err((rest[start..].to_string(), "missing `}`".into()));
+        };
+        let expr = &after[..end];
+        out.push_str(&resolve(expr).map_err(|why| (format!("${{{expr}}}"), why))?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn write_yaml(path: &Path, value: &Value) -> Result<(), LayoutError> {
+    let text = match value {
+        Value::Mapping(m) if m.is_empty() => "{}\n".to_string(),
+        Value::Sequence(s) if s.is_empty() => "[]\n".to_string(),
+        _ => serde_yaml::to_string(value)
+            .map_err(|e| LayoutError::Io { path: path.to_path_buf(), source: std::io::Error::other(e) })?,
+    };
+    std::fs::write(path, text).map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_names_follow_hydra() {
+        let cmd = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(job_name_for(&cmd(&["python3", "examples/my_app.py"])), "my_app");
+        assert_eq!(job_name_for(&cmd(&["target/release/my_app"])), "my_app");
+        assert_eq!(job_name_for(&cmd(&["/bin/true"])), "true");
+    }
+
+    #[test]
+    fn placeholders_substitute_known_names_only() {
+        let f = |n: &str| (n == "task").then(|| "3".to_string());
+        assert_eq!(substitute("--task={task}", &f), "--task=3");
+        assert_eq!(substitute("{\"a\":1}", &f), "{\"a\":1}");
+        assert_eq!(substitute("{task}{task}{", &f), "33{");
+    }
+
+    #[test]
+    fn sweep_dir_interpolation() {
+        let t = Local::now();
+        let d = SweepLayout::resolve_dir("multirun/${now:%Y}/x", &t, "app").unwrap();
+        assert_eq!(d, format!("multirun/{}/x", t.format("%Y")));
+        assert!(SweepLayout::resolve_dir("m/${oops}", &t, "app").is_err());
+        assert!(SweepLayout::resolve_dir("m/${now:%Y", &t, "app").is_err());
+    }
+}

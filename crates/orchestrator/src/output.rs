@@ -1,0 +1,229 @@
+//! Capture of a job's stdout and stderr into its log, as they come.
+//!
+//! One task owns the log file and reads both pipes, so records never interleave inside a
+//! line. Each record is `[<local time>][<tag>] <bytes>\n`; the tag is `stdout`/`stderr` for a
+//! line the child ended with a newline, `stdout~`/`stderr~` for a piece of a line that goes on
+//! in the stream's next record (lines longer than [`MAX_RECORD`], or a last line without a
+//! newline). The child's bytes are copied exactly, so non-UTF-8 output survives.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+
+use chrono::{DateTime, FixedOffset, Local, Utc};
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::Event;
+use crate::job::Stream;
+
+/// Longest piece of a line kept in memory before it is written out as a fragment.
+pub const MAX_RECORD: usize = 64 * 1024;
+
+/// Local time, with the offset read once: asking the zone database per line is costly.
+#[derive(Clone, Copy)]
+pub(crate) struct Clock {
+    offset: FixedOffset,
+}
+
+impl Clock {
+    pub(crate) fn new() -> Self {
+        Clock { offset: *Local::now().offset() }
+    }
+
+    pub(crate) fn local(&self, t: DateTime<Utc>) -> DateTime<FixedOffset> {
+        t.with_timezone(&self.offset)
+    }
+
+    /// Hydra's `asctime`: `2026-11-24 14:03:16,726`.
+    pub(crate) fn stamp(&self, t: DateTime<Utc>) -> String {
+        self.local(t).format("%Y-%m-%d %H:%M:%S,%3f").to_string()
+    }
+}
+
+/// The job's log file.
+pub(crate) struct LogWriter {
+    out: BufWriter<File>,
+    clock: Clock,
+}
+
+impl LogWriter {
+    pub(crate) fn new(file: File, clock: Clock) -> Self {
+        LogWriter { out: BufWriter::with_capacity(MAX_RECORD + 256, file), clock }
+    }
+
+    pub(crate) fn record(&mut self, at: DateTime<Utc>, tag: &str, bytes: &[u8]) -> io::Result<()> {
+        write!(self.out, "[{}][{tag}] ", self.clock.stamp(at))?;
+        self.out.write_all(bytes)?;
+        self.out.write_all(b"\n")
+    }
+
+    /// A line from the supervisor itself (start, end, what it did to the job).
+    pub(crate) fn note(&mut self, text: &str) -> io::Result<()> {
+        self.record(Utc::now(), "orchestrator", text.as_bytes())?;
+        self.out.flush()
+    }
+
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Splits one stream into records.
+struct Framer {
+    stream: Stream,
+    partial: Vec<u8>,
+    bytes: u64,
+}
+
+impl Framer {
+    fn new(stream: Stream) -> Self {
+        Framer { stream, partial: Vec::new(), bytes: 0 }
+    }
+
+    fn tags(&self) -> (&'static str, &'static str) {
+        match self.stream {
+            Stream::Stdout => ("stdout", "stdout~"),
+            Stream::Stderr => ("stderr", "stderr~"),
+        }
+    }
+
+    async fn feed(&mut self, mut data: &[u8], sink: &mut Sink<'_>) -> io::Result<()> {
+        self.bytes += data.len() as u64;
+        let at = Utc::now();
+        let (full, piece) = self.tags();
+        while !data.is_empty() {
+            match memchr(b'\n', data) {
+                Some(i) => {
+                    let (line, rest) = (&data[..i], &data[i + 1..]);
+                    if self.partial.is_empty() {
+                        sink.emit(at, self.stream, full, line, true).await?;
+                    } else {
+                        self.partial.extend_from_slice(line);
+                        let whole = std::mem::take(&mut self.partial);
+                        sink.emit(at, self.stream, full, &whole, true).await?;
+                    }
+                    data = rest;
+                }
+                None => {
+                    let room = MAX_RECORD - self.partial.len();
+                    let take = room.min(data.len());
+                    self.partial.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                    if self.partial.len() >= MAX_RECORD {
+                        let whole = std::mem::take(&mut self.partial);
+                        sink.emit(at, self.stream, piece, &whole, false).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self, sink: &mut Sink<'_>) -> io::Result<()> {
+        if !self.partial.is_empty() {
+            let whole = std::mem::take(&mut self.partial);
+            let (_, piece) = self.tags();
+            sink.emit(Utc::now(), self.stream, piece, &whole, false).await?;
+        }
+        Ok(())
+    }
+}
+
+fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|b| *b == needle)
+}
+
+struct Sink<'a> {
+    log: &'a mut LogWriter,
+    events: Option<&'a mpsc::Sender<Event>>,
+    num: u64,
+}
+
+impl Sink<'_> {
+    async fn emit(
+        &mut self,
+        at: DateTime<Utc>,
+        stream: Stream,
+        tag: &str,
+        line: &[u8],
+        complete: bool,
+    ) -> io::Result<()> {
+        self.log.record(at, tag, line)?;
+        if let Some(tx) = self.events {
+            // The log is already written; a closed receiver only means nobody is watching.
+            let _ = tx.send(Event::Output { num: self.num, stream, line: line.to_vec(), complete }).await;
+        }
+        Ok(())
+    }
+}
+
+/// Byte counts of a job's two streams.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Captured {
+    pub(crate) stdout: u64,
+    pub(crate) stderr: u64,
+}
+
+/// Read both pipes to their end, logging every line; hands the log back for the end record.
+pub(crate) async fn pump(
+    num: u64,
+    stdout: Option<pipe::Receiver>,
+    stderr: Option<pipe::Receiver>,
+    mut log: LogWriter,
+    events: Option<mpsc::Sender<Event>>,
+    abandon: CancellationToken,
+) -> (LogWriter, Captured, io::Result<()>) {
+    let mut out = Framer::new(Stream::Stdout);
+    let mut err = Framer::new(Stream::Stderr);
+    let result = pump_inner(num, stdout, stderr, &mut log, events.as_ref(), &mut out, &mut err, &abandon).await;
+    let captured = Captured { stdout: out.bytes, stderr: err.bytes };
+    (log, captured, result)
+}
+
+async fn pump_inner(
+    num: u64,
+    mut stdout: Option<pipe::Receiver>,
+    mut stderr: Option<pipe::Receiver>,
+    log: &mut LogWriter,
+    events: Option<&mpsc::Sender<Event>>,
+    out: &mut Framer,
+    err: &mut Framer,
+    abandon: &CancellationToken,
+) -> io::Result<()> {
+    let mut obuf = vec![0u8; MAX_RECORD];
+    let mut ebuf = vec![0u8; MAX_RECORD];
+    let mut sink = Sink { log, events, num };
+    while stdout.is_some() || stderr.is_some() {
+        tokio::select! {
+            // A process that escaped every kill still holds the pipe: stop waiting for EOF.
+            _ = abandon.cancelled() => {
+                out.finish(&mut sink).await?;
+                err.finish(&mut sink).await?;
+                return Ok(());
+            }
+            r = read_opt(&mut stdout, &mut obuf), if stdout.is_some() => match r {
+                Ok(0) => { out.finish(&mut sink).await?; stdout = None; }
+                Ok(n) => out.feed(&obuf[..n], &mut sink).await?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => { out.finish(&mut sink).await?; stdout = None; sink.log.note(&format!("reading stdout failed: {e}"))?; }
+            },
+            r = read_opt(&mut stderr, &mut ebuf), if stderr.is_some() => match r {
+                Ok(0) => { err.finish(&mut sink).await?; stderr = None; }
+                Ok(n) => err.feed(&ebuf[..n], &mut sink).await?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => { err.finish(&mut sink).await?; stderr = None; sink.log.note(&format!("reading stderr failed: {e}"))?; }
+            },
+        }
+        sink.log.flush()?;
+    }
+    Ok(())
+}
+
+async fn read_opt(r: &mut Option<pipe::Receiver>, buf: &mut [u8]) -> io::Result<usize> {
+    match r {
+        Some(r) => r.read(buf).await,
+        None => std::future::pending().await,
+    }
+}

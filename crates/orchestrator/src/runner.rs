@@ -1,0 +1,646 @@
+//! The supervisor loop: `n_jobs` slots, one process group per job, timeouts, stop requests.
+//!
+//! The dispatcher owns the slots and the halt policy; each job runs in its own task that
+//! owns its process and reports a [`JobRecord`]. Nothing is shared but the reaper's lock.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use nix::sys::signal::Signal;
+use orchestrator_config::{HaltPolicy, SlotValue};
+use tokio::io::unix::AsyncFd;
+use tokio::net::unix::pipe;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::Event;
+use crate::job::{JobRecord, JobSpec, Outcome, StopReason};
+use crate::journal::Journal;
+use crate::output::{self, Clock, LogWriter};
+use crate::sys;
+
+/// Env var carrying the supervisor's private marker; it tells which job an adopted orphan
+/// came from, so a daemonised grandchild is still ended with its job.
+pub const JOB_KEY_VAR: &str = "ORCHESTRATOR_JOB_KEY";
+
+/// Thread-count variables that numeric libraries read; set per job as joblib's loky does.
+pub const THREAD_VARS: &[&str] = &[
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMBA_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+];
+
+/// A request to stop, in increasing order of urgency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[non_exhaustive]
+pub enum Stop {
+    /// Keep going.
+    #[default]
+    None,
+    /// Start no new job; let running ones finish.
+    Drain,
+    /// Start no new job; send `signal` to running jobs, then SIGKILL after the grace period.
+    Graceful {
+        /// Why.
+        reason: StopReason,
+        /// Signal forwarded to every running job's process group.
+        signal: i32,
+    },
+    /// SIGKILL every running job now.
+    Immediate,
+}
+
+/// How the runner behaves.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RunOptions {
+    /// Jobs at once.
+    pub n_jobs: usize,
+    /// Time between SIGTERM (or the forwarded signal) and SIGKILL.
+    pub grace: Duration,
+    /// What to do after a failure.
+    pub halt: HaltPolicy,
+    /// Per-slot environment values.
+    pub slot_env: Vec<(String, SlotValue)>,
+    /// Value for the thread-count variables (unless already set); `None` leaves them alone.
+    pub thread_limit: Option<usize>,
+    /// Send each output line as an [`Event::Output`].
+    pub forward_output: bool,
+    /// Where finished jobs are recorded.
+    pub journal: Option<Arc<Journal>>,
+    /// Make this process a child subreaper (process-wide, and not undone), so that jobs'
+    /// daemonised grandchildren are re-parented here and ended with their job.
+    pub subreaper: bool,
+}
+
+impl RunOptions {
+    /// Options for `n_jobs` slots with the defaults: 5 s grace, keep going, no journal.
+    pub fn new(n_jobs: usize) -> Self {
+        RunOptions {
+            n_jobs: n_jobs.max(1),
+            grace: orchestrator_config::launcher::DEFAULT_GRACE,
+            halt: HaltPolicy::Never,
+            slot_env: Vec::new(),
+            thread_limit: None,
+            forward_output: false,
+            journal: None,
+            subreaper: true,
+        }
+    }
+}
+
+/// What happened overall.
+#[derive(Debug, Default, Clone)]
+#[non_exhaustive]
+pub struct RunSummary {
+    /// Jobs that ended (any outcome).
+    pub finished: u64,
+    /// Jobs that succeeded.
+    pub succeeded: u64,
+    /// Records of the jobs that did not succeed, in the order they ended.
+    pub failures: Vec<JobRecord>,
+    /// The strongest stop request seen.
+    pub stop: Stop,
+    /// Whether jobs were left unstarted because of a stop or the halt policy.
+    pub stopped_early: bool,
+}
+
+/// Tracks which of our children belong to jobs, so that reaping adopted orphans never
+/// steals the exit status of a job leader or of a child the embedding program owns.
+#[derive(Default)]
+struct Reaper {
+    state: Mutex<ReaperState>,
+}
+
+#[derive(Default)]
+struct ReaperState {
+    /// Job leaders: reaped only by their job's task.
+    leaders: HashSet<u32>,
+    /// Process groups of jobs not yet cleaned up: dead members are ours to reap.
+    groups: HashSet<u32>,
+    /// Orphans seen alive carrying one of our markers.
+    adopted: HashSet<u32>,
+}
+
+impl Reaper {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReaperState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn spawn(&self, cmd: &mut Command) -> io::Result<std::process::Child> {
+        // Holding the lock across spawn: a concurrent sweep must not see the new leader
+        // before it is registered, or it could reap it.
+        let mut state = self.lock();
+        let child = cmd.spawn()?;
+        state.leaders.insert(child.id());
+        state.groups.insert(child.id());
+        Ok(child)
+    }
+
+    fn release_leader(&self, pid: u32) {
+        self.lock().leaders.remove(&pid);
+    }
+
+    fn release_group(&self, pgid: u32) {
+        self.lock().groups.remove(&pgid);
+    }
+
+    /// Reap dead orphans of our jobs; return the live ones whose environment matches `marker`.
+    fn sweep(&self, marker: &dyn Fn(&OsStr) -> bool) -> Vec<u32> {
+        let mut state = self.lock();
+        let mut live = Vec::new();
+        for pid in sys::own_children() {
+            if state.leaders.contains(&pid) {
+                continue;
+            }
+            match sys::proc_state(pid) {
+                Some(('Z' | 'X', pgid)) => {
+                    if state.groups.contains(&pgid) || state.adopted.remove(&pid) {
+                        let _ = sys::try_wait4(pid);
+                    }
+                }
+                Some(_) if sys::environ_matches(pid, marker) => {
+                    state.adopted.insert(pid);
+                    live.push(pid);
+                }
+                _ => {}
+            }
+        }
+        live
+    }
+}
+
+struct Ctx {
+    opts: RunOptions,
+    reaper: Reaper,
+    events: Option<mpsc::Sender<Event>>,
+    clock: Clock,
+    run_key: String,
+    own_pgid: u32,
+    inherited: HashSet<OsString>,
+}
+
+/// Run the jobs received on `jobs` until the channel closes or a stop request ends the run.
+///
+/// Jobs that were not started because of a stop are not recorded; everything that started
+/// gets exactly one [`Event::Finished`] and one journal line.
+pub async fn run(
+    opts: RunOptions,
+    mut jobs: mpsc::Receiver<JobSpec>,
+    events: Option<mpsc::Sender<Event>>,
+    mut external: watch::Receiver<Stop>,
+) -> RunSummary {
+    let n_jobs = opts.n_jobs.max(1);
+    let halt = opts.halt;
+    if opts.subreaper {
+        if let Err(e) = sys::set_child_subreaper() {
+            tracing::warn!("cannot become a child subreaper ({e}); daemonised grandchildren may outlive their job");
+        }
+    }
+    let ctx = Arc::new(Ctx {
+        opts,
+        reaper: Reaper::default(),
+        events,
+        clock: Clock::new(),
+        run_key: format!("{}-{}", std::process::id(), Utc::now().timestamp_nanos_opt().unwrap_or(0)),
+        own_pgid: sys::own_pgid(),
+        inherited: std::env::vars_os().map(|(k, _)| k).collect(),
+    });
+    let (stop_tx, stop_rx) = watch::channel(*external.borrow());
+    let mut free: Vec<usize> = (0..n_jobs).collect();
+    let mut set: JoinSet<JobRecord> = JoinSet::new();
+    let mut running: HashMap<tokio::task::Id, (usize, u64)> = HashMap::new();
+    let mut summary = RunSummary::default();
+    let mut dispatching = true;
+    let mut external_open = true;
+    loop {
+        let current = *stop_rx.borrow();
+        if current != Stop::None && dispatching {
+            dispatching = false;
+            summary.stopped_early = true;
+        }
+        if !dispatching && set.is_empty() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            changed = external.changed(), if external_open => match changed {
+                Ok(()) => {
+                    let req = *external.borrow_and_update();
+                    stop_tx.send_modify(|s| *s = (*s).max(req));
+                }
+                Err(_) => external_open = false,
+            },
+            Some(done) = set.join_next_with_id(), if !set.is_empty() => {
+                let record = match done {
+                    Ok((id, record)) => {
+                        running.remove(&id);
+                        record
+                    }
+                    Err(e) => {
+                        let (slot, num) = running.remove(&e.id()).unwrap_or((0, u64::MAX));
+                        lost_record(num, slot, &e.to_string())
+                    }
+                };
+                free.push(record.slot);
+                summary.finished += 1;
+                if record.outcome.is_success() {
+                    summary.succeeded += 1;
+                } else {
+                    let caused_by_stop = matches!(record.outcome, Outcome::Stopped { .. });
+                    if !caused_by_stop {
+                        match halt {
+                            HaltPolicy::Soon => stop_tx.send_modify(|s| *s = (*s).max(Stop::Drain)),
+                            HaltPolicy::Now => stop_tx.send_modify(|s| {
+                                *s = (*s).max(Stop::Graceful { reason: StopReason::Halt, signal: libc::SIGTERM })
+                            }),
+                            _ => {}
+                        }
+                    }
+                    summary.failures.push(record);
+                }
+            }
+            job = jobs.recv(), if dispatching && !free.is_empty() => match job {
+                None => dispatching = false,
+                Some(spec) => {
+                    free.sort_unstable_by(|a, b| b.cmp(a));
+                    let slot = free.pop().unwrap_or(0);
+                    let num = spec.num;
+                    let handle = set.spawn(run_one(spec, slot, ctx.clone(), stop_rx.clone()));
+                    running.insert(handle.id(), (slot, num));
+                }
+            },
+            else => break,
+        }
+    }
+    // Whatever is still marked as ours (a job's escapee that outlived every check) ends now.
+    let prefix = format!("{JOB_KEY_VAR}={}.", ctx.run_key);
+    for pid in ctx.reaper.sweep(&|entry| entry.as_encoded_bytes().starts_with(prefix.as_bytes())) {
+        sys::signal_pid(pid, Signal::SIGKILL);
+    }
+    summary.stop = *stop_rx.borrow();
+    if let Some(j) = &ctx.opts.journal {
+        let _ = j.sync();
+    }
+    summary
+}
+
+fn lost_record(num: u64, slot: usize, why: &str) -> JobRecord {
+    let now = Utc::now();
+    JobRecord {
+        num,
+        id: num.to_string(),
+        overrides: Vec::new(),
+        outcome: Outcome::SpawnFailed { error: format!("supervisor task failed: {why}") },
+        pid: None,
+        slot,
+        start: now,
+        end: now,
+        duration: Duration::ZERO,
+        user_cpu: 0.0,
+        sys_cpu: 0.0,
+        max_rss_kib: 0,
+        stdout_bytes: 0,
+        stderr_bytes: 0,
+        leftover_processes: 0,
+        log: Default::default(),
+        dir: None,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum EndCause {
+    TimedOut,
+    Stopped(StopReason),
+}
+
+async fn run_one(spec: JobSpec, slot: usize, ctx: Arc<Ctx>, mut stop: watch::Receiver<Stop>) -> JobRecord {
+    let start = Utc::now();
+    let t0 = Instant::now();
+    let marker = OsString::from(format!("{JOB_KEY_VAR}={}.{}", ctx.run_key, spec.num));
+    let mut record = JobRecord {
+        num: spec.num,
+        id: spec.id.clone(),
+        overrides: spec.overrides.clone(),
+        outcome: Outcome::Succeeded,
+        pid: None,
+        slot,
+        start,
+        end: start,
+        duration: Duration::ZERO,
+        user_cpu: 0.0,
+        sys_cpu: 0.0,
+        max_rss_kib: 0,
+        stdout_bytes: 0,
+        stderr_bytes: 0,
+        leftover_processes: 0,
+        log: spec.log_path.clone(),
+        dir: spec.dir.clone(),
+    };
+    if let Some(error) = &spec.setup_error {
+        record.outcome = Outcome::SpawnFailed { error: error.clone() };
+        return finish(&ctx, record, t0).await;
+    }
+    let file = match File::create(&spec.log_path) {
+        Ok(f) => f,
+        Err(e) => {
+            record.outcome =
+                Outcome::SpawnFailed { error: format!("cannot create log {}: {e}", spec.log_path.display()) };
+            return finish(&ctx, record, t0).await;
+        }
+    };
+    let mut log = LogWriter::new(file, ctx.clock);
+    let mut cmd = build_command(&spec, slot, &ctx, &marker);
+    let mut child = match ctx.reaper.spawn(&mut cmd) {
+        Ok(c) => c,
+        Err(e) => {
+            let error = spawn_error(&spec, &e);
+            let _ = log.note(&format!("could not start {}: {error}", spec.program.to_string_lossy()));
+            record.outcome = Outcome::SpawnFailed { error };
+            return finish(&ctx, record, t0).await;
+        }
+    };
+    let pid = child.id();
+    record.pid = Some(pid);
+    let stdout = child.stdout.take().and_then(|p| pipe::Receiver::from_owned_fd(OwnedFd::from(p)).ok());
+    let stderr = child.stderr.take().and_then(|p| pipe::Receiver::from_owned_fd(OwnedFd::from(p)).ok());
+    drop(child);
+    let _ = log.note(&format!("started pid {pid} in slot {slot}: {}", argv_text(&spec)));
+    if let Some(tx) = &ctx.events {
+        let _ = tx.send(Event::Started { num: spec.num, pid, slot, at: start }).await;
+    }
+    let abandon = CancellationToken::new();
+    let events = if ctx.opts.forward_output { ctx.events.clone() } else { None };
+    let mut pump = tokio::spawn(output::pump(spec.num, stdout, stderr, log, events, abandon.clone()));
+    let pidfd = sys::async_pidfd(pid);
+
+    let grace = ctx.opts.grace;
+    let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    let mut cause: Option<EndCause> = None;
+    let mut stop_open = true;
+    let signal_job = |sig: Signal| {
+        sys::signal_group(pid, sig);
+        for orphan in ctx.reaper.sweep(&|e| e == marker.as_os_str()) {
+            signal_tree(orphan, sig, ctx.own_pgid);
+        }
+    };
+    // A stop requested before we started still applies to us.
+    let mut pending_stop = Some(*stop.borrow_and_update());
+    let reaped = loop {
+        if let Some(req) = pending_stop.take() {
+            match req {
+                Stop::Graceful { reason, signal } if cause.is_none() => {
+                    cause = Some(EndCause::Stopped(reason));
+                    signal_job(Signal::try_from(signal).unwrap_or(Signal::SIGTERM));
+                    kill_at = Some(tokio::time::Instant::now() + grace);
+                }
+                Stop::Immediate => {
+                    cause.get_or_insert(EndCause::Stopped(StopReason::Interrupted));
+                    signal_job(Signal::SIGKILL);
+                    kill_at = None;
+                }
+                _ => {}
+            }
+        }
+        tokio::select! {
+            r = wait_exit(pidfd.as_ref(), pid) => break r,
+            _ = sleep_until(deadline), if cause.is_none() && deadline.is_some() => {
+                cause = Some(EndCause::TimedOut);
+                signal_job(Signal::SIGTERM);
+                kill_at = Some(tokio::time::Instant::now() + grace);
+            }
+            _ = sleep_until(kill_at), if kill_at.is_some() => {
+                signal_job(Signal::SIGKILL);
+                kill_at = None;
+            }
+            changed = stop.changed(), if stop_open => match changed {
+                Ok(()) => pending_stop = Some(*stop.borrow_and_update()),
+                Err(_) => stop_open = false,
+            },
+        }
+    };
+    ctx.reaper.release_leader(pid);
+    let immediate = *stop.borrow() == Stop::Immediate;
+    record.leftover_processes = end_leftovers(&ctx, pid, &marker, if immediate { Duration::ZERO } else { grace }).await;
+    ctx.reaper.release_group(pid);
+
+    // Every process that held the pipes is gone now, so EOF is due; a process that escaped
+    // both the group and the marker could still hold them, so do not wait forever.
+    let (mut log, captured, pumped) = match tokio::time::timeout(Duration::from_secs(2), &mut pump).await {
+        Ok(joined) => joined.unwrap_or_else(|e| panic_log(&spec, e)),
+        Err(_) => {
+            abandon.cancel();
+            let (mut log, captured, r) = pump.await.unwrap_or_else(|e| panic_log(&spec, e));
+            let _ = log.note("stopped reading output: a process outside the job's group still holds its stdout/stderr");
+            (log, captured, r)
+        }
+    };
+    if let Err(e) = pumped {
+        let _ = log.note(&format!("output capture failed: {e}"));
+    }
+    record.stdout_bytes = captured.stdout;
+    record.stderr_bytes = captured.stderr;
+    record.outcome = match reaped {
+        Ok(r) => {
+            record.user_cpu = r.user_cpu;
+            record.sys_cpu = r.sys_cpu;
+            record.max_rss_kib = r.max_rss_kib;
+            outcome(r, cause, spec.timeout)
+        }
+        Err(e) => Outcome::SpawnFailed { error: format!("lost track of pid {pid}: {e}") },
+    };
+    let elapsed = t0.elapsed();
+    let mut end_note = format!("{} after {}", record.outcome.describe(), humanize_precise(elapsed));
+    if record.leftover_processes > 0 {
+        end_note.push_str(&format!("; ended {} leftover process(es) of the job", record.leftover_processes));
+    }
+    let _ = log.note(&end_note);
+    finish(&ctx, record, t0).await
+}
+
+fn panic_log(spec: &JobSpec, e: tokio::task::JoinError) -> (LogWriter, output::Captured, io::Result<()>) {
+    // The pump owned the log; it panicked, so reopen the file for the end record.
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&spec.log_path)
+        .or_else(|_| std::fs::OpenOptions::new().write(true).open("/dev/null"));
+    let err = io::Error::other(e.to_string());
+    match file {
+        Ok(f) => (LogWriter::new(f, Clock::new()), output::Captured::default(), Err(err)),
+        // Not even /dev/null opens: nothing sensible is left to write to.
+        Err(_) => std::process::abort(),
+    }
+}
+
+fn humanize_precise(d: Duration) -> String {
+    format!("{:.3}s", d.as_secs_f64())
+}
+
+fn outcome(r: sys::Reaped, cause: Option<EndCause>, limit: Option<Duration>) -> Outcome {
+    match cause {
+        Some(EndCause::TimedOut) => {
+            Outcome::TimedOut { limit: limit.unwrap_or_default(), code: r.code, signal: r.signal }
+        }
+        Some(EndCause::Stopped(reason)) => Outcome::Stopped { reason, code: r.code, signal: r.signal },
+        None => match (r.code, r.signal) {
+            (Some(0), _) => Outcome::Succeeded,
+            (Some(code), _) => Outcome::Failed { code },
+            (None, Some(signal)) => Outcome::Signaled { signal, core_dumped: r.core_dumped },
+            (None, None) => Outcome::Failed { code: -1 },
+        },
+    }
+}
+
+async fn finish(ctx: &Ctx, mut record: JobRecord, t0: Instant) -> JobRecord {
+    record.end = Utc::now();
+    record.duration = t0.elapsed();
+    if let Some(j) = &ctx.opts.journal {
+        if let Err(e) = j.append(&record) {
+            tracing::error!("cannot append to the journal: {e}");
+        }
+    }
+    if let Some(tx) = &ctx.events {
+        let _ = tx.send(Event::Finished(Box::new(record.clone()))).await;
+    }
+    record
+}
+
+/// End whatever the job left behind: its process group and adopted orphans carrying its
+/// marker. TERM first, SIGKILL after `grace`. Returns how many processes it found.
+async fn end_leftovers(ctx: &Ctx, pgid: u32, marker: &OsStr, grace: Duration) -> u32 {
+    let mut seen: HashSet<u32> = HashSet::new();
+    let mut termed = false;
+    let started = Instant::now();
+    let hard_stop = grace + Duration::from_secs(3);
+    loop {
+        let orphans = ctx.reaper.sweep(&|e| e == marker);
+        let group = if sys::group_alive(pgid) { sys::live_group_members(pgid) } else { Vec::new() };
+        if orphans.is_empty() && group.is_empty() {
+            break;
+        }
+        seen.extend(orphans.iter().copied());
+        seen.extend(group.iter().copied());
+        let sig = if !termed && !grace.is_zero() {
+            Some(Signal::SIGTERM)
+        } else if started.elapsed() >= grace {
+            Some(Signal::SIGKILL)
+        } else {
+            None
+        };
+        if let Some(sig) = sig {
+            termed = true;
+            sys::signal_group(pgid, sig);
+            for pid in &orphans {
+                signal_tree(*pid, sig, ctx.own_pgid);
+            }
+        }
+        if started.elapsed() > hard_stop {
+            tracing::warn!("processes of job group {pgid} survived SIGKILL: {group:?} {orphans:?}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    seen.len() as u32
+}
+
+/// Signal an adopted process and, if it leads its own group (a `setsid` escapee), the group.
+fn signal_tree(pid: u32, sig: Signal, own_pgid: u32) {
+    sys::signal_pid(pid, sig);
+    if let Some((_, pgid)) = sys::proc_state(pid) {
+        if pgid == pid && pgid != own_pgid {
+            sys::signal_group(pgid, sig);
+        }
+    }
+}
+
+async fn wait_exit(pidfd: Option<&AsyncFd<OwnedFd>>, pid: u32) -> io::Result<sys::Reaped> {
+    loop {
+        match pidfd {
+            Some(fd) => {
+                let mut guard = fd.readable().await?;
+                if let Some(r) = sys::try_wait4(pid)? {
+                    return Ok(r);
+                }
+                guard.clear_ready();
+            }
+            None => {
+                if let Some(r) = sys::try_wait4(pid)? {
+                    return Ok(r);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn build_command(spec: &JobSpec, slot: usize, ctx: &Ctx, marker: &OsStr) -> Command {
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args);
+    if let Some(n) = ctx.opts.thread_limit {
+        let value = n.to_string();
+        for var in THREAD_VARS {
+            let set_by_job = spec.env.iter().any(|(k, _)| k == var);
+            if !set_by_job && !ctx.inherited.contains(OsStr::new(var)) {
+                cmd.env(var, &value);
+            }
+        }
+    }
+    cmd.env("ORCHESTRATOR_SLOT", slot.to_string());
+    for (name, value) in &ctx.opts.slot_env {
+        cmd.env(name, value.for_slot(slot));
+    }
+    for (k, v) in &spec.env {
+        cmd.env(k, v);
+    }
+    if let Some((k, v)) = marker.to_str().and_then(|m| m.split_once('=')) {
+        cmd.env(k, v);
+    }
+    if let Some(dir) = &spec.cwd {
+        cmd.current_dir(dir);
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    sys::isolate(&mut cmd);
+    cmd
+}
+
+fn spawn_error(spec: &JobSpec, e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::E2BIG) => format!("{e} (an argument or environment value is over Linux's 128 KiB limit)"),
+        Some(libc::ENOENT) if spec.cwd.as_ref().is_some_and(|d| !d.is_dir()) => {
+            format!(
+                "working directory {} does not exist",
+                spec.cwd.as_ref().map(|d| d.display().to_string()).unwrap_or_default()
+            )
+        }
+        _ => e.to_string(),
+    }
+}
+
+fn argv_text(spec: &JobSpec) -> String {
+    let mut s = spec.program.to_string_lossy().into_owned();
+    for a in &spec.args {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}

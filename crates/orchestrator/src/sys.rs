@@ -1,0 +1,171 @@
+//! The few system calls the supervisor needs that std and tokio do not offer.
+//!
+//! This is the only module with `unsafe`: the pre-exec hook, pidfd, `wait4` and subreaping.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+/// Make this process the reaper of its orphaned descendants, so that a job's daemonised
+/// grandchildren are re-parented to us (not to pid 1) and can still be found and ended.
+pub fn set_child_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments has no memory effects.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Configure `cmd` so that the child leads a new process group and is SIGKILLed if this
+/// process dies (even by SIGKILL), closing the race where we die before the prctl runs.
+pub fn isolate(cmd: &mut Command) {
+    cmd.process_group(0);
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs between fork and exec and only calls async-signal-safe
+    // functions (prctl, getppid, kill of self); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                // The supervisor died before the prctl: do not run unsupervised.
+                libc::_exit(137);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A pidfd: becomes readable when the process exits (Linux >= 5.3).
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; on success it returns a new fd that we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor returned by the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// How a reaped process ended, with its resource usage.
+#[derive(Debug, Clone, Copy)]
+pub struct Reaped {
+    /// Exit code, if it exited.
+    pub code: Option<i32>,
+    /// Terminating signal, if it was killed.
+    pub signal: Option<i32>,
+    /// Whether it dumped core.
+    pub core_dumped: bool,
+    /// User CPU seconds (its own and its waited-for descendants').
+    pub user_cpu: f64,
+    /// System CPU seconds.
+    pub sys_cpu: f64,
+    /// Peak resident set size in KiB (largest of it and its waited-for descendants).
+    pub max_rss_kib: u64,
+}
+
+/// Reap `pid` if it has exited. Never waits on any other pid (tokio and others own theirs).
+pub fn try_wait4(pid: u32) -> io::Result<Option<Reaped>> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain old data; wait4 fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to locals.
+    let rc = unsafe { libc::wait4(pid as libc::pid_t, &mut status, libc::WNOHANG, &mut usage) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if rc == 0 {
+        return Ok(None);
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(Some(Reaped {
+        code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+        signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
+        core_dumped: libc::WIFSIGNALED(status) && libc::WCOREDUMP(status),
+        user_cpu: tv(usage.ru_utime),
+        sys_cpu: tv(usage.ru_stime),
+        max_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+    }))
+}
+
+/// Send `sig` to a process group. `Ok(false)` means the group no longer exists.
+pub fn signal_group(pgid: u32, sig: Signal) -> bool {
+    killpg(Pid::from_raw(pgid as i32), sig).is_ok()
+}
+
+/// Send `sig` to one process. `false` if it is gone.
+pub fn signal_pid(pid: u32, sig: Signal) -> bool {
+    kill(Pid::from_raw(pid as i32), sig).is_ok()
+}
+
+/// Whether a process group still has any member (zombies included).
+pub fn group_alive(pgid: u32) -> bool {
+    killpg(Pid::from_raw(pgid as i32), None).is_ok()
+}
+
+/// Direct children of this process (all threads), from `/proc/self/task/*/children`.
+pub fn own_children() -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            out.extend(text.split_ascii_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out
+}
+
+/// State letter and process group of `pid` from `/proc/<pid>/stat`.
+pub fn proc_state(pid: u32) -> Option<(char, u32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain anything: parse after the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let _ppid = fields.next()?;
+    let pgid = fields.next()?.parse().ok()?;
+    Some((state, pgid))
+}
+
+/// Whether any `NAME=value` entry of `pid`'s environment satisfies `pred`.
+pub fn environ_matches(pid: u32, pred: &dyn Fn(&OsStr) -> bool) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    match std::fs::read(format!("/proc/{pid}/environ")) {
+        Ok(env) => env.split(|b| *b == 0).any(|entry| pred(OsStr::from_bytes(entry))),
+        Err(_) => false,
+    }
+}
+
+/// Live (not zombie) members of process group `pgid`, found by scanning `/proc`.
+pub fn live_group_members(pgid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| matches!(proc_state(*pid), Some((state, g)) if g == pgid && state != 'Z' && state != 'X'))
+        .collect()
+}
+
+/// The process group of this process.
+pub fn own_pgid() -> u32 {
+    nix::unistd::getpgrp().as_raw() as u32
+}
+
+/// Number of CPUs this process may use (affinity and cgroup aware).
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// A pidfd registered with the tokio reactor; readable once `pid` has exited.
+pub fn async_pidfd(pid: u32) -> Option<tokio::io::unix::AsyncFd<OwnedFd>> {
+    let fd = pidfd_open(pid).ok()?;
+    // SAFETY: we own `fd` and it stays open for as long as the AsyncFd, which owns it.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE).ok() }
+}

@@ -1,0 +1,146 @@
+//! Shared helpers: a sandbox dir per test, the binaries, and process checks.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn orchestrator() -> &'static str {
+    env!("CARGO_BIN_EXE_orchestrator-it")
+}
+
+pub fn fixture() -> &'static str {
+    env!("CARGO_BIN_EXE_fixture")
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
+
+/// A config with two slots and a short grace period, for fast tests.
+pub const FAST: &str = "hydra:\n  launcher:\n    class: hydra_plugins.joblib_launcher.JoblibLauncher\n    params:\n      joblib:\n        n_jobs: 2\n        timeout: None\n    orchestrator:\n      grace_period: 0.5s\n";
+
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        Sandbox { dir: tempfile::tempdir().expect("tempdir") }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path().join(name);
+        std::fs::write(&p, text).expect("write file");
+        p
+    }
+
+    /// `orchestrator run` in this sandbox.
+    pub fn cmd(&self) -> assert_cmd::Command {
+        let mut c = assert_cmd::Command::new(orchestrator());
+        c.current_dir(self.path()).arg("run").timeout(Duration::from_secs(120));
+        c
+    }
+
+    /// `orchestrator run` as a plain child process (for sending it signals).
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        std::process::Command::new(orchestrator())
+            .current_dir(self.path())
+            .arg("run")
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn orchestrator")
+    }
+
+    /// Every sweep dir created under `multirun/<date>/<time>`.
+    pub fn sweep_dirs(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for base in ["multirun", "outputs"] {
+            let Ok(days) = std::fs::read_dir(self.path().join(base)) else { continue };
+            for day in days.flatten() {
+                for run in std::fs::read_dir(day.path()).into_iter().flatten().flatten() {
+                    out.push(run.path());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    pub fn sweep_dir(&self) -> PathBuf {
+        let dirs = self.sweep_dirs();
+        assert_eq!(dirs.len(), 1, "expected exactly one sweep dir, found {dirs:?}");
+        dirs.into_iter().next().unwrap_or_default()
+    }
+
+    pub fn nothing_created(&self) -> bool {
+        !self.path().join("multirun").exists() && !self.path().join("outputs").exists()
+    }
+}
+
+/// Parsed `jobs.jsonl`, sorted by job number.
+pub fn journal(sweep: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(sweep.join("jobs.jsonl")).expect("jobs.jsonl");
+    let mut v: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("journal line is JSON")).collect();
+    v.sort_by_key(|r| r["num"].as_u64());
+    v
+}
+
+/// Whether `pid` is a live process (zombies waiting for a late reaper do not count).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next().map(str::to_string));
+            !matches!(state.as_deref(), Some("Z") | Some("X") | None)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Pids the fixtures wrote into the job dirs' `pids` files.
+pub fn recorded_pids(sweep: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir(sweep).expect("sweep dir").flatten() {
+        if let Ok(text) = std::fs::read_to_string(entry.path().join("pids")) {
+            pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+    }
+    pids
+}
+
+/// Assert that none of `pids` survives (allowing a moment for SIGKILL delivery).
+pub fn assert_no_survivors(pids: &[u32]) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let survivors: Vec<u32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+        if survivors.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            // Do not leave them behind for the next test either.
+            for p in &survivors {
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p as i32), nix::sys::signal::Signal::SIGKILL);
+            }
+            panic!("processes survived: {survivors:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Wait until `cond` holds, or panic after `secs`.
+pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,163 @@
+//! Process hygiene: timeouts, escaped grandchildren, signals. Every test looks for
+//! surviving PIDs; none trusts exit codes alone.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::common::*;
+
+fn timeout_config(sb: &Sandbox) -> std::path::PathBuf {
+    sb.write(
+        "c.yaml",
+        "hydra:\n  launcher:\n    _target_: hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher\n    n_jobs: 2\n    timeout: 1\n    orchestrator:\n      grace_period: 300ms\n",
+    )
+}
+
+#[test]
+fn timeout_ends_a_job_that_ignores_sigterm_and_its_grandchild() {
+    let sb = Sandbox::new();
+    let cfg = timeout_config(&sb);
+    let out = sb
+        .cmd()
+        .args([
+            "-c",
+            cfg.to_str().unwrap(),
+            "-m",
+            "--quiet",
+            "+mode=hang-ignore-term,sleep",
+            "--",
+            fixture(),
+            "{mode}",
+            "0.2",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let sweep = sb.sweep_dir();
+    let pids = recorded_pids(&sweep);
+    assert_eq!(pids.len(), 2, "leader and grandchild recorded");
+    assert_no_survivors(&pids);
+    let records = journal(&sweep);
+    assert_eq!(records[0]["status"], "timed_out");
+    assert_eq!(records[0]["timed_out"], true);
+    assert_eq!(records[0]["signal"], "SIGKILL", "it ignored SIGTERM, so SIGKILL after the grace period");
+    assert_eq!(records[1]["status"], "succeeded", "the other job goes on");
+    let log = std::fs::read_to_string(sweep.join("0/fixture.log")).unwrap();
+    assert!(log.contains("timed out after 1s, ended by SIGKILL"), "{log}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("#0 : +mode=hang-ignore-term -> timed out after 1s"), "{stderr}");
+}
+
+#[test]
+fn timeout_ends_a_setsid_grandchild_that_left_the_group() {
+    let sb = Sandbox::new();
+    let cfg = timeout_config(&sb);
+    sb.cmd()
+        .args(["-c", cfg.to_str().unwrap(), "-m", "--quiet", "task=1", "--", fixture(), "setsid-hang"])
+        .assert()
+        .code(1);
+    let sweep = sb.sweep_dir();
+    let pids = recorded_pids(&sweep);
+    assert_eq!(pids.len(), 3, "leader, setsid child and its child recorded");
+    assert_no_survivors(&pids);
+    assert_eq!(journal(&sweep)[0]["status"], "timed_out");
+}
+
+#[test]
+fn a_job_that_daemonises_and_exits_leaves_nothing_behind() {
+    let sb = Sandbox::new();
+    let cfg = sb.write("c.yaml", FAST);
+    sb.cmd()
+        .args(["-c", cfg.to_str().unwrap(), "-m", "--quiet", "task=1", "--", fixture(), "daemonize"])
+        .assert()
+        .success();
+    let sweep = sb.sweep_dir();
+    let pids = recorded_pids(&sweep);
+    assert_eq!(pids.len(), 3);
+    assert_no_survivors(&pids);
+    let r = &journal(&sweep)[0];
+    assert_eq!(r["status"], "succeeded");
+    assert!(r["leftover_processes"].as_u64().unwrap() >= 2, "{r}");
+}
+
+fn interrupt_with(sig: Signal, expected_code: i32) {
+    let sb = Sandbox::new();
+    let cfg = sb.write("c.yaml", FAST);
+    // Job 0 ignores SIGTERM/SIGINT (needs SIGKILL), job 1 has a grandchild; 6 jobs queued.
+    let child = sb.spawn(&[
+        "-c",
+        cfg.to_str().unwrap(),
+        "-m",
+        "+mode=hang-ignore-term,setsid-hang,sleep",
+        "x=1,2",
+        "--",
+        fixture(),
+        "{mode}",
+        "30",
+    ]);
+    let orch_pid = child.id();
+    wait_for(20, "both running jobs to record their pids", || {
+        sb.sweep_dirs().first().map(|s| recorded_pids(s).len() >= 4).unwrap_or(false)
+    });
+    let t0 = Instant::now();
+    kill(Pid::from_raw(orch_pid as i32), sig).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let took = t0.elapsed();
+    assert_eq!(out.status.code(), Some(expected_code), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(took < Duration::from_secs(5), "stopping took {took:?}");
+    let sweep = sb.sweep_dir();
+    assert_no_survivors(&recorded_pids(&sweep));
+    assert!(!alive(orch_pid));
+    let records = journal(&sweep);
+    assert_eq!(records.len(), 2, "only the two started jobs are recorded");
+    for r in &records {
+        assert_eq!(r["status"], "interrupted", "{r}");
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("4 not started"), "{stderr}");
+}
+
+#[test]
+fn sigint_forwards_kills_and_exits_130() {
+    interrupt_with(Signal::SIGINT, 130);
+}
+
+#[test]
+fn sigterm_forwards_kills_and_exits_143() {
+    interrupt_with(Signal::SIGTERM, 143);
+}
+
+#[test]
+fn children_die_with_a_killed_supervisor() {
+    let sb = Sandbox::new();
+    let cfg = sb.write("c.yaml", FAST);
+    let mut child =
+        sb.spawn(&["-c", cfg.to_str().unwrap(), "-m", "--quiet", "task=1,2", "--", fixture(), "hang-ignore-term"]);
+    wait_for(20, "jobs to start", || sb.sweep_dirs().first().map(|s| recorded_pids(s).len() >= 4).unwrap_or(false));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    let _ = child.wait();
+    let sweep = sb.sweep_dir();
+    // The leaders die by the parent-death signal. Their forked children are not covered by
+    // it (they ignore SIGTERM and their parent was the leader): check the leaders only,
+    // and clean up the rest so the machine stays tidy.
+    let pids = recorded_pids(&sweep);
+    let leaders: Vec<u32> = std::fs::read_dir(&sweep)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("pids")).ok())
+        .filter_map(|t| t.lines().next().and_then(|l| l.parse().ok()))
+        .collect();
+    assert_eq!(leaders.len(), 2);
+    let result = std::panic::catch_unwind(|| assert_no_survivors(&leaders));
+    for p in pids {
+        let _ = kill(Pid::from_raw(p as i32), Signal::SIGKILL);
+    }
+    result.unwrap();
+    // The journal stays valid JSON lines even though the supervisor died mid-run.
+    let text = std::fs::read_to_string(sweep.join("jobs.jsonl")).unwrap();
+    for line in text.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap();
+    }
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: the real CLI against small fixture programs.
+
+mod common;
+
+mod bad_input;
+mod hygiene;
+mod output;
+mod seed;
+mod sweeps;

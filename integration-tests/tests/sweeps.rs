@@ -1,0 +1,209 @@
+//! Sweep order, numbering, concurrency and the child contract.
+
+use crate::common::*;
+
+fn overrides_of(records: &[serde_json::Value]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| r["overrides"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+#[test]
+fn two_keys_follow_hydra_order() {
+    let sb = Sandbox::new();
+    let cfg = sb.write("c.yaml", FAST);
+    sb.cmd()
+        .args(["-c", cfg.to_str().unwrap(), "-m", "--quiet", "task=1,2,3", "lr=0.1,0.01", "--", fixture(), "echo"])
+        .assert()
+        .success();
+    let records = journal(&sb.sweep_dir());
+    assert_eq!(
+        overrides_of(&records),
+        ["task=1 lr=0.1", "task=1 lr=0.01", "task=2 lr=0.1", "task=2 lr=0.01", "task=3 lr=0.1", "task=3 lr=0.01"]
+    );
+}
+
+#[test]
+fn three_keys_leftmost_slowest_and_argv_contract() {
+    let sb = Sandbox::new();
+    let cfg = sb.write("c.yaml", &format!("{FAST}db:\n  driver: mysql\n"));
+    sb.cmd()
+        .args([
+            "-c",
+            cfg.to_str().unwrap(),
+            "-m",
+            "--quiet",
+            "a=x,y",
+            "b=1..2",
+            "db.driver=pg,sqlite",
+            "--",
+            fixture(),
+            "echo",
+        ])
+        .assert()
+        .success();
+    let sweep = sb.sweep_dir();
+    let records = journal(&sweep);
+    assert_eq!(records.len(), 8);
+    assert_eq!(overrides_of(&records)[0], "a=x b=1 db.driver=pg");
+    assert_eq!(overrides_of(&records)[1], "a=x b=1 db.driver=sqlite");
+    assert_eq!(overrides_of(&records)[2], "a=x b=2 db.driver=pg");
+    assert_eq!(overrides_of(&records)[7], "a=y b=2 db.driver=sqlite");
+    // argv: the app's own args, then the overrides, Hydra style.
+    let echo = std::fs::read_to_string(sweep.join("5/echo.txt")).unwrap();
+    let mut lines = echo.lines();
+    let argv: Vec<String> = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(argv, ["echo", "a=y", "b=1", "db.driver=sqlite"]);
+    let env: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(env["ORCHESTRATOR_JOB_NUM"], "5");
+    assert_eq!(env["ORCHESTRATOR_JOB_ID"], "fixture_5");
+    assert_eq!(env["ORCHESTRATOR_JOB_DIR"], sweep.join("5").to_str().unwrap());
+    assert_eq!(env["ORCHESTRATOR_SWEEP_DIR"], sweep.to_str().unwrap());
+    assert_eq!(env["ORCHESTRATOR_CONFIG"], sweep.join("5/.hydra/config.yaml").to_str().unwrap());
+    let ov: serde_json::Value = serde_json::from_str(env["ORCHESTRATOR_OVERRIDES"].as_str().unwrap()).unwrap();
+    assert_eq!(ov, serde_json::json!({"a": "y", "b": 1, "db.driver": "sqlite"}));
+    assert!(env["ORCHESTRATOR_SLOT"].as_str().unwrap() == "0" || env["ORCHESTRATOR_SLOT"].as_str().unwrap() == "1");
+    // Thread limits as loky sets them: cpus / n_jobs, at least 1.
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    assert_eq!(env["OMP_NUM_THREADS"], (cpus / 2).max(1).to_string());
+    let config = std::fs::read_to_string(sweep.join("5/.hydra/config.yaml")).unwrap();
+    assert_eq!(config, "db:\n  driver: sqlite\na: y\nb: 1\n");
+}
+
+#[test]
+fn placeholders_replace_appended_overrides_and_slot_env() {
+    let sb = Sandbox::new();
+    let cfg = sb.write(
+        "c.yaml",
+        &format!(
+            "{FAST}      slot_env:\n        CUDA_VISIBLE_DEVICES: [\"7\", \"9\"]\n        MY_PORT: \"80{{slot}}0\"\n"
+        ),
+    );
+    sb.cmd()
+        .env("OMP_NUM_THREADS", "5")
+        .args([
+            "-c",
+            cfg.to_str().unwrap(),
+            "-m",
+            "--quiet",
+            "task=1,2",
+            "--",
+            fixture(),
+            "echo",
+            "--task={task}",
+            "{job.num}",
+        ])
+        .assert()
+        .success();
+    let sweep = sb.sweep_dir();
+    for n in 0..2 {
+        let echo = std::fs::read_to_string(sweep.join(format!("{n}/echo.txt"))).unwrap();
+        let mut lines = echo.lines();
+        let argv: Vec<String> = serde_json::from_str(lines.next().unwrap()).unwrap();
+        assert_eq!(argv, ["echo".to_string(), format!("--task={}", n + 1), n.to_string()]);
+        let env: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+        let slot: usize = env["ORCHESTRATOR_SLOT"].as_str().unwrap().parse().unwrap();
+        assert_eq!(env["CUDA_VISIBLE_DEVICES"], ["7", "9"][slot]);
+        assert_eq!(env["MY_PORT"], format!("80{slot}0"));
+        // The user's own setting wins over the computed thread limit.
+        assert_eq!(env["OMP_NUM_THREADS"], "5");
+    }
+}
+
+#[test]
+fn concurrency_reaches_but_never_exceeds_n_jobs() {
+    let sb = Sandbox::new();
+    let cfg = sb.write("c.yaml", FAST);
+    sb.cmd()
+        .args(["-c", cfg.to_str().unwrap(), "-m", "--quiet", "task=1..6", "--", fixture(), "sleep", "0.4"])
+        .assert()
+        .success();
+    let sweep = sb.sweep_dir();
+    let mut events = Vec::new();
+    for n in 0..6 {
+        let t = std::fs::read_to_string(sweep.join(format!("{n}/times"))).unwrap();
+        let mut it = t.split_whitespace().map(|x| x.parse::<f64>().unwrap());
+        events.push((it.next().unwrap(), 1));
+        events.push((it.next().unwrap(), -1));
+    }
+    events.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (mut cur, mut max) = (0, 0);
+    for (_, d) in events {
+        cur += d;
+        max = max.max(cur);
+    }
+    assert_eq!(max, 2, "peak concurrency must equal n_jobs=2");
+}
+
+#[test]
+fn failures_are_reported_and_others_still_run() {
+    let sb = Sandbox::new();
+    let cfg = sb.write("c.yaml", FAST);
+    let out = sb
+        .cmd()
+        .args(["-c", cfg.to_str().unwrap(), "-m", "task=1..4", "--", fixture(), "fail-on", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("3 of 4 jobs succeeded, 1 failed"), "{stderr}");
+    assert!(stderr.contains("#1 : task=2 -> exit code 3; log: "), "{stderr}");
+    let records = journal(&sb.sweep_dir());
+    assert_eq!(records.len(), 4);
+    assert_eq!(records[1]["status"], "failed");
+    assert_eq!(records[1]["exit_code"], 3);
+}
+
+#[test]
+fn halt_now_stops_at_the_first_failure() {
+    let sb = Sandbox::new();
+    let cfg = sb.write("c.yaml", &format!("{FAST}      halt: now\n"));
+    let out = sb
+        .cmd()
+        .args([
+            "-c",
+            cfg.to_str().unwrap(),
+            "-m",
+            "--quiet",
+            "hydra.launcher.params.joblib.n_jobs=1",
+            "task=1..5",
+            "--",
+            fixture(),
+            "fail-on",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let records = journal(&sb.sweep_dir());
+    assert_eq!(records.len(), 2, "jobs after the failure must not start");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("3 not started"));
+}
+
+#[test]
+fn single_run_without_multirun_uses_outputs_dir() {
+    let sb = Sandbox::new();
+    let cfg = sb.write("c.yaml", FAST);
+    sb.cmd().args(["-c", cfg.to_str().unwrap(), "--quiet", "task=3", "--", fixture(), "echo"]).assert().success();
+    let dirs = sb.sweep_dirs();
+    assert_eq!(dirs.len(), 1);
+    assert!(dirs[0].starts_with(sb.path().join("outputs")));
+    assert!(dirs[0].join(".hydra/config.yaml").exists());
+    assert!(dirs[0].join("fixture.log").exists());
+}
+
+#[test]
+fn two_sweeps_in_the_same_second_get_their_own_dirs() {
+    let sb = Sandbox::new();
+    let cfg = sb.write("c.yaml", "hydra:\n  sweep:\n    dir: multirun/day/fixed\n");
+    for _ in 0..2 {
+        sb.cmd()
+            .args(["-c", cfg.to_str().unwrap(), "-m", "--quiet", "task=1", "--", fixture(), "echo"])
+            .assert()
+            .success();
+    }
+    let dirs = sb.sweep_dirs();
+    assert_eq!(dirs.len(), 2, "{dirs:?}");
+    assert!(dirs[1].ends_with("fixed_1"));
+}
