@@ -336,14 +336,7 @@ fn launcher_section(
             for (k, val) in map {
                 let key = check_key(k, &["class", "params", "orchestrator"], BASE, origin)?;
                 match key {
-                    "params" => {
-                        let pm = expect_map(val, &["hydra", "launcher", "params"], origin)?;
-                        for (pk, pv) in pm {
-                            let pk = check_key(pk, &["joblib"], &["hydra", "launcher", "params"], origin)?;
-                            let jm = expect_map(pv, &["hydra", "launcher", "params", pk], origin)?;
-                            reader.joblib_params(&["hydra", "launcher", "params", "joblib"], jm, launcher)?;
-                        }
-                    }
+                    "params" => seed_params(reader, val, launcher, origin)?,
                     "orchestrator" => orchestrator(reader, val, launcher, origin)?,
                     _ => {}
                 }
@@ -358,6 +351,17 @@ fn launcher_section(
             }
             LauncherForm::Flat { target: t }
         }
+        (None, None) if map.contains_key("params") => {
+            // `hydra.launcher.params.joblib.x=...` on a config without a launcher section:
+            // the seed form with its class implied.
+            for (k, val) in map {
+                match check_key(k, &["params", "orchestrator"], BASE, origin)? {
+                    "params" => seed_params(reader, val, launcher, origin)?,
+                    _ => orchestrator(reader, val, launcher, origin)?,
+                }
+            }
+            LauncherForm::Default
+        }
         (None, None) => {
             // Keys without a class: read them as the flat form, so `hydra.launcher.n_jobs=2`
             // works on a config that has no launcher section.
@@ -369,6 +373,22 @@ fn launcher_section(
         }
     };
     Ok(form)
+}
+
+/// The seed form's `params:` mapping, whose only key is `joblib`.
+fn seed_params(
+    reader: &Reader<'_>,
+    val: &Value,
+    launcher: &mut LauncherConfig,
+    origin: &dyn Fn(&[&str]) -> Origin,
+) -> Result<(), ConfigError> {
+    let pm = expect_map(val, &["hydra", "launcher", "params"], origin)?;
+    for (pk, pv) in pm {
+        let pk = check_key(pk, &["joblib"], &["hydra", "launcher", "params"], origin)?;
+        let jm = expect_map(pv, &["hydra", "launcher", "params", pk], origin)?;
+        reader.joblib_params(&["hydra", "launcher", "params", "joblib"], jm, launcher)?;
+    }
+    Ok(())
 }
 
 fn orchestrator(

@@ -533,6 +533,14 @@ async fn end_leftovers(ctx: &Ctx, pgid: u32, marker: &OsStr, grace: Duration) ->
         }
         seen.extend(orphans.iter().copied());
         seen.extend(group.iter().copied());
+        for pid in &orphans {
+            // A `setsid` escapee's own group goes down with it; count its members too.
+            if let Some((_, own)) = sys::proc_state(*pid) {
+                if own == *pid && own != ctx.own_pgid {
+                    seen.extend(sys::live_group_members(own));
+                }
+            }
+        }
         let sig = if !termed && !grace.is_zero() {
             Some(Signal::SIGTERM)
         } else if started.elapsed() >= grace {

@@ -138,8 +138,12 @@ fn main() {
         }
         "segv" => {
             println!("about to crash");
-            // SAFETY: deliberately crash with SIGSEGV.
-            unsafe { libc::raise(libc::SIGSEGV) };
+            // SAFETY: deliberately crash with SIGSEGV; Rust's own handler (for stack
+            // overflows) would otherwise swallow a raised signal.
+            unsafe {
+                libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+                libc::raise(libc::SIGSEGV);
+            }
         }
         "exit" => {
             let code: i32 = arg(1).parse().unwrap_or(1);
