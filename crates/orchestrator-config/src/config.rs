@@ -145,7 +145,7 @@ pub fn load_config_str(text: &str, origin: &Path) -> Result<LoadedConfig, Config
                 },
             );
             if let Some(l) = loc {
-                err.snippet = text.lines().nth(l.line().saturating_sub(1)).map(str::to_string);
+                err.set_snippet(text.lines().nth(l.line().saturating_sub(1)).map(str::to_string));
             }
             err.with_help("the config is YAML: `key: value` pairs, nested by indentation with spaces")
         })?
@@ -215,8 +215,9 @@ impl LoadedConfig {
             }
         };
         let with_snippet = |mut e: ConfigError| -> ConfigError {
-            if let Origin::File { line: Some(l), .. } = &e.origin {
-                e.snippet = self.text.lines().nth(l - 1).map(str::to_string);
+            if let Origin::File { line: Some(l), .. } = e.origin() {
+                let snippet = self.text.lines().nth(l - 1).map(str::to_string);
+                e.set_snippet(snippet);
             }
             e
         };

@@ -58,35 +58,60 @@ pub enum ConfigErrorKind {
 }
 
 /// A config problem: what was wrong, where, and what would be right.
+///
+/// Boxed so that `Result<_, ConfigError>` stays small on the happy path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigError {
-    /// The kind of problem.
-    pub kind: ConfigErrorKind,
-    /// One line: what is wrong.
-    pub message: String,
-    /// Where it is.
-    pub origin: Origin,
-    /// What would be right (allowed values, a suggestion).
-    pub help: Option<String>,
-    /// The offending source line, when the origin is a file position.
-    pub snippet: Option<String>,
+pub struct ConfigError(Box<Details>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Details {
+    kind: ConfigErrorKind,
+    message: String,
+    origin: Origin,
+    help: Option<String>,
+    snippet: Option<String>,
 }
 
 impl ConfigError {
     pub(crate) fn new(kind: ConfigErrorKind, message: impl Into<String>, origin: Origin) -> Self {
-        ConfigError { kind, message: message.into(), origin, help: None, snippet: None }
+        ConfigError(Box::new(Details { kind, message: message.into(), origin, help: None, snippet: None }))
     }
 
     pub(crate) fn with_help(mut self, help: impl Into<String>) -> Self {
-        self.help = Some(help.into());
+        self.0.help = Some(help.into());
         self
+    }
+
+    pub(crate) fn set_snippet(&mut self, snippet: Option<String>) {
+        self.0.snippet = snippet;
+    }
+
+    /// The kind of problem.
+    pub fn kind(&self) -> ConfigErrorKind {
+        self.0.kind
+    }
+
+    /// One line: what is wrong.
+    pub fn message(&self) -> &str {
+        &self.0.message
+    }
+
+    /// Where it is.
+    pub fn origin(&self) -> &Origin {
+        &self.0.origin
+    }
+
+    /// What would be right (allowed values, a suggestion).
+    pub fn help(&self) -> Option<&str> {
+        self.0.help.as_deref()
     }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}\n  --> {}", self.message, self.origin)?;
-        if let (Some(snippet), Origin::File { line: Some(line), column, .. }) = (&self.snippet, &self.origin) {
+        let d = &self.0;
+        write!(f, "{}\n  --> {}", d.message, d.origin)?;
+        if let (Some(snippet), Origin::File { line: Some(line), column, .. }) = (&d.snippet, &d.origin) {
             let width = line.to_string().len();
             write!(f, "\n {:width$} |\n {line} | {snippet}", "")?;
             if let Some(column) = column {
@@ -94,7 +119,7 @@ impl fmt::Display for ConfigError {
                 write!(f, "\n {:width$} | {pad}^", "")?;
             }
         }
-        if let Some(help) = &self.help {
+        if let Some(help) = &d.help {
             write!(f, "\n  = help: {help}")?;
         }
         Ok(())

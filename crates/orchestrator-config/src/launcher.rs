@@ -452,7 +452,7 @@ impl Reader<'_> {
             _ => None,
         };
         match secs {
-            Some(s) if s.is_finite() && s >= 0.0 && s < 1e12 => {
+            Some(s) if (0.0..1e12).contains(&s) => {
                 self.positive(p, Duration::from_secs_f64(s), name, help)
             }
             _ => Err(self.invalid(p, format!("invalid {name} {}", show(v)), help)),
@@ -512,7 +512,7 @@ impl Reader<'_> {
     }
 
     fn max_nbytes(&self, p: &[&str], v: &Value) -> Result<Option<u64>, ConfigError> {
-        let help = "bytes as an integer, or a size with K, M or G (1024-based: 1M = 1048576), or None to never spill";
+        let help = "bytes as an integer, or a number with K, M or G (1024-based: 1M = 1048576, 1.5M), or None to never spill";
         match v {
             _ if is_null(v) => Ok(None),
             Value::Number(n) => {
@@ -585,19 +585,19 @@ fn is_env_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// joblib's sizes: an integer, or a number with K, M or G (1024-based). `1M` = 1,048,576.
+/// joblib's sizes (`memstr_to_bytes`): an integer, or a number followed by `K`, `M` or `G`
+/// (1024-based, upper case only, as joblib). `1M` = 1,048,576; `1.5M` = 1,572,864.
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
     if let Ok(n) = s.parse::<u64>() {
         return Some(n);
     }
     let last = s.chars().last()?;
-    let mult: u64 = match last.to_ascii_uppercase() {
+    let mult: u64 = match last {
         'K' => 1 << 10,
         'M' => 1 << 20,
         'G' => 1 << 30,
-        'T' => 1 << 40,
-        _ => return parse_size::Config::new().with_binary().parse_size(s).ok(),
+        _ => return None,
     };
     let num: f64 = s[..s.len() - 1].trim().parse().ok()?;
     if !num.is_finite() || num < 0.0 {
@@ -618,7 +618,8 @@ mod tests {
         assert_eq!(parse_size("500K"), Some(512_000));
         assert_eq!(parse_size("2G"), Some(2 * 1024 * 1024 * 1024));
         assert_eq!(parse_size("1000"), Some(1000));
-        assert_eq!(parse_size("1MiB"), Some(1_048_576));
+        assert_eq!(parse_size("1MiB"), None, "joblib accepts K, M, G only");
+        assert_eq!(parse_size("1m"), None, "joblib is case-sensitive");
         assert_eq!(parse_size("lots"), None);
         assert_eq!(parse_size("-1M"), None);
         assert_eq!(parse_size(""), None);

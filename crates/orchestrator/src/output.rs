@@ -175,45 +175,41 @@ pub(crate) async fn pump(
     events: Option<mpsc::Sender<Event>>,
     abandon: CancellationToken,
 ) -> (LogWriter, Captured, io::Result<()>) {
-    let mut out = Framer::new(Stream::Stdout);
-    let mut err = Framer::new(Stream::Stderr);
-    let result = pump_inner(num, stdout, stderr, &mut log, events.as_ref(), &mut out, &mut err, &abandon).await;
-    let captured = Captured { stdout: out.bytes, stderr: err.bytes };
+    let mut framers = (Framer::new(Stream::Stdout), Framer::new(Stream::Stderr));
+    let mut sink = Sink { log: &mut log, events: events.as_ref(), num };
+    let result = pump_inner(stdout, stderr, &mut sink, &mut framers, &abandon).await;
+    let captured = Captured { stdout: framers.0.bytes, stderr: framers.1.bytes };
     (log, captured, result)
 }
 
 async fn pump_inner(
-    num: u64,
     mut stdout: Option<pipe::Receiver>,
     mut stderr: Option<pipe::Receiver>,
-    log: &mut LogWriter,
-    events: Option<&mpsc::Sender<Event>>,
-    out: &mut Framer,
-    err: &mut Framer,
+    sink: &mut Sink<'_>,
+    (out, err): &mut (Framer, Framer),
     abandon: &CancellationToken,
 ) -> io::Result<()> {
     let mut obuf = vec![0u8; MAX_RECORD];
     let mut ebuf = vec![0u8; MAX_RECORD];
-    let mut sink = Sink { log, events, num };
     while stdout.is_some() || stderr.is_some() {
         tokio::select! {
             // A process that escaped every kill still holds the pipe: stop waiting for EOF.
             _ = abandon.cancelled() => {
-                out.finish(&mut sink).await?;
-                err.finish(&mut sink).await?;
+                out.finish(sink).await?;
+                err.finish(sink).await?;
                 return Ok(());
             }
             r = read_opt(&mut stdout, &mut obuf), if stdout.is_some() => match r {
-                Ok(0) => { out.finish(&mut sink).await?; stdout = None; }
-                Ok(n) => out.feed(&obuf[..n], &mut sink).await?,
+                Ok(0) => { out.finish(sink).await?; stdout = None; }
+                Ok(n) => out.feed(&obuf[..n], sink).await?,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => { out.finish(&mut sink).await?; stdout = None; sink.log.note(&format!("reading stdout failed: {e}"))?; }
+                Err(e) => { out.finish(sink).await?; stdout = None; sink.log.note(&format!("reading stdout failed: {e}"))?; }
             },
             r = read_opt(&mut stderr, &mut ebuf), if stderr.is_some() => match r {
-                Ok(0) => { err.finish(&mut sink).await?; stderr = None; }
-                Ok(n) => err.feed(&ebuf[..n], &mut sink).await?,
+                Ok(0) => { err.finish(sink).await?; stderr = None; }
+                Ok(n) => err.feed(&ebuf[..n], sink).await?,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => { err.finish(&mut sink).await?; stderr = None; sink.log.note(&format!("reading stderr failed: {e}"))?; }
+                Err(e) => { err.finish(sink).await?; stderr = None; sink.log.note(&format!("reading stderr failed: {e}"))?; }
             },
         }
         sink.log.flush()?;

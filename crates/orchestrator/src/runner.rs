@@ -166,10 +166,8 @@ impl Reaper {
                 continue;
             }
             match sys::proc_state(pid) {
-                Some(('Z' | 'X', pgid)) => {
-                    if state.groups.contains(&pgid) || state.adopted.remove(&pid) {
-                        let _ = sys::try_wait4(pid);
-                    }
+                Some(('Z' | 'X', pgid)) if state.groups.contains(&pgid) || state.adopted.remove(&pid) => {
+                    let _ = sys::try_wait4(pid);
                 }
                 Some(_) if sys::environ_matches(pid, marker) => {
                     state.adopted.insert(pid);

@@ -1,0 +1,121 @@
+//! The seed config read exactly as written, the flat form, and error messages.
+
+use std::path::Path;
+use std::time::Duration;
+
+use orchestrator_config::{
+    BatchSize, ConfigErrorKind, LauncherForm, MmapMode, NJobs, Origin, PreDispatch, Prefer, load_config_file,
+    load_config_str,
+};
+
+fn seed_path() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/joblib.yaml")
+}
+
+#[test]
+fn seed_file_is_the_verbatim_seed() {
+    let ours = std::fs::read_to_string(seed_path()).unwrap();
+    let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/seed-joblib.yaml");
+    if let Ok(reference) = std::fs::read_to_string(seed) {
+        assert_eq!(ours, reference);
+    }
+    assert!(ours.contains("backend: None"));
+}
+
+#[test]
+fn seed_values_read_with_joblib_semantics() {
+    let loaded = load_config_file(&seed_path()).unwrap();
+    let r = loaded.resolve(&Default::default()).unwrap();
+    let l = &r.launcher;
+    assert_eq!(r.form, LauncherForm::Seed { class: "hydra_plugins.joblib_launcher.JoblibLauncher".into() });
+    assert_eq!(l.n_jobs, NJobs(Some(-1)));
+    assert_eq!(l.backend, None, "`None` is null, not the string");
+    assert_eq!(l.prefer, Some(Prefer::Processes));
+    assert!(!l.require_sharedmem);
+    assert_eq!(l.verbose, 0);
+    assert_eq!(l.timeout, None);
+    assert_eq!(l.pre_dispatch, PreDispatch::Expr("2*n_jobs".into()));
+    assert_eq!(l.pre_dispatch.resolve(2), 4);
+    assert_eq!(l.batch_size, BatchSize::Auto);
+    assert_eq!(l.temp_folder, None);
+    assert_eq!(l.max_nbytes, Some(1_048_576), "1M is 1024-based");
+    assert_eq!(l.mmap_mode, Some(MmapMode::R));
+    let banner: Vec<String> = l.banner.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    assert_eq!(
+        banner.join(","),
+        "n_jobs=-1,backend=None,prefer=processes,require=None,verbose=0,timeout=None,pre_dispatch=2*n_jobs,batch_size=auto,temp_folder=None,max_nbytes=1M,mmap_mode=r"
+    );
+    assert_eq!(r.app, serde_yaml::Value::Mapping(Default::default()));
+}
+
+#[test]
+fn flat_form_and_durations() {
+    let text = "task: 1\nhydra:\n  launcher:\n    _target_: hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher\n    n_jobs: -2\n    timeout: 1h 30m\n    max_nbytes: null\n    mmap_mode: w+\n    orchestrator:\n      grace_period: 2.5\n      halt: soon\n";
+    let r = load_config_str(text, Path::new("t.yaml")).unwrap().resolve(&Default::default()).unwrap();
+    assert!(matches!(r.form, LauncherForm::Flat { .. }));
+    assert_eq!(r.launcher.n_jobs.resolve(8), 7);
+    assert_eq!(r.launcher.timeout, Some(Duration::from_secs(5400)));
+    assert_eq!(r.launcher.max_nbytes, None);
+    assert_eq!(r.launcher.mmap_mode, Some(MmapMode::RPlus), "w+ is read as r+");
+    assert_eq!(r.launcher.grace_period, Duration::from_millis(2500));
+    assert_eq!(r.launcher.halt, orchestrator_config::HaltPolicy::Soon);
+    assert_eq!(r.app["task"], serde_yaml::Value::from(1));
+}
+
+#[test]
+fn float_timeout_and_tilde_null() {
+    let text = "hydra:\n  launcher:\n    n_jobs: ~\n    timeout: 2.0\n";
+    let r = load_config_str(text, Path::new("t.yaml")).unwrap().resolve(&Default::default()).unwrap();
+    assert_eq!(r.launcher.n_jobs.resolve(4), 1, "null n_jobs means 1");
+    assert_eq!(r.launcher.timeout, Some(Duration::from_secs(2)));
+    assert!(r.launcher.banner.iter().any(|(k, v)| k == "timeout" && v == "2.0"), "Python str() of a float");
+}
+
+#[test]
+fn unknown_key_points_at_line_and_column_with_suggestion() {
+    let text = "hydra:\n  launcher:\n    class: hydra_plugins.joblib_launcher.JoblibLauncher\n    params:\n      joblib:\n        n_job: 2\n";
+    let e = load_config_str(text, Path::new("c.yaml")).unwrap_err();
+    assert_eq!(e.kind(), ConfigErrorKind::UnknownKey);
+    assert_eq!(e.origin(), &Origin::File { path: "c.yaml".into(), line: Some(6), column: Some(9) });
+    assert!(e.help().unwrap().contains("did you mean `n_jobs`?"));
+    let shown = e.to_string();
+    assert!(shown.contains(" 6 |         n_job: 2"), "{shown}");
+    assert!(shown.contains("^"), "{shown}");
+}
+
+#[test]
+fn yaml_syntax_error_has_a_position() {
+    let e = load_config_str("a: [1, 2\nb: 3\n", Path::new("c.yaml")).unwrap_err();
+    assert_eq!(e.kind(), ConfigErrorKind::Syntax);
+    assert!(matches!(e.origin(), Origin::File { line: Some(_), .. }), "{e}");
+}
+
+#[test]
+fn yaml_1_2_scalars_are_documented_behaviour() {
+    // The YAML parser follows YAML 1.2: `yes`/`on` stay strings and `0755` is the integer
+    // 755, unlike Hydra's PyYAML (1.1). The README states this.
+    let r = load_config_str("a: yes\nb: on\nc: 0755\nd: true\n", Path::new("t.yaml")).unwrap().resolve(&Default::default()).unwrap();
+    assert_eq!(r.app["a"], serde_yaml::Value::from("yes"));
+    assert_eq!(r.app["b"], serde_yaml::Value::from("on"));
+    assert_eq!(r.app["d"], serde_yaml::Value::from(true));
+}
+
+#[test]
+fn wrong_types_name_the_key_and_the_allowed_values() {
+    for (line, want) in [
+        ("n_jobs: 0", "n_jobs == 0"),
+        ("n_jobs: [1]", "invalid n_jobs"),
+        ("backend: dask", "allowed values: None, loky"),
+        ("max_nbytes: 1m", "invalid max_nbytes"),
+        ("pre_dispatch: 2*n_jobs +", "invalid pre_dispatch"),
+        ("batch_size: -3", "batch_size must be"),
+        ("mmap_mode: x", "invalid mmap_mode"),
+        ("timeout: forever", "invalid timeout"),
+    ] {
+        let text = format!("hydra:\n  launcher:\n    {line}\n");
+        let e = load_config_str(&text, Path::new("t.yaml")).unwrap_err();
+        let shown = e.to_string();
+        assert!(shown.contains(want), "{line}: {shown}");
+        assert!(matches!(e.origin(), Origin::File { line: Some(3), .. }), "{line}: {shown}");
+    }
+}
