@@ -452,9 +452,7 @@ impl Reader<'_> {
             _ => None,
         };
         match secs {
-            Some(s) if (0.0..1e12).contains(&s) => {
-                self.positive(p, Duration::from_secs_f64(s), name, help)
-            }
+            Some(s) if (0.0..1e12).contains(&s) => self.positive(p, Duration::from_secs_f64(s), name, help),
             _ => Err(self.invalid(p, format!("invalid {name} {}", show(v)), help)),
         }
     }
@@ -512,7 +510,8 @@ impl Reader<'_> {
     }
 
     fn max_nbytes(&self, p: &[&str], v: &Value) -> Result<Option<u64>, ConfigError> {
-        let help = "bytes as an integer, or a number with K, M or G (1024-based: 1M = 1048576, 1.5M), or None to never spill";
+        let help =
+            "bytes as an integer, or a number with K, M or G (1024-based: 1M = 1048576, 1.5M), or None to never spill";
         match v {
             _ if is_null(v) => Ok(None),
             Value::Number(n) => {

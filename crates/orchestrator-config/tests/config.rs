@@ -94,7 +94,10 @@ fn yaml_syntax_error_has_a_position() {
 fn yaml_1_2_scalars_are_documented_behaviour() {
     // The YAML parser follows YAML 1.2: `yes`/`on` stay strings and `0755` is the integer
     // 755, unlike Hydra's PyYAML (1.1). The README states this.
-    let r = load_config_str("a: yes\nb: on\nc: 0755\nd: true\n", Path::new("t.yaml")).unwrap().resolve(&Default::default()).unwrap();
+    let r = load_config_str("a: yes\nb: on\nc: 0755\nd: true\n", Path::new("t.yaml"))
+        .unwrap()
+        .resolve(&Default::default())
+        .unwrap();
     assert_eq!(r.app["a"], serde_yaml::Value::from("yes"));
     assert_eq!(r.app["b"], serde_yaml::Value::from("on"));
     assert_eq!(r.app["d"], serde_yaml::Value::from(true));

@@ -8,7 +8,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -139,13 +139,13 @@ impl Reaper {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn spawn(&self, cmd: &mut Command) -> io::Result<std::process::Child> {
+    fn spawn(&self, req: &sys::SpawnRequest<'_>) -> io::Result<sys::Spawned> {
         // Holding the lock across spawn: a concurrent sweep must not see the new leader
         // before it is registered, or it could reap it.
         let mut state = self.lock();
-        let child = cmd.spawn()?;
-        state.leaders.insert(child.id());
-        state.groups.insert(child.id());
+        let child = sys::spawn(req)?;
+        state.leaders.insert(child.pid);
+        state.groups.insert(child.pid);
         Ok(child)
     }
 
@@ -187,7 +187,10 @@ struct Ctx {
     clock: Clock,
     run_key: String,
     own_pgid: u32,
-    inherited: HashSet<OsString>,
+    /// Our environment when the run started; every job starts from it.
+    base_env: Vec<(OsString, OsString)>,
+    /// `PATH` lookups already done.
+    programs: Mutex<HashMap<OsString, PathBuf>>,
 }
 
 /// Run the jobs received on `jobs` until the channel closes or a stop request ends the run.
@@ -214,7 +217,8 @@ pub async fn run(
         clock: Clock::new(),
         run_key: format!("{}-{}", std::process::id(), Utc::now().timestamp_nanos_opt().unwrap_or(0)),
         own_pgid: sys::own_pgid(),
-        inherited: std::env::vars_os().map(|(k, _)| k).collect(),
+        base_env: std::env::vars_os().collect(),
+        programs: Mutex::new(HashMap::new()),
     });
     let (stop_tx, stop_rx) = watch::channel(*external.borrow());
     let mut free: Vec<usize> = (0..n_jobs).collect();
@@ -360,8 +364,13 @@ async fn run_one(spec: JobSpec, slot: usize, ctx: Arc<Ctx>, mut stop: watch::Rec
         }
     };
     let mut log = LogWriter::new(file, ctx.clock);
-    let mut cmd = build_command(&spec, slot, &ctx, &marker);
-    let mut child = match ctx.reaper.spawn(&mut cmd) {
+    let spawned = ctx.resolve(&spec.program).and_then(|program| {
+        let argv: Vec<OsString> = std::iter::once(spec.program.clone()).chain(spec.args.iter().cloned()).collect();
+        let env = job_env(&spec, slot, &ctx, &marker);
+        let req = sys::SpawnRequest { program: &program, argv: &argv, env: &env, cwd: spec.cwd.as_deref() };
+        ctx.reaper.spawn(&req)
+    });
+    let child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let error = spawn_error(&spec, &e);
@@ -370,11 +379,10 @@ async fn run_one(spec: JobSpec, slot: usize, ctx: Arc<Ctx>, mut stop: watch::Rec
             return finish(&ctx, record, t0).await;
         }
     };
-    let pid = child.id();
+    let pid = child.pid;
     record.pid = Some(pid);
-    let stdout = child.stdout.take().and_then(|p| pipe::Receiver::from_owned_fd(OwnedFd::from(p)).ok());
-    let stderr = child.stderr.take().and_then(|p| pipe::Receiver::from_owned_fd(OwnedFd::from(p)).ok());
-    drop(child);
+    let stdout = pipe::Receiver::from_owned_fd(child.stdout).ok();
+    let stderr = pipe::Receiver::from_owned_fd(child.stderr).ok();
     let _ = log.note(&format!("started pid {pid} in slot {slot}: {}", argv_text(&spec)));
     if let Some(tx) = &ctx.events {
         let _ = tx.send(Event::Started { num: spec.num, pid, slot, at: start }).await;
@@ -599,34 +607,61 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-fn build_command(spec: &JobSpec, slot: usize, ctx: &Ctx, marker: &OsStr) -> Command {
-    let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args);
+impl Ctx {
+    fn resolve(&self, program: &OsStr) -> io::Result<PathBuf> {
+        let mut cache = self.programs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = cache.get(program) {
+            return Ok(p.clone());
+        }
+        let path = self.base_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_os_str());
+        let resolved = sys::resolve_program(program, path)?;
+        cache.insert(program.to_os_string(), resolved.clone());
+        Ok(resolved)
+    }
+}
+
+/// The job's whole environment: ours, then thread limits (unless set), the slot values,
+/// the job's own variables and the marker, later entries winning.
+fn job_env(spec: &JobSpec, slot: usize, ctx: &Ctx, marker: &OsStr) -> Vec<OsString> {
+    let mut overlay: Vec<(OsString, OsString)> = Vec::new();
     if let Some(n) = ctx.opts.thread_limit {
-        let value = n.to_string();
+        let value = OsString::from(n.to_string());
         for var in THREAD_VARS {
-            let set_by_job = spec.env.iter().any(|(k, _)| k == var);
-            if !set_by_job && !ctx.inherited.contains(OsStr::new(var)) {
-                cmd.env(var, &value);
+            let set = spec.env.iter().any(|(k, _)| k == var) || ctx.base_env.iter().any(|(k, _)| k == var);
+            if !set {
+                overlay.push((var.into(), value.clone()));
             }
         }
     }
-    cmd.env("ORCHESTRATOR_SLOT", slot.to_string());
+    overlay.push(("ORCHESTRATOR_SLOT".into(), slot.to_string().into()));
     for (name, value) in &ctx.opts.slot_env {
-        cmd.env(name, value.for_slot(slot));
+        overlay.push((name.into(), value.for_slot(slot).into()));
     }
-    for (k, v) in &spec.env {
-        cmd.env(k, v);
-    }
+    overlay.extend(spec.env.iter().cloned());
     if let Some((k, v)) = marker.to_str().and_then(|m| m.split_once('=')) {
-        cmd.env(k, v);
+        overlay.push((k.into(), v.into()));
     }
-    if let Some(dir) = &spec.cwd {
-        cmd.current_dir(dir);
+    let overridden: HashSet<&OsStr> = overlay.iter().map(|(k, _)| k.as_os_str()).collect();
+    let mut env: Vec<OsString> = Vec::with_capacity(ctx.base_env.len() + overlay.len());
+    let mut push = |k: &OsStr, v: &OsStr| {
+        let mut e = OsString::with_capacity(k.len() + v.len() + 1);
+        e.push(k);
+        e.push("=");
+        e.push(v);
+        env.push(e);
+    };
+    for (k, v) in &ctx.base_env {
+        if !overridden.contains(k.as_os_str()) {
+            push(k, v);
+        }
     }
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    sys::isolate(&mut cmd);
-    cmd
+    // Later overlay entries win: emit only the last value of each name.
+    for (i, (k, v)) in overlay.iter().enumerate() {
+        if !overlay[i + 1..].iter().any(|(k2, _)| k2 == k) {
+            push(k, v);
+        }
+    }
+    env
 }
 
 fn spawn_error(spec: &JobSpec, e: &io::Error) -> String {

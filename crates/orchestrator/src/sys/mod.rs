@@ -1,12 +1,14 @@
 //! The few system calls the supervisor needs that std and tokio do not offer.
 //!
-//! This is the only module with `unsafe`: the pre-exec hook, pidfd, `wait4` and subreaping.
+//! This is the only module with `unsafe`: spawning, pidfd, `wait4` and subreaping.
+
+mod spawn;
+
+pub use spawn::{SpawnRequest, Spawned, resolve_program, spawn};
 
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::Command;
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
@@ -17,27 +19,6 @@ pub fn set_child_subreaper() -> io::Result<()> {
     // SAFETY: prctl with integer arguments has no memory effects.
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
-}
-
-/// Configure `cmd` so that the child leads a new process group and is SIGKILLed if this
-/// process dies (even by SIGKILL), closing the race where we die before the prctl runs.
-pub fn isolate(cmd: &mut Command) {
-    cmd.process_group(0);
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: the closure runs between fork and exec and only calls async-signal-safe
-    // functions (prctl, getppid, kill of self); it allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                // The supervisor died before the prctl: do not run unsupervised.
-                libc::_exit(137);
-            }
-            Ok(())
-        });
-    }
 }
 
 /// A pidfd: becomes readable when the process exits (Linux >= 5.3).

@@ -1,0 +1,198 @@
+//! Start a job's process the way `posix_spawn` does (a `CLONE_VM | CLONE_VFORK` child that
+//! only calls `execve`), plus the two things `posix_spawn` cannot do: the parent-death
+//! signal and its race check.
+//!
+//! Why not `std::process::Command` with `pre_exec`: a `pre_exec` hook makes std use a
+//! full `fork()`, whose page-table copy, copy-on-write faults and TLB shootdowns across the
+//! runtime's threads cost more than the rest of a short job's supervision (measured: ~20%
+//! of the supervisor's CPU on 2,000 `true` jobs). A vfork child shares our memory and
+//! runs only async-signal-safe system calls until `execve`.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// What to start.
+pub struct SpawnRequest<'a> {
+    /// Absolute or cwd-relative path of the executable (already looked up in `PATH`).
+    pub program: &'a Path,
+    /// `argv[0..]`, including `argv[0]`.
+    pub argv: &'a [OsString],
+    /// The complete environment, as `NAME=value` entries.
+    pub env: &'a [OsString],
+    /// Working directory for the child, if not ours.
+    pub cwd: Option<&'a Path>,
+}
+
+/// A started child: its pid (also its process group id) and its output pipes.
+pub struct Spawned {
+    /// Process id; the child leads its own process group with the same id.
+    pub pid: u32,
+    /// Read end of the child's stdout.
+    pub stdout: OwnedFd,
+    /// Read end of the child's stderr.
+    pub stderr: OwnedFd,
+}
+
+struct ChildArgs {
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    cwd: *const libc::c_char,
+    stdin: RawFd,
+    stdout: RawFd,
+    stderr: RawFd,
+    err_pipe: RawFd,
+    parent: libc::pid_t,
+    old_mask: libc::sigset_t,
+}
+
+fn cstring(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "argument or environment value contains a NUL byte"))
+}
+
+fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds has room for two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Start `req` in a new process group, with stdin on /dev/null and stdout/stderr piped, and
+/// SIGKILL as its parent-death signal. Errors (e.g. `ENOENT`, `EACCES`, `E2BIG`) come
+/// from the child's `execve` and are reported here.
+pub fn spawn(req: &SpawnRequest<'_>) -> io::Result<Spawned> {
+    let path = cstring(req.program.as_os_str().as_bytes())?;
+    let argv: Vec<CString> = req.argv.iter().map(|a| cstring(a.as_bytes())).collect::<io::Result<_>>()?;
+    let env: Vec<CString> = req.env.iter().map(|e| cstring(e.as_bytes())).collect::<io::Result<_>>()?;
+    let cwd = req.cwd.map(|c| cstring(c.as_os_str().as_bytes())).transpose()?;
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|c| c.as_ptr()).collect();
+    env_ptrs.push(std::ptr::null());
+
+    let devnull = std::fs::File::open("/dev/null")?;
+    let (out_r, out_w) = pipe_cloexec()?;
+    let (err_r, err_w) = pipe_cloexec()?;
+    let (status_r, status_w) = pipe_cloexec()?;
+
+    let mut args = ChildArgs {
+        path: path.as_ptr(),
+        argv: argv_ptrs.as_ptr(),
+        envp: env_ptrs.as_ptr(),
+        cwd: cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+        stdin: devnull.as_raw_fd(),
+        stdout: out_w.as_raw_fd(),
+        stderr: err_w.as_raw_fd(),
+        err_pipe: status_w.as_raw_fd(),
+        // SAFETY: getpid has no preconditions.
+        parent: unsafe { libc::getpid() },
+        // SAFETY: sigset_t is plain data, filled below.
+        old_mask: unsafe { std::mem::zeroed() },
+    };
+    // The child shares our memory: block every signal so that none of our handlers can run
+    // on its stack before it has reset them; it restores this mask before exec.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to local sigsets.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut args.old_mask);
+    }
+    const STACK: usize = 64 * 1024;
+    let mut stack = vec![0u8; STACK];
+    // SAFETY: the stack grows down on every Linux architecture we build for, so the child
+    // starts at the top of the buffer; CLONE_VFORK suspends us until the child has called
+    // execve or _exit, so `args`, the strings and the stack outlive its use of them.
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(STACK) as *mut libc::c_void;
+        libc::clone(
+            child_main,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&mut args as *mut ChildArgs).cast(),
+        )
+    };
+    let clone_err = io::Error::last_os_error();
+    // SAFETY: restoring the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &args.old_mask, std::ptr::null_mut()) };
+    drop(stack);
+    if pid < 0 {
+        return Err(clone_err);
+    }
+    drop((out_w, err_w, status_w, devnull));
+    let mut errno = [0u8; 4];
+    // SAFETY: reading into a local buffer from a descriptor we own.
+    let n = unsafe { libc::read(status_r.as_raw_fd(), errno.as_mut_ptr().cast(), 4) };
+    if n == 4 {
+        // exec failed and the child has exited: reap it here, nobody else knows its pid.
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        return Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)));
+    }
+    Ok(Spawned { pid: pid as u32, stdout: out_r, stderr: err_r })
+}
+
+/// Runs in the vfork child: only raw system calls, no allocation, no locks.
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the parent's `ChildArgs`, alive while the parent is suspended.
+    unsafe {
+        let a = &*(arg as *const ChildArgs);
+        let fail = |err_pipe: RawFd| -> ! {
+            let e = *libc::__errno_location();
+            libc::write(err_pipe, (&e as *const i32).cast(), 4);
+            libc::_exit(127)
+        };
+        // Our signal handlers must not run in the child: reset handled signals to default.
+        for sig in 1..libc::SIGRTMAX() {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction != libc::SIG_DFL
+                && old.sa_sigaction != libc::SIG_IGN
+            {
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+        if libc::setpgid(0, 0) != 0 {
+            fail(a.err_pipe);
+        }
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            fail(a.err_pipe);
+        }
+        if libc::getppid() != a.parent {
+            // The supervisor died before the prctl took effect: do not run unsupervised.
+            libc::_exit(137);
+        }
+        if libc::dup2(a.stdin, 0) < 0 || libc::dup2(a.stdout, 1) < 0 || libc::dup2(a.stderr, 2) < 0 {
+            fail(a.err_pipe);
+        }
+        if !a.cwd.is_null() && libc::chdir(a.cwd) != 0 {
+            fail(a.err_pipe);
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::execve(a.path, a.argv, a.envp);
+        fail(a.err_pipe)
+    }
+}
+
+/// Find `program` the way a shell would: a name with a `/` is used as is, a bare name is
+/// looked up in `PATH` (from `env`, else ours).
+pub fn resolve_program(program: &OsStr, path_var: Option<&OsStr>) -> io::Result<std::path::PathBuf> {
+    if program.as_bytes().contains(&b'/') {
+        return Ok(std::path::PathBuf::from(program));
+    }
+    let cwd = std::env::current_dir()?;
+    which::which_in(program, path_var.or(std::env::var_os("PATH").as_deref()), cwd).map_err(|_| {
+        io::Error::new(io::ErrorKind::NotFound, format!("`{}` not found in PATH", program.to_string_lossy()))
+    })
+}
