@@ -189,8 +189,9 @@ async fn pump_inner(
     (out, err): &mut (Framer, Framer),
     abandon: &CancellationToken,
 ) -> io::Result<()> {
-    let mut obuf = vec![0u8; MAX_RECORD];
-    let mut ebuf = vec![0u8; MAX_RECORD];
+    // Filled through `read_buf`, so the buffers are never zeroed: most jobs write little.
+    let mut obuf: Vec<u8> = Vec::with_capacity(MAX_RECORD);
+    let mut ebuf: Vec<u8> = Vec::with_capacity(MAX_RECORD);
     while stdout.is_some() || stderr.is_some() {
         tokio::select! {
             // A process that escaped every kill still holds the pipe: stop waiting for EOF.
@@ -201,13 +202,13 @@ async fn pump_inner(
             }
             r = read_opt(&mut stdout, &mut obuf), if stdout.is_some() => match r {
                 Ok(0) => { out.finish(sink).await?; stdout = None; }
-                Ok(n) => out.feed(&obuf[..n], sink).await?,
+                Ok(_) => { out.feed(&obuf, sink).await?; obuf.clear(); }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => { out.finish(sink).await?; stdout = None; sink.log.note(&format!("reading stdout failed: {e}"))?; }
             },
             r = read_opt(&mut stderr, &mut ebuf), if stderr.is_some() => match r {
                 Ok(0) => { err.finish(sink).await?; stderr = None; }
-                Ok(n) => err.feed(&ebuf[..n], sink).await?,
+                Ok(_) => { err.feed(&ebuf, sink).await?; ebuf.clear(); }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => { err.finish(sink).await?; stderr = None; sink.log.note(&format!("reading stderr failed: {e}"))?; }
             },
@@ -217,9 +218,9 @@ async fn pump_inner(
     Ok(())
 }
 
-async fn read_opt(r: &mut Option<pipe::Receiver>, buf: &mut [u8]) -> io::Result<usize> {
+async fn read_opt(r: &mut Option<pipe::Receiver>, buf: &mut Vec<u8>) -> io::Result<usize> {
     match r {
-        Some(r) => r.read(buf).await,
+        Some(r) => r.read_buf(buf).await,
         None => std::future::pending().await,
     }
 }

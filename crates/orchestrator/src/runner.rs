@@ -132,6 +132,8 @@ struct ReaperState {
     groups: HashSet<u32>,
     /// Orphans seen alive carrying one of our markers.
     adopted: HashSet<u32>,
+    /// Threads that spawned jobs: our children (and adopted orphans) are listed under them.
+    spawners: Vec<i32>,
 }
 
 impl Reaper {
@@ -144,6 +146,10 @@ impl Reaper {
         // before it is registered, or it could reap it.
         let mut state = self.lock();
         let child = sys::spawn(req)?;
+        let tid = sys::gettid();
+        if !state.spawners.contains(&tid) {
+            state.spawners.push(tid);
+        }
         state.leaders.insert(child.pid);
         state.groups.insert(child.pid);
         Ok(child)
@@ -161,7 +167,7 @@ impl Reaper {
     fn sweep(&self, marker: &dyn Fn(&OsStr) -> bool) -> Vec<u32> {
         let mut state = self.lock();
         let mut live = Vec::new();
-        for pid in sys::own_children() {
+        for pid in sys::children_of(&state.spawners) {
             if state.leaders.contains(&pid) {
                 continue;
             }

@@ -88,18 +88,29 @@ pub fn group_alive(pgid: u32) -> bool {
     killpg(Pid::from_raw(pgid as i32), None).is_ok()
 }
 
-/// Direct children of this process (all threads), from `/proc/self/task/*/children`.
-pub fn own_children() -> Vec<u32> {
+/// Children of the given threads of this process, from `/proc/self/task/<tid>/children`.
+///
+/// A child, and an orphan re-parented to us, is listed under the thread that spawned its
+/// ancestor, so the threads that spawned jobs are the only ones worth reading.
+pub fn children_of(tids: &[i32]) -> Vec<u32> {
+    use std::io::Read;
     let mut out = Vec::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return out;
-    };
-    for task in tasks.flatten() {
-        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-            out.extend(text.split_ascii_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+    let mut buf = String::new();
+    for tid in tids {
+        buf.clear();
+        if let Ok(mut f) = std::fs::File::open(format!("/proc/self/task/{tid}/children")) {
+            if f.read_to_string(&mut buf).is_ok() {
+                out.extend(buf.split_ascii_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            }
         }
     }
     out
+}
+
+/// The calling thread's id.
+pub fn gettid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
 }
 
 /// State letter and process group of `pid` from `/proc/<pid>/stat`.

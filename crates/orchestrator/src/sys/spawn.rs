@@ -77,7 +77,7 @@ pub fn spawn(req: &SpawnRequest<'_>) -> io::Result<Spawned> {
     let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|c| c.as_ptr()).collect();
     env_ptrs.push(std::ptr::null());
 
-    let devnull = std::fs::File::open("/dev/null")?;
+    let devnull = dev_null()?;
     let (out_r, out_w) = pipe_cloexec()?;
     let (err_r, err_w) = pipe_cloexec()?;
     let (status_r, status_w) = pipe_cloexec()?;
@@ -125,7 +125,7 @@ pub fn spawn(req: &SpawnRequest<'_>) -> io::Result<Spawned> {
     if pid < 0 {
         return Err(clone_err);
     }
-    drop((out_w, err_w, status_w, devnull));
+    drop((out_w, err_w, status_w));
     let mut errno = [0u8; 4];
     // SAFETY: reading into a local buffer from a descriptor we own.
     let n = unsafe { libc::read(status_r.as_raw_fd(), errno.as_mut_ptr().cast(), 4) };
@@ -183,6 +183,16 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         libc::execve(a.path, a.argv, a.envp);
         fail(a.err_pipe)
     }
+}
+
+/// One read-only `/dev/null` for every child's stdin, opened once.
+fn dev_null() -> io::Result<&'static std::fs::File> {
+    static DEV_NULL: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    if let Some(f) = DEV_NULL.get() {
+        return Ok(f);
+    }
+    let f = std::fs::File::open("/dev/null")?;
+    Ok(DEV_NULL.get_or_init(|| f))
 }
 
 /// Find `program` the way a shell would: a name with a `/` is used as is, a bare name is
