@@ -2,14 +2,35 @@
 
 use crate::common::*;
 
+/// The Rust example app under its own name (`my_app`), as a user would build it.
+fn rust_app(sb: &Sandbox) -> String {
+    let dest = sb.path().join("my_app");
+    std::fs::copy(env!("CARGO_BIN_EXE_example-my-app"), &dest).unwrap();
+    dest.to_string_lossy().into_owned()
+}
+
 #[test]
+fn seed_sweep_with_the_rust_example_writes_hydra_tree() {
+    let sb = Sandbox::new();
+    let app = rust_app(&sb);
+    check_seed_sweep(&sb, &[app.as_str()]);
+}
+
+/// Needs python3, which `.ci/run` installs; run with `cargo test -- --ignored`.
+#[test]
+#[ignore = "needs python3; .ci/run runs it"]
 fn seed_sweep_with_the_python_example_writes_hydra_tree() {
     let sb = Sandbox::new();
-    let config = repo().join("config/joblib.yaml");
     let app = repo().join("examples/my_app.py");
+    check_seed_sweep(&sb, &["python3", app.to_str().unwrap()]);
+}
+
+fn check_seed_sweep(sb: &Sandbox, app: &[&str]) {
+    let config = repo().join("config/joblib.yaml");
     let out = sb
         .cmd()
-        .args(["--config", config.to_str().unwrap(), "--multirun", "task=1..5", "--", "python3", app.to_str().unwrap()])
+        .args(["--config", config.to_str().unwrap(), "--multirun", "task=1..5", "--"])
+        .args(app)
         .output()
         .expect("run");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -3,17 +3,12 @@
 
 use std::time::Duration;
 
-use orchestrator_worker::{JobContext, overrides_from_args};
+use orchestrator_worker::overrides_from_args;
 
 fn main() {
     let overrides = overrides_from_args(std::env::args().skip(1));
     let task = overrides.iter().rev().find(|(k, _)| k == "task").map(|(_, v)| v.as_str()).unwrap_or("1");
-    let ctx = JobContext::from_env();
-    let now = now_hydra();
-    println!("[{now}][__main__][INFO] - Process ID {} executing task {task} ...", std::process::id());
-    if let Some(slot) = ctx.slot {
-        eprintln!("[{now}][__main__][DEBUG] - job {} in slot {slot}", ctx.num.unwrap_or(0));
-    }
+    println!("[{}][__main__][INFO] - Process ID {} executing task {task} ...", now_hydra(), std::process::id());
     std::thread::sleep(Duration::from_secs(1));
 }
 

@@ -1,0 +1,19 @@
+# Shortcuts only: every recipe is a plain cargo command from the README.
+
+# Run the seed sweep with the Rust example app.
+example:
+    cargo build --release -p my_app
+    cargo run --release -- run --config config/joblib.yaml --multirun task=1..5 -- target/release/my_app
+
+# All tests, as CI runs them.
+test:
+    cargo test --workspace
+
+# Lint as CI does.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# The spawn benchmark against xargs, GNU parallel and a posix_spawn floor.
+bench:
+    bash bench/spawn.sh
