@@ -224,3 +224,52 @@ async fn read_opt(r: &mut Option<pipe::Receiver>, buf: &mut Vec<u8>) -> io::Resu
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn frame(chunks: &[&[u8]]) -> (String, Vec<(Vec<u8>, bool)>) {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let mut log = LogWriter::new(file.reopen().unwrap(), Clock::new());
+        let (tx, mut rx) = mpsc::channel(1024);
+        {
+            let mut sink = Sink { log: &mut log, events: Some(&tx), num: 0 };
+            let mut f = Framer::new(Stream::Stdout);
+            for c in chunks {
+                f.feed(c, &mut sink).await.unwrap();
+            }
+            f.finish(&mut sink).await.unwrap();
+        }
+        log.flush().unwrap();
+        drop(tx);
+        let mut events = Vec::new();
+        while let Some(Event::Output { line, complete, .. }) = rx.recv().await {
+            events.push((line, complete));
+        }
+        (std::fs::read_to_string(file.path()).unwrap(), events)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn lines_split_across_reads_are_joined() {
+        let (log, events) = frame(&[b"he", b"llo\nwor", b"ld\n"]).await;
+        assert_eq!(events, vec![(b"hello".to_vec(), true), (b"world".to_vec(), true)]);
+        assert_eq!(log.lines().count(), 2);
+        assert!(log.lines().all(|l| l.contains("][stdout] ")));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_last_line_without_newline_is_a_fragment() {
+        let (log, events) = frame(&[b"a\nb"]).await;
+        assert_eq!(events, vec![(b"a".to_vec(), true), (b"b".to_vec(), false)]);
+        assert!(log.lines().nth(1).unwrap().contains("][stdout~] b"));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn long_lines_are_cut_into_bounded_records() {
+        let big = vec![b'x'; MAX_RECORD * 2 + 10];
+        let (_, events) = frame(&[&big, b"\n"]).await;
+        let sizes: Vec<(usize, bool)> = events.iter().map(|(l, c)| (l.len(), *c)).collect();
+        assert_eq!(sizes, vec![(MAX_RECORD, false), (MAX_RECORD, false), (10, true)]);
+    }
+}

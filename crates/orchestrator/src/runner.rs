@@ -691,3 +691,73 @@ fn argv_text(spec: &JobSpec) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(base: &[(&str, &str)], opts: RunOptions) -> Ctx {
+        Ctx {
+            opts,
+            reaper: Reaper::default(),
+            events: None,
+            clock: Clock::new(),
+            run_key: "k".into(),
+            own_pgid: 1,
+            base_env: base.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect(),
+            programs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    #[test]
+    fn job_env_layers_in_order_and_respects_user_thread_settings() {
+        let mut opts = RunOptions::new(2);
+        opts.thread_limit = Some(3);
+        opts.slot_env = vec![("GPU".into(), SlotValue::PerSlot(vec!["4".into(), "5".into()]))];
+        let ctx = ctx(&[("PATH", "/bin"), ("OMP_NUM_THREADS", "8"), ("GPU", "old")], opts);
+        let mut spec = JobSpec::new(0, "x", vec![], "l");
+        spec.env = vec![("MKL_NUM_THREADS".into(), "1".into()), ("A".into(), "1".into()), ("A".into(), "2".into())];
+        let env: Vec<String> = job_env(&spec, 1, &ctx, OsStr::new("ORCHESTRATOR_JOB_KEY=k.0"))
+            .into_iter()
+            .map(|e| e.into_string().unwrap())
+            .collect();
+        let get = |k: &str| env.iter().filter(|e| e.starts_with(&format!("{k}="))).cloned().collect::<Vec<_>>();
+        assert_eq!(get("PATH"), ["PATH=/bin"]);
+        assert_eq!(get("OMP_NUM_THREADS"), ["OMP_NUM_THREADS=8"], "inherited setting wins");
+        assert_eq!(get("MKL_NUM_THREADS"), ["MKL_NUM_THREADS=1"], "job setting wins");
+        assert_eq!(get("OPENBLAS_NUM_THREADS"), ["OPENBLAS_NUM_THREADS=3"]);
+        assert_eq!(get("GPU"), ["GPU=5"], "slot value replaces the inherited one");
+        assert_eq!(get("A"), ["A=2"], "the last value of a name wins");
+        assert_eq!(get("ORCHESTRATOR_SLOT"), ["ORCHESTRATOR_SLOT=1"]);
+        assert_eq!(get("ORCHESTRATOR_JOB_KEY"), ["ORCHESTRATOR_JOB_KEY=k.0"]);
+    }
+
+    fn reaped(code: Option<i32>, signal: Option<i32>) -> sys::Reaped {
+        sys::Reaped { code, signal, core_dumped: false, user_cpu: 0.0, sys_cpu: 0.0, max_rss_kib: 0 }
+    }
+
+    #[test]
+    fn outcomes_map_every_ending() {
+        assert_eq!(outcome(reaped(Some(0), None), None, None), Outcome::Succeeded);
+        assert_eq!(outcome(reaped(Some(2), None), None, None), Outcome::Failed { code: 2 });
+        assert_eq!(outcome(reaped(None, Some(11)), None, None), Outcome::Signaled { signal: 11, core_dumped: false });
+        let limit = Duration::from_secs(1);
+        assert_eq!(
+            outcome(reaped(None, Some(9)), Some(EndCause::TimedOut), Some(limit)),
+            Outcome::TimedOut { limit, code: None, signal: Some(9) }
+        );
+        // A job that exits 0 on SIGTERM after its timeout is still timed out, not a success.
+        assert!(matches!(outcome(reaped(Some(0), None), Some(EndCause::TimedOut), Some(limit)), Outcome::TimedOut { .. }));
+        assert_eq!(
+            outcome(reaped(None, Some(2)), Some(EndCause::Stopped(StopReason::Interrupted)), None),
+            Outcome::Stopped { reason: StopReason::Interrupted, code: None, signal: Some(2) }
+        );
+    }
+
+    #[test]
+    fn stop_requests_escalate_by_order() {
+        let graceful = Stop::Graceful { reason: StopReason::Interrupted, signal: 2 };
+        assert!(Stop::None < Stop::Drain && Stop::Drain < graceful && graceful < Stop::Immediate);
+        assert_eq!(Stop::Drain.max(graceful), graceful);
+    }
+}

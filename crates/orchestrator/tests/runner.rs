@@ -1,0 +1,144 @@
+//! The runner used as a library: events, outcomes, timeouts and stop requests.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::time::Duration;
+
+use orchestrator::{Event, JobSpec, Outcome, RunOptions, Stop, StopReason, Stream};
+use tokio::sync::{mpsc, watch};
+
+fn sh(num: u64, dir: &std::path::Path, script: &str) -> JobSpec {
+    let mut spec = JobSpec::new(num, "sh", vec![OsString::from("-c"), OsString::from(script)], dir.join(format!("{num}.log")));
+    spec.overrides = vec![format!("n={num}")];
+    spec
+}
+
+async fn run_all(opts: RunOptions, jobs: Vec<JobSpec>, stop: watch::Receiver<Stop>) -> (orchestrator::RunSummary, Vec<Event>) {
+    let (job_tx, job_rx) = mpsc::channel(16);
+    let (ev_tx, mut ev_rx) = mpsc::channel(1024);
+    let feeder = tokio::spawn(async move {
+        for j in jobs {
+            if job_tx.send(j).await.is_err() {
+                break;
+            }
+        }
+    });
+    let collector = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Some(e) = ev_rx.recv().await {
+            all.push(e);
+        }
+        all
+    });
+    let summary = orchestrator::run(opts, job_rx, Some(ev_tx), stop).await;
+    feeder.await.unwrap();
+    (summary, collector.await.unwrap())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn events_arrive_in_order_for_every_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs: Vec<JobSpec> = (0..6).map(|n| sh(n, dir.path(), "echo out; echo err >&2")).collect();
+    let mut opts = RunOptions::new(2);
+    opts.forward_output = true;
+    let (_tx, rx) = watch::channel(Stop::None);
+    let (summary, events) = run_all(opts, jobs, rx).await;
+    assert_eq!(summary.finished, 6);
+    assert_eq!(summary.succeeded, 6);
+    let mut phase: HashMap<u64, u8> = HashMap::new();
+    let mut lines: HashMap<u64, Vec<(Stream, Vec<u8>)>> = HashMap::new();
+    for e in &events {
+        match e {
+            Event::Started { num, slot, .. } => {
+                assert!(*slot < 2);
+                assert_eq!(phase.insert(*num, 1), None, "started once");
+            }
+            Event::Output { num, stream, line, complete } => {
+                assert_eq!(phase.get(num), Some(&1), "output after start, before finish");
+                assert!(complete);
+                lines.entry(*num).or_default().push((*stream, line.clone()));
+            }
+            Event::Finished(r) => {
+                assert_eq!(phase.insert(r.num, 2), Some(1), "finished after started");
+                assert_eq!(r.outcome, Outcome::Succeeded);
+                assert_eq!(r.stdout_bytes, 4);
+                assert_eq!(r.stderr_bytes, 4);
+            }
+            _ => {}
+        }
+    }
+    for n in 0..6 {
+        assert_eq!(phase[&n], 2);
+        let mut got = lines[&n].clone();
+        got.sort_by_key(|(s, _)| *s == Stream::Stderr);
+        assert_eq!(got, vec![(Stream::Stdout, b"out".to_vec()), (Stream::Stderr, b"err".to_vec())]);
+        let log = std::fs::read_to_string(dir.path().join(format!("{n}.log"))).unwrap();
+        assert!(log.contains("][stdout] out\n") && log.contains("][stderr] err\n"), "{log}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn outcomes_cover_exit_codes_signals_timeouts_and_spawn_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut timed = sh(2, dir.path(), "exec sleep 30");
+    timed.timeout = Some(Duration::from_millis(200));
+    let mut missing = JobSpec::new(3, "/nonexistent/program", vec![], dir.path().join("3.log"));
+    missing.id = "missing".into();
+    let jobs = vec![sh(0, dir.path(), "exit 7"), sh(1, dir.path(), "kill -9 $$"), timed, missing];
+    let mut opts = RunOptions::new(4);
+    opts.grace = Duration::from_millis(200);
+    let (_tx, rx) = watch::channel(Stop::None);
+    let (summary, _) = run_all(opts, jobs, rx).await;
+    let mut by_num: Vec<_> = summary.failures.iter().map(|r| (r.num, r.outcome.clone())).collect();
+    by_num.sort_by_key(|(n, _)| *n);
+    assert_eq!(by_num[0].1, Outcome::Failed { code: 7 });
+    assert_eq!(by_num[1].1, Outcome::Signaled { signal: 9, core_dumped: false });
+    assert!(matches!(by_num[2].1, Outcome::TimedOut { signal: Some(15), .. }), "{:?}", by_num[2].1);
+    assert!(matches!(&by_num[3].1, Outcome::SpawnFailed { error } if error.contains("No such file")), "{:?}", by_num[3].1);
+    let log = std::fs::read_to_string(dir.path().join("3.log")).unwrap();
+    assert!(log.contains("could not start /nonexistent/program"), "{log}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_stop_request_ends_running_jobs_and_starts_no_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs: Vec<JobSpec> = (0..5).map(|n| sh(n, dir.path(), "exec sleep 30")).collect();
+    let mut opts = RunOptions::new(2);
+    opts.grace = Duration::from_millis(300);
+    let (tx, rx) = watch::channel(Stop::None);
+    let stopper = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tx.send(Stop::Graceful { reason: StopReason::Interrupted, signal: libc_sigterm() }).unwrap();
+        tx
+    });
+    let (summary, _) = run_all(opts, jobs, rx).await;
+    let _tx = stopper.await.unwrap();
+    assert_eq!(summary.finished, 2, "only the two running jobs end");
+    assert!(summary.stopped_early);
+    for r in &summary.failures {
+        assert!(matches!(r.outcome, Outcome::Stopped { reason: StopReason::Interrupted, .. }), "{:?}", r.outcome);
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_dropped_event_receiver_does_not_stall_the_runner() {
+    let dir = tempfile::tempdir().unwrap();
+    let (job_tx, job_rx) = mpsc::channel(16);
+    let (ev_tx, ev_rx) = mpsc::channel(1);
+    drop(ev_rx);
+    for n in 0..4 {
+        job_tx.send(sh(n, dir.path(), "seq 1 1000")).await.unwrap();
+    }
+    drop(job_tx);
+    let mut opts = RunOptions::new(2);
+    opts.forward_output = true;
+    let (_tx, rx) = watch::channel(Stop::None);
+    let summary = tokio::time::timeout(Duration::from_secs(20), orchestrator::run(opts, job_rx, Some(ev_tx), rx)).await.unwrap();
+    assert_eq!(summary.succeeded, 4);
+    let log = std::fs::read_to_string(dir.path().join("3.log")).unwrap();
+    assert_eq!(log.lines().filter(|l| l.contains("][stdout] ")).count(), 1000, "the log is complete regardless");
+}
+
+fn libc_sigterm() -> i32 {
+    15
+}
