@@ -18,6 +18,8 @@
 #   REPS=5        timed repetitions per tool
 #   ORCH=path     orchestrator binary (default: build target/release/orchestrator)
 #   SKIP_ORCH=1   leave orchestrator out (peers only)
+#   RUN_TIMEOUT=300  seconds before one run of a tool counts as hung (it is killed, the
+#                 script fails)
 #
 # Timings are information, never a pass/fail test. The script fails only when a tool
 # fails or orchestrator's output tree does not hold N jobs.
@@ -28,6 +30,7 @@ N=${N:-2000}
 REPS=${REPS:-5}
 SLOTS=2
 SKIP_ORCH=${SKIP_ORCH:-0}
+RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CONFIG=$REPO/config/joblib.yaml
 RESULTS_DIR=$REPO/bench/results
@@ -40,6 +43,7 @@ die() {
 
 [[ $N =~ ^[1-9][0-9]*$ ]] || die "N must be a positive integer (got '$N')"
 [[ $REPS =~ ^[1-9][0-9]*$ ]] || die "REPS must be a positive integer (got '$REPS')"
+[[ $RUN_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "RUN_TIMEOUT must be a positive integer (got '$RUN_TIMEOUT')"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/spawn-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
@@ -79,19 +83,28 @@ ensure_orchestrator() {
     fi
     [[ -x $ORCH ]] || die "ORCH=$ORCH is not an executable"
     [[ -f $CONFIG ]] || die "config not found: $CONFIG"
+    # A copy, so that a rebuild during the benchmark cannot swap the binary between reps.
+    cp "$ORCH" "$WORK/orchestrator"
+    ORCH=$WORK/orchestrator
 }
 
 # --- measuring ---------------------------------------------------------------------------
 
 # run_timed NAME CMD...: run CMD once under GNU time, append "wall_seconds rss_kib" to
-# $WORK/NAME.samples; stdout and stderr go to $WORK/NAME.log. Fails if CMD fails.
+# $WORK/NAME.samples; stdout and stderr go to $WORK/NAME.log. Fails if CMD fails or
+# outlives RUN_TIMEOUT (then it gets SIGTERM, and SIGKILL 10 s later).
 run_timed() {
     local name=$1 t0 t1 rc=0
     shift
     t0=$EPOCHREALTIME
-    /usr/bin/time -f '%M' -o "$WORK/$name.rss" "$@" >"$WORK/$name.log" 2>&1 || rc=$?
+    /usr/bin/time -f '%M' -o "$WORK/$name.rss" timeout -k 10 "$RUN_TIMEOUT" "$@" \
+        >"$WORK/$name.log" 2>&1 || rc=$?
     t1=$EPOCHREALTIME
-    if ((rc != 0)); then
+    if ((rc == 124 || rc == 137)); then
+        log "--- $name output (last 20 lines):"
+        tail -n 20 "$WORK/$name.log" >&2
+        die "$name still running after RUN_TIMEOUT=${RUN_TIMEOUT}s: killed (hung?)"
+    elif ((rc != 0)); then
         log "--- $name exited $rc; its output (last 20 lines):"
         tail -n 20 "$WORK/$name.log" >&2
         die "$name failed"
@@ -145,6 +158,8 @@ verify_orchestrator_tree() {
     # Jobs run with their job dir as cwd: any process still there was left behind.
     leftover=$(find /proc/[0-9]*/cwd -maxdepth 0 -lname "$dir/*" 2>/dev/null | wc -l || true)
     ((leftover == 0)) || log "warning: $leftover process(es) still running in $dir after orchestrator exited"
+    leftover=$(grep -o '"leftover_processes":[1-9][0-9]*' "$jsonl" | wc -l || true)
+    ((leftover == 0)) || log "warning: jobs.jsonl reports leftover processes for $leftover job(s)"
 }
 
 # stats NAME: "median min max peak_rss_kib" over NAME's samples.

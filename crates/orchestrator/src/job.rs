@@ -266,6 +266,29 @@ pub(crate) struct JournalLine<'a> {
 }
 
 impl JobRecord {
+    /// A record of a job that has not run yet (outcome `Succeeded` until told otherwise).
+    pub fn new(num: u64, id: String, slot: usize, start: DateTime<Utc>) -> Self {
+        JobRecord {
+            num,
+            id,
+            overrides: Vec::new(),
+            outcome: Outcome::Succeeded,
+            pid: None,
+            slot,
+            start,
+            end: start,
+            duration: Duration::ZERO,
+            user_cpu: 0.0,
+            sys_cpu: 0.0,
+            max_rss_kib: 0,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            leftover_processes: 0,
+            log: PathBuf::new(),
+            dir: None,
+        }
+    }
+
     /// The record as one line of JSON (no trailing newline).
     pub fn to_json(&self) -> String {
         let line = JournalLine {

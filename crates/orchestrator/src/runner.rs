@@ -306,26 +306,9 @@ pub async fn run(
 }
 
 fn lost_record(num: u64, slot: usize, why: &str) -> JobRecord {
-    let now = Utc::now();
-    JobRecord {
-        num,
-        id: num.to_string(),
-        overrides: Vec::new(),
-        outcome: Outcome::SpawnFailed { error: format!("supervisor task failed: {why}") },
-        pid: None,
-        slot,
-        start: now,
-        end: now,
-        duration: Duration::ZERO,
-        user_cpu: 0.0,
-        sys_cpu: 0.0,
-        max_rss_kib: 0,
-        stdout_bytes: 0,
-        stderr_bytes: 0,
-        leftover_processes: 0,
-        log: Default::default(),
-        dir: None,
-    }
+    let mut record = JobRecord::new(num, num.to_string(), slot, Utc::now());
+    record.outcome = Outcome::SpawnFailed { error: format!("supervisor task failed: {why}") };
+    record
 }
 
 #[derive(Clone, Copy)]
@@ -338,25 +321,10 @@ async fn run_one(spec: JobSpec, slot: usize, ctx: Arc<Ctx>, mut stop: watch::Rec
     let start = Utc::now();
     let t0 = Instant::now();
     let marker = OsString::from(format!("{JOB_KEY_VAR}={}.{}", ctx.run_key, spec.num));
-    let mut record = JobRecord {
-        num: spec.num,
-        id: spec.id.clone(),
-        overrides: spec.overrides.clone(),
-        outcome: Outcome::Succeeded,
-        pid: None,
-        slot,
-        start,
-        end: start,
-        duration: Duration::ZERO,
-        user_cpu: 0.0,
-        sys_cpu: 0.0,
-        max_rss_kib: 0,
-        stdout_bytes: 0,
-        stderr_bytes: 0,
-        leftover_processes: 0,
-        log: spec.log_path.clone(),
-        dir: spec.dir.clone(),
-    };
+    let mut record = JobRecord::new(spec.num, spec.id.clone(), slot, start);
+    record.overrides = spec.overrides.clone();
+    record.log = spec.log_path.clone();
+    record.dir = spec.dir.clone();
     if let Some(error) = &spec.setup_error {
         record.outcome = Outcome::SpawnFailed { error: error.clone() };
         return finish(&ctx, record, t0).await;
@@ -747,7 +715,10 @@ mod tests {
             Outcome::TimedOut { limit, code: None, signal: Some(9) }
         );
         // A job that exits 0 on SIGTERM after its timeout is still timed out, not a success.
-        assert!(matches!(outcome(reaped(Some(0), None), Some(EndCause::TimedOut), Some(limit)), Outcome::TimedOut { .. }));
+        assert!(matches!(
+            outcome(reaped(Some(0), None), Some(EndCause::TimedOut), Some(limit)),
+            Outcome::TimedOut { .. }
+        ));
         assert_eq!(
             outcome(reaped(None, Some(2)), Some(EndCause::Stopped(StopReason::Interrupted)), None),
             Outcome::Stopped { reason: StopReason::Interrupted, code: None, signal: Some(2) }

@@ -8,12 +8,17 @@ use orchestrator::{Event, JobSpec, Outcome, RunOptions, Stop, StopReason, Stream
 use tokio::sync::{mpsc, watch};
 
 fn sh(num: u64, dir: &std::path::Path, script: &str) -> JobSpec {
-    let mut spec = JobSpec::new(num, "sh", vec![OsString::from("-c"), OsString::from(script)], dir.join(format!("{num}.log")));
+    let mut spec =
+        JobSpec::new(num, "sh", vec![OsString::from("-c"), OsString::from(script)], dir.join(format!("{num}.log")));
     spec.overrides = vec![format!("n={num}")];
     spec
 }
 
-async fn run_all(opts: RunOptions, jobs: Vec<JobSpec>, stop: watch::Receiver<Stop>) -> (orchestrator::RunSummary, Vec<Event>) {
+async fn run_all(
+    opts: RunOptions,
+    jobs: Vec<JobSpec>,
+    stop: watch::Receiver<Stop>,
+) -> (orchestrator::RunSummary, Vec<Event>) {
     let (job_tx, job_rx) = mpsc::channel(16);
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);
     let feeder = tokio::spawn(async move {
@@ -94,7 +99,11 @@ async fn outcomes_cover_exit_codes_signals_timeouts_and_spawn_errors() {
     assert_eq!(by_num[0].1, Outcome::Failed { code: 7 });
     assert_eq!(by_num[1].1, Outcome::Signaled { signal: 9, core_dumped: false });
     assert!(matches!(by_num[2].1, Outcome::TimedOut { signal: Some(15), .. }), "{:?}", by_num[2].1);
-    assert!(matches!(&by_num[3].1, Outcome::SpawnFailed { error } if error.contains("No such file")), "{:?}", by_num[3].1);
+    assert!(
+        matches!(&by_num[3].1, Outcome::SpawnFailed { error } if error.contains("No such file")),
+        "{:?}",
+        by_num[3].1
+    );
     let log = std::fs::read_to_string(dir.path().join("3.log")).unwrap();
     assert!(log.contains("could not start /nonexistent/program"), "{log}");
 }
@@ -133,7 +142,8 @@ async fn a_dropped_event_receiver_does_not_stall_the_runner() {
     let mut opts = RunOptions::new(2);
     opts.forward_output = true;
     let (_tx, rx) = watch::channel(Stop::None);
-    let summary = tokio::time::timeout(Duration::from_secs(20), orchestrator::run(opts, job_rx, Some(ev_tx), rx)).await.unwrap();
+    let summary =
+        tokio::time::timeout(Duration::from_secs(20), orchestrator::run(opts, job_rx, Some(ev_tx), rx)).await.unwrap();
     assert_eq!(summary.succeeded, 4);
     let log = std::fs::read_to_string(dir.path().join("3.log")).unwrap();
     assert_eq!(log.lines().filter(|l| l.contains("][stdout] ")).count(), 1000, "the log is complete regardless");

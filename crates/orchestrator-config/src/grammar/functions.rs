@@ -217,13 +217,7 @@ fn sort(column: usize, args: Vec<Arg>) -> Result<Val, PErr> {
             None => {}
         }
     }
-    let mut values = Vec::with_capacity(positional.len());
-    for (v, c) in positional {
-        match v {
-            Val::Elem(e) => values.push(e),
-            Val::Sweep(_) => return err(c, "sort() takes values, one list, or one sweep"),
-        }
-    }
+    let mut values = plain_values(positional, "sort")?;
     sort_elements(&mut values, reverse).or_else(|m| err(column, m))?;
     Ok(Val::Sweep(Sweep::Choice(values)))
 }
@@ -291,6 +285,18 @@ pub(crate) fn sort_elements(values: &mut [Element], reverse: bool) -> Result<(),
     Ok(())
 }
 
+/// The positionals of `fname(a, b, ...)`, which must all be plain values.
+fn plain_values(positional: Vec<Positional>, fname: &str) -> Result<Vec<Element>, PErr> {
+    let mut values = Vec::with_capacity(positional.len());
+    for (v, c) in positional {
+        match v {
+            Val::Elem(e) => values.push(e),
+            Val::Sweep(_) => return err(c, format!("{fname}() takes values, one list, or one sweep")),
+        }
+    }
+    Ok(values)
+}
+
 /// `shuffle(a, b, ...)`, `shuffle([list])` or `shuffle(sweep)`.
 fn shuffle(column: usize, args: Vec<Arg>) -> Result<Val, PErr> {
     let (mut positional, _) = split_args("shuffle", args, &[])?;
@@ -310,13 +316,7 @@ fn shuffle(column: usize, args: Vec<Arg>) -> Result<Val, PErr> {
             None => {}
         }
     }
-    let mut values = Vec::with_capacity(positional.len());
-    for (v, c) in positional {
-        match v {
-            Val::Elem(e) => values.push(e),
-            Val::Sweep(_) => return err(c, "shuffle() takes values, one list, or one sweep"),
-        }
-    }
+    let values = plain_values(positional, "shuffle")?;
     Ok(Val::Sweep(Sweep::Shuffle(Box::new(Sweep::Choice(values)))))
 }
 
