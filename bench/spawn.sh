@@ -174,6 +174,7 @@ stats() {
 
 # --- main --------------------------------------------------------------------------------
 
+load_before=$(cut -d ' ' -f 1-3 /proc/loadavg) # before any build of ours
 ensure_peers
 tools=(floor xargs parallel)
 if [[ $SKIP_ORCH == 1 ]]; then
@@ -226,7 +227,8 @@ report() {
     echo
     echo "$(date '+%Y-%m-%d %H:%M:%S %z'); $(nproc) cores," \
         "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo);" \
-        "Linux $(uname -r); repo $git_rev; median of $REPS runs after 1 warm-up."
+        "Linux $(uname -r); repo $git_rev; median of $REPS runs after 1 warm-up;" \
+        "load average before: $load_before, after: $(cut -d ' ' -f 1-3 /proc/loadavg)."
     echo
     echo "| tool | version | command | median wall (s) | min-max (s) | per job (ms) | peak RSS (MiB) | vs floor |"
     echo "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"

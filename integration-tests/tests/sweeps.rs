@@ -207,3 +207,44 @@ fn two_sweeps_in_the_same_second_get_their_own_dirs() {
     assert_eq!(dirs.len(), 2, "{dirs:?}");
     assert!(dirs[1].ends_with("fixed_1"));
 }
+
+#[test]
+fn resume_runs_exactly_the_jobs_without_a_successful_record() {
+    let sb = Sandbox::new();
+    let cfg = sb.write("c.yaml", FAST);
+    let cfg = cfg.to_str().unwrap();
+    sb.cmd().args(["-c", cfg, "-m", "--quiet", "task=1..4", "--", fixture(), "fail-on", "2"]).assert().code(1);
+    let sweep = sb.sweep_dir();
+    let first = journal(&sweep);
+    assert_eq!(first.len(), 4);
+    let first_start = std::fs::read_to_string(sweep.join("0/fixture.log")).unwrap();
+
+    // Different overrides than the sweep's are refused, and nothing runs.
+    let out = sb
+        .cmd()
+        .args(["-c", cfg, "--resume", sweep.to_str().unwrap(), "task=1..5", "--", fixture(), "echo"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("its overrides were `task=1..4`"));
+
+    // Same sweep, fixed app: only job 1 runs again, in its own dir, with its own number.
+    let out = sb
+        .cmd()
+        .args(["-c", cfg, "--resume", sweep.to_str().unwrap(), "--", fixture(), "fail-on", "99"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("Resuming sweep"), "{stdout}");
+    assert!(stdout.contains("3 of 4 jobs already succeeded"), "{stdout}");
+    assert!(stdout.contains("\t#1 : task=2"), "{stdout}");
+    assert!(!stdout.contains("\t#0 : task=1"), "{stdout}");
+    assert_eq!(sb.sweep_dirs().len(), 1, "no new sweep dir");
+    let text = std::fs::read_to_string(sweep.join("jobs.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 5);
+    assert_eq!(lines[4]["num"], 1);
+    assert_eq!(lines[4]["status"], "succeeded");
+    assert_eq!(std::fs::read_to_string(sweep.join("0/fixture.log")).unwrap(), first_start, "job 0 untouched");
+}

@@ -31,6 +31,12 @@ pub struct RunArgs {
     #[arg(short, long)]
     pub multirun: bool,
 
+    /// Resume the sweep in DIR: run exactly the jobs with no successful record in its
+    /// `jobs.jsonl`, with the same numbers and dirs. The overrides default to the sweep's own
+    /// (from its `multirun.yaml`); if given, they must be the same.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+
     /// Print only the summary and errors (not the header and the jobs' lines).
     #[arg(short, long, conflicts_with = "json")]
     pub quiet: bool,

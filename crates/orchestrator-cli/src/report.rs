@@ -57,6 +57,20 @@ pub fn header(mode: Mode, h: Header<'_>) {
     let _ = out.flush();
 }
 
+/// The line that says a sweep is being resumed.
+pub fn resuming(mode: Mode, dir: &Path, done: u64, total: u64) {
+    match mode {
+        Mode::Plain => {
+            println!("{} Resuming sweep {}: {done} of {total} jobs already succeeded", hydra_prefix(), dir.display())
+        }
+        Mode::Json => println!(
+            "{}",
+            json!({"event": "sweep_resumed", "sweep_dir": dir.display().to_string(), "already_succeeded": done, "jobs": total})
+        ),
+        Mode::Quiet => {}
+    }
+}
+
 /// Print events until the channel closes.
 pub async fn consume(mode: Mode, mut events: mpsc::Receiver<Event>) {
     let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout());

@@ -1,6 +1,6 @@
 //! `orchestrator run`: validate everything, lay out the sweep, run it, report.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -59,6 +59,50 @@ struct Prepared {
     plan: Arc<SweepPlan>,
     options: RunOptions,
     banner: String,
+    /// Job numbers that already succeeded (resume): not run again.
+    done: Arc<HashSet<u64>>,
+    resuming: bool,
+}
+
+/// What an earlier sweep left: its overrides (as typed) and its successful jobs.
+struct Earlier {
+    dir: PathBuf,
+    overrides: Vec<String>,
+    done: HashSet<u64>,
+}
+
+fn read_earlier(dir: &Path) -> Result<Earlier, UsageError> {
+    let multirun = dir.join("multirun.yaml");
+    let text = std::fs::read_to_string(&multirun).map_err(|e| {
+        UsageError(format!(
+            "cannot resume {}: cannot read {}: {e}\n  = help: --resume takes a sweep dir, e.g. multirun/2026-11-24/15-41-20",
+            dir.display(),
+            multirun.display()
+        ))
+    })?;
+    let doc: Value = serde_yaml::from_str(&text)
+        .map_err(|e| UsageError(format!("cannot resume: {} is not valid YAML: {e}", multirun.display())))?;
+    let strings = |v: Option<&Value>| -> Vec<String> {
+        v.and_then(Value::as_sequence)
+            .map(|s| s.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
+    };
+    let overrides_node = doc.get("hydra").and_then(|h| h.get("overrides"));
+    let mut overrides: Vec<String> = strings(overrides_node.and_then(|o| o.get("hydra")))
+        .into_iter()
+        .filter(|o| !o.starts_with("hydra.mode="))
+        .collect();
+    overrides.extend(strings(overrides_node.and_then(|o| o.get("task"))));
+    let done = match orchestrator::journal::read_journal(&dir.join("jobs.jsonl")) {
+        Ok(records) => {
+            records.iter().filter(|r| r["status"] == "succeeded").filter_map(|r| r["num"].as_u64()).collect()
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashSet::new(),
+        Err(e) => {
+            return Err(UsageError(format!("cannot resume: cannot read {}: {e}", dir.join("jobs.jsonl").display())));
+        }
+    };
+    Ok(Earlier { dir: dir.to_path_buf(), overrides, done })
 }
 
 fn prepare(args: &RunArgs) -> Result<Prepared, UsageError> {
@@ -66,9 +110,23 @@ fn prepare(args: &RunArgs) -> Result<Prepared, UsageError> {
         Some(path) => orchestrator_config::load_config_file(path)?,
         None => load_config_str("", Path::new("<defaults>"))?,
     };
+    let earlier = args.resume.as_deref().map(read_earlier).transpose()?;
+    let multirun = args.multirun || earlier.is_some();
+    let given = match &earlier {
+        Some(e) if args.overrides.is_empty() => e.overrides.clone(),
+        Some(e) if args.overrides != e.overrides => {
+            return Err(UsageError(format!(
+                "cannot resume {}: its overrides were `{}`, these are `{}`\n  = help: give the same overrides, or none to reuse the sweep's",
+                e.dir.display(),
+                e.overrides.join(" "),
+                args.overrides.join(" ")
+            )));
+        }
+        _ => args.overrides.clone(),
+    };
     let mut hydra_overrides: Vec<Override> = Vec::new();
     let mut app_overrides: Vec<Override> = Vec::new();
-    for text in &args.overrides {
+    for text in &given {
         let o = parse_override(text)?;
         if o.key == "hydra" || o.key.starts_with("hydra.") {
             if o.is_sweep() {
@@ -88,7 +146,7 @@ fn prepare(args: &RunArgs) -> Result<Prepared, UsageError> {
     let config_dir = args.config.as_ref().and_then(|p| p.parent()).map(|p| cwd.join(p));
     let ctx = SweepContext { config_dir, cwd: cwd.clone(), seed: None };
     let plan = SweepPlan::new(app_overrides, &ctx)?;
-    if !args.multirun && plan.is_sweep() {
+    if !multirun && plan.is_sweep() {
         let swept = plan
             .sweep_overrides()
             .into_iter()
@@ -109,8 +167,11 @@ fn prepare(args: &RunArgs) -> Result<Prepared, UsageError> {
     let total = plan.len();
     let job_name = resolved.hydra.job_name.clone().unwrap_or_else(|| job_name_for(&args.app));
     let started = Local::now();
-    let template = if args.multirun { resolved.hydra.sweep_dir.clone() } else { run_dir_template(&loaded) };
-    let dir = SweepLayout::resolve_dir(&template, &started, &job_name)?;
+    let template = if multirun { resolved.hydra.sweep_dir.clone() } else { run_dir_template(&loaded) };
+    let dir = match &earlier {
+        Some(e) => e.dir.to_string_lossy().into_owned(),
+        None => SweepLayout::resolve_dir(&template, &started, &job_name)?,
+    };
     let banner = format!(
         "Joblib.Parallel({})",
         launcher
@@ -152,7 +213,7 @@ fn prepare(args: &RunArgs) -> Result<Prepared, UsageError> {
         placeholders: false,
         hydra_overrides: hydra_texts,
         sweep_overrides: plan.sweep_overrides(),
-        multirun: args.multirun,
+        multirun,
         started,
         n_jobs,
     };
@@ -166,7 +227,9 @@ fn prepare(args: &RunArgs) -> Result<Prepared, UsageError> {
             }
         }
     }
-    Ok(Prepared { layout, plan: Arc::new(plan), options, banner })
+    let resuming = earlier.is_some();
+    let done = Arc::new(earlier.map(|e| e.done).unwrap_or_default());
+    Ok(Prepared { layout, plan: Arc::new(plan), options, banner, done, resuming })
 }
 
 /// `hydra.run.dir` for single runs: Hydra's default unless the config sets it.
@@ -231,8 +294,9 @@ fn check_program(app: &[OsString]) -> Result<(), UsageError> {
 }
 
 async fn execute(p: Prepared, mode: Mode) -> u8 {
-    let Prepared { mut layout, plan, mut options, banner } = p;
-    if let Err(e) = layout.create() {
+    let Prepared { mut layout, plan, mut options, banner, done, resuming } = p;
+    let created = if resuming { layout.adopt() } else { layout.create() };
+    if let Err(e) = created {
         eprintln!("error: {e}");
         return exit::INTERNAL;
     }
@@ -244,9 +308,12 @@ async fn execute(p: Prepared, mode: Mode) -> u8 {
             return exit::INTERNAL;
         }
     }
-    let total = plan.len();
+    let total = plan.len() - done.iter().filter(|n| **n < plan.len()).count() as u64;
+    if resuming {
+        report::resuming(mode, &layout.dir, plan.len() - total, plan.len());
+    }
     {
-        let mut listed = (0..total).filter_map(|n| plan.job(n)).map(|j| {
+        let mut listed = (0..plan.len()).filter(|n| !done.contains(n)).filter_map(|n| plan.job(n)).map(|j| {
             let text = j.items.iter().map(|o| o.display()).collect::<Vec<_>>().join(" ");
             (j.num, text)
         });
@@ -281,7 +348,7 @@ async fn execute(p: Prepared, mode: Mode) -> u8 {
         let plan = plan.clone();
         let mut stop = stop_rx.clone();
         tokio::task::spawn_blocking(move || {
-            for job in plan.iter() {
+            for job in plan.iter().filter(|j| !done.contains(&j.num)) {
                 if *stop.borrow_and_update() != Stop::None {
                     break;
                 }

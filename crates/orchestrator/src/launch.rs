@@ -167,6 +167,12 @@ impl SweepLayout {
         Ok(())
     }
 
+    /// Use the existing sweep dir (`--resume`): nothing is created, `multirun.yaml` is kept.
+    pub fn adopt(&mut self) -> Result<(), LayoutError> {
+        self.abs_dir = std::path::absolute(&self.dir).map_err(io_err(&self.dir))?;
+        Ok(())
+    }
+
     /// Compose job's config: the app config with its overrides applied.
     pub fn compose(&self, job: &JobOverrides) -> Result<Value, LayoutError> {
         let mut config = self.resolved.app.clone();
