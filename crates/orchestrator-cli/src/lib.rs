@@ -29,7 +29,23 @@ pub mod exit {
 /// Parse the process arguments, run, and return the exit code.
 pub fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    init_logging();
     match args.command {
         cli::Command::Run(run_args) => ExitCode::from(run::main(run_args)),
     }
+}
+
+/// The supervisor's own diagnostics (never job output) go to stderr, filtered by
+/// `ORCHESTRATOR_LOG` (e.g. `debug`); warnings and errors by default.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("ORCHESTRATOR_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi)
+        .try_init();
 }

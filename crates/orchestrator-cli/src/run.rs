@@ -202,6 +202,8 @@ fn prepare(args: &RunArgs) -> Result<Prepared, UsageError> {
             }
         }
     }
+    let temp = orchestrator::temp::resolve_temp_folder(launcher.temp_folder.as_deref());
+    tracing::debug!("temp_folder: {} ({})", temp.path.display(), temp.reason);
     let abs_dir = cwd.join(&dir);
     let mut layout = SweepLayout {
         dir: PathBuf::from(dir),

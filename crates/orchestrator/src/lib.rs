@@ -13,6 +13,7 @@ pub mod launch;
 mod output;
 pub mod runner;
 pub mod sys;
+pub mod temp;
 
 pub use event::Event;
 pub use job::{JobRecord, JobSpec, Outcome, StopReason, Stream};
