@@ -354,7 +354,7 @@ async fn execute(p: Prepared, mode: Mode) -> u8 {
                 if *stop.borrow_and_update() != Stop::None {
                     break;
                 }
-                if job_tx.blocking_send(layout.prepare(&job)).is_err() {
+                if job_tx.blocking_send(layout.prepare(&job).into()).is_err() {
                     break;
                 }
             }

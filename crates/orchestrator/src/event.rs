@@ -8,6 +8,11 @@ use crate::job::{JobRecord, Stream};
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Event {
+    /// The job was accepted and waits for a slot.
+    Queued {
+        /// Job number.
+        num: u64,
+    },
     /// The job was handed a slot and is about to start.
     Started {
         /// Job number.
@@ -32,4 +37,13 @@ pub enum Event {
     },
     /// The job ended; its record is final.
     Finished(Box<JobRecord>),
+    /// The run ended: every started job has finished.
+    RunFinished {
+        /// Jobs that ended.
+        finished: u64,
+        /// Of which succeeded.
+        succeeded: u64,
+        /// Of which did not.
+        failed: u64,
+    },
 }

@@ -80,6 +80,8 @@ pub enum StopReason {
     Halt,
     /// The supervisor was asked to stop (Ctrl-C, SIGTERM, a cancelled token).
     Interrupted,
+    /// This job alone was cancelled through its handle.
+    Cancelled,
 }
 
 /// How a job ended.
@@ -139,6 +141,7 @@ impl Outcome {
             Outcome::Signaled { .. } => "signaled",
             Outcome::TimedOut { .. } => "timed_out",
             Outcome::Stopped { reason: StopReason::Halt, .. } => "halted",
+            Outcome::Stopped { reason: StopReason::Cancelled, .. } => "cancelled",
             Outcome::Stopped { .. } => "interrupted",
             Outcome::SpawnFailed { .. } => "spawn_failed",
         }
@@ -181,6 +184,12 @@ impl Outcome {
             }
             Outcome::Stopped { reason: StopReason::Halt, code, signal } => {
                 format!("stopped after another job failed, {}", how(*code, *signal))
+            }
+            Outcome::Stopped { reason: StopReason::Cancelled, code: None, signal: None } => {
+                "cancelled before it started".into()
+            }
+            Outcome::Stopped { reason: StopReason::Cancelled, code, signal } => {
+                format!("cancelled, {}", how(*code, *signal))
             }
             Outcome::Stopped { code, signal, .. } => format!("interrupted, {}", how(*code, *signal)),
             Outcome::SpawnFailed { error } => format!("could not start: {error}"),

@@ -12,10 +12,12 @@ pub mod journal;
 pub mod launch;
 mod output;
 pub mod runner;
+pub mod supervisor;
 pub mod sys;
 pub mod temp;
 
 pub use event::Event;
 pub use job::{JobRecord, JobSpec, Outcome, StopReason, Stream};
 pub use journal::Journal;
-pub use runner::{RunOptions, RunSummary, Stop, run};
+pub use runner::{RunOptions, RunSummary, Stop, Submission, run};
+pub use supervisor::{JobError, JobHandle, Supervisor, SupervisorError};

@@ -17,7 +17,7 @@ use nix::sys::signal::Signal;
 use orchestrator_config::{HaltPolicy, SlotValue};
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +41,24 @@ pub const THREAD_VARS: &[&str] = &[
     "NUMBA_NUM_THREADS",
     "NUMEXPR_NUM_THREADS",
 ];
+
+/// A job handed to the runner, with what the caller needs to follow it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Submission {
+    /// What to run.
+    pub spec: JobSpec,
+    /// Cancels this job alone (before or while it runs).
+    pub cancel: CancellationToken,
+    /// Receives the job's record when it ends.
+    pub reply: Option<oneshot::Sender<JobRecord>>,
+}
+
+impl From<JobSpec> for Submission {
+    fn from(spec: JobSpec) -> Self {
+        Submission { spec, cancel: CancellationToken::new(), reply: None }
+    }
+}
 
 /// A request to stop, in increasing order of urgency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -80,6 +98,9 @@ pub struct RunOptions {
     pub forward_output: bool,
     /// Where finished jobs are recorded.
     pub journal: Option<Arc<Journal>>,
+    /// Cancelling it stops the run as SIGTERM would: no new job, running ones get SIGTERM,
+    /// then SIGKILL after the grace period.
+    pub cancel: CancellationToken,
     /// Make this process a child subreaper (process-wide, and not undone), so that jobs'
     /// daemonised grandchildren are re-parented here and ended with their job.
     pub subreaper: bool,
@@ -96,6 +117,7 @@ impl RunOptions {
             thread_limit: None,
             forward_output: false,
             journal: None,
+            cancel: CancellationToken::new(),
             subreaper: true,
         }
     }
@@ -205,10 +227,11 @@ struct Ctx {
 /// gets exactly one [`Event::Finished`] and one journal line.
 pub async fn run(
     opts: RunOptions,
-    mut jobs: mpsc::Receiver<JobSpec>,
+    mut jobs: mpsc::Receiver<Submission>,
     events: Option<mpsc::Sender<Event>>,
     mut external: watch::Receiver<Stop>,
 ) -> RunSummary {
+    let cancel = opts.cancel.clone();
     let n_jobs = opts.n_jobs.max(1);
     let halt = opts.halt;
     if opts.subreaper {
@@ -233,6 +256,7 @@ pub async fn run(
     let mut summary = RunSummary::default();
     let mut dispatching = true;
     let mut external_open = true;
+    let mut cancel_seen = false;
     loop {
         let current = *stop_rx.borrow();
         if current != Stop::None && dispatching {
@@ -251,6 +275,12 @@ pub async fn run(
                 }
                 Err(_) => external_open = false,
             },
+            () = cancel.cancelled(), if !cancel_seen => {
+                cancel_seen = true;
+                stop_tx.send_modify(|s| {
+                    *s = (*s).max(Stop::Graceful { reason: StopReason::Interrupted, signal: libc::SIGTERM })
+                });
+            }
             Some(done) = set.join_next_with_id(), if !set.is_empty() => {
                 let record = match done {
                     Ok((id, record)) => {
@@ -282,11 +312,11 @@ pub async fn run(
             }
             job = jobs.recv(), if dispatching && !free.is_empty() => match job {
                 None => dispatching = false,
-                Some(spec) => {
+                Some(sub) => {
                     free.sort_unstable_by(|a, b| b.cmp(a));
                     let slot = free.pop().unwrap_or(0);
-                    let num = spec.num;
-                    let handle = set.spawn(run_one(spec, slot, ctx.clone(), stop_rx.clone()));
+                    let num = sub.spec.num;
+                    let handle = set.spawn(run_one(sub, slot, ctx.clone(), stop_rx.clone()));
                     running.insert(handle.id(), (slot, num));
                 }
             },
@@ -301,6 +331,10 @@ pub async fn run(
     summary.stop = *stop_rx.borrow();
     if let Some(j) = &ctx.opts.journal {
         let _ = j.sync();
+    }
+    if let Some(tx) = &ctx.events {
+        let failed = summary.failures.len() as u64;
+        let _ = tx.send(Event::RunFinished { finished: summary.finished, succeeded: summary.succeeded, failed }).await;
     }
     summary
 }
@@ -317,7 +351,23 @@ enum EndCause {
     Stopped(StopReason),
 }
 
-async fn run_one(spec: JobSpec, slot: usize, ctx: Arc<Ctx>, mut stop: watch::Receiver<Stop>) -> JobRecord {
+async fn run_one(sub: Submission, slot: usize, ctx: Arc<Ctx>, stop: watch::Receiver<Stop>) -> JobRecord {
+    let Submission { spec, cancel, reply } = sub;
+    let record = run_job(spec, slot, &ctx, stop, cancel).await;
+    if let Some(reply) = reply {
+        // The caller may have dropped its handle: nobody to tell.
+        let _ = reply.send(record.clone());
+    }
+    record
+}
+
+async fn run_job(
+    spec: JobSpec,
+    slot: usize,
+    ctx: &Arc<Ctx>,
+    mut stop: watch::Receiver<Stop>,
+    cancel: CancellationToken,
+) -> JobRecord {
     let start = Utc::now();
     let t0 = Instant::now();
     let marker = OsString::from(format!("{JOB_KEY_VAR}={}.{}", ctx.run_key, spec.num));
@@ -327,20 +377,24 @@ async fn run_one(spec: JobSpec, slot: usize, ctx: Arc<Ctx>, mut stop: watch::Rec
     record.dir = spec.dir.clone();
     if let Some(error) = &spec.setup_error {
         record.outcome = Outcome::SpawnFailed { error: error.clone() };
-        return finish(&ctx, record, t0).await;
+        return finish(ctx, record, t0).await;
+    }
+    if cancel.is_cancelled() {
+        record.outcome = Outcome::Stopped { reason: StopReason::Cancelled, code: None, signal: None };
+        return finish(ctx, record, t0).await;
     }
     let file = match File::create(&spec.log_path) {
         Ok(f) => f,
         Err(e) => {
             record.outcome =
                 Outcome::SpawnFailed { error: format!("cannot create log {}: {e}", spec.log_path.display()) };
-            return finish(&ctx, record, t0).await;
+            return finish(ctx, record, t0).await;
         }
     };
     let mut log = LogWriter::new(file, ctx.clock);
     let spawned = ctx.resolve(&spec.program).and_then(|program| {
         let argv: Vec<OsString> = std::iter::once(spec.program.clone()).chain(spec.args.iter().cloned()).collect();
-        let env = job_env(&spec, slot, &ctx, &marker);
+        let env = job_env(&spec, slot, ctx, &marker);
         let req = sys::SpawnRequest { program: &program, argv: &argv, env: &env, cwd: spec.cwd.as_deref() };
         ctx.reaper.spawn(&req)
     });
@@ -350,7 +404,7 @@ async fn run_one(spec: JobSpec, slot: usize, ctx: Arc<Ctx>, mut stop: watch::Rec
             let error = spawn_error(&spec, &e);
             let _ = log.note(&format!("could not start {}: {error}", spec.program.to_string_lossy()));
             record.outcome = Outcome::SpawnFailed { error };
-            return finish(&ctx, record, t0).await;
+            return finish(ctx, record, t0).await;
         }
     };
     let pid = child.pid;
@@ -406,6 +460,11 @@ async fn run_one(spec: JobSpec, slot: usize, ctx: Arc<Ctx>, mut stop: watch::Rec
                 signal_job(Signal::SIGKILL);
                 kill_at = None;
             }
+            () = cancel.cancelled(), if cause.is_none() => {
+                cause = Some(EndCause::Stopped(StopReason::Cancelled));
+                signal_job(Signal::SIGTERM);
+                kill_at = Some(tokio::time::Instant::now() + grace);
+            }
             changed = stop.changed(), if stop_open => match changed {
                 Ok(()) => pending_stop = Some(*stop.borrow_and_update()),
                 Err(_) => stop_open = false,
@@ -414,7 +473,7 @@ async fn run_one(spec: JobSpec, slot: usize, ctx: Arc<Ctx>, mut stop: watch::Rec
     };
     ctx.reaper.release_leader(pid);
     let immediate = *stop.borrow() == Stop::Immediate;
-    record.leftover_processes = end_leftovers(&ctx, pid, &marker, if immediate { Duration::ZERO } else { grace }).await;
+    record.leftover_processes = end_leftovers(ctx, pid, &marker, if immediate { Duration::ZERO } else { grace }).await;
     ctx.reaper.release_group(pid);
 
     // Every process that held the pipes is gone now, so EOF is due; a process that escaped
@@ -448,7 +507,7 @@ async fn run_one(spec: JobSpec, slot: usize, ctx: Arc<Ctx>, mut stop: watch::Rec
         end_note.push_str(&format!("; ended {} leftover process(es) of the job", record.leftover_processes));
     }
     let _ = log.note(&end_note);
-    finish(&ctx, record, t0).await
+    finish(ctx, record, t0).await
 }
 
 fn panic_log(spec: &JobSpec, e: tokio::task::JoinError) -> (LogWriter, output::Captured, io::Result<()>) {

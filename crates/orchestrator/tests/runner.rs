@@ -23,7 +23,7 @@ async fn run_all(
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);
     let feeder = tokio::spawn(async move {
         for j in jobs {
-            if job_tx.send(j).await.is_err() {
+            if job_tx.send(j.into()).await.is_err() {
                 break;
             }
         }
@@ -136,7 +136,7 @@ async fn a_dropped_event_receiver_does_not_stall_the_runner() {
     let (ev_tx, ev_rx) = mpsc::channel(1);
     drop(ev_rx);
     for n in 0..4 {
-        job_tx.send(sh(n, dir.path(), "seq 1 1000")).await.unwrap();
+        job_tx.send(sh(n, dir.path(), "seq 1 1000").into()).await.unwrap();
     }
     drop(job_tx);
     let mut opts = RunOptions::new(2);

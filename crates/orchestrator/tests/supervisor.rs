@@ -1,0 +1,143 @@
+//! The embeddable supervisor: concurrent submissions, per-job cancel, cancel-all, drain.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::time::{Duration, Instant};
+
+use orchestrator::{Event, JobError, JobSpec, Outcome, RunOptions, StopReason, Supervisor, SupervisorError};
+
+fn sh(dir: &std::path::Path, name: &str, script: &str) -> JobSpec {
+    JobSpec::new(0, "sh", vec![OsString::from("-c"), OsString::from(script)], dir.join(format!("{name}.log")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_submissions_from_sixteen_tasks_keep_event_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sup, mut events) = Supervisor::start(RunOptions::new(2));
+    let collector = tokio::spawn(async move {
+        let mut seen: HashMap<u64, Vec<&'static str>> = HashMap::new();
+        while let Some(e) = events.recv().await {
+            match e {
+                Event::Queued { num } => seen.entry(num).or_default().push("queued"),
+                Event::Started { num, .. } => seen.entry(num).or_default().push("started"),
+                Event::Finished(r) => seen.entry(r.num).or_default().push("finished"),
+                Event::RunFinished { finished, .. } => {
+                    assert_eq!(finished, 1000);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        seen
+    });
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let sup = sup.clone();
+        let path = dir.path().to_path_buf();
+        tasks.push(tokio::spawn(async move {
+            let mut handles = Vec::new();
+            for i in 0..(1000 / 16 + usize::from(t < 1000 % 16)) {
+                let spec = JobSpec::new(0, "true", vec![], path.join(format!("{t}-{i}.log")));
+                handles.push(sup.submit(spec).await.unwrap());
+            }
+            let mut ok = 0;
+            for h in handles {
+                ok += usize::from(h.wait().await.unwrap().outcome.is_success());
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.unwrap();
+    }
+    assert_eq!(ok, 1000);
+    let summary = sup.drain(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(summary.succeeded, 1000);
+    let seen = collector.await.unwrap();
+    assert_eq!(seen.len(), 1000);
+    for (num, order) in seen {
+        assert_eq!(order, ["queued", "started", "finished"], "job {num}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn cancelling_one_job_leaves_the_others_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = RunOptions::new(3);
+    opts.grace = Duration::from_millis(200);
+    let (sup, _events) = Supervisor::start(opts);
+    let long = sup.submit(sh(dir.path(), "long", "exec sleep 30")).await.unwrap();
+    let short1 = sup.submit(sh(dir.path(), "a", "sleep 0.3")).await.unwrap();
+    let short2 = sup.submit(sh(dir.path(), "b", "sleep 0.3")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    long.cancel();
+    let r = long.wait().await.unwrap();
+    assert!(
+        matches!(r.outcome, Outcome::Stopped { reason: StopReason::Cancelled, signal: Some(15), .. }),
+        "{:?}",
+        r.outcome
+    );
+    assert!(short1.wait().await.unwrap().outcome.is_success());
+    assert!(short2.wait().await.unwrap().outcome.is_success());
+    // Cancelled before it starts: it never runs.
+    let queued = sup.submit(sh(dir.path(), "never", "touch never-ran")).await.unwrap();
+    queued.cancel();
+    let r = queued.wait().await.unwrap();
+    assert_eq!(r.pid, None);
+    assert_eq!(r.outcome.status(), "cancelled");
+    sup.drain(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn drain_with_a_deadline_ends_what_is_still_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = RunOptions::new(1);
+    opts.grace = Duration::from_millis(200);
+    let (sup, _events) = Supervisor::start(opts);
+    let running = sup.submit(sh(dir.path(), "run", "exec sleep 30")).await.unwrap();
+    let waiting = sup.submit(sh(dir.path(), "wait", "true")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t0 = Instant::now();
+    let summary = sup.drain(Duration::from_millis(300)).await.unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(3), "drain took {:?}", t0.elapsed());
+    assert_eq!(summary.finished, 1);
+    assert!(matches!(running.wait().await.unwrap().outcome, Outcome::Stopped { reason: StopReason::Interrupted, .. }));
+    assert_eq!(waiting.wait().await.unwrap_err(), JobError::NotStarted { num: 1 });
+    assert_eq!(sup.submit(sh(dir.path(), "late", "true")).await.unwrap_err(), SupervisorError::Closed);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn cancel_all_through_the_token_stops_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = RunOptions::new(2);
+    opts.grace = Duration::from_millis(200);
+    let token = opts.cancel.clone();
+    let (sup, _events) = Supervisor::start(opts);
+    let a = sup.submit(sh(dir.path(), "a", "exec sleep 30")).await.unwrap();
+    let b = sup.submit(sh(dir.path(), "b", "exec sleep 30")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    token.cancel();
+    for h in [a, b] {
+        let r = h.wait().await.unwrap();
+        assert!(matches!(r.outcome, Outcome::Stopped { reason: StopReason::Interrupted, .. }), "{:?}", r.outcome);
+    }
+    assert_eq!(sup.submit(sh(dir.path(), "c", "true")).await.unwrap_err(), SupervisorError::Closed);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_dropped_event_stream_does_not_stall_the_supervisor() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = RunOptions::new(2);
+    opts.forward_output = true;
+    let (sup, events) = Supervisor::start(opts);
+    drop(events);
+    let mut handles = Vec::new();
+    for i in 0..20 {
+        handles.push(sup.submit(sh(dir.path(), &i.to_string(), "seq 1 500")).await.unwrap());
+    }
+    for h in handles {
+        assert!(h.wait().await.unwrap().outcome.is_success());
+    }
+    sup.drain(Duration::from_secs(5)).await.unwrap();
+}
