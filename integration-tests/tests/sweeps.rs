@@ -248,3 +248,50 @@ fn resume_runs_exactly_the_jobs_without_a_successful_record() {
     assert_eq!(lines[4]["status"], "succeeded");
     assert_eq!(std::fs::read_to_string(sweep.join("0/fixture.log")).unwrap(), first_start, "job 0 untouched");
 }
+
+#[test]
+fn json_events_parse_and_agree_with_the_journal() {
+    let sb = Sandbox::new();
+    let cfg = sb.write("c.yaml", FAST);
+    let out = sb
+        .cmd()
+        .args(["-c", cfg.to_str().unwrap(), "-m", "--json", "task=1..4", "--", fixture(), "fail-on", "3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(events.first().unwrap()["event"], "sweep_started");
+    assert_eq!(events.last().unwrap()["event"], "sweep_finished");
+    assert_eq!(events.last().unwrap()["failed"], 1);
+    let mut finished: Vec<serde_json::Value> =
+        events.iter().filter(|e| e["event"] == "job_finished").cloned().collect();
+    finished.sort_by_key(|e| e["num"].as_u64());
+    let journal = journal(&sb.sweep_dir());
+    assert_eq!(finished.len(), journal.len());
+    for (mut e, j) in finished.into_iter().zip(journal) {
+        e.as_object_mut().unwrap().remove("event");
+        assert_eq!(e, j);
+    }
+    assert_eq!(events.iter().filter(|e| e["event"] == "output" && e["line"] == "fine").count(), 3);
+}
+
+#[test]
+fn verbose_prints_joblib_progress_lines() {
+    let sb = Sandbox::new();
+    let cfg = sb.write("c.yaml", FAST);
+    let out = sb
+        .cmd()
+        .args(["-c", cfg.to_str().unwrap(), "-m", "-v", "task=1..3", "--", fixture(), "echo"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("[Parallel(n_jobs=2)]: Done   1 out of   3 | elapsed: "), "{stderr}");
+    assert!(
+        stderr.contains("[Parallel(n_jobs=2)]: Done   3 out of   3 | elapsed: ") && stderr.contains(" finished"),
+        "{stderr}"
+    );
+}

@@ -41,6 +41,15 @@ pub struct RunArgs {
     #[arg(short, long, conflicts_with = "json")]
     pub quiet: bool,
 
+    /// joblib-style progress lines (`[Parallel(n_jobs=2)]: Done 3 out of 5 | elapsed: …`) for
+    /// every job (joblib's level 11), whatever the config's `verbose` (which sets their frequency otherwise).
+    #[arg(short, long)]
+    pub verbose: bool,
+
+    /// Never draw the progress bar (it is drawn only when stderr is a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+
     /// Print one JSON object per event on stdout, for programs to read.
     #[arg(long)]
     pub json: bool,

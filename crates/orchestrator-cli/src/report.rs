@@ -71,57 +71,189 @@ pub fn resuming(mode: Mode, dir: &Path, done: u64, total: u64) {
     }
 }
 
+/// How the console follows the run, besides the mode.
+#[derive(Debug, Clone, Copy)]
+pub struct Display {
+    /// Jobs that will run.
+    pub total: u64,
+    /// joblib's verbosity level: progress lines (`[Parallel(n_jobs=2)]: Done 3 out of 5 …`).
+    pub verbose: u32,
+    /// Resolved `n_jobs`, for the progress lines.
+    pub n_jobs: usize,
+    /// Draw a progress bar (stderr is a terminal).
+    pub bar: bool,
+}
+
 /// Print events until the channel closes.
-pub async fn consume(mode: Mode, mut events: mpsc::Receiver<Event>) {
-    let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
-    let mut err = io::stderr();
+pub async fn consume(mode: Mode, display: Display, mut events: mpsc::Receiver<Event>) {
+    let mut r = Reporter::new(mode, display);
     while let Some(first) = events.recv().await {
         let mut next = Some(first);
         // Drain what is already queued before flushing: one write for many lines.
         while let Some(ev) = next {
-            show(mode, &ev, &mut out, &mut err);
+            r.show(&ev);
             next = events.try_recv().ok();
         }
-        let _ = out.flush();
+        r.flush();
     }
-    let _ = out.flush();
+    r.finish();
 }
 
-fn show(mode: Mode, ev: &Event, out: &mut impl Write, err: &mut impl Write) {
-    match (mode, ev) {
-        (Mode::Json, ev) => {
-            let _ = writeln!(out, "{}", event_json(ev));
+struct Reporter {
+    mode: Mode,
+    display: Display,
+    out: io::BufWriter<io::Stdout>,
+    bar: Option<indicatif::ProgressBar>,
+    started: std::time::Instant,
+    running: u64,
+    done: u64,
+    failed: u64,
+}
+
+impl Reporter {
+    fn new(mode: Mode, display: Display) -> Self {
+        let bar = (display.bar && mode == Mode::Plain).then(|| {
+            let bar =
+                indicatif::ProgressBar::with_draw_target(Some(display.total), indicatif::ProgressDrawTarget::stderr());
+            let style = indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} jobs {msg} ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            bar.set_style(style);
+            bar
+        });
+        Reporter {
+            mode,
+            display,
+            out: io::BufWriter::with_capacity(64 * 1024, io::stdout()),
+            bar,
+            started: std::time::Instant::now(),
+            running: 0,
+            done: 0,
+            failed: 0,
         }
-        (Mode::Plain, Event::Output { stream, line, .. }) => match stream {
+    }
+
+    /// Write a line above the progress bar, if there is one, without tearing it.
+    fn print(&mut self, stream: Stream, bytes: &[u8]) {
+        let out = &mut self.out;
+        let write = |out: &mut io::BufWriter<io::Stdout>| match stream {
             Stream::Stderr => {
-                // Keep our stdout order with the child's stderr as close as the terminal allows.
+                // Keep our stdout's order with the child's stderr as close as the terminal allows.
                 let _ = out.flush();
-                let _ = err.write_all(line);
+                let mut err = io::stderr().lock();
+                let _ = err.write_all(bytes);
                 let _ = err.write_all(b"\n");
             }
             _ => {
-                let _ = out.write_all(line);
+                let _ = out.write_all(bytes);
                 let _ = out.write_all(b"\n");
             }
-        },
-        (Mode::Plain | Mode::Quiet, Event::Finished(rec)) if !rec.outcome.is_success() => {
-            let _ = out.flush();
-            let _ = writeln!(
-                err,
-                "{} \t#{} : {} {}, log: {}",
-                hydra_prefix(),
-                rec.num,
-                rec.overrides.join(" "),
-                rec.outcome.describe(),
-                rec.log.display()
-            );
+        };
+        match &self.bar {
+            Some(bar) => bar.suspend(|| {
+                write(out);
+                let _ = out.flush();
+            }),
+            None => write(out),
         }
-        _ => {}
     }
+
+    fn show(&mut self, ev: &Event) {
+        if self.mode == Mode::Json {
+            let v = event_json(ev);
+            if !v.is_null() {
+                let _ = writeln!(self.out, "{v}");
+            }
+            return;
+        }
+        match ev {
+            Event::Started { .. } => self.running += 1,
+            Event::Output { stream, line, .. } if self.mode == Mode::Plain => self.print(*stream, line),
+            Event::Finished(rec) => {
+                self.running = self.running.saturating_sub(1);
+                self.done += 1;
+                if !rec.outcome.is_success() {
+                    self.failed += 1;
+                    let line = format!(
+                        "{} \t#{} : {} {}, log: {}",
+                        hydra_prefix(),
+                        rec.num,
+                        rec.overrides.join(" "),
+                        rec.outcome.describe(),
+                        rec.log.display()
+                    );
+                    self.print(Stream::Stderr, line.as_bytes());
+                }
+                self.progress_line();
+            }
+            _ => {}
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_position(self.done);
+            bar.set_message(format!("({} running, {} failed)", self.running, self.failed));
+        }
+    }
+
+    /// joblib's `verbose` progress lines, at joblib's frequency; to stderr below level 50,
+    /// to stdout from 50 on, as joblib does.
+    fn progress_line(&mut self) {
+        let verbose = self.display.verbose;
+        if verbose == 0 {
+            return;
+        }
+        let (done, total) = (self.done, self.display.total);
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let msg = if done >= total {
+            format!("Done {done:3} out of {total:3} | elapsed: {} finished", short_time(elapsed))
+        } else if joblib_quiet_at(done, verbose) {
+            return;
+        } else {
+            let remaining = elapsed / done as f64 * (total - done) as f64;
+            format!(
+                "Done {done:3} out of {total:3} | elapsed: {} remaining: {}",
+                short_time(elapsed),
+                short_time(remaining)
+            )
+        };
+        let line = format!("[Parallel(n_jobs={})]: {msg}", self.display.n_jobs);
+        let stream = if verbose < 50 { Stream::Stderr } else { Stream::Stdout };
+        self.print(stream, line.as_bytes());
+    }
+
+    fn flush(&mut self) {
+        let _ = self.out.flush();
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        let _ = self.out.flush();
+    }
+}
+
+/// joblib's `_verbosity_filter`: `true` when the message for `index` is skipped.
+fn joblib_quiet_at(index: u64, verbose: u32) -> bool {
+    if verbose > 10 || index == 0 {
+        return false;
+    }
+    let v = 0.5 * f64::from(11 - verbose).powi(2);
+    let scale = (index as f64 / v).sqrt();
+    let next_scale = ((index + 1) as f64 / v).sqrt();
+    scale as u64 == next_scale as u64
+}
+
+/// joblib's `short_format_time`.
+fn short_time(t: f64) -> String {
+    if t > 60.0 { format!("{:4.1}min", t / 60.0) } else { format!(" {t:5.1}s") }
 }
 
 fn event_json(ev: &Event) -> serde_json::Value {
     match ev {
+        Event::Queued { num } => json!({"event": "job_queued", "num": num}),
+        Event::RunFinished { .. } => serde_json::Value::Null,
         Event::Started { num, pid, slot, at } => {
             json!({"event": "job_started", "num": num, "pid": pid, "slot": slot, "time": at.to_rfc3339()})
         }
@@ -193,5 +325,21 @@ pub fn summary(mode: Mode, s: &RunSummary, total: u64, elapsed: Duration, sweep_
         println!("{line}");
     } else {
         let _ = writeln!(err, "{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joblib_frequency_and_time_format() {
+        // Above 10 every completion is shown; up to 10 on a square-root scale, as joblib.
+        assert!((1..50).all(|i| !joblib_quiet_at(i, 11)));
+        assert_eq!((1..20).filter(|i| !joblib_quiet_at(*i, 10)).collect::<Vec<_>>(), [1, 4, 7, 12, 17]);
+        let shown: Vec<u64> = (1..60).filter(|i| !joblib_quiet_at(*i, 1)).collect();
+        assert_eq!(shown, vec![49]);
+        assert_eq!(short_time(1.25), "   1.2s");
+        assert_eq!(short_time(90.0), " 1.5min");
     }
 }

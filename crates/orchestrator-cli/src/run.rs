@@ -62,6 +62,10 @@ struct Prepared {
     /// Job numbers that already succeeded (resume): not run again.
     done: Arc<HashSet<u64>>,
     resuming: bool,
+    /// joblib verbosity for progress lines.
+    verbose: u32,
+    /// Draw a progress bar.
+    bar: bool,
 }
 
 /// What an earlier sweep left: its overrides (as typed) and its successful jobs.
@@ -231,7 +235,12 @@ fn prepare(args: &RunArgs) -> Result<Prepared, UsageError> {
     }
     let resuming = earlier.is_some();
     let done = Arc::new(earlier.map(|e| e.done).unwrap_or_default());
-    Ok(Prepared { layout, plan: Arc::new(plan), options, banner, done, resuming })
+    let verbose =
+        if args.verbose { layout.resolved.launcher.verbose.max(11) } else { layout.resolved.launcher.verbose };
+    let bar = !args.no_progress
+        && std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("TERM").is_some_and(|t| t != "dumb");
+    Ok(Prepared { layout, plan: Arc::new(plan), options, banner, done, resuming, verbose, bar })
 }
 
 /// `hydra.run.dir` for single runs: Hydra's default unless the config sets it.
@@ -296,7 +305,7 @@ fn check_program(app: &[OsString]) -> Result<(), UsageError> {
 }
 
 async fn execute(p: Prepared, mode: Mode) -> u8 {
-    let Prepared { mut layout, plan, mut options, banner, done, resuming } = p;
+    let Prepared { mut layout, plan, mut options, banner, done, resuming, verbose, bar } = p;
     let created = if resuming { layout.adopt() } else { layout.create() };
     if let Err(e) = created {
         eprintln!("error: {e}");
@@ -361,7 +370,8 @@ async fn execute(p: Prepared, mode: Mode) -> u8 {
         })
     };
     let (ev_tx, ev_rx) = mpsc::channel(4096);
-    let reporter = tokio::spawn(report::consume(mode, ev_rx));
+    let display = report::Display { total, verbose, n_jobs: options.n_jobs, bar };
+    let reporter = tokio::spawn(report::consume(mode, display, ev_rx));
     let t0 = Instant::now();
     let summary = orchestrator::run(options, job_rx, Some(ev_tx), stop_rx).await;
     let _ = producer.await;
