@@ -129,26 +129,32 @@ impl SweepLayout {
     /// Create the sweep dir (a fresh one: `_1`, `_2`… are added if the name is taken) and
     /// write `multirun.yaml`. Returns the dir actually created.
     pub fn create(&mut self) -> Result<(), LayoutError> {
-        let base = self.dir.clone();
+        let base = self.abs_dir.clone();
         if let Some(parent) = base.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(io_err(parent))?;
         }
         let mut candidate = base.clone();
+        let mut suffix = String::new();
         let mut n = 0;
         loop {
             match std::fs::create_dir(&candidate) {
                 Ok(()) => break,
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 10_000 => {
                     n += 1;
+                    suffix = format!("_{n}");
                     let mut name = base.file_name().map(|f| f.to_os_string()).unwrap_or_default();
-                    name.push(format!("_{n}"));
+                    name.push(&suffix);
                     candidate = base.with_file_name(name);
                 }
                 Err(e) => return Err(LayoutError::Io { path: candidate, source: e }),
             }
         }
-        self.dir = candidate;
-        self.abs_dir = std::path::absolute(&self.dir).map_err(io_err(&self.dir))?;
+        if !suffix.is_empty() {
+            let mut name = self.dir.file_name().map(|f| f.to_os_string()).unwrap_or_default();
+            name.push(&suffix);
+            self.dir = self.dir.with_file_name(name);
+        }
+        self.abs_dir = candidate;
         let multirun = self.abs_dir.join(if self.multirun { "multirun.yaml" } else { ".hydra/multirun.yaml" });
         if !self.multirun {
             std::fs::create_dir_all(self.abs_dir.join(".hydra")).map_err(io_err(&self.abs_dir))?;
@@ -169,7 +175,12 @@ impl SweepLayout {
 
     /// Use the existing sweep dir (`--resume`): nothing is created, `multirun.yaml` is kept.
     pub fn adopt(&mut self) -> Result<(), LayoutError> {
-        self.abs_dir = std::path::absolute(&self.dir).map_err(io_err(&self.dir))?;
+        if !self.abs_dir.is_dir() {
+            return Err(LayoutError::Io {
+                path: self.abs_dir.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "the sweep dir to resume does not exist"),
+            });
+        }
         Ok(())
     }
 

@@ -13,6 +13,7 @@ pub mod launch;
 mod output;
 pub mod runner;
 pub mod supervisor;
+pub mod sweep;
 pub mod sys;
 pub mod temp;
 
