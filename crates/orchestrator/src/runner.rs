@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use nix::sys::signal::Signal;
-use orchestrator_config::{HaltPolicy, SlotValue};
+use orchestrator_config::{Backend, HaltPolicy, LauncherConfig, SlotValue};
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -120,6 +120,47 @@ impl RunOptions {
             cancel: CancellationToken::new(),
             subreaper: true,
         }
+    }
+}
+
+impl RunOptions {
+    /// Options from a launcher config: `n_jobs` resolved against the CPUs this process may
+    /// use (`sequential` forces 1), grace period, halt policy, per-slot environment, and
+    /// loky's thread limit (`cpus / n_jobs`, at least 1).
+    ///
+    /// Fails when a per-slot list has fewer values than `n_jobs`.
+    pub fn from_launcher(launcher: &LauncherConfig) -> Result<RunOptions, String> {
+        let cpus = sys::available_cpus();
+        let n_jobs = if launcher.backend == Some(Backend::Sequential) { 1 } else { launcher.n_jobs.resolve(cpus) };
+        let mut options = RunOptions::new(n_jobs);
+        options.grace = launcher.grace_period;
+        options.halt = launcher.halt;
+        options.slot_env = launcher.slot_env.clone();
+        options.thread_limit = Some((cpus / n_jobs.max(1)).max(1));
+        for (name, value) in &options.slot_env {
+            if let SlotValue::PerSlot(list) = value {
+                if list.len() < n_jobs {
+                    return Err(format!(
+                        "slot_env `{name}` lists {} value(s) but n_jobs is {n_jobs}: each slot needs its own value\n  = help: give at least {n_jobs} values, or lower n_jobs",
+                        list.len()
+                    ));
+                }
+            }
+        }
+        Ok(options)
+    }
+
+    /// Options from a config's YAML text (the seed `joblib.yaml` format); the launcher
+    /// section is read, the rest ignored.
+    ///
+    /// ```
+    /// let opts = orchestrator::RunOptions::from_yaml("hydra:\n  launcher:\n    n_jobs: 3\n").unwrap();
+    /// assert_eq!(opts.n_jobs, 3);
+    /// ```
+    pub fn from_yaml(text: &str) -> Result<RunOptions, crate::sweep::SetupError> {
+        let loaded = orchestrator_config::load_config_str(text, std::path::Path::new("<yaml>"))?;
+        let resolved = loaded.resolve(&HashMap::new())?;
+        RunOptions::from_launcher(&resolved.launcher).map_err(crate::sweep::SetupError::Invalid)
     }
 }
 

@@ -13,7 +13,7 @@ use chrono::Local;
 use orchestrator_config::compose::apply_overrides;
 use orchestrator_config::grammar::{Override, OverrideError, parse_override};
 use orchestrator_config::sweep::{SweepContext, SweepError, SweepPlan};
-use orchestrator_config::{Backend, ConfigError, LoadedConfig, SlotValue, load_config_str};
+use orchestrator_config::{ConfigError, LoadedConfig, load_config_str};
 use serde_yaml::Value;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -287,12 +287,9 @@ impl PreparedSweep {
         }
         check_program(&args.app)?;
 
-        let cpus = crate::sys::available_cpus();
         let launcher = &resolved.launcher;
-        let mut n_jobs = launcher.n_jobs.resolve(cpus);
-        if launcher.backend == Some(Backend::Sequential) {
-            n_jobs = 1;
-        }
+        let options = RunOptions::from_launcher(launcher).map_err(SetupError::Invalid)?;
+        let n_jobs = options.n_jobs;
         let total = plan.len();
         let job_name = resolved.hydra.job_name.clone().unwrap_or_else(|| job_name_for(&args.app));
         let started = Local::now();
@@ -316,21 +313,6 @@ impl PreparedSweep {
             .and_then(|p| p.file_stem())
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "config".into());
-        let mut options = RunOptions::new(n_jobs);
-        options.grace = launcher.grace_period;
-        options.halt = launcher.halt;
-        options.slot_env = launcher.slot_env.clone();
-        options.thread_limit = Some((cpus / n_jobs).max(1));
-        for (name, value) in &options.slot_env {
-            if let SlotValue::PerSlot(list) = value {
-                if list.len() < n_jobs {
-                    return Err(SetupError::Invalid(format!(
-                        "slot_env `{name}` lists {} value(s) but n_jobs is {n_jobs}: each slot needs its own value\n  = help: give at least {n_jobs} values, or lower n_jobs",
-                        list.len()
-                    )));
-                }
-            }
-        }
         let temp = crate::temp::resolve_temp_folder(launcher.temp_folder.as_deref());
         tracing::debug!("temp_folder: {} ({})", temp.path.display(), temp.reason);
         let abs_dir = cwd.join(&dir);
