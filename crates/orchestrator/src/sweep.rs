@@ -316,8 +316,14 @@ impl PreparedSweep {
         let temp = crate::temp::resolve_temp_folder(launcher.temp_folder.as_deref());
         tracing::debug!("temp_folder: {} ({})", temp.path.display(), temp.reason);
         let abs_dir = cwd.join(&dir);
+        // Paths are shown (and opened) relative to this process's cwd when they are below it,
+        // as Hydra prints them; a service with another base dir gets absolute paths.
+        let shown = match std::env::current_dir() {
+            Ok(here) => abs_dir.strip_prefix(&here).map(Path::to_path_buf).unwrap_or_else(|_| abs_dir.clone()),
+            Err(_) => abs_dir.clone(),
+        };
         let mut layout = SweepLayout {
-            dir: PathBuf::from(dir),
+            dir: shown,
             abs_dir,
             job_name,
             resolved,

@@ -1,0 +1,236 @@
+//! A small HTTP service that embeds one orchestrator per sweep.
+//!
+//! ```text
+//! embed_service [--listen 127.0.0.1:8080] [--root DIR]
+//! POST   /sweeps              {"config": "<yaml>", "overrides": ["task=1..3"], "command": ["sh", "-c", "..."]}
+//! GET    /sweeps/{id}         status and per-job outcomes
+//! GET    /sweeps/{id}/events  Server-Sent Events, one JSON event each
+//! DELETE /sweeps/{id}         cancel: SIGTERM to every job's process group, SIGKILL after the grace period
+//! ```
+//!
+//! Sweep dirs go under `--root` (default: the current dir). It prints `listening on ADDR`
+//! once it accepts connections.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use orchestrator::sweep::{ConfigInput, PreparedSweep, SweepRequest};
+use orchestrator::{Event, JobRecord, Stop, StopReason};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+
+/// The body of `POST /sweeps`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSweep {
+    /// Config YAML (the seed format); absent = joblib's defaults.
+    #[serde(default)]
+    config: Option<String>,
+    /// Overrides, as on the command line.
+    #[serde(default)]
+    overrides: Vec<String>,
+    /// The app: program then arguments.
+    command: Vec<String>,
+}
+
+struct Sweep {
+    dir: PathBuf,
+    total: u64,
+    state: &'static str,
+    records: Vec<Value>,
+    stop: watch::Sender<Stop>,
+    events: broadcast::Sender<String>,
+}
+
+#[derive(Clone, Default)]
+struct App {
+    root: PathBuf,
+    sweeps: Arc<Mutex<HashMap<u64, Sweep>>>,
+    next: Arc<Mutex<u64>>,
+}
+
+impl App {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Sweep>> {
+        self.sweeps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({"error": message.into()}))).into_response()
+}
+
+async fn create(State(app): State<App>, body: Bytes) -> Response {
+    let req: NewSweep = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        // serde names the field: "missing field `command`", "unknown field `comand`".
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")),
+    };
+    if req.command.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "invalid request body: field `command` must not be empty");
+    }
+    let config = match req.config {
+        Some(text) => ConfigInput::Text { text, name: "field `config`".into() },
+        None => ConfigInput::Defaults,
+    };
+    let app_cmd: Vec<OsString> = req.command.iter().map(OsString::from).collect();
+    let request = SweepRequest::new(config, req.overrides, app_cmd, app.root.clone());
+    let mut prepared = match PreparedSweep::prepare(&request) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    prepared.options.forward_output = true;
+    let (stop_tx, stop_rx) = watch::channel(Stop::None);
+    let (ev_tx, mut ev_rx) = mpsc::channel(1024);
+    let run = match prepared.start(Some(ev_tx), stop_rx) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let id = {
+        let mut next = app.next.lock().unwrap_or_else(|e| e.into_inner());
+        *next += 1;
+        *next
+    };
+    let (bcast, _) = broadcast::channel(1024);
+    let body = json!({"id": id, "sweep_dir": run.abs_dir, "jobs": run.total});
+    app.lock().insert(
+        id,
+        Sweep {
+            dir: run.abs_dir.clone(),
+            total: run.total,
+            state: "running",
+            records: Vec::new(),
+            stop: stop_tx,
+            events: bcast.clone(),
+        },
+    );
+    // Follow the run: keep per-job outcomes and fan events out to SSE clients.
+    let follower = app.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = ev_rx.recv().await {
+            let Some(value) = event_json(&ev) else { continue };
+            if let Event::Finished(rec) = &ev
+                && let Some(s) = follower.lock().get_mut(&id)
+            {
+                s.records.push(record_json(rec));
+            }
+            // No subscriber is fine: the state above is what GET returns.
+            let _ = bcast.send(value.to_string());
+        }
+        let summary = run.done.await.unwrap_or_default();
+        if let Some(s) = follower.lock().get_mut(&id) {
+            s.state = if summary.stop != Stop::None { "cancelled" } else { "finished" };
+        }
+        let _ = bcast.send(
+            json!({"event": "sweep_finished", "succeeded": summary.succeeded, "failed": summary.failures.len()})
+                .to_string(),
+        );
+    });
+    (StatusCode::CREATED, axum::Json(body)).into_response()
+}
+
+fn record_json(rec: &JobRecord) -> Value {
+    serde_json::from_str(&rec.to_json()).unwrap_or(Value::Null)
+}
+
+/// The event as sent to SSE clients; the run's own end is sent separately, with its counts.
+fn event_json(ev: &Event) -> Option<Value> {
+    Some(match ev {
+        Event::Queued { num } => json!({"event": "job_queued", "num": num}),
+        Event::Started { num, pid, slot, .. } => json!({"event": "job_started", "num": num, "pid": pid, "slot": slot}),
+        Event::Output { num, stream, line, .. } => {
+            json!({"event": "output", "num": num, "stream": stream.name(), "line": String::from_utf8_lossy(line)})
+        }
+        Event::Finished(rec) => {
+            let mut v = record_json(rec);
+            if let Some(m) = v.as_object_mut() {
+                m.insert("event".into(), json!("job_finished"));
+            }
+            v
+        }
+        _ => return None,
+    })
+}
+
+async fn status(State(app): State<App>, Path(id): Path<u64>) -> Response {
+    match app.lock().get(&id) {
+        Some(s) => axum::Json(json!({
+            "id": id, "state": s.state, "sweep_dir": s.dir, "jobs": s.total,
+            "finished": s.records.len(), "records": s.records,
+        }))
+        .into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no sweep {id}")),
+    }
+}
+
+async fn events(
+    State(app): State<App>,
+    Path(id): Path<u64>,
+) -> Result<Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>>, Response> {
+    let rx = match app.lock().get(&id) {
+        Some(s) => s.events.subscribe(),
+        None => return Err(error(StatusCode::NOT_FOUND, format!("no sweep {id}"))),
+    };
+    // A lagging client skips events rather than slowing the sweep down.
+    let stream = BroadcastStream::new(rx).filter_map(|m| m.ok()).map(|data| Ok(SseEvent::default().data(data)));
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+async fn cancel(State(app): State<App>, Path(id): Path<u64>) -> Response {
+    match app.lock().get(&id) {
+        Some(s) => {
+            s.stop.send_modify(|st| *st = (*st).max(Stop::Graceful { reason: StopReason::Interrupted, signal: 15 }));
+            (StatusCode::ACCEPTED, axum::Json(json!({"id": id, "state": "cancelling"}))).into_response()
+        }
+        None => error(StatusCode::NOT_FOUND, format!("no sweep {id}")),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let mut listen = "127.0.0.1:8080".to_string();
+    let mut root = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match (a.as_str(), args.next()) {
+            ("--listen", Some(v)) => listen = v,
+            ("--root", Some(v)) => root = PathBuf::from(v),
+            _ => {
+                eprintln!("usage: embed_service [--listen ADDR] [--root DIR]");
+                std::process::exit(2);
+            }
+        }
+    }
+    let app = App { root, ..App::default() };
+    let router = Router::new()
+        .route("/sweeps", axum::routing::post(create))
+        .route("/sweeps/{id}", get(status).delete(cancel))
+        .route("/sweeps/{id}/events", get(events))
+        .with_state(app);
+    let listener = match tokio::net::TcpListener::bind(&listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {listen}: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Ok(addr) = listener.local_addr() {
+        println!("listening on {addr}");
+    }
+    if let Err(e) = axum::serve(listener, router).await {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
