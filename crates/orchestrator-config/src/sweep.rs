@@ -444,10 +444,10 @@ fn group_options(dir: &Path, input: &str) -> Result<Vec<String>, SweepError> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();
-        if path.extension().is_some_and(|e| e == "yaml") {
-            if let Some(stem) = path.file_stem() {
-                names.push(stem.to_string_lossy().into_owned());
-            }
+        if path.extension().is_some_and(|e| e == "yaml")
+            && let Some(stem) = path.file_stem()
+        {
+            names.push(stem.to_string_lossy().into_owned());
         }
     }
     Ok(names)

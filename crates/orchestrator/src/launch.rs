@@ -88,10 +88,10 @@ pub fn job_name_for(command: &[OsString]) -> String {
         return "app".into();
     };
     let prog = stem(program);
-    if prog.starts_with("python") || prog == "uv" || prog == "pypy3" {
-        if let Some(script) = command.iter().skip(1).find(|a| a.to_string_lossy().ends_with(".py")) {
-            return stem(script);
-        }
+    if (prog.starts_with("python") || prog == "uv" || prog == "pypy3")
+        && let Some(script) = command.iter().skip(1).find(|a| a.to_string_lossy().ends_with(".py"))
+    {
+        return stem(script);
     }
     prog
 }

@@ -12,6 +12,7 @@ pub mod journal;
 pub mod launch;
 mod output;
 pub mod runner;
+pub mod spill;
 pub mod supervisor;
 pub mod sweep;
 pub mod sys;

@@ -138,13 +138,13 @@ impl RunOptions {
         options.slot_env = launcher.slot_env.clone();
         options.thread_limit = Some((cpus / n_jobs.max(1)).max(1));
         for (name, value) in &options.slot_env {
-            if let SlotValue::PerSlot(list) = value {
-                if list.len() < n_jobs {
-                    return Err(format!(
-                        "slot_env `{name}` lists {} value(s) but n_jobs is {n_jobs}: each slot needs its own value\n  = help: give at least {n_jobs} values, or lower n_jobs",
-                        list.len()
-                    ));
-                }
+            if let SlotValue::PerSlot(list) = value
+                && list.len() < n_jobs
+            {
+                return Err(format!(
+                    "slot_env `{name}` lists {} value(s) but n_jobs is {n_jobs}: each slot needs its own value\n  = help: give at least {n_jobs} values, or lower n_jobs",
+                    list.len()
+                ));
             }
         }
         Ok(options)
@@ -275,10 +275,10 @@ pub async fn run(
     let cancel = opts.cancel.clone();
     let n_jobs = opts.n_jobs.max(1);
     let halt = opts.halt;
-    if opts.subreaper {
-        if let Err(e) = sys::set_child_subreaper() {
-            tracing::warn!("cannot become a child subreaper ({e}); daemonised grandchildren may outlive their job");
-        }
+    if opts.subreaper
+        && let Err(e) = sys::set_child_subreaper()
+    {
+        tracing::warn!("cannot become a child subreaper ({e}); daemonised grandchildren may outlive their job");
     }
     let ctx = Arc::new(Ctx {
         opts,
@@ -587,10 +587,10 @@ fn outcome(r: sys::Reaped, cause: Option<EndCause>, limit: Option<Duration>) -> 
 async fn finish(ctx: &Ctx, mut record: JobRecord, t0: Instant) -> JobRecord {
     record.end = Utc::now();
     record.duration = t0.elapsed();
-    if let Some(j) = &ctx.opts.journal {
-        if let Err(e) = j.append(&record) {
-            tracing::error!("cannot append to the journal: {e}");
-        }
+    if let Some(j) = &ctx.opts.journal
+        && let Err(e) = j.append(&record)
+    {
+        tracing::error!("cannot append to the journal: {e}");
     }
     if let Some(tx) = &ctx.events {
         let _ = tx.send(Event::Finished(Box::new(record.clone()))).await;
@@ -615,10 +615,11 @@ async fn end_leftovers(ctx: &Ctx, pgid: u32, marker: &OsStr, grace: Duration) ->
         seen.extend(group.iter().copied());
         for pid in &orphans {
             // A `setsid` escapee's own group goes down with it; count its members too.
-            if let Some((_, own)) = sys::proc_state(*pid) {
-                if own == *pid && own != ctx.own_pgid {
-                    seen.extend(sys::live_group_members(own));
-                }
+            if let Some((_, own)) = sys::proc_state(*pid)
+                && own == *pid
+                && own != ctx.own_pgid
+            {
+                seen.extend(sys::live_group_members(own));
             }
         }
         let sig = if !termed && !grace.is_zero() {
@@ -647,10 +648,11 @@ async fn end_leftovers(ctx: &Ctx, pgid: u32, marker: &OsStr, grace: Duration) ->
 /// Signal an adopted process and, if it leads its own group (a `setsid` escapee), the group.
 fn signal_tree(pid: u32, sig: Signal, own_pgid: u32) {
     sys::signal_pid(pid, sig);
-    if let Some((_, pgid)) = sys::proc_state(pid) {
-        if pgid == pid && pgid != own_pgid {
-            sys::signal_group(pgid, sig);
-        }
+    if let Some((_, pgid)) = sys::proc_state(pid)
+        && pgid == pid
+        && pgid != own_pgid
+    {
+        sys::signal_group(pgid, sig);
     }
 }
 

@@ -340,10 +340,10 @@ impl PreparedSweep {
             let job0 = plan.job(0).ok_or_else(|| SetupError::Invalid("the sweep has no job 0".into()))?;
             layout.check(&job0)?;
             layout.detect_placeholders(&job0)?;
-            if total > 1 {
-                if let Some(last) = plan.job(total - 1) {
-                    layout.check(&last)?;
-                }
+            if total > 1
+                && let Some(last) = plan.job(total - 1)
+            {
+                layout.check(&last)?;
             }
         }
         let resuming = earlier.is_some();

@@ -98,10 +98,10 @@ pub fn children_of(tids: &[i32]) -> Vec<u32> {
     let mut buf = String::new();
     for tid in tids {
         buf.clear();
-        if let Ok(mut f) = std::fs::File::open(format!("/proc/self/task/{tid}/children")) {
-            if f.read_to_string(&mut buf).is_ok() {
-                out.extend(buf.split_ascii_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-            }
+        if let Ok(mut f) = std::fs::File::open(format!("/proc/self/task/{tid}/children"))
+            && f.read_to_string(&mut buf).is_ok()
+        {
+            out.extend(buf.split_ascii_whitespace().filter_map(|p| p.parse::<u32>().ok()));
         }
     }
     out
@@ -160,4 +160,10 @@ pub fn async_pidfd(pid: u32) -> Option<tokio::io::unix::AsyncFd<OwnedFd>> {
     let fd = pidfd_open(pid).ok()?;
     // SAFETY: we own `fd` and it stays open for as long as the AsyncFd, which owns it.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE).ok() }
+}
+
+/// The real user id of this process.
+pub fn getuid() -> u32 {
+    // SAFETY: getuid has no preconditions.
+    unsafe { libc::getuid() }
 }
