@@ -6,4 +6,5 @@ mod bad_input;
 mod hygiene;
 mod output;
 mod seed;
+mod spill;
 mod sweeps;

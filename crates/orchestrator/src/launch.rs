@@ -8,10 +8,14 @@
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::{DateTime, Local};
 use orchestrator_config::compose::apply_overrides;
+use orchestrator_config::grammar::Element;
 use orchestrator_config::sweep::{JobOverrides, ResolvedOverride};
+
+use crate::args::LargeArgs;
 use orchestrator_config::{JOBLIB_CLASSES, LauncherForm, ResolvedConfig};
 use serde_yaml::{Mapping, Value};
 
@@ -36,6 +40,9 @@ pub enum LayoutError {
     /// An override that cannot be applied to the app config.
     #[error("{0}")]
     Compose(String),
+    /// A large argument could not be spilled or copied.
+    #[error(transparent)]
+    Spill(#[from] crate::spill::SpillError),
     /// Creating or writing a file failed.
     #[error("cannot write {path}: {source}")]
     Io {
@@ -77,6 +84,8 @@ pub struct SweepLayout {
     pub started: DateTime<Local>,
     /// Resolved `n_jobs`, exported to jobs.
     pub n_jobs: usize,
+    /// Large arguments (`@file` values, values over `max_nbytes`); set when the sweep starts.
+    pub large: Option<Arc<LargeArgs>>,
 }
 
 /// The name Hydra would give the job: the script's stem for `python x.py`, else the program's.
@@ -238,6 +247,23 @@ impl SweepLayout {
         let rel_dir = if sub.is_empty() { self.dir.clone() } else { self.dir.join(&sub) };
         let hydra_dir = dir.join(".hydra");
         std::fs::create_dir_all(&hydra_dir).map_err(io_err(&hydra_dir))?;
+        // Large arguments: the job gets `key=@path` (or the file's text inline) instead.
+        let mut argv_items: Vec<String> = display.to_vec();
+        let mut args_json = serde_json::Map::new();
+        let mut replaced = job.clone();
+        if let Some(large) = &self.large {
+            for (i, item) in job.items.iter().enumerate() {
+                let Some(value) = &item.value else { continue };
+                if let Some((text, info)) = large.resolve(&item.key, value, &dir)? {
+                    argv_items[i] = format!("{}{}={text}", item.kind.prefix(), item.key);
+                    replaced.items[i].value = Some(Element::Str { value: text, quote: None });
+                    if let Some(info) = info {
+                        args_json.insert(item.key.clone(), serde_json::to_value(&info).unwrap_or_default());
+                    }
+                }
+            }
+        }
+        let config = if args_json.is_empty() && argv_items == display { config } else { self.compose(&replaced)? };
         let config_path = hydra_dir.join("config.yaml");
         write_yaml(&config_path, &config)?;
         let overrides_value = Value::Sequence(display.iter().map(|s| Value::String(s.clone())).collect());
@@ -246,7 +272,7 @@ impl SweepLayout {
         hydra_doc.insert("hydra".into(), self.hydra_node(Some(job), Some(&dir)));
         write_yaml(&hydra_dir.join("hydra.yaml"), &Value::Mapping(hydra_doc))?;
 
-        let (program, args) = self.argv(job, &config, &dir, display);
+        let (program, args) = self.argv(&replaced, &config, &dir, &argv_items);
         spec.program = program;
         spec.args = args;
         spec.log_path = rel_dir.join(format!("{}.log", self.job_name));
@@ -274,6 +300,9 @@ impl SweepLayout {
             ("ORCHESTRATOR_N_JOBS", self.n_jobs.to_string()),
         ];
         spec.env = env.into_iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect();
+        if !args_json.is_empty() {
+            spec.env.push(("ORCHESTRATOR_ARGS".into(), serde_json::Value::Object(args_json).to_string().into()));
+        }
         for (k, v) in &self.resolved.hydra.env_set {
             spec.env.push((k.into(), v.into()));
         }

@@ -6,6 +6,7 @@
 //! through a [`tokio::sync::watch`] channel.
 #![deny(missing_docs)]
 
+pub mod args;
 pub mod event;
 pub mod job;
 pub mod journal;

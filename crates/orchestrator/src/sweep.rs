@@ -18,10 +18,13 @@ use serde_yaml::Value;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::args::LargeArgs;
 use crate::event::Event;
 use crate::journal::Journal;
 use crate::launch::{LayoutError, SweepLayout, job_name_for};
 use crate::runner::{RunOptions, RunSummary, Stop, run};
+use crate::spill::SpillStore;
+use crate::temp::TempFolder;
 
 /// Where the config comes from.
 #[derive(Debug, Clone)]
@@ -111,6 +114,10 @@ pub struct PreparedSweep {
     pub done: Arc<HashSet<u64>>,
     /// Whether this resumes an earlier sweep.
     pub resuming: bool,
+    /// `@path` values among the overrides, snapshotted when the sweep starts.
+    pub file_refs: Vec<String>,
+    /// Where relative paths (sweep dir, `@path` values) are taken from.
+    pub base_dir: PathBuf,
 }
 
 /// A started sweep.
@@ -125,6 +132,11 @@ pub struct SweepRun {
     pub total: u64,
     /// Resolves to the run's summary.
     pub done: JoinHandle<RunSummary>,
+    /// Where large arguments are spilled, and why there.
+    pub temp_folder: TempFolder,
+    /// The spill store, if any value was spilled: it lives while this (or the run) holds
+    /// it, so a library caller can read back what `r+` jobs wrote.
+    pub spill: Option<Arc<SpillStore>>,
 }
 
 impl PreparedSweep {
@@ -149,7 +161,16 @@ impl PreparedSweep {
         stop: watch::Receiver<Stop>,
     ) -> Result<SweepRun, LayoutError> {
         let total = self.total();
-        let PreparedSweep { mut layout, plan, mut options, done, resuming, .. } = self;
+        let PreparedSweep { mut layout, plan, mut options, done, resuming, file_refs, base_dir, .. } = self;
+        // Snapshot `@file` arguments before anything is created: running out of space in
+        // temp_folder must leave no sweep dir and start no job.
+        let launcher = &layout.resolved.launcher;
+        let temp_folder = crate::temp::resolve_temp_folder(launcher.temp_folder.as_deref());
+        tracing::debug!("temp_folder: {} ({})", temp_folder.path.display(), temp_folder.reason);
+        let mut large = LargeArgs::new(launcher.max_nbytes, launcher.mmap_mode, temp_folder.clone());
+        large.snapshot(&file_refs, &base_dir)?;
+        let large = Arc::new(large);
+        layout.large = Some(large.clone());
         if resuming {
             layout.adopt()?;
         } else {
@@ -176,12 +197,22 @@ impl PreparedSweep {
                 }
             })
         };
+        let keep = large.clone();
         let runner = tokio::spawn(async move {
             let summary = run(options, job_rx, events, stop).await;
             let _ = producer.await;
+            // Spill files must outlive every job that maps them.
+            drop(keep);
             summary
         });
-        Ok(SweepRun { dir: layout.dir.clone(), abs_dir: layout.abs_dir.clone(), total, done: runner })
+        Ok(SweepRun {
+            dir: layout.dir.clone(),
+            abs_dir: layout.abs_dir.clone(),
+            total,
+            done: runner,
+            temp_folder,
+            spill: large.store(),
+        })
     }
 }
 
@@ -274,6 +305,19 @@ impl PreparedSweep {
         let cwd = args.base_dir.clone();
         let config_dir = args.config.path().and_then(|p| p.parent()).map(|p| cwd.join(p));
         let ctx = SweepContext { config_dir, cwd: cwd.clone(), seed: None };
+        let refs = crate::args::file_refs(&app_overrides);
+        for r in &refs {
+            let path = cwd.join(&r[1..]);
+            if let Err(e) = std::fs::File::open(&path)
+                .and_then(|f| f.metadata())
+                .and_then(|m| if m.is_file() { Ok(()) } else { Err(std::io::Error::other("not a regular file")) })
+            {
+                return Err(SetupError::Invalid(format!(
+                    "cannot read the argument file `{r}` ({}): {e}\n  = help: `key=@path` passes the file's contents; quote the value ('@...') to pass the text itself",
+                    path.display()
+                )));
+            }
+        }
         let plan = SweepPlan::new(app_overrides, &ctx)?;
         if !multirun && plan.is_sweep() {
             let swept = plan
@@ -313,8 +357,6 @@ impl PreparedSweep {
             .and_then(|p| p.file_stem())
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "config".into());
-        let temp = crate::temp::resolve_temp_folder(launcher.temp_folder.as_deref());
-        tracing::debug!("temp_folder: {} ({})", temp.path.display(), temp.reason);
         let abs_dir = cwd.join(&dir);
         // Paths are shown (and opened) relative to this process's cwd when they are below it,
         // as Hydra prints them; a service with another base dir gets absolute paths.
@@ -335,6 +377,7 @@ impl PreparedSweep {
             multirun,
             started,
             n_jobs,
+            large: None,
         };
         if total > 0 {
             let job0 = plan.job(0).ok_or_else(|| SetupError::Invalid("the sweep has no job 0".into()))?;
@@ -348,7 +391,16 @@ impl PreparedSweep {
         }
         let resuming = earlier.is_some();
         let done = Arc::new(earlier.map(|e| e.done).unwrap_or_default());
-        Ok(PreparedSweep { layout, plan: Arc::new(plan), options, banner, done, resuming })
+        Ok(PreparedSweep {
+            layout,
+            plan: Arc::new(plan),
+            options,
+            banner,
+            done,
+            resuming,
+            file_refs: refs,
+            base_dir: cwd,
+        })
     }
 }
 

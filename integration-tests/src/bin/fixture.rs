@@ -159,6 +159,42 @@ fn main() {
             }
             println!("fine");
         }
+        "argcheck" => {
+            // Report how argument `key` arrived, and read it fully.
+            use std::os::unix::fs::MetadataExt;
+            let key = arg(1);
+            let files = orchestrator_worker::arg_files();
+            let bytes = orchestrator_worker::open_arg(&key).expect("open the argument");
+            let sum = bytes.iter().fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(u64::from(*b)));
+            let report = match files.get(&key) {
+                Some(f) => format!(
+                    "file shared={} size={} ino={} path={} len={} sum={sum}\n",
+                    f.shared,
+                    f.size,
+                    std::fs::metadata(&f.path).map(|m| m.ino()).unwrap_or(0),
+                    f.path.display(),
+                    bytes.len()
+                ),
+                None => format!("inline len={} sum={sum}\n", bytes.len()),
+            };
+            append("arg.txt", &report);
+            let argv: Vec<String> = std::env::args().skip(1).map(|a| a.chars().take(80).collect()).collect();
+            append("argv.txt", &format!("{}\n", argv.join(" ")));
+        }
+        "argwrite" => {
+            // Try to write the first byte of argument `key`, then report what is there.
+            let key = arg(1);
+            let result = match orchestrator_worker::open_arg_mut(&key) {
+                Ok(mut m) => {
+                    m[0] = b'X';
+                    m.flush().expect("flush");
+                    format!("wrote, mine={}", m[0] as char)
+                }
+                Err(e) => format!("refused: {e}"),
+            };
+            let now = orchestrator_worker::open_arg(&key).expect("reopen")[0] as char;
+            append("arg.txt", &format!("{result}; file={now}\n"));
+        }
         other => {
             eprintln!("unknown fixture mode `{other}`");
             std::process::exit(64);

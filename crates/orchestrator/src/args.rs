@@ -1,0 +1,221 @@
+//! Large arguments of a sweep: `key=@file` values and values bigger than `max_nbytes`.
+//!
+//! A value bigger than `max_nbytes` is never put in argv or the environment: it is spilled
+//! once into the [`SpillStore`] and every job that uses it gets `key=@<path>` and the same
+//! file. A smaller value goes inline (`key=<value>`) when argv can carry it (no NUL byte,
+//! valid UTF-8, under Linux's 128 KiB per-argument limit), otherwise into a per-job file in
+//! the job's `.hydra/args/`. With `max_nbytes: null` nothing is shared: every job gets its
+//! own copy, as in joblib.
+//!
+//! `key=@path` files are snapshotted when the sweep starts (before any job), so later edits
+//! of the file do not change the jobs.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use orchestrator_config::MmapMode;
+use orchestrator_config::grammar::{Element, Override, OverrideValue, Sweep};
+use serde::Serialize;
+
+use crate::spill::{SpillError, SpillStore, Spilled};
+use crate::temp::TempFolder;
+
+/// Longest value passed inline in argv: Linux refuses a single argument over 128 KiB
+/// (`MAX_ARG_STRLEN`), key and `=` included.
+pub const INLINE_MAX: usize = 128 * 1024 - 4096;
+
+/// Largest file held in memory for per-job copies; bigger ones are copied from the snapshot.
+const IN_MEMORY_MAX: u64 = 16 << 20;
+
+/// How a job receives one large argument (an entry of `ORCHESTRATOR_ARGS`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ArgInfo {
+    /// The file holding the value.
+    pub path: PathBuf,
+    /// How to map it: `r`, `r+`, `c`, or null (read it as a plain file).
+    pub mode: Option<&'static str>,
+    /// Its size in bytes.
+    pub size: u64,
+    /// `true` when the file is the shared spill (one file for every job using the value).
+    pub shared: bool,
+}
+
+fn mode_name(m: Option<MmapMode>) -> Option<&'static str> {
+    match m {
+        Some(MmapMode::R) => Some("r"),
+        Some(MmapMode::RPlus) => Some("r+"),
+        Some(MmapMode::C) => Some("c"),
+        _ => None,
+    }
+}
+
+#[derive(Debug)]
+enum Snapshot {
+    Bytes(Arc<Vec<u8>>),
+    Stored(Spilled),
+}
+
+/// The sweep's large arguments.
+#[derive(Debug)]
+pub struct LargeArgs {
+    max_nbytes: Option<u64>,
+    mode: Option<MmapMode>,
+    temp: TempFolder,
+    store: OnceLock<Result<Arc<SpillStore>, String>>,
+    files: HashMap<String, Snapshot>,
+}
+
+/// Every `@path` string among the overrides' values (lists and sweeps included).
+pub fn file_refs(overrides: &[Override]) -> Vec<String> {
+    fn element(e: &Element, out: &mut Vec<String>) {
+        match e {
+            Element::Str { value, quote: None } if value.len() > 1 && value.starts_with('@') => out.push(value.clone()),
+            Element::List(items) => items.iter().for_each(|i| element(i, out)),
+            Element::Dict(items) => items.iter().for_each(|(_, i)| element(i, out)),
+            _ => {}
+        }
+    }
+    fn sweep(s: &Sweep, out: &mut Vec<String>) {
+        match s {
+            Sweep::Choice(items) => items.iter().for_each(|i| element(i, out)),
+            Sweep::Chain(parts) => parts.iter().for_each(|p| sweep(p, out)),
+            Sweep::Sort { inner, .. } | Sweep::Shuffle(inner) | Sweep::Cast { inner, .. } => sweep(inner, out),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for o in overrides {
+        match &o.value {
+            Some(OverrideValue::Element(e)) => element(e, &mut out),
+            Some(OverrideValue::Sweep(s)) => sweep(s, &mut out),
+            _ => {}
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+impl LargeArgs {
+    /// Nothing snapshotted yet; the spill store is created on first need.
+    pub fn new(max_nbytes: Option<u64>, mode: Option<MmapMode>, temp: TempFolder) -> Self {
+        LargeArgs { max_nbytes, mode, temp, store: OnceLock::new(), files: HashMap::new() }
+    }
+
+    /// Where spills go and why.
+    pub fn temp_folder(&self) -> &TempFolder {
+        &self.temp
+    }
+
+    /// The spill store, if one was needed.
+    pub fn store(&self) -> Option<Arc<SpillStore>> {
+        self.store.get().and_then(|s| s.as_ref().ok()).cloned()
+    }
+
+    fn store_or_create(&self) -> Result<&Arc<SpillStore>, SpillError> {
+        let made = self
+            .store
+            .get_or_init(|| SpillStore::create(&self.temp.path, self.mode).map(Arc::new).map_err(|e| e.to_string()));
+        made.as_ref()
+            .map_err(|e| SpillError::Io { path: self.temp.path.clone(), source: std::io::Error::other(e.clone()) })
+    }
+
+    fn spills(&self, size: u64) -> bool {
+        self.max_nbytes.is_some_and(|m| size > m)
+    }
+
+    /// Snapshot every `@path` (relative to `base`) before the sweep starts.
+    pub fn snapshot(&mut self, refs: &[String], base: &Path) -> Result<(), SpillError> {
+        for r in refs {
+            let path = base.join(&r[1..]);
+            let size = std::fs::metadata(&path).map_err(|source| SpillError::Io { path: path.clone(), source })?.len();
+            let snap = if self.spills(size) || size > IN_MEMORY_MAX {
+                Snapshot::Stored(self.store_or_create()?.put_file(&path, true)?)
+            } else {
+                let bytes = std::fs::read(&path).map_err(|source| SpillError::Io { path: path.clone(), source })?;
+                Snapshot::Bytes(Arc::new(bytes))
+            };
+            self.files.insert(r.clone(), snap);
+        }
+        Ok(())
+    }
+
+    /// What job argument `key` with value `value` becomes: `None` when it is passed as is;
+    /// otherwise the argv value (inline text or `@path`) and, for files, the `ORCHESTRATOR_ARGS`
+    /// entry. Per-job files go into `job_dir/.hydra/args/`.
+    pub fn resolve(
+        &self,
+        key: &str,
+        value: &Element,
+        job_dir: &Path,
+    ) -> Result<Option<(String, Option<ArgInfo>)>, SpillError> {
+        if let Element::Str { value: s, quote: None } = value
+            && let Some(snap) = self.files.get(s)
+        {
+            return self.place(key, snap, job_dir).map(Some);
+        }
+        let text = value.to_override_string();
+        if text.len() <= INLINE_MAX && !self.spills(text.len() as u64) {
+            return Ok(None);
+        }
+        // A value too big for argv: its text, as the job would have received it.
+        let snap = if self.spills(text.len() as u64) {
+            Snapshot::Stored(self.store_or_create()?.put_bytes(text.as_bytes(), true)?)
+        } else {
+            Snapshot::Bytes(Arc::new(text.into_bytes()))
+        };
+        self.place(key, &snap, job_dir).map(Some)
+    }
+
+    fn place(&self, key: &str, snap: &Snapshot, job_dir: &Path) -> Result<(String, Option<ArgInfo>), SpillError> {
+        let mode = mode_name(self.mode);
+        match snap {
+            Snapshot::Stored(s) if self.spills(s.size) => {
+                let info = ArgInfo { path: s.path.clone(), mode, size: s.size, shared: true };
+                Ok((format!("@{}", s.path.display()), Some(info)))
+            }
+            Snapshot::Bytes(b) if b.len() <= INLINE_MAX && !b.contains(&0) && std::str::from_utf8(b).is_ok() => {
+                Ok((String::from_utf8_lossy(b).into_owned(), None))
+            }
+            other => {
+                let dir = job_dir.join(".hydra").join("args");
+                std::fs::create_dir_all(&dir).map_err(|source| SpillError::Io { path: dir.clone(), source })?;
+                let dest = dir.join(sanitize(key));
+                let size = match other {
+                    Snapshot::Bytes(b) => {
+                        std::fs::write(&dest, b.as_slice())
+                            .map_err(|source| SpillError::Io { path: dest.clone(), source })?;
+                        b.len() as u64
+                    }
+                    Snapshot::Stored(s) => {
+                        std::fs::copy(&s.path, &dest)
+                            .map_err(|source| SpillError::Io { path: dest.clone(), source })?;
+                        // The copy keeps the snapshot's read-only bits; the job owns its copy.
+                        let _ = std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(0o600));
+                        s.size
+                    }
+                };
+                let info = ArgInfo { path: dest.clone(), mode, size, shared: false };
+                Ok((format!("@{}", dest.display()), Some(info)))
+            }
+        }
+    }
+}
+
+fn sanitize(key: &str) -> String {
+    key.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' { c } else { '_' }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orchestrator_config::grammar::parse_override;
+
+    #[test]
+    fn file_refs_are_found_in_values_lists_and_sweeps() {
+        let o =
+            ["data=@a.bin,@b.bin", "x=@c", "y=[@d,2]", "z='@quoted'", "w=plain"].map(|s| parse_override(s).unwrap());
+        assert_eq!(file_refs(&o), ["@a.bin", "@b.bin", "@c", "@d"]);
+    }
+}

@@ -1,0 +1,250 @@
+//! Large arguments: the max_nbytes boundary, sharing, mmap modes, cleanup, ENOSPC.
+
+use std::path::{Path, PathBuf};
+
+use crate::common::*;
+
+fn config(sb: &Sandbox, extra: &str) -> PathBuf {
+    let tmp = sb.path().join("tmpf");
+    std::fs::create_dir_all(&tmp).unwrap();
+    sb.write(
+        "c.yaml",
+        &format!(
+            "hydra:\n  launcher:\n    n_jobs: 1\n    temp_folder: {}\n{extra}    orchestrator:\n      grace_period: 300ms\n",
+            tmp.display()
+        ),
+    )
+}
+
+fn reports(sweep: &Path, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| std::fs::read_to_string(sweep.join(i.to_string()).join("arg.txt")).unwrap().trim().to_string())
+        .collect()
+}
+
+fn spill_dirs(folder: &Path) -> Vec<String> {
+    std::fs::read_dir(folder)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("orchestrator-spill-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn values_spill_strictly_above_max_nbytes() {
+    let sb = Sandbox::new();
+    let cfg = config(&sb, "    max_nbytes: 100\n");
+    for n in [99, 100, 101] {
+        sb.write(&format!("f{n}"), &"a".repeat(n));
+    }
+    sb.cmd()
+        .args([
+            "-c",
+            cfg.to_str().unwrap(),
+            "-m",
+            "--quiet",
+            "data=@f99,@f100,@f101",
+            "--",
+            fixture(),
+            "argcheck",
+            "data",
+        ])
+        .assert()
+        .success();
+    let sweep = sb.sweep_dir();
+    let r = reports(&sweep, 3);
+    assert!(r[0].starts_with("inline len=99"), "{r:?}");
+    assert!(r[1].starts_with("inline len=100"), "{r:?}");
+    assert!(r[2].starts_with("file shared=true size=101"), "{r:?}");
+    assert!(r[2].contains(&format!("path={}", sb.path().join("tmpf").display())), "{r:?}");
+    let argv2 = std::fs::read_to_string(sweep.join("2/argv.txt")).unwrap();
+    assert!(argv2.contains(" data=@/"), "argv carries a reference, not the bytes: {argv2}");
+    assert!(spill_dirs(&sb.path().join("tmpf")).is_empty(), "spill dir removed at the end");
+}
+
+#[test]
+fn one_mebibyte_is_1048576_bytes() {
+    let sb = Sandbox::new();
+    let cfg = config(&sb, "    max_nbytes: 1M\n");
+    std::fs::write(sb.path().join("exact"), vec![b'b'; 1_048_576]).unwrap();
+    std::fs::write(sb.path().join("over"), vec![b'b'; 1_048_577]).unwrap();
+    sb.cmd()
+        .args(["-c", cfg.to_str().unwrap(), "-m", "--quiet", "data=@exact,@over", "--", fixture(), "argcheck", "data"])
+        .assert()
+        .success();
+    let r = reports(&sb.sweep_dir(), 2);
+    // Too big for argv but not above max_nbytes: the job's own copy, not the shared spill.
+    assert!(r[0].starts_with("file shared=false size=1048576"), "{r:?}");
+    assert!(r[1].starts_with("file shared=true size=1048577"), "{r:?}");
+}
+
+#[test]
+fn jobs_sharing_a_value_map_one_file() {
+    let sb = Sandbox::new();
+    let cfg = config(&sb, "    max_nbytes: 1K\n");
+    std::fs::write(sb.path().join("big"), vec![7u8; 300_000]).unwrap();
+    sb.cmd()
+        .args([
+            "-c",
+            cfg.to_str().unwrap(),
+            "-m",
+            "--quiet",
+            "data=@big",
+            "x=1,2,3",
+            "--",
+            fixture(),
+            "argcheck",
+            "data",
+        ])
+        .assert()
+        .success();
+    let r = reports(&sb.sweep_dir(), 3);
+    let ino = |s: &str| s.split_whitespace().find_map(|w| w.strip_prefix("ino=")).unwrap().to_string();
+    assert!(r.iter().all(|l| l.starts_with("file shared=true size=300000")), "{r:?}");
+    assert_eq!(ino(&r[0]), ino(&r[1]));
+    assert_eq!(ino(&r[1]), ino(&r[2]));
+    assert!(r.iter().all(|l| l.contains("len=300000")));
+}
+
+#[test]
+fn mmap_modes_are_honoured_by_real_children() {
+    for (mode, first, second) in [
+        ("r", "refused: argument `data` is mapped read-only", "file=a"),
+        ("r+", "wrote, mine=X; file=X", "file=X"),
+        ("c", "wrote, mine=X; file=a", "file=a"),
+    ] {
+        let sb = Sandbox::new();
+        let cfg = config(&sb, &format!("    max_nbytes: 10\n    mmap_mode: {mode}\n"));
+        sb.write("v", &"a".repeat(64));
+        // n_jobs: 1, so job 1 runs after job 0 and sees what job 0 left in the shared file.
+        sb.cmd()
+            .args([
+                "-c",
+                cfg.to_str().unwrap(),
+                "-m",
+                "--quiet",
+                "data=@v",
+                "x=1,2",
+                "--",
+                fixture(),
+                "argwrite",
+                "data",
+            ])
+            .assert()
+            .success();
+        let r = reports(&sb.sweep_dir(), 2);
+        assert!(r[0].starts_with(first), "mode {mode}: {r:?}");
+        assert!(r[1].ends_with(second), "mode {mode}: {r:?}");
+    }
+}
+
+#[test]
+fn the_spill_dir_is_removed_after_a_timeout_and_after_ctrl_c() {
+    let sb = Sandbox::new();
+    let cfg = config(&sb, "    max_nbytes: 10\n    timeout: 0.5\n");
+    sb.write("v", &"a".repeat(64));
+    sb.cmd()
+        .args(["-c", cfg.to_str().unwrap(), "-m", "--quiet", "data=@v", "--", fixture(), "hang-ignore-term"])
+        .assert()
+        .code(1);
+    assert!(spill_dirs(&sb.path().join("tmpf")).is_empty());
+
+    let sb = Sandbox::new();
+    let cfg = config(&sb, "    max_nbytes: 10\n");
+    sb.write("v", &"a".repeat(64));
+    let child = sb.spawn(&["-c", cfg.to_str().unwrap(), "-m", "data=@v", "x=1,2,3", "--", fixture(), "sleep", "30"]);
+    wait_for(20, "the spill dir", || !spill_dirs(&sb.path().join("tmpf")).is_empty());
+    wait_for(20, "a job to start", || sb.sweep_dirs().first().is_some_and(|s| s.join("0/fixture.log").exists()));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert!(spill_dirs(&sb.path().join("tmpf")).is_empty());
+}
+
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn running_out_of_space_in_temp_folder_starts_nothing() {
+    let sb = Sandbox::new();
+    let tiny = sb.path().join("tiny");
+    std::fs::create_dir(&tiny).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&tiny)
+        .status()
+        .unwrap();
+    assert!(status.success(), "this test mounts a 1 MiB tmpfs (needs root, as CI has)");
+    let _guard = Mount(tiny.clone());
+    let cfg = sb.write(
+        "c.yaml",
+        &format!("hydra:\n  launcher:\n    n_jobs: 1\n    temp_folder: {}\n    max_nbytes: 1K\n", tiny.display()),
+    );
+    std::fs::write(sb.path().join("big"), vec![1u8; 2 << 20]).unwrap();
+    let out = sb
+        .cmd()
+        .args(["-c", cfg.to_str().unwrap(), "-m", "data=@big", "--", fixture(), "argcheck", "data"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr.contains(&format!("not enough space in temp_folder {}", tiny.display())), "{stderr}");
+    assert!(stderr.contains("2097152 bytes needed"), "{stderr}");
+    assert!(sb.nothing_created(), "no sweep dir");
+    assert!(spill_dirs(&tiny).is_empty(), "no half-written spill left");
+}
+
+#[test]
+fn a_200_megabyte_argument_reaches_8_jobs_through_one_file() {
+    let sb = Sandbox::new();
+    let cfg = config(&sb, "    max_nbytes: 1M\n");
+    let data: Vec<u8> = (0..200_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(sb.path().join("huge"), &data).unwrap();
+    drop(data);
+    sb.cmd()
+        .args([
+            "-c",
+            cfg.to_str().unwrap(),
+            "-m",
+            "--quiet",
+            "hydra.launcher.n_jobs=2",
+            "data=@huge",
+            "x=1..8",
+            "--",
+            fixture(),
+            "argcheck",
+            "data",
+        ])
+        .assert()
+        .success();
+    let r = reports(&sb.sweep_dir(), 8);
+    let field = |s: &str, k: &str| s.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap().to_string();
+    for l in &r {
+        assert!(l.starts_with("file shared=true size=200000000"), "{l}");
+        assert_eq!(field(l, "ino="), field(&r[0], "ino="));
+        assert_eq!(field(l, "sum="), field(&r[0], "sum="));
+    }
+    assert!(spill_dirs(&sb.path().join("tmpf")).is_empty());
+}
+
+#[test]
+fn a_missing_argument_file_is_a_usage_error() {
+    let sb = Sandbox::new();
+    let cfg = config(&sb, "");
+    let out = sb
+        .cmd()
+        .args(["-c", cfg.to_str().unwrap(), "-m", "data=@nope.bin", "--", fixture(), "argcheck", "data"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the argument file `@nope.bin`"));
+    assert!(sb.nothing_created());
+}
