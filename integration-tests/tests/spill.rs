@@ -248,3 +248,22 @@ fn a_missing_argument_file_is_a_usage_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the argument file `@nope.bin`"));
     assert!(sb.nothing_created());
 }
+
+/// Needs python3 (`.ci/run` has it): the Python module reads a spilled argument.
+#[test]
+#[ignore = "needs python3; .ci/run runs it"]
+fn the_python_module_reads_spilled_arguments() {
+    let sb = Sandbox::new();
+    let cfg = config(&sb, "    max_nbytes: 1K\n");
+    std::fs::write(sb.path().join("big"), vec![3u8; 100_000]).unwrap();
+    let script = repo().join("examples/sum_arg.py");
+    let out = sb
+        .cmd()
+        .args(["-c", cfg.to_str().unwrap(), "-m", "data=@big", "x=1,2", "--", "python3", script.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("job 0: 100000 bytes, sum 300000"), "{stdout}");
+    assert!(stdout.contains("job 1: 100000 bytes, sum 300000"), "{stdout}");
+}
