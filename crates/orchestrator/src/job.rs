@@ -31,6 +31,10 @@ pub struct JobSpec {
     pub timeout: Option<Duration>,
     /// The job's overrides as Hydra shows them (`task=1`).
     pub overrides: Vec<String>,
+    /// Named byte values for the job (library use). Each reaches the child as a file listed
+    /// in `ORCHESTRATOR_ARGS`: the shared spill (one file per distinct content) when bigger
+    /// than the runner's `max_nbytes`, else a file of the job's own, removed when it ends.
+    pub payloads: Vec<Payload>,
     /// Set when preparing the job failed (its directory or files could not be written):
     /// the job is recorded as not started, with this reason.
     pub setup_error: Option<String>,
@@ -47,6 +51,22 @@ impl JobSpec {
             log_path: log_path.into(),
             ..JobSpec::default()
         }
+    }
+}
+
+/// A named value handed to a job (see [`JobSpec::payloads`]).
+#[derive(Debug, Clone)]
+pub struct Payload {
+    /// The argument's name (the key in `ORCHESTRATOR_ARGS`).
+    pub name: String,
+    /// The bytes; cheap to share between many jobs.
+    pub bytes: std::sync::Arc<[u8]>,
+}
+
+impl Payload {
+    /// A payload named `name`.
+    pub fn new(name: impl Into<String>, bytes: impl Into<std::sync::Arc<[u8]>>) -> Self {
+        Payload { name: name.into(), bytes: bytes.into() }
     }
 }
 

@@ -101,6 +101,15 @@ pub struct RunOptions {
     /// Cancelling it stops the run as SIGTERM would: no new job, running ones get SIGTERM,
     /// then SIGKILL after the grace period.
     pub cancel: CancellationToken,
+    /// Payloads bigger than this are spilled once and shared; `None` = never share.
+    pub max_nbytes: Option<u64>,
+    /// How children should map payload files.
+    pub mmap_mode: Option<orchestrator_config::MmapMode>,
+    /// Where payloads go; `None` = joblib's order (`JOBLIB_TEMP_FOLDER`, `/dev/shm`, tmp).
+    pub temp_folder: Option<PathBuf>,
+    /// A spill store to use (e.g. to read back what `r+` jobs wrote after the run); one is
+    /// created on first need otherwise, and removed when the run ends.
+    pub spill: Option<Arc<crate::spill::SpillStore>>,
     /// Make this process a child subreaper (process-wide, and not undone), so that jobs'
     /// daemonised grandchildren are re-parented here and ended with their job.
     pub subreaper: bool,
@@ -118,6 +127,10 @@ impl RunOptions {
             forward_output: false,
             journal: None,
             cancel: CancellationToken::new(),
+            max_nbytes: Some(1 << 20),
+            mmap_mode: Some(orchestrator_config::MmapMode::R),
+            temp_folder: None,
+            spill: None,
             subreaper: true,
         }
     }
@@ -137,6 +150,9 @@ impl RunOptions {
         options.halt = launcher.halt;
         options.slot_env = launcher.slot_env.clone();
         options.thread_limit = Some((cpus / n_jobs.max(1)).max(1));
+        options.max_nbytes = launcher.max_nbytes;
+        options.mmap_mode = launcher.mmap_mode;
+        options.temp_folder = launcher.temp_folder.clone();
         for (name, value) in &options.slot_env {
             if let SlotValue::PerSlot(list) = value
                 && list.len() < n_jobs
@@ -260,6 +276,8 @@ struct Ctx {
     base_env: Vec<(OsString, OsString)>,
     /// `PATH` lookups already done.
     programs: Mutex<HashMap<OsString, PathBuf>>,
+    /// Where payloads are spilled, made on first need.
+    spill: std::sync::OnceLock<Result<Arc<crate::spill::SpillStore>, String>>,
 }
 
 /// Run the jobs received on `jobs` until the channel closes or a stop request ends the run.
@@ -289,6 +307,7 @@ pub async fn run(
         own_pgid: sys::own_pgid(),
         base_env: std::env::vars_os().collect(),
         programs: Mutex::new(HashMap::new()),
+        spill: std::sync::OnceLock::new(),
     });
     let (stop_tx, stop_rx) = watch::channel(*external.borrow());
     let mut free: Vec<usize> = (0..n_jobs).collect();
@@ -433,9 +452,22 @@ async fn run_job(
         }
     };
     let mut log = LogWriter::new(file, ctx.clock);
+    let placed = match place_payloads(&spec, ctx) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = log.note(&format!("could not hand over payloads: {e}"));
+            record.outcome = Outcome::SpawnFailed { error: e.to_string() };
+            return finish(ctx, record, t0).await;
+        }
+    };
     let spawned = ctx.resolve(&spec.program).and_then(|program| {
         let argv: Vec<OsString> = std::iter::once(spec.program.clone()).chain(spec.args.iter().cloned()).collect();
-        let env = job_env(&spec, slot, ctx, &marker);
+        let mut env = job_env(&spec, slot, ctx, &marker);
+        if let Some(json) = &placed.json {
+            let mut e = OsString::from("ORCHESTRATOR_ARGS=");
+            e.push(json);
+            env.push(e);
+        }
         let req = sys::SpawnRequest { program: &program, argv: &argv, env: &env, cwd: spec.cwd.as_deref() };
         ctx.reaper.spawn(&req)
     });
@@ -445,6 +477,7 @@ async fn run_job(
             let error = spawn_error(&spec, &e);
             let _ = log.note(&format!("could not start {}: {error}", spec.program.to_string_lossy()));
             record.outcome = Outcome::SpawnFailed { error };
+            placed.release(ctx);
             return finish(ctx, record, t0).await;
         }
     };
@@ -548,7 +581,72 @@ async fn run_job(
         end_note.push_str(&format!("; ended {} leftover process(es) of the job", record.leftover_processes));
     }
     let _ = log.note(&end_note);
+    placed.release(ctx);
     finish(ctx, record, t0).await
+}
+
+/// Payload files handed to one job, released when it ends.
+#[derive(Default)]
+struct Placed {
+    json: Option<String>,
+    shared: Vec<String>,
+    own: Vec<PathBuf>,
+}
+
+impl Placed {
+    fn release(self, ctx: &Ctx) {
+        if let Some(Ok(store)) = ctx.spill.get() {
+            for h in &self.shared {
+                store.release(h);
+            }
+        }
+        for f in &self.own {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+fn place_payloads(spec: &JobSpec, ctx: &Ctx) -> Result<Placed, crate::spill::SpillError> {
+    use crate::spill::{SpillError, SpillStore};
+    if spec.payloads.is_empty() {
+        return Ok(Placed::default());
+    }
+    let store = ctx.spill.get_or_init(|| match &ctx.opts.spill {
+        Some(s) => Ok(s.clone()),
+        None => {
+            let folder = crate::temp::resolve_temp_folder(ctx.opts.temp_folder.as_deref());
+            SpillStore::create(&folder.path, ctx.opts.mmap_mode).map(Arc::new).map_err(|e| e.to_string())
+        }
+    });
+    let store = store
+        .as_ref()
+        .map_err(|e| SpillError::Io { path: PathBuf::from("temp_folder"), source: io::Error::other(e.clone()) })?;
+    let mode = match ctx.opts.mmap_mode {
+        Some(orchestrator_config::MmapMode::R) => Some("r"),
+        Some(orchestrator_config::MmapMode::RPlus) => Some("r+"),
+        Some(orchestrator_config::MmapMode::C) => Some("c"),
+        _ => None,
+    };
+    let mut placed = Placed::default();
+    let mut json = serde_json::Map::new();
+    for p in &spec.payloads {
+        let size = p.bytes.len() as u64;
+        let (path, shared) = if ctx.opts.max_nbytes.is_some_and(|m| size > m) {
+            let s = store.put_bytes(&p.bytes, false)?;
+            placed.shared.push(s.hash);
+            (s.path, true)
+        } else {
+            // Not shared: the job's own copy, next to the shared ones, gone when it ends.
+            let name: String = p.name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+            let path = store.dir().join(format!("job-{}-{}-{name}", ctx.run_key, spec.num));
+            std::fs::write(&path, &p.bytes).map_err(|source| SpillError::Io { path: path.clone(), source })?;
+            placed.own.push(path.clone());
+            (path, false)
+        };
+        json.insert(p.name.clone(), serde_json::json!({"path": path, "mode": mode, "size": size, "shared": shared}));
+    }
+    placed.json = Some(serde_json::Value::Object(json).to_string());
+    Ok(placed)
 }
 
 fn panic_log(spec: &JobSpec, e: tokio::task::JoinError) -> (LogWriter, output::Captured, io::Result<()>) {
@@ -776,6 +874,7 @@ mod tests {
             own_pgid: 1,
             base_env: base.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect(),
             programs: Mutex::new(HashMap::new()),
+            spill: std::sync::OnceLock::new(),
         }
     }
 

@@ -54,6 +54,11 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpillError + '_ {
     }
 }
 
+/// The name a value gets in the store: its blake3 hash, in hex.
+pub fn content_hash(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
 /// A value in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spilled {
@@ -111,7 +116,7 @@ impl SpillStore {
 
     /// Store `data` (once per distinct content) and take a reference to it.
     pub fn put_bytes(&self, data: &[u8], pinned: bool) -> Result<Spilled, SpillError> {
-        let hash = blake3::hash(data).to_hex().to_string();
+        let hash = content_hash(data);
         if let Some(s) = self.acquire(&hash, pinned) {
             return Ok(s);
         }
@@ -322,6 +327,18 @@ mod tests {
         let _store = SpillStore::create(folder.path(), None).unwrap();
         assert!(!stale.exists());
         assert!(target.path().exists() && link.symlink_metadata().is_ok(), "a symlink is not followed");
+    }
+
+    #[test]
+    fn a_planted_symlink_is_never_written_through() {
+        let folder = tempfile::tempdir().unwrap();
+        let store = SpillStore::create(folder.path(), None).unwrap();
+        let victim = folder.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let hash = blake3::hash(b"payload").to_hex().to_string();
+        std::os::unix::fs::symlink(&victim, store.dir().join(format!(".tmp-{hash}"))).unwrap();
+        assert!(store.put_bytes(b"payload", false).is_err(), "O_EXCL|O_NOFOLLOW refuses the link");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     }
 
     #[test]

@@ -141,3 +141,58 @@ async fn a_dropped_event_stream_does_not_stall_the_supervisor() {
     }
     sup.drain(Duration::from_secs(5)).await.unwrap();
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn payloads_are_shared_above_max_nbytes_and_readable_back_in_r_plus() {
+    use orchestrator::Payload;
+    use orchestrator::spill::SpillStore;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    let store = Arc::new(SpillStore::create(folder.path(), Some(orchestrator_config::MmapMode::RPlus)).unwrap());
+    let mut opts = RunOptions::new(2);
+    opts.max_nbytes = Some(1000);
+    opts.mmap_mode = Some(orchestrator_config::MmapMode::RPlus);
+    opts.spill = Some(store.clone());
+    let (sup, _events) = Supervisor::start(opts);
+    let big: Arc<[u8]> = vec![b'a'; 5000].into();
+    // Each job prints its payload's path and whether it is shared, then writes a byte
+    // into the shared file (r+): the supervisor must see it afterwards.
+    let script = r#"
+        info=$(printf '%s' "$ORCHESTRATOR_ARGS")
+        path=$(printf '%s' "$info" | sed 's/.*"data":{[^}]*"path":"\([^"]*\)".*/\1/')
+        echo "$info"
+        echo "inode $(stat -c %i "$path")"
+        printf X | dd of="$path" bs=1 count=1 conv=notrunc 2>/dev/null
+    "#;
+    let mut handles = Vec::new();
+    for i in 0..3 {
+        let mut spec = JobSpec::new(
+            0,
+            "sh",
+            vec!["-c".into(), script.into(), "sh".into(), i.to_string().into()],
+            dir.path().join(format!("{i}.log")),
+        );
+        spec.payloads = vec![Payload::new("data", big.clone()), Payload::new("small", vec![b'b'; 10])];
+        handles.push(sup.submit(spec).await.unwrap());
+    }
+    for h in handles {
+        let r = h.wait().await.unwrap();
+        assert!(r.outcome.is_success(), "{:?}", r.outcome);
+        let log = std::fs::read_to_string(&r.log).unwrap();
+        assert!(log.contains(r#""shared":true"#) && log.contains(r#""shared":false"#), "{log}");
+    }
+    sup.drain(Duration::from_secs(5)).await.unwrap();
+    let hash = blake3_hex(&big);
+    let back = store.read(&hash).unwrap();
+    assert_eq!(back[0], b'X', "the jobs' write reached the shared file");
+    assert_eq!(back.len(), 5000);
+    // One shared file for the three jobs; the small per-job files are gone.
+    let files: Vec<_> = std::fs::read_dir(store.dir()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+}
+
+fn blake3_hex(bytes: &[u8]) -> String {
+    orchestrator::spill::content_hash(bytes)
+}
