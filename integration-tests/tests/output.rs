@@ -83,3 +83,18 @@ fn segfault_is_reported_as_a_signal() {
     assert!(r["exit_code"].is_null());
     assert!(String::from_utf8_lossy(&out.stderr).contains("killed by SIGSEGV"));
 }
+
+#[test]
+fn children_get_the_default_sigpipe_behaviour() {
+    // Rust ignores SIGPIPE in the supervisor; a child must not inherit that, or `yes | head`
+    // in a job's shell would print "Broken pipe" errors instead of ending quietly.
+    let sb = Sandbox::new();
+    let cfg = sb.write("c.yaml", FAST);
+    sb.cmd()
+        .args(["-c", cfg.to_str().unwrap(), "-m", "--quiet", "task=1", "--", "sh", "-c", "yes | head -n 1"])
+        .assert()
+        .success();
+    let log = std::fs::read_to_string(sb.sweep_dir().join("0/sh.log")).unwrap();
+    assert!(!log.contains("Broken pipe"), "{log}");
+    assert!(log.contains("][stdout] y\n"), "{log}");
+}

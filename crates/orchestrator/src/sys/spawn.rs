@@ -150,11 +150,14 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             libc::_exit(127)
         };
         // Our signal handlers must not run in the child: reset handled signals to default.
+        // SIGPIPE too, which Rust ignores in its own process: a child (and any shell it
+        // runs) must die of it as usual, as std::process::Command also arranges. Signals the
+        // user ignored when starting us (e.g. SIGHUP under nohup) stay ignored.
         for sig in 1..libc::SIGRTMAX() {
             let mut old: libc::sigaction = std::mem::zeroed();
             if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
                 && old.sa_sigaction != libc::SIG_DFL
-                && old.sa_sigaction != libc::SIG_IGN
+                && (old.sa_sigaction != libc::SIG_IGN || sig == libc::SIGPIPE)
             {
                 let mut dfl: libc::sigaction = std::mem::zeroed();
                 dfl.sa_sigaction = libc::SIG_DFL;
