@@ -161,3 +161,23 @@ fn children_die_with_a_killed_supervisor() {
         serde_json::from_str::<serde_json::Value>(line).unwrap();
     }
 }
+
+#[test]
+fn a_second_ctrl_c_kills_at_once() {
+    let sb = Sandbox::new();
+    // A long grace period: only the second signal can make this quick.
+    let cfg = sb.write("c.yaml", "hydra:\n  launcher:\n    n_jobs: 2\n    orchestrator:\n      grace_period: 60s\n");
+    let child =
+        sb.spawn(&["-c", cfg.to_str().unwrap(), "-m", "--quiet", "task=1,2", "--", fixture(), "hang-ignore-term"]);
+    let pid = Pid::from_raw(child.id() as i32);
+    wait_for(20, "jobs to start", || sb.sweep_dirs().first().is_some_and(|s| recorded_pids(s).len() >= 4));
+    let t0 = Instant::now();
+    kill(pid, Signal::SIGINT).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    kill(pid, Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
+    assert_no_survivors(&recorded_pids(&sb.sweep_dir()));
+    assert!(journal(&sb.sweep_dir()).iter().all(|r| r["signal"] == "SIGKILL"));
+}
