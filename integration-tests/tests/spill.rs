@@ -22,6 +22,23 @@ fn reports(sweep: &Path, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// `orchestrator run -c <cfg> -m --quiet <args> -- fixture <fixture_args>`, which must succeed.
+fn sweep_ok(sb: &Sandbox, cfg: &Path, args: &[&str], fixture_args: &[&str]) {
+    sb.cmd()
+        .args(["-c", cfg.to_str().unwrap(), "-m", "--quiet"])
+        .args(args)
+        .arg("--")
+        .arg(fixture())
+        .args(fixture_args)
+        .assert()
+        .success();
+}
+
+/// The value of `key=` in a fixture's report line.
+fn field(line: &str, key: &str) -> String {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key)).unwrap_or_default().to_string()
+}
+
 fn spill_dirs(folder: &Path) -> Vec<String> {
     std::fs::read_dir(folder)
         .map(|d| {
@@ -40,20 +57,7 @@ fn values_spill_strictly_above_max_nbytes() {
     for n in [99, 100, 101] {
         sb.write(&format!("f{n}"), &"a".repeat(n));
     }
-    sb.cmd()
-        .args([
-            "-c",
-            cfg.to_str().unwrap(),
-            "-m",
-            "--quiet",
-            "data=@f99,@f100,@f101",
-            "--",
-            fixture(),
-            "argcheck",
-            "data",
-        ])
-        .assert()
-        .success();
+    sweep_ok(&sb, &cfg, &["data=@f99,@f100,@f101"], &["argcheck", "data"]);
     let sweep = sb.sweep_dir();
     let r = reports(&sweep, 3);
     assert!(r[0].starts_with("inline len=99"), "{r:?}");
@@ -71,10 +75,7 @@ fn one_mebibyte_is_1048576_bytes() {
     let cfg = config(&sb, "    max_nbytes: 1M\n");
     std::fs::write(sb.path().join("exact"), vec![b'b'; 1_048_576]).unwrap();
     std::fs::write(sb.path().join("over"), vec![b'b'; 1_048_577]).unwrap();
-    sb.cmd()
-        .args(["-c", cfg.to_str().unwrap(), "-m", "--quiet", "data=@exact,@over", "--", fixture(), "argcheck", "data"])
-        .assert()
-        .success();
+    sweep_ok(&sb, &cfg, &["data=@exact,@over"], &["argcheck", "data"]);
     let r = reports(&sb.sweep_dir(), 2);
     // Too big for argv but not above max_nbytes: the job's own copy, not the shared spill.
     assert!(r[0].starts_with("file shared=false size=1048576"), "{r:?}");
@@ -86,26 +87,11 @@ fn jobs_sharing_a_value_map_one_file() {
     let sb = Sandbox::new();
     let cfg = config(&sb, "    max_nbytes: 1K\n");
     std::fs::write(sb.path().join("big"), vec![7u8; 300_000]).unwrap();
-    sb.cmd()
-        .args([
-            "-c",
-            cfg.to_str().unwrap(),
-            "-m",
-            "--quiet",
-            "data=@big",
-            "x=1,2,3",
-            "--",
-            fixture(),
-            "argcheck",
-            "data",
-        ])
-        .assert()
-        .success();
+    sweep_ok(&sb, &cfg, &["data=@big", "x=1,2,3"], &["argcheck", "data"]);
     let r = reports(&sb.sweep_dir(), 3);
-    let ino = |s: &str| s.split_whitespace().find_map(|w| w.strip_prefix("ino=")).unwrap().to_string();
     assert!(r.iter().all(|l| l.starts_with("file shared=true size=300000")), "{r:?}");
-    assert_eq!(ino(&r[0]), ino(&r[1]));
-    assert_eq!(ino(&r[1]), ino(&r[2]));
+    assert_eq!(field(&r[0], "ino="), field(&r[1], "ino="));
+    assert_eq!(field(&r[1], "ino="), field(&r[2], "ino="));
     assert!(r.iter().all(|l| l.contains("len=300000")));
 }
 
@@ -120,21 +106,7 @@ fn mmap_modes_are_honoured_by_real_children() {
         let cfg = config(&sb, &format!("    max_nbytes: 10\n    mmap_mode: {mode}\n"));
         sb.write("v", &"a".repeat(64));
         // n_jobs: 1, so job 1 runs after job 0 and sees what job 0 left in the shared file.
-        sb.cmd()
-            .args([
-                "-c",
-                cfg.to_str().unwrap(),
-                "-m",
-                "--quiet",
-                "data=@v",
-                "x=1,2",
-                "--",
-                fixture(),
-                "argwrite",
-                "data",
-            ])
-            .assert()
-            .success();
+        sweep_ok(&sb, &cfg, &["data=@v", "x=1,2"], &["argwrite", "data"]);
         let r = reports(&sb.sweep_dir(), 2);
         assert!(r[0].starts_with(first), "mode {mode}: {r:?}");
         assert!(r[1].ends_with(second), "mode {mode}: {r:?}");
@@ -209,24 +181,8 @@ fn a_200_megabyte_argument_reaches_8_jobs_through_one_file() {
     let data: Vec<u8> = (0..200_000_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(sb.path().join("huge"), &data).unwrap();
     drop(data);
-    sb.cmd()
-        .args([
-            "-c",
-            cfg.to_str().unwrap(),
-            "-m",
-            "--quiet",
-            "hydra.launcher.n_jobs=2",
-            "data=@huge",
-            "x=1..8",
-            "--",
-            fixture(),
-            "argcheck",
-            "data",
-        ])
-        .assert()
-        .success();
+    sweep_ok(&sb, &cfg, &["hydra.launcher.n_jobs=2", "data=@huge", "x=1..8"], &["argcheck", "data"]);
     let r = reports(&sb.sweep_dir(), 8);
-    let field = |s: &str, k: &str| s.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap().to_string();
     for l in &r {
         assert!(l.starts_with("file shared=true size=200000000"), "{l}");
         assert_eq!(field(l, "ino="), field(&r[0], "ino="));
