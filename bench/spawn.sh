@@ -14,12 +14,15 @@
 # The table goes to stdout and to bench/results/spawn-<date>.md.
 #
 # Environment:
-#   N=2000        jobs per run
-#   REPS=5        timed repetitions per tool
-#   ORCH=path     orchestrator binary (default: build target/release/orchestrator)
-#   SKIP_ORCH=1   leave orchestrator out (peers only)
-#   RUN_TIMEOUT=300  seconds before one run of a tool counts as hung (it is killed, the
-#                 script fails)
+#   N=2000            jobs per run
+#   REPS=5            timed repetitions per tool
+#   ORCH=path         orchestrator binary (default: build target/release/orchestrator)
+#   SKIP_ORCH=1       leave orchestrator out (peers only)
+#   RUN_TIMEOUT=300   seconds before one run of a tool counts as hung: it is killed and
+#                     the script fails
+#   CLEAN_EACH_REP=1  delete orchestrator's tree after each run, not at exit (on ext4
+#                     this slows the following runs: see bench_orchestrator)
+#   TMPDIR=/tmp       where the temp dir goes, and with it orchestrator's trees
 #
 # Timings are information, never a pass/fail test. The script fails only when a tool
 # fails or orchestrator's output tree does not hold N jobs.
@@ -31,6 +34,7 @@ REPS=${REPS:-5}
 SLOTS=2
 SKIP_ORCH=${SKIP_ORCH:-0}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
+CLEAN_EACH_REP=${CLEAN_EACH_REP:-0}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CONFIG=$REPO/config/joblib.yaml
 RESULTS_DIR=$REPO/bench/results
@@ -127,14 +131,21 @@ bench_parallel() {
     run_timed parallel parallel --will-cite -j "$SLOTS" true <"$WORK/input"
 }
 
+# Every run gets a fresh working dir. The trees are deleted together at exit, not between
+# runs: on ext4, creating files right after deleting thousands of them is several times
+# slower (the inode allocator skips inodes freed in the last minutes), so deleting the
+# previous run's tree would make each run slower than the one before. CLEAN_EACH_REP=1
+# deletes them between runs anyway.
+orch_runs=0
 bench_orchestrator() {
-    local dir=$WORK/orch
-    rm -rf "$dir"
+    local dir=$WORK/orch-$((++orch_runs))
     mkdir "$dir"
     (cd "$dir" && run_timed orchestrator "$ORCH" run --config "$CONFIG" --multirun "task=1..$N" \
         "hydra.launcher.params.joblib.n_jobs=$SLOTS" --quiet -- true) </dev/null
     verify_orchestrator_tree "$dir"
-    rm -rf "$dir"
+    if [[ $CLEAN_EACH_REP == 1 ]]; then
+        rm -rf "$dir"
+    fi
 }
 
 # Fail loudly unless orchestrator left exactly one sweep dir with N job dirs and N
@@ -225,10 +236,15 @@ report() {
     git -C "$REPO" diff --quiet HEAD 2>/dev/null || git_rev+=" (uncommitted changes)"
     echo "# spawn benchmark: $N jobs of \`true\`, $SLOTS slots"
     echo
-    echo "$(date '+%Y-%m-%d %H:%M:%S %z'); $(nproc) cores," \
-        "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo);" \
-        "Linux $(uname -r); repo $git_rev; median of $REPS runs after 1 warm-up;" \
-        "load average before: $load_before, after: $(cut -d ' ' -f 1-3 /proc/loadavg)."
+    echo "- $(date '+%Y-%m-%d %H:%M:%S %z'); repo $git_rev"
+    echo "- $(nproc) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)," \
+        "Linux $(uname -r)"
+    echo "- load average before: $load_before; after: $(cut -d ' ' -f 1-3 /proc/loadavg)"
+    echo "- median of $REPS runs after 1 warm-up"
+    if [[ $SKIP_ORCH != 1 ]]; then
+        echo "- orchestrator's trees on $(df -PT "$WORK" | awk 'NR == 2 { print $2 }')," \
+            "deleted $([[ $CLEAN_EACH_REP == 1 ]] && echo "after each run" || echo "at exit")"
+    fi
     echo
     echo "| tool | version | command | median wall (s) | min-max (s) | per job (ms) | peak RSS (MiB) | vs floor |"
     echo "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"
