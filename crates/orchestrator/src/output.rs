@@ -50,7 +50,8 @@ pub(crate) struct LogWriter {
 
 impl LogWriter {
     pub(crate) fn new(file: File, clock: Clock) -> Self {
-        LogWriter { out: BufWriter::with_capacity(MAX_RECORD + 256, file), clock }
+        // Small: most jobs write little, and a big record bypasses the buffer anyway.
+        LogWriter { out: BufWriter::with_capacity(8 * 1024, file), clock }
     }
 
     pub(crate) fn record(&mut self, at: DateTime<Utc>, tag: &str, bytes: &[u8]) -> io::Result<()> {
@@ -189,9 +190,10 @@ async fn pump_inner(
     (out, err): &mut (Framer, Framer),
     abandon: &CancellationToken,
 ) -> io::Result<()> {
-    // Filled through `read_buf`, so the buffers are never zeroed: most jobs write little.
-    let mut obuf: Vec<u8> = Vec::with_capacity(MAX_RECORD);
-    let mut ebuf: Vec<u8> = Vec::with_capacity(MAX_RECORD);
+    // Filled through `read_buf`, so never zeroed; they start small (most jobs write little)
+    // and grow up to MAX_RECORD for a job that fills them.
+    let mut obuf: Vec<u8> = Vec::with_capacity(START_BUF);
+    let mut ebuf: Vec<u8> = Vec::with_capacity(START_BUF);
     while stdout.is_some() || stderr.is_some() {
         tokio::select! {
             // A process that escaped every kill still holds the pipe: stop waiting for EOF.
@@ -202,13 +204,13 @@ async fn pump_inner(
             }
             r = read_opt(&mut stdout, &mut obuf), if stdout.is_some() => match r {
                 Ok(0) => { out.finish(sink).await?; stdout = None; }
-                Ok(_) => { out.feed(&obuf, sink).await?; obuf.clear(); }
+                Ok(_) => { out.feed(&obuf, sink).await?; grow_if_full(&mut obuf); }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => { out.finish(sink).await?; stdout = None; sink.log.note(&format!("reading stdout failed: {e}"))?; }
             },
             r = read_opt(&mut stderr, &mut ebuf), if stderr.is_some() => match r {
                 Ok(0) => { err.finish(sink).await?; stderr = None; }
-                Ok(_) => { err.feed(&ebuf, sink).await?; ebuf.clear(); }
+                Ok(_) => { err.feed(&ebuf, sink).await?; grow_if_full(&mut ebuf); }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => { err.finish(sink).await?; stderr = None; sink.log.note(&format!("reading stderr failed: {e}"))?; }
             },
@@ -216,6 +218,18 @@ async fn pump_inner(
         sink.log.flush()?;
     }
     Ok(())
+}
+
+const START_BUF: usize = 4 * 1024;
+
+/// Empty the buffer for the next read, doubling its room (up to MAX_RECORD) when the last
+/// read filled it: a chatty job gets big reads, a quiet one keeps a small buffer.
+fn grow_if_full(buf: &mut Vec<u8>) {
+    let full = buf.len() == buf.capacity();
+    buf.clear();
+    if full && buf.capacity() < MAX_RECORD {
+        buf.reserve_exact((buf.capacity() * 2).min(MAX_RECORD));
+    }
 }
 
 async fn read_opt(r: &mut Option<pipe::Receiver>, buf: &mut Vec<u8>) -> io::Result<usize> {

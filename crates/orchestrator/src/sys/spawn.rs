@@ -47,6 +47,35 @@ struct ChildArgs {
     err_pipe: RawFd,
     parent: libc::pid_t,
     old_mask: libc::sigset_t,
+    /// Signals (bit n = signal n) the child resets to their default action.
+    reset: u64,
+}
+
+/// Which signals have a handler here (or are SIGPIPE, which Rust ignores): bit n = signal n.
+/// Asking the kernel costs ~64 system calls, and the child did it on every spawn while we
+/// waited for its exec; dispositions change rarely, so the answer is kept for 100 ms.
+fn signals_to_reset() -> u64 {
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+    static CACHE: Mutex<Option<(Instant, u64)>> = Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((at, mask)) = *cache
+        && at.elapsed() < Duration::from_millis(100)
+    {
+        return mask;
+    }
+    let mut mask = 0u64;
+    for sig in 1..libc::SIGRTMAX().min(64) {
+        // SAFETY: querying a disposition into a local struct.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: a null new action only reads the current one.
+        let ok = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } == 0;
+        if ok && old.sa_sigaction != libc::SIG_DFL && (old.sa_sigaction != libc::SIG_IGN || sig == libc::SIGPIPE) {
+            mask |= 1 << sig;
+        }
+    }
+    *cache = Some((Instant::now(), mask));
+    mask
 }
 
 fn cstring(bytes: &[u8]) -> io::Result<CString> {
@@ -95,6 +124,7 @@ pub fn spawn(req: &SpawnRequest<'_>) -> io::Result<Spawned> {
         parent: unsafe { libc::getpid() },
         // SAFETY: sigset_t is plain data, filled below.
         old_mask: unsafe { std::mem::zeroed() },
+        reset: signals_to_reset(),
     };
     // The child shares our memory: block every signal so that none of our handlers can run
     // on its stack before it has reset them; it restores this mask before exec.
@@ -153,14 +183,11 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         // SIGPIPE too, which Rust ignores in its own process: a child (and any shell it
         // runs) must die of it as usual, as std::process::Command also arranges. Signals the
         // user ignored when starting us (e.g. SIGHUP under nohup) stay ignored.
-        for sig in 1..libc::SIGRTMAX() {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
-                && old.sa_sigaction != libc::SIG_DFL
-                && (old.sa_sigaction != libc::SIG_IGN || sig == libc::SIGPIPE)
-            {
-                let mut dfl: libc::sigaction = std::mem::zeroed();
-                dfl.sa_sigaction = libc::SIG_DFL;
+        // (The set is worked out by the parent: see `signals_to_reset`.)
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..64 {
+            if a.reset & (1u64 << sig) != 0 {
                 libc::sigaction(sig, &dfl, std::ptr::null_mut());
             }
         }
