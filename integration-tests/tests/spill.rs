@@ -223,3 +223,25 @@ fn the_python_module_reads_spilled_arguments() {
     assert!(stdout.contains("job 0: 100000 bytes, sum 300000"), "{stdout}");
     assert!(stdout.contains("job 1: 100000 bytes, sum 300000"), "{stdout}");
 }
+
+#[test]
+fn big_app_config_values_are_spilled_once_not_copied_per_job() {
+    let sb = Sandbox::new();
+    let tmp = sb.path().join("tmpf");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let table = "z".repeat(5000);
+    let cfg = sb.write(
+        "c.yaml",
+        &format!(
+            "table: {table}\nsmall: 1\nhydra:\n  launcher:\n    n_jobs: 1\n    temp_folder: {}\n    max_nbytes: 1K\n",
+            tmp.display()
+        ),
+    );
+    sweep_ok(&sb, &cfg, &["x=1,2"], &["argcheck", "table"]);
+    let sweep = sb.sweep_dir();
+    let r = reports(&sweep, 2);
+    assert!(r.iter().all(|l| l.starts_with("file shared=true size=5000")), "{r:?}");
+    assert_eq!(field(&r[0], "ino="), field(&r[1], "ino="));
+    let config = std::fs::read_to_string(sweep.join("0/.hydra/config.yaml")).unwrap();
+    assert!(config.contains("table: '@") && config.contains("small: 1") && config.len() < 1000, "{config}");
+}

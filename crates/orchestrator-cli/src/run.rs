@@ -80,6 +80,13 @@ async fn execute(mut prepared: PreparedSweep, mode: Mode, display: report::Displ
             return exit::INTERNAL;
         }
     };
+    if display.verbose > 0 && mode == Mode::Plain {
+        let where_ = match &run.spill {
+            Some(store) => format!("large arguments are spilled to {}", store.dir().display()),
+            None => format!("large arguments would be spilled under {}", run.temp_folder.path.display()),
+        };
+        eprintln!("{} temp_folder: {where_} ({})", report::hydra_prefix(), run.temp_folder.reason);
+    }
     if let Some((done, all)) = resuming {
         report::resuming(mode, &run.dir, done, all);
     }

@@ -64,6 +64,8 @@ pub struct LargeArgs {
     temp: TempFolder,
     store: OnceLock<Result<Arc<SpillStore>, String>>,
     files: HashMap<String, Snapshot>,
+    /// Values of the app config (dotted key → spill) bigger than `max_nbytes`.
+    config_values: Vec<(String, Spilled)>,
 }
 
 /// Every `@path` string among the overrides' values (lists and sweeps included).
@@ -100,7 +102,7 @@ pub fn file_refs(overrides: &[Override]) -> Vec<String> {
 impl LargeArgs {
     /// Nothing snapshotted yet; the spill store is created on first need.
     pub fn new(max_nbytes: Option<u64>, mode: Option<MmapMode>, temp: TempFolder) -> Self {
-        LargeArgs { max_nbytes, mode, temp, store: OnceLock::new(), files: HashMap::new() }
+        LargeArgs { max_nbytes, mode, temp, store: OnceLock::new(), files: HashMap::new(), config_values: Vec::new() }
     }
 
     /// Where spills go and why.
@@ -139,6 +141,45 @@ impl LargeArgs {
             self.files.insert(r.clone(), snap);
         }
         Ok(())
+    }
+
+    /// Spill every value of the app config bigger than `max_nbytes` (its YAML text), once:
+    /// jobs then find `@<path>` in their `config.yaml` and the file in `ORCHESTRATOR_ARGS`,
+    /// instead of N copies of the value. The smallest enclosing value that is too big is
+    /// spilled whole only when none of its parts is too big on its own.
+    pub fn spill_config(&mut self, app: &serde_yaml::Value) -> Result<(), SpillError> {
+        let Some(max) = self.max_nbytes else { return Ok(()) };
+        let mut found = Vec::new();
+        large_values(app, String::new(), max, &mut found);
+        for (key, text) in found {
+            let spilled = self.store_or_create()?.put_bytes(text.as_bytes(), true)?;
+            self.config_values.push((key, spilled));
+        }
+        Ok(())
+    }
+
+    /// Replace the app config's large values in a job's `config` (unless the job overrode
+    /// them) by `@<path>`, and describe them for `ORCHESTRATOR_ARGS`.
+    pub fn apply_to_config(
+        &self,
+        config: &mut serde_yaml::Value,
+        overridden: &[&str],
+        args: &mut serde_json::Map<String, serde_json::Value>,
+    ) {
+        let mode = mode_name(self.mode);
+        for (key, s) in &self.config_values {
+            let touched = overridden
+                .iter()
+                .any(|o| o == key || key.starts_with(&format!("{o}.")) || o.starts_with(&format!("{key}.")));
+            if touched {
+                continue;
+            }
+            if let Some(slot) = lookup_mut(config, key) {
+                *slot = serde_yaml::Value::String(format!("@{}", s.path.display()));
+                let info = ArgInfo { path: s.path.clone(), mode, size: s.size, shared: true };
+                args.insert(key.clone(), serde_json::to_value(&info).unwrap_or_default());
+            }
+        }
     }
 
     /// What job argument `key` with value `value` becomes: `None` when it is passed as is;
@@ -203,6 +244,42 @@ impl LargeArgs {
     }
 }
 
+/// Values (dotted key, YAML text) bigger than `max`, as small as possible.
+fn large_values(v: &serde_yaml::Value, key: String, max: u64, out: &mut Vec<(String, String)>) {
+    let text = match v {
+        serde_yaml::Value::String(s) => s.clone(),
+        other => serde_yaml::to_string(other).unwrap_or_default(),
+    };
+    if text.len() as u64 <= max {
+        return;
+    }
+    if let serde_yaml::Value::Mapping(m) = v {
+        let before = out.len();
+        for (k, child) in m {
+            let Some(k) = k.as_str() else { continue };
+            let child_key = if key.is_empty() { k.to_string() } else { format!("{key}.{k}") };
+            large_values(child, child_key, max, out);
+        }
+        if out.len() > before || key.is_empty() {
+            return;
+        }
+    }
+    if !key.is_empty() {
+        out.push((key, text));
+    }
+}
+
+fn lookup_mut<'a>(v: &'a mut serde_yaml::Value, dotted: &str) -> Option<&'a mut serde_yaml::Value> {
+    let mut cur = v;
+    for part in dotted.split('.') {
+        cur = match cur {
+            serde_yaml::Value::Mapping(m) => m.get_mut(part)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
 fn sanitize(key: &str) -> String {
     key.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' { c } else { '_' }).collect()
 }
@@ -211,6 +288,20 @@ fn sanitize(key: &str) -> String {
 mod tests {
     use super::*;
     use orchestrator_config::grammar::parse_override;
+
+    #[test]
+    fn large_config_values_are_found_smallest_first() {
+        let doc: serde_yaml::Value = serde_yaml::from_str(&format!(
+            "small: 1\nbig: {}\nnest:\n  a: {}\n  b: 2\n",
+            "x".repeat(50),
+            "y".repeat(50)
+        ))
+        .unwrap();
+        let mut out = Vec::new();
+        large_values(&doc, String::new(), 20, &mut out);
+        let keys: Vec<&str> = out.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["big", "nest.a"]);
+    }
 
     #[test]
     fn file_refs_are_found_in_values_lists_and_sweeps() {

@@ -263,7 +263,11 @@ impl SweepLayout {
                 }
             }
         }
-        let config = if args_json.is_empty() && argv_items == display { config } else { self.compose(&replaced)? };
+        let mut config = if args_json.is_empty() && argv_items == display { config } else { self.compose(&replaced)? };
+        if let Some(large) = &self.large {
+            let overridden: Vec<&str> = job.items.iter().map(|i| i.key.as_str()).collect();
+            large.apply_to_config(&mut config, &overridden, &mut args_json);
+        }
         let config_path = hydra_dir.join("config.yaml");
         write_yaml(&config_path, &config)?;
         let overrides_value = Value::Sequence(display.iter().map(|s| Value::String(s.clone())).collect());

@@ -169,6 +169,7 @@ impl PreparedSweep {
         tracing::debug!("temp_folder: {} ({})", temp_folder.path.display(), temp_folder.reason);
         let mut large = LargeArgs::new(launcher.max_nbytes, launcher.mmap_mode, temp_folder.clone());
         large.snapshot(&file_refs, &base_dir)?;
+        large.spill_config(&layout.resolved.app)?;
         let large = Arc::new(large);
         layout.large = Some(large.clone());
         if resuming {
