@@ -245,3 +245,35 @@ fn big_app_config_values_are_spilled_once_not_copied_per_job() {
     let config = std::fs::read_to_string(sweep.join("0/.hydra/config.yaml")).unwrap();
     assert!(config.contains("table: '@") && config.contains("small: 1") && config.len() < 1000, "{config}");
 }
+
+#[test]
+fn sigterm_cleans_the_spill_dir_and_a_sigkilled_supervisors_dir_is_cleaned_next_run() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    for (sig, code) in [(Signal::SIGTERM, Some(143)), (Signal::SIGKILL, None)] {
+        let sb = Sandbox::new();
+        let cfg = config(&sb, "    max_nbytes: 10\n");
+        sb.write("v", &"a".repeat(64));
+        let tmpf = sb.path().join("tmpf");
+        let child =
+            sb.spawn(&["-c", cfg.to_str().unwrap(), "-m", "data=@v", "x=1,2,3", "--", fixture(), "sleep", "30"]);
+        wait_for(20, "a job to start", || sb.sweep_dirs().first().is_some_and(|s| s.join("0/fixture.log").exists()));
+        assert_eq!(spill_dirs(&tmpf).len(), 1);
+        kill(Pid::from_raw(child.id() as i32), sig).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), code, "{sig:?}");
+        if code.is_some() {
+            assert!(spill_dirs(&tmpf).is_empty(), "SIGTERM removes the spill dir");
+            continue;
+        }
+        // SIGKILL: nothing could clean up; the jobs died with the supervisor (parent-death
+        // signal) and the next run in the same temp_folder removes the orphaned dir.
+        assert_eq!(spill_dirs(&tmpf).len(), 1, "left by the killed supervisor");
+        sb.write("c2.yaml", &std::fs::read_to_string(&cfg).unwrap());
+        sb.cmd()
+            .args(["-c", "c2.yaml", "-m", "--quiet", "data=@v", "--", fixture(), "argcheck", "data"])
+            .assert()
+            .success();
+        assert!(spill_dirs(&tmpf).is_empty(), "the next run cleaned the stale dir");
+    }
+}
