@@ -2,7 +2,11 @@
 # spawn.sh: the "many tiny jobs" benchmark.
 #
 # N jobs of `true` with 2 slots, timed for:
-#   floor         bench/floor.c: posix_spawnp + waitpid, nothing else
+#   floor         bench/floor.c: posix_spawnp + waitpid, nothing else, `true` with no argument
+#   floor_arg     the same with one argument, `true task=1`: the argv shape that orchestrator's
+#                 jobs (`true task=N`, Hydra style) and xargs -n1 (`true N`) run. It matters:
+#                 coreutils' `true` with exactly one argument sets up the locale to check for
+#                 --help/--version, about 0.2 ms of CPU per process here.
 #   xargs         xargs -P2 -n1 true          (input: seq N)
 #   parallel      parallel --will-cite -j2 true   (input: seq N)
 #   orchestrator  orchestrator run --multirun task=1..N ... -- true, writing its full
@@ -10,7 +14,7 @@
 #
 # Each tool runs REPS times (interleaved: rep 1 of every tool, then rep 2, ...) after one
 # untimed warm-up; the table shows the median wall time, the peak RSS (GNU time's %M: the
-# largest single process of the tool's tree) and the ratio to the floor's median.
+# largest single process of the tool's tree) and the ratios to both floors' medians.
 # The table goes to stdout and to bench/results/spawn-<date>.md.
 #
 # Environment:
@@ -123,6 +127,10 @@ bench_floor() {
     run_timed floor "$WORK/floor" -n "$N" -P "$SLOTS" -- true </dev/null
 }
 
+bench_floor_arg() {
+    run_timed floor_arg "$WORK/floor" -n "$N" -P "$SLOTS" -- true task=1 </dev/null
+}
+
 bench_xargs() {
     run_timed xargs xargs -P "$SLOTS" -n 1 true <"$WORK/input"
 }
@@ -187,7 +195,7 @@ stats() {
 
 load_before=$(cut -d ' ' -f 1-3 /proc/loadavg) # before any build of ours
 ensure_peers
-tools=(floor xargs parallel)
+tools=(floor floor_arg xargs parallel)
 if [[ $SKIP_ORCH == 1 ]]; then
     log "SKIP_ORCH=1: orchestrator left out"
 else
@@ -212,17 +220,19 @@ done
 
 declare -A command_of=(
     [floor]="floor -n $N -P $SLOTS -- true"
+    [floor_arg]="floor -n $N -P $SLOTS -- true task=1"
     [xargs]="seq $N \\| xargs -P$SLOTS -n1 true"
     [parallel]="seq $N \\| parallel --will-cite -j$SLOTS true"
     [orchestrator]="orchestrator run --config config/joblib.yaml --multirun task=1..$N hydra.launcher.params.joblib.n_jobs=$SLOTS --quiet -- true"
 )
 read -r floor_median _ <<<"$(stats floor)"
+read -r floor_arg_median _ <<<"$(stats floor_arg)"
 
 # version_of TOOL: a short version string ("?" if unknown).
 version_of() {
     local v
     case $1 in
-    floor) v="cc $(cc -dumpversion)" ;;
+    floor | floor_arg) v="cc $(cc -dumpversion)" ;;
     xargs) v=$(xargs --version | awk 'NR == 1 { print "findutils " $NF }') ;;
     parallel) v=$(parallel --version | awk 'NR == 1 { print $NF }') ;;
     orchestrator) v=$("$ORCH" --version 2>/dev/null | awk 'NR == 1 { print $NF }') ;;
@@ -246,13 +256,13 @@ report() {
             "deleted $([[ $CLEAN_EACH_REP == 1 ]] && echo "after each run" || echo "at exit")"
     fi
     echo
-    echo "| tool | version | command | median wall (s) | min-max (s) | per job (ms) | peak RSS (MiB) | vs floor |"
-    echo "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"
+    echo "| tool | version | command | median wall (s) | min-max (s) | per job (ms) | peak RSS (MiB) | vs floor | vs floor_arg (same argv) |"
+    echo "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     for tool in "${tools[@]}"; do
         read -r median min max rss <<<"$(stats "$tool")"
         printf "| %s | %s | \`%s\` | %s |\n" "$tool" "$(version_of "$tool")" "${command_of[$tool]}" \
-            "$(awk -v m="$median" -v lo="$min" -v hi="$max" -v rss="$rss" -v f="$floor_median" -v n="$N" \
-                'BEGIN { printf "%.3f | %.3f-%.3f | %.2f | %.1f | %.2fx", m, lo, hi, 1000 * m / n, rss / 1024, m / f }')"
+            "$(awk -v m="$median" -v lo="$min" -v hi="$max" -v rss="$rss" -v f="$floor_median" -v fa="$floor_arg_median" -v n="$N" \
+                'BEGIN { printf "%.3f | %.3f-%.3f | %.2f | %.1f | %.2fx | %.2fx", m, lo, hi, 1000 * m / n, rss / 1024, m / f, m / fa }')"
     done
     echo
     echo "Peak RSS is GNU time's %M: the largest single process of the tool's tree."
