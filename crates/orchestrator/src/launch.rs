@@ -246,7 +246,11 @@ impl SweepLayout {
         let dir = if sub.is_empty() { self.abs_dir.clone() } else { self.abs_dir.join(&sub) };
         let rel_dir = if sub.is_empty() { self.dir.clone() } else { self.dir.join(&sub) };
         let hydra_dir = dir.join(".hydra");
-        std::fs::create_dir_all(&hydra_dir).map_err(io_err(&hydra_dir))?;
+        // Two mkdirs in the common case (`<sweep>/<num>/.hydra`); create_dir_all for nested
+        // subdir templates or a resumed job whose dir exists.
+        if std::fs::create_dir(&dir).and_then(|()| std::fs::create_dir(&hydra_dir)).is_err() {
+            std::fs::create_dir_all(&hydra_dir).map_err(io_err(&hydra_dir))?;
+        }
         // Large arguments: the job gets `key=@path` (or the file's text inline) instead.
         let mut argv_items: Vec<String> = display.to_vec();
         let mut args_json = serde_json::Map::new();
@@ -409,8 +413,9 @@ impl SweepLayout {
         m.insert("job".into(), Value::Mapping(jobm));
         let mut runtime = Mapping::new();
         runtime.insert("version".into(), format!("orchestrator {}", env!("CARGO_PKG_VERSION")).into());
-        let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
-        runtime.insert("cwd".into(), cwd.into());
+        static CWD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let cwd = CWD.get_or_init(|| std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default());
+        runtime.insert("cwd".into(), cwd.clone().into());
         runtime
             .insert("output_dir".into(), dir.map(|d| Value::String(d.display().to_string())).unwrap_or_else(unknown));
         m.insert("runtime".into(), Value::Mapping(runtime));

@@ -483,8 +483,9 @@ async fn run_job(
     };
     let pid = child.pid;
     record.pid = Some(pid);
-    let stdout = pipe::Receiver::from_owned_fd(child.stdout).ok();
-    let stderr = pipe::Receiver::from_owned_fd(child.stderr).ok();
+    // Read ends of fresh pipes, already non-blocking: no need for tokio's checks.
+    let stdout = pipe::Receiver::from_owned_fd_unchecked(child.stdout).ok();
+    let stderr = pipe::Receiver::from_owned_fd_unchecked(child.stderr).ok();
     let _ = log.note(&format!("started pid {pid} in slot {slot}: {}", argv_text(&spec)));
     if let Some(tx) = &ctx.events {
         let _ = tx.send(Event::Started { num: spec.num, pid, slot, at: start }).await;

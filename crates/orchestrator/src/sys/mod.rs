@@ -95,14 +95,22 @@ pub fn group_alive(pgid: u32) -> bool {
 pub fn children_of(tids: &[i32]) -> Vec<u32> {
     use std::io::Read;
     let mut out = Vec::new();
-    let mut buf = String::new();
+    // A plain read into a buffer: `read_to_string` would stat and seek first, on every job.
+    let mut buf = [0u8; 4096];
     for tid in tids {
-        buf.clear();
-        if let Ok(mut f) = std::fs::File::open(format!("/proc/self/task/{tid}/children"))
-            && f.read_to_string(&mut buf).is_ok()
-        {
-            out.extend(buf.split_ascii_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        let Ok(mut f) = std::fs::File::open(format!("/proc/self/task/{tid}/children")) else { continue };
+        let mut text = Vec::new();
+        while let Ok(n) = f.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            text.extend_from_slice(&buf[..n]);
         }
+        out.extend(
+            text.split(|b| b.is_ascii_whitespace())
+                .filter_map(|p| std::str::from_utf8(p).ok())
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
     }
     out
 }

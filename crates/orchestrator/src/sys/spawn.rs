@@ -26,7 +26,8 @@ pub struct SpawnRequest<'a> {
     pub cwd: Option<&'a Path>,
 }
 
-/// A started child: its pid (also its process group id) and its output pipes.
+/// A started child: its pid (also its process group id) and its output pipes (read ends,
+/// already non-blocking).
 pub struct Spawned {
     /// Process id; the child leads its own process group with the same id.
     pub pid: u32,
@@ -93,6 +94,14 @@ fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own; a fresh pipe's read end has no other status flag.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Start `req` in a new process group, with stdin on /dev/null and stdout/stderr piped, and
 /// SIGKILL as its parent-death signal. Errors (e.g. `ENOENT`, `EACCES`, `E2BIG`) come
 /// from the child's `execve` and are reported here.
@@ -109,6 +118,10 @@ pub fn spawn(req: &SpawnRequest<'_>) -> io::Result<Spawned> {
     let devnull = dev_null()?;
     let (out_r, out_w) = pipe_cloexec()?;
     let (err_r, err_w) = pipe_cloexec()?;
+    // Our ends are read by the async runtime: non-blocking from the start (the child's ends
+    // stay blocking, as programs expect).
+    set_nonblocking(&out_r)?;
+    set_nonblocking(&err_r)?;
     let (status_r, status_w) = pipe_cloexec()?;
 
     let mut args = ChildArgs {
