@@ -43,11 +43,9 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CONFIG=$REPO/config/joblib.yaml
 RESULTS_DIR=$REPO/bench/results
 
-log() { printf '%s\n' "$*" >&2; }
-die() {
-    log "spawn.sh: error: $*"
-    exit 1
-}
+# log, die, apt_install
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
 
 [[ $N =~ ^[1-9][0-9]*$ ]] || die "N must be a positive integer (got '$N')"
 [[ $REPS =~ ^[1-9][0-9]*$ ]] || die "REPS must be a positive integer (got '$REPS')"
@@ -57,20 +55,6 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/spawn-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
 # --- peers -------------------------------------------------------------------------------
-
-apt_updated=0
-apt_install() {
-    if [[ $EUID -ne 0 ]] || ! command -v apt-get >/dev/null; then
-        die "missing Debian package(s) $*: install them and run again"
-    fi
-    if ((!apt_updated)); then
-        log "apt-get update"
-        apt-get update -qq
-        apt_updated=1
-    fi
-    log "apt-get install $*"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
 
 ensure_peers() {
     command -v cc >/dev/null || apt_install gcc libc6-dev

@@ -53,11 +53,9 @@ VENV=${VENV:-$REPO/bench/.venv-spill}
 RESULTS_DIR=$REPO/bench/results
 RSS_WARN_MIB=64
 
-log() { printf '%s\n' "$*" >&2; }
-die() {
-    log "spill.sh: error: $*"
-    exit 1
-}
+# log, die, apt_install
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
 
 [[ $REPS =~ ^[1-9][0-9]*$ ]] || die "REPS must be a positive integer (got '$REPS')"
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a non-negative integer (got '$WARMUP')"
@@ -110,20 +108,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- tools ---------------------------------------------------------------------------------
-
-apt_updated=0
-apt_install() {
-    if [[ $EUID -ne 0 ]] || ! command -v apt-get >/dev/null; then
-        die "missing Debian package(s) $*: install them and run again"
-    fi
-    if ((!apt_updated)); then
-        log "apt-get update"
-        apt-get update -qq
-        apt_updated=1
-    fi
-    log "apt-get install $*"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
 
 ensure_tools() {
     command -v xargs >/dev/null || apt_install findutils
