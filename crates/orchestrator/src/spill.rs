@@ -45,13 +45,7 @@ pub enum SpillError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpillError + '_ {
-    move |source| {
-        if source.raw_os_error() == Some(libc::ENOSPC) {
-            let free = free_space(path.parent().unwrap_or(path)).unwrap_or(0);
-            return SpillError::NoSpace { folder: path.parent().unwrap_or(path).to_path_buf(), needed: 0, free };
-        }
-        SpillError::Io { path: path.to_path_buf(), source }
-    }
+    move |source| SpillError::Io { path: path.to_path_buf(), source }
 }
 
 /// The name a value gets in the store: its blake3 hash, in hex.
@@ -123,7 +117,7 @@ impl SpillStore {
         self.check_space(data.len() as u64)?;
         let tmp = self.dir.join(format!(".tmp-{hash}"));
         let mut f = create_private(&tmp)?;
-        f.write_all(data).map_err(io_err(&tmp)).inspect_err(|_| {
+        f.write_all(data).map_err(self.write_err(&tmp, data.len() as u64)).inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
         })?;
         self.commit(f, &tmp, hash, data.len() as u64, pinned)
@@ -147,15 +141,12 @@ impl SpillStore {
                 return Ok(());
             }
             hasher.update(&buf[..got]);
-            out.write_all(&buf[..got]).map_err(io_err(&tmp))?;
+            out.write_all(&buf[..got]).map_err(self.write_err(&tmp, size))?;
             total += got as u64;
         })();
         if let Err(e) = copied {
             let _ = std::fs::remove_file(&tmp);
-            return Err(match e {
-                SpillError::NoSpace { folder, free, .. } => SpillError::NoSpace { folder, needed: size, free },
-                other => other,
-            });
+            return Err(e);
         }
         let hash = hasher.finalize().to_hex().to_string();
         if let Some(s) = self.acquire(&hash, pinned) {
@@ -218,13 +209,25 @@ impl SpillStore {
     fn check_space(&self, needed: u64) -> Result<(), SpillError> {
         let free = free_space(&self.dir).unwrap_or(u64::MAX);
         if needed > free {
-            return Err(SpillError::NoSpace {
-                folder: self.dir.parent().unwrap_or(&self.dir).to_path_buf(),
-                needed,
-                free,
-            });
+            return Err(self.no_space(needed, free));
         }
         Ok(())
+    }
+
+    /// The error for running out of room: names temp_folder (not our private dir inside it).
+    fn no_space(&self, needed: u64, free: u64) -> SpillError {
+        SpillError::NoSpace { folder: self.dir.parent().unwrap_or(&self.dir).to_path_buf(), needed, free }
+    }
+
+    /// Maps a write error on `path`; ENOSPC (room taken meanwhile by someone else) is
+    /// reported like the up-front check, with the size of the value being written.
+    fn write_err<'a>(&'a self, path: &'a Path, needed: u64) -> impl FnOnce(io::Error) -> SpillError + 'a {
+        move |source| {
+            if source.raw_os_error() == Some(libc::ENOSPC) {
+                return self.no_space(needed, free_space(&self.dir).unwrap_or(0));
+            }
+            SpillError::Io { path: path.to_path_buf(), source }
+        }
     }
 }
 
