@@ -162,8 +162,7 @@ impl Reporter {
 
     fn show(&mut self, ev: &Event) {
         if self.mode == Mode::Json {
-            let v = event_json(ev);
-            if !v.is_null() {
+            if let Some(v) = ev.to_json() {
                 let _ = writeln!(self.out, "{v}");
             }
             return;
@@ -248,28 +247,6 @@ fn joblib_quiet_at(index: u64, verbose: u32) -> bool {
 /// joblib's `short_format_time`.
 fn short_time(t: f64) -> String {
     if t > 60.0 { format!("{:4.1}min", t / 60.0) } else { format!(" {t:5.1}s") }
-}
-
-fn event_json(ev: &Event) -> serde_json::Value {
-    match ev {
-        Event::Queued { num } => json!({"event": "job_queued", "num": num}),
-        Event::RunFinished { .. } => serde_json::Value::Null,
-        Event::Started { num, pid, slot, at } => {
-            json!({"event": "job_started", "num": num, "pid": pid, "slot": slot, "time": at.to_rfc3339()})
-        }
-        Event::Output { num, stream, line, complete } => json!({
-            "event": "output", "num": num, "stream": stream.name(),
-            "line": String::from_utf8_lossy(line), "complete": complete,
-        }),
-        Event::Finished(rec) => {
-            let mut v: serde_json::Value = serde_json::from_str(&rec.to_json()).unwrap_or_default();
-            if let Some(m) = v.as_object_mut() {
-                m.insert("event".into(), json!("job_finished"));
-            }
-            v
-        }
-        _ => json!({"event": "unknown"}),
-    }
 }
 
 /// The last lines: counts, time, and every failed job with its log.

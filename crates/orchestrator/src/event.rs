@@ -47,3 +47,31 @@ pub enum Event {
         failed: u64,
     },
 }
+
+impl Event {
+    /// The event as one JSON object, as `orchestrator run --json` prints it (field names are
+    /// documented in the README): `job_queued`, `job_started`, `output`, and `job_finished`
+    /// with the journal record's fields. `None` for [`Event::RunFinished`], which callers
+    /// report with their own totals.
+    pub fn to_json(&self) -> Option<serde_json::Value> {
+        use serde_json::json;
+        Some(match self {
+            Event::Queued { num } => json!({"event": "job_queued", "num": num}),
+            Event::Started { num, pid, slot, at } => {
+                json!({"event": "job_started", "num": num, "pid": pid, "slot": slot, "time": at.to_rfc3339()})
+            }
+            Event::Output { num, stream, line, complete } => json!({
+                "event": "output", "num": num, "stream": stream.name(),
+                "line": String::from_utf8_lossy(line), "complete": complete,
+            }),
+            Event::Finished(rec) => {
+                let mut v = rec.to_value();
+                if let Some(m) = v.as_object_mut() {
+                    m.insert("event".into(), json!("job_finished"));
+                }
+                v
+            }
+            Event::RunFinished { .. } => return None,
+        })
+    }
+}

@@ -320,7 +320,16 @@ impl JobRecord {
 
     /// The record as one line of JSON (no trailing newline).
     pub fn to_json(&self) -> String {
-        let line = JournalLine {
+        serde_json::to_string(&self.journal_line()).unwrap_or_default()
+    }
+
+    /// The record as a JSON object (the fields of its `jobs.jsonl` line).
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self.journal_line()).unwrap_or_default()
+    }
+
+    fn journal_line(&self) -> JournalLine<'_> {
+        JournalLine {
             num: self.num,
             id: &self.id,
             status: self.outcome.status(),
@@ -345,7 +354,6 @@ impl JobRecord {
             leftover_processes: self.leftover_processes,
             log: self.log.display().to_string(),
             dir: self.dir.as_ref().map(|d| d.display().to_string()),
-        };
-        serde_json::to_string(&line).unwrap_or_default()
+        }
     }
 }

@@ -25,7 +25,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use orchestrator::sweep::{ConfigInput, PreparedSweep, SweepRequest};
-use orchestrator::{Event, JobRecord, Stop, StopReason};
+use orchestrator::{Event, Stop, StopReason};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -120,11 +120,11 @@ async fn create(State(app): State<App>, body: Bytes) -> Response {
     let follower = app.clone();
     tokio::spawn(async move {
         while let Some(ev) = ev_rx.recv().await {
-            let Some(value) = event_json(&ev) else { continue };
+            let Some(value) = ev.to_json() else { continue };
             if let Event::Finished(rec) = &ev
                 && let Some(s) = follower.lock().get_mut(&id)
             {
-                s.records.push(record_json(rec));
+                s.records.push(rec.to_value());
             }
             // No subscriber is fine: the state above is what GET returns.
             let _ = bcast.send(value.to_string());
@@ -139,29 +139,6 @@ async fn create(State(app): State<App>, body: Bytes) -> Response {
         );
     });
     (StatusCode::CREATED, axum::Json(body)).into_response()
-}
-
-fn record_json(rec: &JobRecord) -> Value {
-    serde_json::from_str(&rec.to_json()).unwrap_or(Value::Null)
-}
-
-/// The event as sent to SSE clients; the run's own end is sent separately, with its counts.
-fn event_json(ev: &Event) -> Option<Value> {
-    Some(match ev {
-        Event::Queued { num } => json!({"event": "job_queued", "num": num}),
-        Event::Started { num, pid, slot, .. } => json!({"event": "job_started", "num": num, "pid": pid, "slot": slot}),
-        Event::Output { num, stream, line, .. } => {
-            json!({"event": "output", "num": num, "stream": stream.name(), "line": String::from_utf8_lossy(line)})
-        }
-        Event::Finished(rec) => {
-            let mut v = record_json(rec);
-            if let Some(m) = v.as_object_mut() {
-                m.insert("event".into(), json!("job_finished"));
-            }
-            v
-        }
-        _ => return None,
-    })
 }
 
 async fn status(State(app): State<App>, Path(id): Path<u64>) -> Response {
