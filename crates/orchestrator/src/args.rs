@@ -41,7 +41,8 @@ pub struct ArgInfo {
     pub shared: bool,
 }
 
-fn mode_name(m: Option<MmapMode>) -> Option<&'static str> {
+/// `mmap_mode` as children read it in `ORCHESTRATOR_ARGS`.
+pub(crate) fn mode_name(m: Option<MmapMode>) -> Option<&'static str> {
     match m {
         Some(MmapMode::R) => Some("r"),
         Some(MmapMode::RPlus) => Some("r+"),
@@ -280,7 +281,8 @@ fn lookup_mut<'a>(v: &'a mut serde_yaml::Value, dotted: &str) -> Option<&'a mut 
     Some(cur)
 }
 
-fn sanitize(key: &str) -> String {
+/// A key as a file name: anything but `[A-Za-z0-9._-]` becomes `_`.
+pub(crate) fn sanitize(key: &str) -> String {
     key.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' { c } else { '_' }).collect()
 }
 

@@ -274,6 +274,8 @@ struct Ctx {
     own_pgid: u32,
     /// Our environment when the run started; every job starts from it.
     base_env: Vec<(OsString, OsString)>,
+    /// The thread-count variables to add to every job (those not in `base_env`).
+    thread_env: Vec<(OsString, OsString)>,
     /// `PATH` lookups already done.
     programs: Mutex<HashMap<OsString, PathBuf>>,
     /// Where payloads are spilled, made on first need.
@@ -298,14 +300,16 @@ pub async fn run(
     {
         tracing::warn!("cannot become a child subreaper ({e}); daemonised grandchildren may outlive their job");
     }
+    let base_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let ctx = Arc::new(Ctx {
+        thread_env: thread_env(opts.thread_limit, &base_env),
         opts,
         reaper: Reaper::default(),
         events,
         clock: Clock::new(),
         run_key: format!("{}-{}", std::process::id(), Utc::now().timestamp_nanos_opt().unwrap_or(0)),
         own_pgid: sys::own_pgid(),
-        base_env: std::env::vars_os().collect(),
+        base_env,
         programs: Mutex::new(HashMap::new()),
         spill: std::sync::OnceLock::new(),
     });
@@ -622,12 +626,7 @@ fn place_payloads(spec: &JobSpec, ctx: &Ctx) -> Result<Placed, crate::spill::Spi
     let store = store
         .as_ref()
         .map_err(|e| SpillError::Io { path: PathBuf::from("temp_folder"), source: io::Error::other(e.clone()) })?;
-    let mode = match ctx.opts.mmap_mode {
-        Some(orchestrator_config::MmapMode::R) => Some("r"),
-        Some(orchestrator_config::MmapMode::RPlus) => Some("r+"),
-        Some(orchestrator_config::MmapMode::C) => Some("c"),
-        _ => None,
-    };
+    let mode = crate::args::mode_name(ctx.opts.mmap_mode);
     let mut placed = Placed::default();
     let mut json = serde_json::Map::new();
     for p in &spec.payloads {
@@ -638,13 +637,13 @@ fn place_payloads(spec: &JobSpec, ctx: &Ctx) -> Result<Placed, crate::spill::Spi
             (s.path, true)
         } else {
             // Not shared: the job's own copy, next to the shared ones, gone when it ends.
-            let name: String = p.name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-            let path = store.dir().join(format!("job-{}-{}-{name}", ctx.run_key, spec.num));
+            let path = store.dir().join(format!("job-{}-{}-{}", ctx.run_key, spec.num, crate::args::sanitize(&p.name)));
             std::fs::write(&path, &p.bytes).map_err(|source| SpillError::Io { path: path.clone(), source })?;
             placed.own.push(path.clone());
             (path, false)
         };
-        json.insert(p.name.clone(), serde_json::json!({"path": path, "mode": mode, "size": size, "shared": shared}));
+        let info = crate::args::ArgInfo { path, mode, size, shared };
+        json.insert(p.name.clone(), serde_json::to_value(&info).unwrap_or_default());
     }
     placed.json = Some(serde_json::Value::Object(json).to_string());
     Ok(placed)
@@ -795,17 +794,23 @@ impl Ctx {
     }
 }
 
+/// loky's thread limits, for the variables the user did not set.
+fn thread_env(limit: Option<usize>, base_env: &[(OsString, OsString)]) -> Vec<(OsString, OsString)> {
+    let Some(n) = limit else { return Vec::new() };
+    THREAD_VARS
+        .iter()
+        .filter(|var| !base_env.iter().any(|(k, _)| k == *var))
+        .map(|var| (OsString::from(var), OsString::from(n.to_string())))
+        .collect()
+}
+
 /// The job's whole environment: ours, then thread limits (unless set), the slot values,
 /// the job's own variables and the marker, later entries winning.
 fn job_env(spec: &JobSpec, slot: usize, ctx: &Ctx, marker: &OsStr) -> Vec<OsString> {
     let mut overlay: Vec<(OsString, OsString)> = Vec::new();
-    if let Some(n) = ctx.opts.thread_limit {
-        let value = OsString::from(n.to_string());
-        for var in THREAD_VARS {
-            let set = spec.env.iter().any(|(k, _)| k == var) || ctx.base_env.iter().any(|(k, _)| k == var);
-            if !set {
-                overlay.push((var.into(), value.clone()));
-            }
+    for (var, value) in &ctx.thread_env {
+        if !spec.env.iter().any(|(k, _)| k == var) {
+            overlay.push((var.clone(), value.clone()));
         }
     }
     overlay.push(("ORCHESTRATOR_SLOT".into(), slot.to_string().into()));
@@ -866,14 +871,17 @@ mod tests {
     use super::*;
 
     fn ctx(base: &[(&str, &str)], opts: RunOptions) -> Ctx {
+        let base_env: Vec<(OsString, OsString)> =
+            base.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect();
         Ctx {
+            thread_env: thread_env(opts.thread_limit, &base_env),
+            base_env,
             opts,
             reaper: Reaper::default(),
             events: None,
             clock: Clock::new(),
             run_key: "k".into(),
             own_pgid: 1,
-            base_env: base.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect(),
             programs: Mutex::new(HashMap::new()),
             spill: std::sync::OnceLock::new(),
         }
