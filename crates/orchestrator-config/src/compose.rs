@@ -95,7 +95,8 @@ fn split_key(key: &str) -> Result<Vec<&str>, ComposeError> {
     Ok(segments)
 }
 
-fn kind_name(v: &Value) -> &'static str {
+/// "a list", "an integer"…: what a value is, for error messages.
+pub(crate) fn kind_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
