@@ -323,46 +323,58 @@ fn launcher_section(
         }
         (Some(c), None) => {
             let c = check_class(c, &["hydra", "launcher", "class"], origin)?;
-            for (k, val) in map {
-                let key = check_key(k, &["class", "params", "orchestrator"], BASE, origin)?;
-                match key {
-                    "params" => seed_params(reader, val, launcher, origin)?,
-                    "orchestrator" => orchestrator(reader, val, launcher, origin)?,
-                    _ => {}
-                }
-            }
+            seed_section(reader, map, &["class", "params", "orchestrator"], launcher, origin)?;
             LauncherForm::Seed { class: c }
         }
         (None, Some(t)) => {
             let t = check_class(t, &["hydra", "launcher", "_target_"], origin)?;
-            reader.joblib_params(BASE, map, launcher)?;
-            if let Some(o) = map.get("orchestrator") {
-                orchestrator(reader, o, launcher, origin)?;
-            }
+            flat_section(reader, map, launcher, origin)?;
             LauncherForm::Flat { target: t }
         }
+        // No class: keys set by overrides on a config without a launcher section
+        // (`hydra.launcher.params.joblib.n_jobs=2` or `hydra.launcher.n_jobs=2`).
         (None, None) if map.contains_key("params") => {
-            // `hydra.launcher.params.joblib.x=...` on a config without a launcher section:
-            // the seed form with its class implied.
-            for (k, val) in map {
-                match check_key(k, &["params", "orchestrator"], BASE, origin)? {
-                    "params" => seed_params(reader, val, launcher, origin)?,
-                    _ => orchestrator(reader, val, launcher, origin)?,
-                }
-            }
+            seed_section(reader, map, &["params", "orchestrator"], launcher, origin)?;
             LauncherForm::Default
         }
         (None, None) => {
-            // Keys without a class: read them as the flat form, so `hydra.launcher.n_jobs=2`
-            // works on a config that has no launcher section.
-            reader.joblib_params(BASE, map, launcher)?;
-            if let Some(o) = map.get("orchestrator") {
-                orchestrator(reader, o, launcher, origin)?;
-            }
+            flat_section(reader, map, launcher, origin)?;
             LauncherForm::Default
         }
     };
     Ok(form)
+}
+
+/// The seed form: `params.joblib` and `orchestrator` beside `class`.
+fn seed_section(
+    reader: &Reader<'_>,
+    map: &Mapping,
+    known: &[&str],
+    launcher: &mut LauncherConfig,
+    origin: &dyn Fn(&[&str]) -> Origin,
+) -> Result<(), ConfigError> {
+    for (k, val) in map {
+        match check_key(k, known, &["hydra", "launcher"], origin)? {
+            "params" => seed_params(reader, val, launcher, origin)?,
+            "orchestrator" => orchestrator(reader, val, launcher, origin)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The flat form: joblib's keys and `orchestrator` directly under `hydra.launcher`.
+fn flat_section(
+    reader: &Reader<'_>,
+    map: &Mapping,
+    launcher: &mut LauncherConfig,
+    origin: &dyn Fn(&[&str]) -> Origin,
+) -> Result<(), ConfigError> {
+    reader.joblib_params(&["hydra", "launcher"], map, launcher)?;
+    match map.get("orchestrator") {
+        Some(o) => orchestrator(reader, o, launcher, origin),
+        None => Ok(()),
+    }
 }
 
 /// The seed form's `params:` mapping, whose only key is `joblib`.
