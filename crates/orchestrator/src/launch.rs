@@ -86,6 +86,8 @@ pub struct SweepLayout {
     pub n_jobs: usize,
     /// Large arguments (`@file` values, values over `max_nbytes`); set when the sweep starts.
     pub large: Option<Arc<LargeArgs>>,
+    /// The shared part of every job's `hydra.yaml`, rendered on first use.
+    pub(crate) hydra_static_text: std::sync::OnceLock<String>,
 }
 
 /// The name Hydra would give the job: the script's stem for `python x.py`, else the program's.
@@ -276,9 +278,11 @@ impl SweepLayout {
         write_yaml(&config_path, &config)?;
         let overrides_value = Value::Sequence(display.iter().map(|s| Value::String(s.clone())).collect());
         write_yaml(&hydra_dir.join("overrides.yaml"), &overrides_value)?;
-        let mut hydra_doc = Mapping::new();
-        hydra_doc.insert("hydra".into(), self.hydra_node(Some(job), Some(&dir)));
-        write_yaml(&hydra_dir.join("hydra.yaml"), &Value::Mapping(hydra_doc))?;
+        let hydra_path = hydra_dir.join("hydra.yaml");
+        let hydra_text = self
+            .hydra_yaml(job, &dir)
+            .map_err(|e| LayoutError::Io { path: hydra_path.clone(), source: std::io::Error::other(e) })?;
+        std::fs::write(&hydra_path, hydra_text).map_err(io_err(&hydra_path))?;
 
         let (program, args) = self.argv(&replaced, &config, &dir, &argv_items);
         spec.program = program;
@@ -365,8 +369,32 @@ impl SweepLayout {
     }
 
     fn hydra_node(&self, job: Option<&JobOverrides>, dir: Option<&Path>) -> Value {
+        let mut m = self.hydra_static();
+        m.extend(self.hydra_per_job(job, dir));
+        Value::Mapping(m)
+    }
+
+    /// A job's `hydra.yaml`: the part every job shares is rendered once per sweep, only
+    /// the job's own keys per job (rendering the whole node took more of the producer
+    /// thread than creating the job's files).
+    fn hydra_yaml(&self, job: &JobOverrides, dir: &Path) -> Result<String, serde_yaml::Error> {
+        let shared = match self.hydra_static_text.get() {
+            Some(text) => text,
+            None => {
+                let text = serde_yaml::to_string(&hydra_doc(self.hydra_static()))?;
+                self.hydra_static_text.get_or_init(|| text)
+            }
+        };
+        let own = serde_yaml::to_string(&hydra_doc(self.hydra_per_job(Some(job), Some(dir))))?;
+        // Both are `hydra:` followed by the same two-space block mapping: the job's keys
+        // continue the shared ones.
+        let own = own.strip_prefix("hydra:\n").unwrap_or(&own);
+        Ok(format!("{shared}{own}"))
+    }
+
+    /// The keys of the `hydra` node that are the same for every job, in Hydra's order.
+    fn hydra_static(&self) -> Mapping {
         let r = &self.resolved;
-        let unknown = || Value::String("???".into());
         let mut m = Mapping::new();
         let mut run = Mapping::new();
         run.insert("dir".into(), "outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}".into());
@@ -383,6 +411,14 @@ impl SweepLayout {
         m.insert("sweeper".into(), Value::Mapping(sweeper));
         m.insert("mode".into(), if self.multirun { "MULTIRUN" } else { "RUN" }.into());
         m.insert("output_subdir".into(), ".hydra".into());
+        m
+    }
+
+    /// The keys of the `hydra` node that depend on the job (or, without one, on the sweep).
+    fn hydra_per_job(&self, job: Option<&JobOverrides>, dir: Option<&Path>) -> Mapping {
+        let r = &self.resolved;
+        let unknown = || Value::String("???".into());
+        let mut m = Mapping::new();
         let mut overrides = Mapping::new();
         let mut hydra_list =
             vec![Value::String(format!("hydra.mode={}", if self.multirun { "MULTIRUN" } else { "RUN" }))];
@@ -419,7 +455,7 @@ impl SweepLayout {
         runtime
             .insert("output_dir".into(), dir.map(|d| Value::String(d.display().to_string())).unwrap_or_else(unknown));
         m.insert("runtime".into(), Value::Mapping(runtime));
-        Value::Mapping(m)
+        m
     }
 
     /// The launcher as Hydra's current plugin writes it: `_target_` then the joblib keys,
@@ -439,6 +475,13 @@ impl SweepLayout {
         }
         Value::Mapping(m)
     }
+}
+
+/// `{hydra: node}`.
+fn hydra_doc(node: Mapping) -> Value {
+    let mut doc = Mapping::new();
+    doc.insert("hydra".into(), Value::Mapping(node));
+    Value::Mapping(doc)
 }
 
 fn default_value(shown: &str) -> Value {
@@ -575,5 +618,33 @@ mod tests {
         assert_eq!(d, format!("multirun/{}/x", t.format("%Y")));
         assert!(SweepLayout::resolve_dir("m/${oops}", &t, "app").is_err());
         assert!(SweepLayout::resolve_dir("m/${now:%Y", &t, "app").is_err());
+    }
+
+    #[test]
+    fn hydra_yaml_renders_the_shared_part_once_and_equals_the_whole_node() {
+        use crate::sweep::{ConfigInput, PreparedSweep, SweepRequest};
+        let text = "hydra:\n  launcher:\n    n_jobs: 2\n  job:\n    env_set:\n      A: 'x: y'\nlr: 0.1\n";
+        let config = ConfigInput::Text { text: text.into(), name: "t.yaml".into() };
+        let overrides = ["lr=1e-3,'a: b',[1,2]", "+name=\"quoted value\"", "hydra.launcher.verbose=3"];
+        let mut req = SweepRequest::new(
+            config,
+            overrides.iter().map(|s| s.to_string()).collect(),
+            vec!["/bin/true".into()],
+            std::env::temp_dir(),
+        );
+        req.multirun = true;
+        let prepared = PreparedSweep::prepare(&req).unwrap();
+        let layout = &prepared.layout;
+        for n in 0..prepared.plan.len() {
+            let job = prepared.plan.job(n).unwrap();
+            let dir = layout.abs_dir.join(n.to_string());
+            let whole = serde_yaml::to_string(&hydra_doc(match layout.hydra_node(Some(&job), Some(&dir)) {
+                Value::Mapping(m) => m,
+                _ => unreachable!(),
+            }))
+            .unwrap();
+            assert_eq!(layout.hydra_yaml(&job, &dir).unwrap(), whole, "job {n}");
+        }
+        assert!(layout.hydra_static_text.get().is_some());
     }
 }

@@ -1,0 +1,44 @@
+//! What the producer thread spends per job: composing its config, rendering its three YAML
+//! files and creating its directory tree (`cargo bench -p orchestrator --bench prepare`).
+//!
+//! The tree goes under `$TMPDIR`; run it on the filesystem the sweeps use (ext4 and tmpfs
+//! differ by about 2x here).
+
+use std::path::PathBuf;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use orchestrator::sweep::{ConfigInput, PreparedSweep, SweepRequest};
+
+fn seed_sweep(base: PathBuf) -> PreparedSweep {
+    let seed = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/joblib.yaml");
+    let req = SweepRequest::new(
+        ConfigInput::File(seed.into()),
+        vec!["task=1..10000000".into()],
+        vec!["/bin/true".into()],
+        base,
+    );
+    PreparedSweep::prepare(&req).expect("the seed config and a range sweep are valid")
+}
+
+fn prepare(c: &mut Criterion) {
+    let tmp = tempfile::tempdir().expect("a temp dir");
+    let mut prepared = seed_sweep(tmp.path().to_path_buf());
+    prepared.layout.create().expect("the sweep dir");
+    let mut next = 0;
+    c.bench_function("prepare one job (compose, 3 YAML files, 2 dirs)", |b| {
+        b.iter(|| {
+            let job = prepared.plan.job(next).expect("the plan has 10M jobs");
+            next += 1;
+            let spec = prepared.layout.prepare(&job);
+            assert!(spec.setup_error.is_none(), "{:?}", spec.setup_error);
+            spec
+        })
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(3));
+    targets = prepare
+}
+criterion_main!(benches);
