@@ -13,6 +13,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 /// What to start.
 pub struct SpawnRequest<'a> {
@@ -45,7 +46,10 @@ struct ChildArgs {
     stdin: RawFd,
     stdout: RawFd,
     stderr: RawFd,
-    err_pipe: RawFd,
+    /// The child's errno when it fails before or in `execve`; 0 while all goes well. The
+    /// parent reads it once the child has exec'd or exited (CLONE_VFORK holds it till then),
+    /// as glibc's posix_spawn does, so no status pipe is needed.
+    error: AtomicI32,
     parent: libc::pid_t,
     old_mask: libc::sigset_t,
     /// Signals (bit n = signal n) the child resets to their default action.
@@ -122,7 +126,6 @@ pub fn spawn(req: &SpawnRequest<'_>) -> io::Result<Spawned> {
     // stay blocking, as programs expect).
     set_nonblocking(&out_r)?;
     set_nonblocking(&err_r)?;
-    let (status_r, status_w) = pipe_cloexec()?;
 
     let mut args = ChildArgs {
         path: path.as_ptr(),
@@ -132,7 +135,7 @@ pub fn spawn(req: &SpawnRequest<'_>) -> io::Result<Spawned> {
         stdin: devnull.as_raw_fd(),
         stdout: out_w.as_raw_fd(),
         stderr: err_w.as_raw_fd(),
-        err_pipe: status_w.as_raw_fd(),
+        error: AtomicI32::new(0),
         // SAFETY: getpid has no preconditions.
         parent: unsafe { libc::getpid() },
         // SAFETY: sigset_t is plain data, filled below.
@@ -147,37 +150,35 @@ pub fn spawn(req: &SpawnRequest<'_>) -> io::Result<Spawned> {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut args.old_mask);
     }
-    const STACK: usize = 64 * 1024;
-    let mut stack = vec![0u8; STACK];
-    // SAFETY: the stack grows down on every Linux architecture we build for, so the child
-    // starts at the top of the buffer; CLONE_VFORK suspends us until the child has called
-    // execve or _exit, so `args`, the strings and the stack outlive its use of them.
-    let pid = unsafe {
-        let top = stack.as_mut_ptr().add(STACK) as *mut libc::c_void;
-        libc::clone(
-            child_main,
-            top,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            (&mut args as *mut ChildArgs).cast(),
-        )
-    };
+    let pid = CHILD_STACK.with_borrow_mut(|stack| {
+        // SAFETY: the stack grows down on every Linux architecture we build for, so the
+        // child starts at the top of the buffer; CLONE_VFORK suspends us until the child has
+        // called execve or _exit, so `args`, the strings and the stack outlive its use of
+        // them, and the stack is free again when clone returns.
+        unsafe {
+            let top = stack.as_mut_ptr().add(stack.len()) as *mut libc::c_void;
+            libc::clone(
+                child_main,
+                top,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                (&mut args as *mut ChildArgs).cast(),
+            )
+        }
+    });
     let clone_err = io::Error::last_os_error();
     // SAFETY: restoring the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &args.old_mask, std::ptr::null_mut()) };
-    drop(stack);
     if pid < 0 {
         return Err(clone_err);
     }
-    drop((out_w, err_w, status_w));
-    let mut errno = [0u8; 4];
-    // SAFETY: reading into a local buffer from a descriptor we own.
-    let n = unsafe { libc::read(status_r.as_raw_fd(), errno.as_mut_ptr().cast(), 4) };
-    if n == 4 {
+    drop((out_w, err_w));
+    let errno = args.error.load(Ordering::Acquire);
+    if errno != 0 {
         // exec failed and the child has exited: reap it here, nobody else knows its pid.
         let mut status = 0;
         // SAFETY: waiting for our own child.
         unsafe { libc::waitpid(pid, &mut status, 0) };
-        return Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)));
+        return Err(io::Error::from_raw_os_error(errno));
     }
     Ok(Spawned { pid: pid as u32, stdout: out_r, stderr: err_r })
 }
@@ -187,9 +188,8 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the parent's `ChildArgs`, alive while the parent is suspended.
     unsafe {
         let a = &*(arg as *const ChildArgs);
-        let fail = |err_pipe: RawFd| -> ! {
-            let e = *libc::__errno_location();
-            libc::write(err_pipe, (&e as *const i32).cast(), 4);
+        let fail = || -> ! {
+            a.error.store(*libc::__errno_location(), Ordering::Release);
             libc::_exit(127)
         };
         // Our signal handlers must not run in the child: reset handled signals to default.
@@ -205,27 +205,33 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             }
         }
         if libc::setpgid(0, 0) != 0 {
-            fail(a.err_pipe);
+            fail();
         }
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-            fail(a.err_pipe);
+            fail();
         }
         if libc::getppid() != a.parent {
             // The supervisor died before the prctl took effect: do not run unsupervised.
             libc::_exit(137);
         }
         if libc::dup2(a.stdin, 0) < 0 || libc::dup2(a.stdout, 1) < 0 || libc::dup2(a.stderr, 2) < 0 {
-            fail(a.err_pipe);
+            fail();
         }
         if !a.cwd.is_null() && libc::chdir(a.cwd) != 0 {
-            fail(a.err_pipe);
+            fail();
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         libc::execve(a.path, a.argv, a.envp);
-        fail(a.err_pipe)
+        fail()
     }
+}
+
+thread_local! {
+    /// The vfork child's stack, reused: the thread that spawns is suspended while the child
+    /// uses it. Contents do not matter, so it is allocated once and never cleared.
+    static CHILD_STACK: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; 64 * 1024].into_boxed_slice());
 }
 
 /// One read-only `/dev/null` for every child's stdin, opened once.
@@ -248,4 +254,31 @@ pub fn resolve_program(program: &OsStr, path_var: Option<&OsStr>) -> io::Result<
     which::which_in(program, path_var.or(std::env::var_os("PATH").as_deref()), cwd).map_err(|_| {
         io::Error::new(io::ErrorKind::NotFound, format!("`{}` not found in PATH", program.to_string_lossy()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn try_spawn(program: &Path, cwd: Option<&Path>) -> io::Result<Spawned> {
+        let argv = [program.as_os_str().to_os_string()];
+        spawn(&SpawnRequest { program, argv: &argv, env: &[], cwd })
+    }
+
+    #[test]
+    fn errors_before_and_in_exec_come_back_with_their_errno() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("not-executable");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        let e = try_spawn(&script, None).err().expect("a non-executable file cannot start");
+        assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+        let e = try_spawn(Path::new("/bin/true"), Some(&dir.path().join("missing"))).err().expect("no such cwd");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
+        // A good spawn after failed ones: the shared error slot does not leak between spawns.
+        let child = try_spawn(Path::new("/bin/true"), Some(dir.path())).expect("/bin/true starts");
+        let mut status = 0;
+        // SAFETY: waiting for the child we just started.
+        assert_eq!(unsafe { libc::waitpid(child.pid as i32, &mut status, 0) }, child.pid as i32);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    }
 }
