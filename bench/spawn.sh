@@ -52,7 +52,8 @@ source "$REPO/bench/lib.sh"
 [[ $RUN_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "RUN_TIMEOUT must be a positive integer (got '$RUN_TIMEOUT')"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/spawn-bench.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+SHM_WORK=
+trap 'rm -rf "$WORK" ${SHM_WORK:+"$SHM_WORK"}' EXIT
 
 # --- peers -------------------------------------------------------------------------------
 
@@ -129,15 +130,26 @@ bench_parallel() {
 # previous run's tree would make each run slower than the one before. CLEAN_EACH_REP=1
 # deletes them between runs anyway.
 orch_runs=0
-bench_orchestrator() {
-    local dir=$WORK/orch-$((++orch_runs))
+# run_orchestrator NAME BASE: one timed run as NAME, its tree in a fresh dir under BASE.
+run_orchestrator() {
+    local name=$1 dir=$2/orch-$((++orch_runs))
     mkdir "$dir"
-    (cd "$dir" && run_timed orchestrator "$ORCH" run --config "$CONFIG" --multirun "task=1..$N" \
+    (cd "$dir" && run_timed "$name" "$ORCH" run --config "$CONFIG" --multirun "task=1..$N" \
         "hydra.launcher.params.joblib.n_jobs=$SLOTS" --quiet -- true) </dev/null
     verify_orchestrator_tree "$dir"
     if [[ $CLEAN_EACH_REP == 1 ]]; then
         rm -rf "$dir"
     fi
+}
+
+bench_orchestrator() {
+    run_orchestrator orchestrator "$WORK"
+}
+
+# The same with the tree on tmpfs: what orchestrator itself costs, without the disk's
+# filesystem (whose cost for 12,000 new inodes varies with its history: see the README).
+bench_orchestrator_tmpfs() {
+    run_orchestrator orchestrator_tmpfs "$SHM_WORK"
 }
 
 # Fail loudly unless orchestrator left exactly one sweep dir with N job dirs and N
@@ -185,6 +197,12 @@ if [[ $SKIP_ORCH == 1 ]]; then
 else
     ensure_orchestrator
     tools+=(orchestrator)
+    # A second orchestrator row with its trees on tmpfs, unless they are there already.
+    if [[ $(df -PT /dev/shm 2>/dev/null | awk 'NR == 2 { print $2 }') == tmpfs &&
+        $(df -PT "$WORK" | awk 'NR == 2 { print $2 }') != tmpfs ]]; then
+        SHM_WORK=$(mktemp -d /dev/shm/spawn-bench.XXXXXX)
+        tools+=(orchestrator_tmpfs)
+    fi
 fi
 
 cc -O2 -o "$WORK/floor" "$REPO/bench/floor.c"
@@ -208,6 +226,7 @@ declare -A command_of=(
     [xargs]="seq $N \\| xargs -P$SLOTS -n1 true"
     [parallel]="seq $N \\| parallel --will-cite -j$SLOTS true"
     [orchestrator]="orchestrator run --config config/joblib.yaml --multirun task=1..$N hydra.launcher.params.joblib.n_jobs=$SLOTS --quiet -- true"
+    [orchestrator_tmpfs]="the same, run in a dir on /dev/shm"
 )
 read -r floor_median _ <<<"$(stats floor)"
 read -r floor_arg_median _ <<<"$(stats floor_arg)"
@@ -219,7 +238,7 @@ version_of() {
     floor | floor_arg) v="cc $(cc -dumpversion)" ;;
     xargs) v=$(xargs --version | awk 'NR == 1 { print "findutils " $NF }') ;;
     parallel) v=$(parallel --version | awk 'NR == 1 { print $NF }') ;;
-    orchestrator) v=$("$ORCH" --version 2>/dev/null | awk 'NR == 1 { print $NF }') ;;
+    orchestrator*) v=$("$ORCH" --version 2>/dev/null | awk 'NR == 1 { print $NF }') ;;
     esac
     echo "${v:-?}"
 }
@@ -236,7 +255,8 @@ report() {
     echo "- load average before: $load_before; after: $(cut -d ' ' -f 1-3 /proc/loadavg)"
     echo "- median of $REPS runs after 1 warm-up"
     if [[ $SKIP_ORCH != 1 ]]; then
-        echo "- orchestrator's trees on $(df -PT "$WORK" | awk 'NR == 2 { print $2 }')," \
+        echo "- orchestrator's trees on $(df -PT "$WORK" | awk 'NR == 2 { print $2 }')" \
+            "($(df -P "$WORK" | awk 'NR == 2 { print $NF }'))${SHM_WORK:+, those of orchestrator_tmpfs on tmpfs}," \
             "deleted $([[ $CLEAN_EACH_REP == 1 ]] && echo "after each run" || echo "at exit")"
     fi
     echo
