@@ -86,8 +86,8 @@ pub struct SweepLayout {
     pub n_jobs: usize,
     /// Large arguments (`@file` values, values over `max_nbytes`); set when the sweep starts.
     pub large: Option<Arc<LargeArgs>>,
-    /// The shared part of every job's `hydra.yaml`, rendered on first use.
-    pub(crate) hydra_static_text: std::sync::OnceLock<String>,
+    /// Every job's `hydra.yaml` but for the job's own values, rendered on first use.
+    pub(crate) hydra_text: std::sync::OnceLock<HydraText>,
 }
 
 /// The name Hydra would give the job: the script's stem for `python x.py`, else the program's.
@@ -276,8 +276,8 @@ impl SweepLayout {
         }
         let config_path = hydra_dir.join("config.yaml");
         write_yaml(&config_path, &config)?;
-        let overrides_value = Value::Sequence(display.iter().map(|s| Value::String(s.clone())).collect());
-        write_yaml(&hydra_dir.join("overrides.yaml"), &overrides_value)?;
+        let overrides_path = hydra_dir.join("overrides.yaml");
+        std::fs::write(&overrides_path, overrides_yaml(display)).map_err(io_err(&overrides_path))?;
         let hydra_path = hydra_dir.join("hydra.yaml");
         let hydra_text = self
             .hydra_yaml(job, &dir)
@@ -374,22 +374,31 @@ impl SweepLayout {
         Value::Mapping(m)
     }
 
-    /// A job's `hydra.yaml`: the part every job shares is rendered once per sweep, only
-    /// the job's own keys per job (rendering the whole node took more of the producer
-    /// thread than creating the job's files).
+    /// A job's `hydra.yaml`, as `serde_yaml` renders [`Self::hydra_node`] (a test checks
+    /// they are byte-identical). Rendering the whole node took more of a job's preparation
+    /// than creating its files, so both halves are rendered once per sweep: the keys every
+    /// job shares as they are, the job's own keys with markers where its values go.
     fn hydra_yaml(&self, job: &JobOverrides, dir: &Path) -> Result<String, serde_yaml::Error> {
-        let shared = match self.hydra_static_text.get() {
-            Some(text) => text,
+        let rendered = match self.hydra_text.get() {
+            Some(r) => r,
             None => {
-                let text = serde_yaml::to_string(&hydra_doc(self.hydra_static()))?;
-                self.hydra_static_text.get_or_init(|| text)
+                let shared = serde_yaml::to_string(&hydra_doc(self.hydra_static()))?;
+                let own = serde_yaml::to_string(&hydra_doc(self.hydra_keys_of(PerJob::markers())))?;
+                self.hydra_text.get_or_init(|| HydraText { shared, own: PerJobTemplate::parse(&own) })
             }
         };
-        let own = serde_yaml::to_string(&hydra_doc(self.hydra_per_job(Some(job), Some(dir))))?;
-        // Both are `hydra:` followed by the same two-space block mapping: the job's keys
-        // continue the shared ones.
-        let own = own.strip_prefix("hydra:\n").unwrap_or(&own);
-        Ok(format!("{shared}{own}"))
+        // Both are `hydra:` followed by a block mapping indented the same way: the job's
+        // keys go on after the shared ones.
+        let mut text = rendered.shared.clone();
+        match rendered.own.as_ref().and_then(|t| t.render(self, job, dir)) {
+            Some(own) => text.push_str(&own),
+            None => {
+                // A value the template cannot take (a multi-line string, no overrides).
+                let own = serde_yaml::to_string(&hydra_doc(self.hydra_per_job(Some(job), Some(dir))))?;
+                text.push_str(own.strip_prefix("hydra:\n").unwrap_or(&own));
+            }
+        }
+        Ok(text)
     }
 
     /// The keys of the `hydra` node that are the same for every job, in Hydra's order.
@@ -416,30 +425,40 @@ impl SweepLayout {
 
     /// The keys of the `hydra` node that depend on the job (or, without one, on the sweep).
     fn hydra_per_job(&self, job: Option<&JobOverrides>, dir: Option<&Path>) -> Mapping {
-        let r = &self.resolved;
         let unknown = || Value::String("???".into());
+        self.hydra_keys_of(PerJob {
+            task: match job {
+                Some(j) => j.items.iter().map(|o| Value::String(o.display())).collect(),
+                None => self.sweep_overrides.iter().map(|s| Value::String(s.clone())).collect(),
+            },
+            override_dirname: match job {
+                Some(j) => override_dirname(&j.items),
+                None => self.sweep_overrides.join(","),
+            }
+            .into(),
+            id: job.map(|j| Value::String(self.job_id(j.num))).unwrap_or_else(unknown),
+            num: job.map(|j| Value::Number(j.num.into())).unwrap_or_else(unknown),
+            output_dir: dir.map(|d| Value::String(d.display().to_string())).unwrap_or_else(unknown),
+        })
+    }
+
+    /// The job-dependent keys in Hydra's order, around the given values.
+    fn hydra_keys_of(&self, values: PerJob) -> Mapping {
+        let r = &self.resolved;
         let mut m = Mapping::new();
         let mut overrides = Mapping::new();
         let mut hydra_list =
             vec![Value::String(format!("hydra.mode={}", if self.multirun { "MULTIRUN" } else { "RUN" }))];
         hydra_list.extend(self.hydra_overrides.iter().map(|s| Value::String(s.clone())));
         overrides.insert("hydra".into(), Value::Sequence(hydra_list));
-        let task: Vec<Value> = match job {
-            Some(j) => j.items.iter().map(|o| Value::String(o.display())).collect(),
-            None => self.sweep_overrides.iter().map(|s| Value::String(s.clone())).collect(),
-        };
-        overrides.insert("task".into(), Value::Sequence(task));
+        overrides.insert("task".into(), Value::Sequence(values.task));
         m.insert("overrides".into(), Value::Mapping(overrides));
         let mut jobm = Mapping::new();
         jobm.insert("name".into(), self.job_name.clone().into());
         jobm.insert("chdir".into(), Value::Bool(r.hydra.chdir));
-        let dirname = match job {
-            Some(j) => override_dirname(&j.items),
-            None => self.sweep_overrides.join(","),
-        };
-        jobm.insert("override_dirname".into(), dirname.into());
-        jobm.insert("id".into(), job.map(|j| Value::String(self.job_id(j.num))).unwrap_or_else(unknown));
-        jobm.insert("num".into(), job.map(|j| Value::Number(j.num.into())).unwrap_or_else(unknown));
+        jobm.insert("override_dirname".into(), values.override_dirname);
+        jobm.insert("id".into(), values.id);
+        jobm.insert("num".into(), values.num);
         jobm.insert("config_name".into(), self.config_name.clone().into());
         let mut env_set = Mapping::new();
         for (k, v) in &r.hydra.env_set {
@@ -452,8 +471,7 @@ impl SweepLayout {
         static CWD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
         let cwd = CWD.get_or_init(|| std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default());
         runtime.insert("cwd".into(), cwd.clone().into());
-        runtime
-            .insert("output_dir".into(), dir.map(|d| Value::String(d.display().to_string())).unwrap_or_else(unknown));
+        runtime.insert("output_dir".into(), values.output_dir);
         m.insert("runtime".into(), Value::Mapping(runtime));
         m
     }
@@ -475,6 +493,157 @@ impl SweepLayout {
         }
         Value::Mapping(m)
     }
+}
+
+/// The values of `hydra` that differ from job to job.
+struct PerJob {
+    task: Vec<Value>,
+    override_dirname: Value,
+    id: Value,
+    num: Value,
+    output_dir: Value,
+}
+
+/// Plain scalars standing where a job's values go in the per-job template.
+const MARK_TASK: &str = "orchestrator-marker-task";
+const MARK_DIRNAME: &str = "orchestrator-marker-override-dirname";
+const MARK_ID: &str = "orchestrator-marker-id";
+const MARK_NUM: &str = "orchestrator-marker-num";
+const MARK_DIR: &str = "orchestrator-marker-output-dir";
+
+impl PerJob {
+    fn markers() -> PerJob {
+        PerJob {
+            task: vec![MARK_TASK.into()],
+            override_dirname: MARK_DIRNAME.into(),
+            id: MARK_ID.into(),
+            num: MARK_NUM.into(),
+            output_dir: MARK_DIR.into(),
+        }
+    }
+}
+
+/// `hydra.yaml` rendered once per sweep (see `SweepLayout::hydra_yaml`).
+#[derive(Debug, Clone)]
+pub(crate) struct HydraText {
+    shared: String,
+    /// `None` if a marker was not found exactly once (a static value that contains one).
+    own: Option<PerJobTemplate>,
+}
+
+#[derive(Debug, Clone)]
+enum Piece {
+    Text(String),
+    /// One line per override, each starting with this (`    - `).
+    TaskItems(String),
+    OverrideDirname,
+    Id,
+    Num,
+    OutputDir,
+}
+
+/// The job-dependent half of `hydra.yaml` (after its `hydra:` line), split at the markers.
+#[derive(Debug, Clone)]
+struct PerJobTemplate {
+    pieces: Vec<Piece>,
+}
+
+impl PerJobTemplate {
+    fn parse(rendered: &str) -> Option<PerJobTemplate> {
+        let text = rendered.strip_prefix("hydra:\n")?;
+        let marks = [MARK_TASK, MARK_DIRNAME, MARK_ID, MARK_NUM, MARK_DIR];
+        if marks.iter().any(|m| text.matches(m).count() != 1) {
+            return None;
+        }
+        let mut found: Vec<(usize, &str)> = marks.iter().map(|m| (text.find(m).unwrap_or(0), *m)).collect();
+        found.sort();
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        for (pos, mark) in found {
+            let piece = match mark {
+                MARK_TASK => {
+                    // The whole `    - <marker>` line is replaced by one line per override.
+                    let line_start = text[..pos].rfind('\n').map_or(0, |i| i + 1);
+                    pieces.push(Piece::Text(text[at..line_start].to_string()));
+                    at = pos + mark.len() + 1; // and its newline
+                    if text.as_bytes().get(pos + mark.len()) != Some(&b'\n') {
+                        return None;
+                    }
+                    pieces.push(Piece::TaskItems(text[line_start..pos].to_string()));
+                    continue;
+                }
+                MARK_DIRNAME => Piece::OverrideDirname,
+                MARK_ID => Piece::Id,
+                MARK_NUM => Piece::Num,
+                _ => Piece::OutputDir,
+            };
+            pieces.push(Piece::Text(text[at..pos].to_string()));
+            pieces.push(piece);
+            at = pos + mark.len();
+        }
+        pieces.push(Piece::Text(text[at..].to_string()));
+        Some(PerJobTemplate { pieces })
+    }
+
+    /// `None` when a value cannot go in as a one-line scalar, or there are no overrides.
+    fn render(&self, layout: &SweepLayout, job: &JobOverrides, dir: &Path) -> Option<String> {
+        if job.items.is_empty() {
+            return None;
+        }
+        let mut out = String::with_capacity(1024);
+        for piece in &self.pieces {
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::TaskItems(prefix) => {
+                    for item in &job.items {
+                        out.push_str(prefix);
+                        out.push_str(&yaml_scalar(&item.display())?);
+                        out.push('\n');
+                    }
+                }
+                Piece::OverrideDirname => out.push_str(&yaml_scalar(&override_dirname(&job.items))?),
+                Piece::Id => out.push_str(&yaml_scalar(&layout.job_id(job.num))?),
+                Piece::Num => out.push_str(&job.num.to_string()),
+                Piece::OutputDir => out.push_str(&yaml_scalar(&dir.display().to_string())?),
+            }
+        }
+        Some(out)
+    }
+}
+
+/// `overrides.yaml`: the list of strings as `serde_yaml` writes it (a test checks).
+fn overrides_yaml(items: &[String]) -> String {
+    let mut out = String::with_capacity(items.iter().map(|s| s.len() + 3).sum());
+    for item in items {
+        match yaml_scalar(item) {
+            Some(s) => {
+                out.push_str("- ");
+                out.push_str(&s);
+                out.push('\n');
+            }
+            None => {
+                let list = Value::Sequence(items.iter().map(|s| Value::String(s.clone())).collect());
+                return serde_yaml::to_string(&list).unwrap_or_default();
+            }
+        }
+    }
+    if out.is_empty() { "[]\n".into() } else { out }
+}
+
+/// `s` as `serde_yaml` writes a string in block context, when that fits on one line: as is
+/// for the usual `key=value` and path-like strings, else as `serde_yaml` renders it alone
+/// (the style it picks for a string does not depend on where the string stands).
+fn yaml_scalar(s: &str) -> Option<std::borrow::Cow<'_, str>> {
+    // Safe as plain: starts with no indicator, has no space, quote, `:` or `#`, and holds
+    // `=` or `/`, so it cannot read as a number, bool or null.
+    let first_ok = s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'/');
+    let chars_ok = s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_./=,+-".contains(&b));
+    if first_ok && chars_ok && s.bytes().any(|b| b == b'=' || b == b'/') {
+        return Some(s.into());
+    }
+    let rendered = serde_yaml::to_string(&Value::String(s.to_string())).ok()?;
+    let line = rendered.strip_suffix('\n')?;
+    (!line.contains('\n')).then(|| line.to_string().into())
 }
 
 /// `{hydra: node}`.
@@ -625,7 +794,11 @@ mod tests {
         use crate::sweep::{ConfigInput, PreparedSweep, SweepRequest};
         let text = "hydra:\n  launcher:\n    n_jobs: 2\n  job:\n    env_set:\n      A: 'x: y'\nlr: 0.1\n";
         let config = ConfigInput::Text { text: text.into(), name: "t.yaml".into() };
-        let overrides = ["lr=1e-3,'a: b',[1,2]", "+name=\"quoted value\"", "hydra.launcher.verbose=3"];
+        let overrides = [
+            "lr=1e-3,'a: b',[1,2],true,'true',''",
+            "+name=\"quoted value\",\"x #y\",plain",
+            "hydra.launcher.verbose=3",
+        ];
         let mut req = SweepRequest::new(
             config,
             overrides.iter().map(|s| s.to_string()).collect(),
@@ -635,16 +808,48 @@ mod tests {
         req.multirun = true;
         let prepared = PreparedSweep::prepare(&req).unwrap();
         let layout = &prepared.layout;
+        let odd_dirs = ["/tmp/a b/it's: #1", "/tmp/ünï/ç", "relative/dir", "/tmp/two\nlines", "-"];
         for n in 0..prepared.plan.len() {
             let job = prepared.plan.job(n).unwrap();
-            let dir = layout.abs_dir.join(n.to_string());
-            let whole = serde_yaml::to_string(&hydra_doc(match layout.hydra_node(Some(&job), Some(&dir)) {
-                Value::Mapping(m) => m,
-                _ => unreachable!(),
-            }))
-            .unwrap();
-            assert_eq!(layout.hydra_yaml(&job, &dir).unwrap(), whole, "job {n}");
+            let display: Vec<String> = job.items.iter().map(|o| o.display()).collect();
+            let list = Value::Sequence(display.iter().map(|s| Value::String(s.clone())).collect());
+            assert_eq!(overrides_yaml(&display), serde_yaml::to_string(&list).unwrap());
+            let dirs = std::iter::once(layout.abs_dir.join(n.to_string())).chain(odd_dirs.iter().map(PathBuf::from));
+            for dir in dirs {
+                let whole = serde_yaml::to_string(&hydra_doc(match layout.hydra_node(Some(&job), Some(&dir)) {
+                    Value::Mapping(m) => m,
+                    _ => unreachable!(),
+                }))
+                .unwrap();
+                assert_eq!(layout.hydra_yaml(&job, &dir).unwrap(), whole, "job {n} in {dir:?}");
+            }
         }
-        assert!(layout.hydra_static_text.get().is_some());
+        assert!(layout.hydra_text.get().is_some_and(|t| t.own.is_some()), "the template is used");
+    }
+
+    #[test]
+    fn overrides_yaml_handles_empty_and_multiline_lists() {
+        assert_eq!(overrides_yaml(&[]), "[]\n");
+        let odd = vec!["a=1".to_string(), "b=x\ny".to_string()];
+        let list = Value::Sequence(odd.iter().map(|s| Value::String(s.clone())).collect());
+        assert_eq!(overrides_yaml(&odd), serde_yaml::to_string(&list).unwrap());
+    }
+
+    proptest::proptest! {
+        /// The one-line rendering stands for the string wherever `serde_yaml` would put it
+        /// in block context (a mapping value, a sequence item), byte for byte.
+        #[test]
+        fn yaml_scalar_is_what_serde_yaml_writes(s in "[a-zA-Z0-9_./=,+ :#'\"!&*|>%@`~?{}\\[\\]\\-\t\né]{0,12}") {
+            let v = Value::String(s.clone());
+            let mut m = Mapping::new();
+            m.insert("k".into(), v.clone());
+            m.insert("l".into(), Value::Sequence(vec![v]));
+            let expected = serde_yaml::to_string(&Value::Mapping(m)).unwrap();
+            if let Some(sc) = yaml_scalar(&s) {
+                proptest::prop_assert_eq!(format!("k: {sc}\nl:\n- {sc}\n"), expected);
+            } else {
+                proptest::prop_assert!(s.contains('\n') || expected.matches('\n').count() > 3, "{expected:?}");
+            }
+        }
     }
 }

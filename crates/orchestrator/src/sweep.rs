@@ -397,7 +397,7 @@ impl PreparedSweep {
             started,
             n_jobs,
             large: None,
-            hydra_static_text: Default::default(),
+            hydra_text: Default::default(),
         };
         if total > 0 {
             let job0 = plan.job(0).ok_or_else(|| SetupError::Invalid("the sweep has no job 0".into()))?;
