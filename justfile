@@ -17,3 +17,11 @@ lint:
 # The spawn benchmark against xargs, GNU parallel and a posix_spawn floor.
 bench:
     bash bench/spawn.sh
+
+# The seed's app under Hydra's joblib launcher and under orchestrator.
+bench-hydra:
+    bash bench/hydra.sh
+
+# One large argument shared by many jobs, against a dd+xargs floor and joblib.
+bench-spill:
+    bash bench/spill.sh

@@ -43,7 +43,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CONFIG=$REPO/config/joblib.yaml
 RESULTS_DIR=$REPO/bench/results
 
-# log, die, apt_install
+# log, die, apt_install, run_timed, verify_orchestrator_tree, stats
 # shellcheck source=bench/lib.sh
 source "$REPO/bench/lib.sh"
 
@@ -82,30 +82,6 @@ ensure_orchestrator() {
 }
 
 # --- measuring ---------------------------------------------------------------------------
-
-# run_timed NAME CMD...: run CMD once under GNU time, append "wall_seconds rss_kib" to
-# $WORK/NAME.samples; stdout and stderr go to $WORK/NAME.log. Fails if CMD fails or
-# outlives RUN_TIMEOUT (then it gets SIGTERM, and SIGKILL 10 s later).
-run_timed() {
-    local name=$1 t0 t1 rc=0
-    shift
-    t0=$EPOCHREALTIME
-    /usr/bin/time -f '%M' -o "$WORK/$name.rss" timeout -k 10 "$RUN_TIMEOUT" "$@" \
-        >"$WORK/$name.log" 2>&1 || rc=$?
-    t1=$EPOCHREALTIME
-    if ((rc == 124 || rc == 137)); then
-        log "--- $name output (last 20 lines):"
-        tail -n 20 "$WORK/$name.log" >&2
-        die "$name still running after RUN_TIMEOUT=${RUN_TIMEOUT}s: killed (hung?)"
-    elif ((rc != 0)); then
-        log "--- $name exited $rc; its output (last 20 lines):"
-        tail -n 20 "$WORK/$name.log" >&2
-        die "$name failed"
-    fi
-    # -o holds the %M line, after any "Command exited with non-zero status" line.
-    echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }') $(tail -n 1 "$WORK/$name.rss")" \
-        >>"$WORK/$name.samples"
-}
 
 # Each bench_* function runs its tool once: run_timed, then any checks and cleanup.
 bench_floor() {
@@ -150,41 +126,6 @@ bench_orchestrator() {
 # filesystem (whose cost for 12,000 new inodes varies with its history: see the README).
 bench_orchestrator_tmpfs() {
     run_orchestrator orchestrator_tmpfs "$SHM_WORK"
-}
-
-# Fail loudly unless orchestrator left exactly one sweep dir with N job dirs and N
-# successful lines in jobs.jsonl: a run that did nothing must not look fast.
-verify_orchestrator_tree() {
-    local dir=$1 sweeps sweep jsonl lines ok nums jobdirs leftover
-    mapfile -t sweeps < <(find "$dir/multirun" -mindepth 2 -maxdepth 2 -type d 2>/dev/null)
-    ((${#sweeps[@]} == 1)) ||
-        die "orchestrator: expected one sweep dir multirun/<date>/<time>/ in $dir, found ${#sweeps[@]}"
-    sweep=${sweeps[0]}
-    jsonl=$sweep/jobs.jsonl
-    [[ -f $jsonl ]] || die "orchestrator: no jobs.jsonl in $sweep"
-    lines=$(wc -l <"$jsonl")
-    ok=$(grep -c '"status":"succeeded"' "$jsonl" || true)
-    nums=$(grep -o '"num":[0-9]*' "$jsonl" | sort -u | wc -l)
-    jobdirs=$(find "$sweep" -mindepth 3 -maxdepth 3 -path '*/.hydra/config.yaml' | wc -l)
-    ((lines == N)) || die "orchestrator: jobs.jsonl has $lines lines, expected $N"
-    ((nums == N)) || die "orchestrator: jobs.jsonl has $nums distinct job numbers, expected $N"
-    ((ok == N)) || die "orchestrator: $ok of $N jobs in jobs.jsonl have status succeeded"
-    ((jobdirs == N)) || die "orchestrator: $jobdirs job dirs with .hydra/config.yaml, expected $N"
-    # Jobs run with their job dir as cwd: any process still there was left behind.
-    leftover=$(find /proc/[0-9]*/cwd -maxdepth 0 -lname "$dir/*" 2>/dev/null | wc -l || true)
-    ((leftover == 0)) || log "warning: $leftover process(es) still running in $dir after orchestrator exited"
-    leftover=$(grep -o '"leftover_processes":[1-9][0-9]*' "$jsonl" | wc -l || true)
-    ((leftover == 0)) || log "warning: jobs.jsonl reports leftover processes for $leftover job(s)"
-}
-
-# stats NAME: "median min max peak_rss_kib" over NAME's samples.
-stats() {
-    sort -g "$WORK/$1.samples" | awk '
-        { t[NR] = $1; if ($2 > rss) rss = $2 }
-        END {
-            m = (NR % 2) ? t[(NR + 1) / 2] : (t[NR / 2] + t[NR / 2 + 1]) / 2
-            printf "%.3f %.3f %.3f %d\n", m, t[1], t[NR], rss
-        }'
 }
 
 # --- main --------------------------------------------------------------------------------

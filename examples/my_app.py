@@ -14,7 +14,7 @@ log = logging.getLogger("__main__")
 
 
 def parse_overrides(argv):
-    cfg = {"task": 1}
+    cfg = {"task": 1, "sleep": 1}
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep:
@@ -29,7 +29,8 @@ def parse_overrides(argv):
 
 def my_app(cfg):
     log.info(f"Process ID {os.getpid()} executing task {cfg['task']} ...")
-    time.sleep(1)
+    # `sleep=0` makes it a no-op job (the Hydra comparison in bench/hydra.sh uses that).
+    time.sleep(float(cfg.get("sleep", 1)))
 
 
 if __name__ == "__main__":

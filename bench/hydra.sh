@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# hydra.sh: orchestrator against Hydra's own joblib launcher, on the seed's example app.
+#
+# N jobs of the seed's `my_app` with `sleep=0` (it logs one line and returns), 2 slots,
+# timed for:
+#   hydra            python bench/hydra_app/my_app.py --multirun task=range(1,N+1) sleep=0
+#                    hydra.launcher.n_jobs=2: Hydra 1.3 with hydra-joblib-launcher, in a
+#                    venv; the app runs in 2 reused loky worker processes
+#   orchestrator_py  orchestrator run --config config/joblib.yaml --multirun task=1..N sleep=0
+#                    hydra.launcher.params.joblib.n_jobs=2 --quiet -- python3 examples/my_app.py:
+#                    the same app without Hydra, one python3 process per job
+#   orchestrator     the same sweep of `true`: what orchestrator itself costs per job
+# All three write the same Hydra tree (per job .hydra/{config,overrides,hydra}.yaml and a
+# log); each run is checked to have left N job dirs.
+#
+# Each tool runs REPS times (interleaved) after one untimed warm-up; the table shows the
+# median wall time, the peak RSS (GNU time's %M: the largest single process of the tree)
+# and each tool's speed-up over hydra. It goes to stdout and bench/results/hydra-<date>.md.
+#
+# Environment:
+#   N=200             jobs per run (Hydra takes about 65 ms per job here: 200 is ~13 s)
+#   REPS=3            timed repetitions per tool
+#   ORCH=path         orchestrator binary (default: build target/release/orchestrator)
+#   VENV=path         venv for Hydra (default: bench/.venv-hydra, created if missing:
+#                     pip install hydra-core hydra-joblib-launcher)
+#   RUN_TIMEOUT=600   seconds before one run of a tool counts as hung
+#   TMPDIR=/tmp       where the temp dir goes, and with it every tool's output tree
+#
+# Timings are information, never a pass/fail test.
+set -euo pipefail
+export LC_ALL=C # '.' as the decimal separator in $EPOCHREALTIME and awk
+
+N=${N:-200}
+REPS=${REPS:-3}
+SLOTS=2
+RUN_TIMEOUT=${RUN_TIMEOUT:-600}
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CONFIG=$REPO/config/joblib.yaml
+VENV=${VENV:-$REPO/bench/.venv-hydra}
+RESULTS_DIR=$REPO/bench/results
+
+# log, die, apt_install, run_timed, verify_orchestrator_tree, stats
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
+
+[[ $N =~ ^[1-9][0-9]*$ ]] || die "N must be a positive integer (got '$N')"
+[[ $REPS =~ ^[1-9][0-9]*$ ]] || die "REPS must be a positive integer (got '$REPS')"
+[[ $RUN_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "RUN_TIMEOUT must be a positive integer (got '$RUN_TIMEOUT')"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/hydra-bench.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
+ensure_tools() {
+    command -v python3 >/dev/null || apt_install python3 python3-venv
+    /usr/bin/time --version 2>&1 | grep -q GNU || apt_install time
+    PY=$VENV/bin/python
+    if ! { [[ -x $PY ]] && "$PY" -c 'import hydra, hydra_plugins.hydra_joblib_launcher' 2>/dev/null; }; then
+        log "creating venv $VENV (pip install hydra-core hydra-joblib-launcher)"
+        rm -rf -- "$VENV"
+        python3 -m venv "$VENV" || die "python3 -m venv $VENV failed (Debian: apt-get install python3-venv)"
+        "$VENV/bin/pip" install -q --disable-pip-version-check hydra-core hydra-joblib-launcher ||
+            die "pip install hydra-core hydra-joblib-launcher failed"
+        "$PY" -c 'import hydra, hydra_plugins.hydra_joblib_launcher' ||
+            die "hydra or its joblib launcher is not importable in $VENV"
+    fi
+    if [[ -z ${ORCH:-} ]]; then
+        ORCH=$REPO/target/release/orchestrator
+        log "cargo build --release -p orchestrator-cli"
+        (cd "$REPO" && cargo build --release -q -p orchestrator-cli) || die "orchestrator does not build"
+    fi
+    [[ -x $ORCH ]] || die "ORCH=$ORCH is not an executable"
+    cp "$ORCH" "$WORK/orchestrator"
+    ORCH=$WORK/orchestrator
+}
+
+# Hydra's tree: one sweep dir with N job dirs holding .hydra/config.yaml, and N "executing
+# task" lines in the job logs (Hydra writes no journal).
+verify_hydra_tree() {
+    local dir=$1 sweeps jobdirs lines
+    mapfile -t sweeps < <(find "$dir/multirun" -mindepth 2 -maxdepth 2 -type d 2>/dev/null)
+    ((${#sweeps[@]} == 1)) || die "hydra: expected one sweep dir multirun/<date>/<time>/ in $dir, found ${#sweeps[@]}"
+    jobdirs=$(find "${sweeps[0]}" -mindepth 3 -maxdepth 3 -path '*/.hydra/config.yaml' | wc -l)
+    ((jobdirs == N)) || die "hydra: $jobdirs job dirs with .hydra/config.yaml, expected $N"
+    lines=$(cat "${sweeps[0]}"/*/my_app.log | grep -c 'executing task' || true)
+    ((lines == N)) || die "hydra: $lines 'executing task' lines in the job logs, expected $N"
+}
+
+runs=0
+bench_hydra() {
+    local dir=$WORK/run-$((++runs))
+    mkdir "$dir"
+    (cd "$dir" && run_timed hydra "$PY" "$REPO/bench/hydra_app/my_app.py" --multirun "task=range(1,$((N + 1)))" \
+        sleep=0 "hydra.launcher.n_jobs=$SLOTS") </dev/null
+    verify_hydra_tree "$dir"
+}
+
+bench_orchestrator_py() {
+    local dir=$WORK/run-$((++runs))
+    mkdir "$dir"
+    (cd "$dir" && run_timed orchestrator_py "$ORCH" run --config "$CONFIG" --multirun "task=1..$N" sleep=0 \
+        "hydra.launcher.params.joblib.n_jobs=$SLOTS" --quiet -- python3 "$REPO/examples/my_app.py") </dev/null
+    verify_orchestrator_tree "$dir"
+}
+
+bench_orchestrator() {
+    local dir=$WORK/run-$((++runs))
+    mkdir "$dir"
+    (cd "$dir" && run_timed orchestrator "$ORCH" run --config "$CONFIG" --multirun "task=1..$N" sleep=0 \
+        "hydra.launcher.params.joblib.n_jobs=$SLOTS" --quiet -- true) </dev/null
+    verify_orchestrator_tree "$dir"
+}
+
+load_before=$(cut -d ' ' -f 1-3 /proc/loadavg)
+ensure_tools
+tools=(hydra orchestrator_py orchestrator)
+log "warm-up: ${tools[*]}"
+for tool in "${tools[@]}"; do
+    "bench_$tool"
+    rm -f "$WORK/$tool.samples"
+done
+for ((rep = 1; rep <= REPS; rep++)); do
+    log "rep $rep/$REPS"
+    for tool in "${tools[@]}"; do
+        "bench_$tool"
+    done
+done
+
+declare -A command_of=(
+    [hydra]="python bench/hydra_app/my_app.py --multirun task=range(1,$((N + 1))) sleep=0 hydra.launcher.n_jobs=$SLOTS"
+    [orchestrator_py]="orchestrator run --config config/joblib.yaml --multirun task=1..$N sleep=0 hydra.launcher.params.joblib.n_jobs=$SLOTS --quiet -- python3 examples/my_app.py"
+    [orchestrator]="the same sweep of true"
+)
+
+report() {
+    local tool median min max rss hydra_median git_rev
+    read -r hydra_median _ <<<"$(stats hydra)"
+    git_rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "?")
+    git -C "$REPO" diff --quiet HEAD 2>/dev/null || git_rev+=" (uncommitted changes)"
+    echo "# Hydra benchmark: $N jobs of the seed's my_app (sleep=0), $SLOTS slots"
+    echo
+    echo "- $(date '+%Y-%m-%d %H:%M:%S %z'); repo $git_rev"
+    echo "- $(nproc) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), Linux $(uname -r)"
+    echo "- load average before: $load_before; after: $(cut -d ' ' -f 1-3 /proc/loadavg)"
+    echo "- hydra-core $("$PY" -c 'import hydra; print(hydra.__version__)'), joblib" \
+        "$("$PY" -c 'import joblib; print(joblib.__version__)'), Python $("$PY" -c 'import platform; print(platform.python_version())');" \
+        "orchestrator's jobs run $(python3 --version)"
+    echo "- trees on $(df -PT "$WORK" | awk 'NR == 2 { print $2 }'); median of $REPS runs after 1 warm-up"
+    echo
+    echo "| tool | command | median wall (s) | min-max (s) | per job (ms) | peak RSS (MiB) | speed-up over hydra |"
+    echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
+    for tool in "${tools[@]}"; do
+        read -r median min max rss <<<"$(stats "$tool")"
+        printf "| %s | \`%s\` | %s |\n" "$tool" "${command_of[$tool]}" \
+            "$(awk -v m="$median" -v lo="$min" -v hi="$max" -v rss="$rss" -v h="$hydra_median" -v n="$N" \
+                'BEGIN { printf "%.3f | %.3f-%.3f | %.2f | %.1f | %.1fx", m, lo, hi, 1000 * m / n, rss / 1024, h / m }')"
+    done
+    echo
+    echo "Peak RSS is GNU time's %M: the largest single process of the tool's tree."
+    echo "Wall times of each run (s), in run order:"
+    echo
+    for tool in "${tools[@]}"; do
+        echo "- $tool: $(cut -d ' ' -f 1 "$WORK/$tool.samples" | paste -sd ' ')"
+    done
+}
+
+mkdir -p "$RESULTS_DIR"
+out=$RESULTS_DIR/hydra-$(date +%Y-%m-%d-%H%M%S).md
+report | tee "$out"
+log "written: $out"
