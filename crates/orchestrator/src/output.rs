@@ -42,22 +42,39 @@ impl Clock {
     }
 }
 
+/// The stamp of the last millisecond written: a job that floods its output writes many
+/// records per millisecond, and formatting the time was most of the cost of each.
+struct StampCache {
+    millis: i64,
+    text: String,
+}
+
 /// The job's log file.
 pub(crate) struct LogWriter {
     out: BufWriter<File>,
     clock: Clock,
+    stamp: StampCache,
 }
 
 impl LogWriter {
     pub(crate) fn new(file: File, clock: Clock) -> Self {
         // Small: most jobs write little, and a big record bypasses the buffer anyway.
-        LogWriter { out: BufWriter::with_capacity(8 * 1024, file), clock }
+        LogWriter {
+            out: BufWriter::with_capacity(8 * 1024, file),
+            clock,
+            stamp: StampCache { millis: i64::MIN, text: String::new() },
+        }
     }
 
     pub(crate) fn record(&mut self, at: DateTime<Utc>, tag: &str, bytes: &[u8]) -> io::Result<()> {
-        write!(self.out, "[{}][{tag}] ", self.clock.stamp(at))?;
-        self.out.write_all(bytes)?;
-        self.out.write_all(b"\n")
+        let millis = at.timestamp_millis();
+        if millis != self.stamp.millis {
+            self.stamp = StampCache { millis, text: self.clock.stamp(at) };
+        }
+        for piece in [b"[", self.stamp.text.as_bytes(), b"][", tag.as_bytes(), b"] ", bytes, b"\n"] {
+            self.out.write_all(piece)?;
+        }
+        Ok(())
     }
 
     /// A line from the supervisor itself (start, end, what it did to the job).
@@ -95,7 +112,7 @@ impl Framer {
         let at = Utc::now();
         let (full, piece) = self.tags();
         while !data.is_empty() {
-            match memchr(b'\n', data) {
+            match memchr::memchr(b'\n', data) {
                 Some(i) => {
                     let (line, rest) = (&data[..i], &data[i + 1..]);
                     if self.partial.is_empty() {
@@ -130,10 +147,6 @@ impl Framer {
         }
         Ok(())
     }
-}
-
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|b| *b == needle)
 }
 
 struct Sink<'a> {
@@ -285,5 +298,22 @@ mod tests {
         let (_, events) = frame(&[&big, b"\n"]).await;
         let sizes: Vec<(usize, bool)> = events.iter().map(|(l, c)| (l.len(), *c)).collect();
         assert_eq!(sizes, vec![(MAX_RECORD, false), (MAX_RECORD, false), (10, true)]);
+    }
+
+    #[test]
+    fn each_record_carries_its_own_millisecond() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let clock = Clock::new();
+        let mut log = LogWriter::new(file.reopen().unwrap(), clock);
+        let t0 = Utc::now();
+        let times = [t0, t0, t0 + chrono::Duration::milliseconds(1), t0 + chrono::Duration::seconds(61), t0];
+        for (i, t) in times.iter().enumerate() {
+            log.record(*t, "stdout", format!("line {i}").as_bytes()).unwrap();
+        }
+        log.flush().unwrap();
+        let text = std::fs::read_to_string(file.path()).unwrap();
+        let expected: String =
+            times.iter().enumerate().map(|(i, t)| format!("[{}][stdout] line {i}\n", clock.stamp(*t))).collect();
+        assert_eq!(text, expected);
     }
 }
