@@ -25,3 +25,7 @@ bench-hydra:
 # One large argument shared by many jobs, against a dd+xargs floor and joblib.
 bench-spill:
     bash bench/spill.sh
+
+# Capture throughput: jobs that flood stdout, against xargs and GNU parallel writing files.
+bench-flood:
+    bash bench/flood.sh

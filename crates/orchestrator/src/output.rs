@@ -7,7 +7,7 @@
 //! newline). The child's bytes are copied exactly, so non-UTF-8 output survives.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 
 use chrono::{DateTime, FixedOffset, Local, Utc};
 use tokio::io::AsyncReadExt;
@@ -51,16 +51,24 @@ struct StampCache {
 
 /// The job's log file.
 pub(crate) struct LogWriter {
-    out: BufWriter<File>,
+    file: File,
+    /// Records not yet written. It grows with what the job writes between flushes: a few
+    /// hundred bytes for most jobs, up to about [`FLUSH_AT`] for one that floods its output
+    /// (a fixed small buffer meant a write(2) per 8 KiB there).
+    buf: Vec<u8>,
     clock: Clock,
     stamp: StampCache,
 }
 
+/// Buffered records are written out once they reach this size (and at every flush).
+const FLUSH_AT: usize = 64 * 1024;
+
 impl LogWriter {
     pub(crate) fn new(file: File, clock: Clock) -> Self {
-        // Small: most jobs write little, and a big record bypasses the buffer anyway.
+        // Room for the start and end records without growing.
         LogWriter {
-            out: BufWriter::with_capacity(8 * 1024, file),
+            file,
+            buf: Vec::with_capacity(512),
             clock,
             stamp: StampCache { millis: i64::MIN, text: String::new() },
         }
@@ -72,19 +80,31 @@ impl LogWriter {
             self.stamp = StampCache { millis, text: self.clock.stamp(at) };
         }
         for piece in [b"[", self.stamp.text.as_bytes(), b"][", tag.as_bytes(), b"] ", bytes, b"\n"] {
-            self.out.write_all(piece)?;
+            self.buf.extend_from_slice(piece);
         }
-        Ok(())
+        if self.buf.len() >= FLUSH_AT { self.flush() } else { Ok(()) }
     }
 
     /// A line from the supervisor itself (start, end, what it did to the job).
     pub(crate) fn note(&mut self, text: &str) -> io::Result<()> {
         self.record(Utc::now(), "orchestrator", text.as_bytes())?;
-        self.out.flush()
+        self.flush()
     }
 
     pub(crate) fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let written = self.file.write_all(&self.buf);
+        self.buf.clear();
+        written
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        // Every path flushes explicitly; this only keeps what a panic left unwritten.
+        let _ = self.flush();
     }
 }
 
