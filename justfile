@@ -29,3 +29,11 @@ bench-spill:
 # Capture throughput: jobs that flood stdout, against xargs and GNU parallel writing files.
 bench-flood:
     bash bench/flood.sh
+
+# Supervisor memory on 1,000 to 100,000-job sweeps.
+bench-scale:
+    bash bench/scale.sh
+
+# Ctrl-C in the middle of a sweep: time to exit and processes left, against xargs, GNU parallel and Hydra.
+bench-interrupt:
+    bash bench/interrupt.sh
