@@ -65,6 +65,17 @@ ensure_peers() {
     /usr/bin/time --version 2>&1 | grep -q GNU || apt_install time
     parallel --version 2>/dev/null | grep -q 'GNU parallel' ||
         die "'parallel' is not GNU parallel (moreutils' parallel takes other arguments)"
+    # rust-parallel, a Rust peer (tokio, one process per line of input): RUST_PARALLEL, or
+    # on PATH, or built once from crates.io into bench/.tools (about a minute).
+    if [[ -z ${RUST_PARALLEL:-} ]]; then
+        RUST_PARALLEL=$(command -v rust-parallel || echo "$REPO/bench/.tools/bin/rust-parallel")
+    fi
+    if [[ ! -x $RUST_PARALLEL ]]; then
+        log "cargo install --locked rust-parallel --root bench/.tools"
+        cargo install -q --locked rust-parallel --root "$REPO/bench/.tools" ||
+            die "cannot build rust-parallel (set RUST_PARALLEL=path to use an installed one)"
+        RUST_PARALLEL=$REPO/bench/.tools/bin/rust-parallel
+    fi
 }
 
 ensure_orchestrator() {
@@ -94,6 +105,10 @@ bench_floor_arg() {
 
 bench_xargs() {
     run_timed xargs xargs -P "$SLOTS" -n 1 true <"$WORK/input"
+}
+
+bench_rust_parallel() {
+    run_timed rust_parallel "$RUST_PARALLEL" -j "$SLOTS" true <"$WORK/input"
 }
 
 bench_parallel() {
@@ -132,7 +147,7 @@ bench_orchestrator_tmpfs() {
 
 load_before=$(cut -d ' ' -f 1-3 /proc/loadavg) # before any build of ours
 ensure_peers
-tools=(floor floor_arg xargs parallel)
+tools=(floor floor_arg xargs rust_parallel parallel)
 if [[ $SKIP_ORCH == 1 ]]; then
     log "SKIP_ORCH=1: orchestrator left out"
 else
@@ -165,6 +180,7 @@ declare -A command_of=(
     [floor]="floor -n $N -P $SLOTS -- true"
     [floor_arg]="floor -n $N -P $SLOTS -- true task=1"
     [xargs]="seq $N \\| xargs -P$SLOTS -n1 true"
+    [rust_parallel]="seq $N \\| rust-parallel -j$SLOTS true"
     [parallel]="seq $N \\| parallel --will-cite -j$SLOTS true"
     [orchestrator]="orchestrator run --config config/joblib.yaml --multirun task=1..$N hydra.launcher.params.joblib.n_jobs=$SLOTS --quiet -- true"
     [orchestrator_tmpfs]="the same, run in a dir on /dev/shm"
@@ -179,6 +195,7 @@ version_of() {
     floor | floor_arg) v="cc $(cc -dumpversion)" ;;
     xargs) v=$(xargs --version | awk 'NR == 1 { print "findutils " $NF }') ;;
     parallel) v=$(parallel --version | awk 'NR == 1 { print $NF }') ;;
+    rust_parallel) v=$("$RUST_PARALLEL" --version | awk 'NR == 1 { print $NF }') ;;
     orchestrator*) v=$("$ORCH" --version 2>/dev/null | awk 'NR == 1 { print $NF }') ;;
     esac
     echo "${v:-?}"
