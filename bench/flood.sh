@@ -25,9 +25,9 @@ SLOTS=2
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CONFIG=$REPO/config/joblib.yaml
-RESULTS_DIR=$REPO/bench/results
 
-# log, die, apt_install, run_timed, verify_orchestrator_tree, stats
+# log, die, apt_install, run_timed, verify_orchestrator_tree, stats, ensure_orchestrator,
+# run_reps, report_header, run_times, publish
 # shellcheck source=bench/lib.sh
 source "$REPO/bench/lib.sh"
 
@@ -37,6 +37,7 @@ source "$REPO/bench/lib.sh"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/flood-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
+load_before=$(cut -d ' ' -f 1-3 /proc/loadavg) # before any build of ours
 SIZE=$((SIZE_MIB * 1024 * 1024))
 LINE=$(printf '%099d' 0) # 99 characters + the newline `yes` adds
 JOB="yes $LINE | head -c $SIZE"
@@ -45,14 +46,7 @@ command -v cc >/dev/null || apt_install gcc libc6-dev
 command -v parallel >/dev/null || apt_install parallel
 /usr/bin/time --version 2>&1 | grep -q GNU || apt_install time
 parallel --version 2>/dev/null | grep -q 'GNU parallel' || die "'parallel' is not GNU parallel"
-if [[ -z ${ORCH:-} ]]; then
-    ORCH=$REPO/target/release/orchestrator
-    log "cargo build --release -p orchestrator-cli"
-    (cd "$REPO" && cargo build --release -q -p orchestrator-cli) || die "orchestrator does not build"
-fi
-[[ -x $ORCH ]] || die "ORCH=$ORCH is not an executable"
-cp "$ORCH" "$WORK/orchestrator"
-ORCH=$WORK/orchestrator
+ensure_orchestrator
 cc -O2 -o "$WORK/floor" "$REPO/bench/floor.c"
 seq "$N" >"$WORK/input"
 
@@ -94,19 +88,8 @@ bench_orchestrator() {
     rm -rf "$dir"
 }
 
-load_before=$(cut -d ' ' -f 1-3 /proc/loadavg)
 tools=(floor xargs parallel orchestrator)
-log "warm-up: ${tools[*]}"
-for tool in "${tools[@]}"; do
-    "bench_$tool"
-    rm -f "$WORK/$tool.samples"
-done
-for ((rep = 1; rep <= REPS; rep++)); do
-    log "rep $rep/$REPS"
-    for tool in "${tools[@]}"; do
-        "bench_$tool"
-    done
-done
+run_reps "${tools[@]}"
 
 declare -A what_of=(
     [floor]="stdout to /dev/null (nothing captured)"
@@ -116,15 +99,9 @@ declare -A what_of=(
 )
 
 report() {
-    local tool median min max rss floor_median git_rev
+    local tool median min max rss floor_median
     read -r floor_median _ <<<"$(stats floor)"
-    git_rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "?")
-    git -C "$REPO" diff --quiet HEAD 2>/dev/null || git_rev+=" (uncommitted changes)"
-    echo "# flood benchmark: $N jobs writing $SIZE_MIB MiB of 100-byte lines each, $SLOTS slots"
-    echo
-    echo "- $(date '+%Y-%m-%d %H:%M:%S %z'); repo $git_rev"
-    echo "- $(nproc) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), Linux $(uname -r)"
-    echo "- load average before: $load_before; after: $(cut -d ' ' -f 1-3 /proc/loadavg)"
+    report_header "flood benchmark: $N jobs writing $SIZE_MIB MiB of 100-byte lines each, $SLOTS slots"
     echo "- output on $(df -PT "$WORK" | awk 'NR == 2 { print $2 }'); median of $REPS runs after 1 warm-up"
     echo
     echo "| tool | output goes | median wall (s) | min-max (s) | MiB/s | peak RSS (MiB) | vs floor |"
@@ -136,14 +113,7 @@ report() {
                 'BEGIN { printf "%.3f | %.3f-%.3f | %.0f | %.1f | %.2fx", m, lo, hi, mib / m, rss / 1024, m / f }')"
     done
     echo
-    echo "Wall times of each run (s), in run order:"
-    echo
-    for tool in "${tools[@]}"; do
-        echo "- $tool: $(cut -d ' ' -f 1 "$WORK/$tool.samples" | paste -sd ' ')"
-    done
+    run_times "${tools[@]}"
 }
 
-mkdir -p "$RESULTS_DIR"
-out=$RESULTS_DIR/flood-$(date +%Y-%m-%d-%H%M%S).md
-report | tee "$out"
-log "written: $out"
+publish flood

@@ -37,9 +37,9 @@ RUN_TIMEOUT=${RUN_TIMEOUT:-600}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CONFIG=$REPO/config/joblib.yaml
 VENV=${VENV:-$REPO/bench/.venv-hydra}
-RESULTS_DIR=$REPO/bench/results
 
-# log, die, apt_install, run_timed, verify_orchestrator_tree, stats
+# log, die, apt_install, run_timed, verify_orchestrator_tree, stats, ensure_orchestrator,
+# run_reps, report_header, run_times, publish
 # shellcheck source=bench/lib.sh
 source "$REPO/bench/lib.sh"
 
@@ -63,14 +63,7 @@ ensure_tools() {
         "$PY" -c 'import hydra, hydra_plugins.hydra_joblib_launcher' ||
             die "hydra or its joblib launcher is not importable in $VENV"
     fi
-    if [[ -z ${ORCH:-} ]]; then
-        ORCH=$REPO/target/release/orchestrator
-        log "cargo build --release -p orchestrator-cli"
-        (cd "$REPO" && cargo build --release -q -p orchestrator-cli) || die "orchestrator does not build"
-    fi
-    [[ -x $ORCH ]] || die "ORCH=$ORCH is not an executable"
-    cp "$ORCH" "$WORK/orchestrator"
-    ORCH=$WORK/orchestrator
+    ensure_orchestrator
 }
 
 # Hydra's tree: one sweep dir with N job dirs holding .hydra/config.yaml, and N "executing
@@ -113,17 +106,7 @@ bench_orchestrator() {
 load_before=$(cut -d ' ' -f 1-3 /proc/loadavg)
 ensure_tools
 tools=(hydra orchestrator_py orchestrator)
-log "warm-up: ${tools[*]}"
-for tool in "${tools[@]}"; do
-    "bench_$tool"
-    rm -f "$WORK/$tool.samples"
-done
-for ((rep = 1; rep <= REPS; rep++)); do
-    log "rep $rep/$REPS"
-    for tool in "${tools[@]}"; do
-        "bench_$tool"
-    done
-done
+run_reps "${tools[@]}"
 
 declare -A command_of=(
     [hydra]="python bench/hydra_app/my_app.py --multirun task=range(1,$((N + 1))) sleep=0 hydra.launcher.n_jobs=$SLOTS"
@@ -132,15 +115,9 @@ declare -A command_of=(
 )
 
 report() {
-    local tool median min max rss hydra_median git_rev
+    local tool median min max rss hydra_median
     read -r hydra_median _ <<<"$(stats hydra)"
-    git_rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "?")
-    git -C "$REPO" diff --quiet HEAD 2>/dev/null || git_rev+=" (uncommitted changes)"
-    echo "# Hydra benchmark: $N jobs of the seed's my_app (sleep=0), $SLOTS slots"
-    echo
-    echo "- $(date '+%Y-%m-%d %H:%M:%S %z'); repo $git_rev"
-    echo "- $(nproc) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), Linux $(uname -r)"
-    echo "- load average before: $load_before; after: $(cut -d ' ' -f 1-3 /proc/loadavg)"
+    report_header "Hydra benchmark: $N jobs of the seed's my_app (sleep=0), $SLOTS slots"
     echo "- hydra-core $("$PY" -c 'import hydra; print(hydra.__version__)'), joblib" \
         "$("$PY" -c 'import joblib; print(joblib.__version__)'), Python $("$PY" -c 'import platform; print(platform.python_version())');" \
         "orchestrator's jobs run $(python3 --version)"
@@ -156,14 +133,7 @@ report() {
     done
     echo
     echo "Peak RSS is GNU time's %M: the largest single process of the tool's tree."
-    echo "Wall times of each run (s), in run order:"
-    echo
-    for tool in "${tools[@]}"; do
-        echo "- $tool: $(cut -d ' ' -f 1 "$WORK/$tool.samples" | paste -sd ' ')"
-    done
+    run_times "${tools[@]}"
 }
 
-mkdir -p "$RESULTS_DIR"
-out=$RESULTS_DIR/hydra-$(date +%Y-%m-%d-%H%M%S).md
-report | tee "$out"
-log "written: $out"
+publish hydra

@@ -31,24 +31,18 @@ SKIP_HYDRA=${SKIP_HYDRA:-0}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CONFIG=$REPO/config/joblib.yaml
 VENV=${VENV:-$REPO/bench/.venv-hydra}
-RESULTS_DIR=$REPO/bench/results
 
-# log, die, apt_install, ...
+# log, die, apt_install, ensure_orchestrator, report_header, publish
 # shellcheck source=bench/lib.sh
 source "$REPO/bench/lib.sh"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/interrupt-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
+load_before=$(cut -d ' ' -f 1-3 /proc/loadavg)
 
 command -v parallel >/dev/null || apt_install parallel
 command -v setsid >/dev/null || apt_install util-linux
-if [[ -z ${ORCH:-} ]]; then
-    ORCH=$REPO/target/release/orchestrator
-    log "cargo build --release -p orchestrator-cli"
-    (cd "$REPO" && cargo build --release -q -p orchestrator-cli) || die "orchestrator does not build"
-fi
-cp "$ORCH" "$WORK/orchestrator"
-ORCH=$WORK/orchestrator
+ensure_orchestrator
 PY=$VENV/bin/python
 if [[ $SKIP_HYDRA != 1 ]] && ! "$PY" -c 'import hydra, hydra_plugins.hydra_joblib_launcher' 2>/dev/null; then
     die "no Hydra in $VENV: run bench/hydra.sh once (it creates the venv), or SKIP_HYDRA=1"
@@ -155,10 +149,8 @@ done
 
 report() {
     local tool
-    echo "# interrupt benchmark: SIGINT to the launcher's process group ${WAIT_S} s into a sweep of 6 jobs, 2 slots"
-    echo
-    echo "- $(date '+%Y-%m-%d %H:%M:%S %z'); repo $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "?")"
-    echo "- $(nproc) cores, Linux $(uname -r); $REPS runs each; \"hung\" = still running ${HANG_S} s after SIGINT"
+    report_header "interrupt benchmark: SIGINT to the launcher's process group ${WAIT_S} s into a sweep of 6 jobs, 2 slots"
+    echo "- $REPS runs each; \"hung\" = still running ${HANG_S} s after SIGINT"
     echo
     echo "| jobs | launcher | SIGINT to exit (s), each run | exit status | processes left behind, each run |"
     echo "| --- | --- | --- | --- | --- |"
@@ -170,7 +162,4 @@ report() {
     done
 }
 
-mkdir -p "$RESULTS_DIR"
-out=$RESULTS_DIR/interrupt-$(date +%Y-%m-%d-%H%M%S).md
-report | tee "$out"
-log "written: $out"
+publish interrupt

@@ -84,3 +84,67 @@ stats() {
             printf "%.3f %.3f %.3f %d\n", m, t[1], t[NR], rss
         }'
 }
+
+# ensure_orchestrator: ORCH, or target/release/orchestrator built now; copied into $WORK
+# (and ORCH pointed at the copy) so that a rebuild during the run cannot swap it.
+ensure_orchestrator() {
+    if [[ -z ${ORCH:-} ]]; then
+        ORCH=$REPO/target/release/orchestrator
+        log "cargo build --release -p orchestrator-cli"
+        (cd "$REPO" && cargo build --release -q -p orchestrator-cli) ||
+            die "orchestrator does not build (ORCH=path runs a given binary)"
+    fi
+    [[ -x $ORCH ]] || die "ORCH=$ORCH is not an executable"
+    cp "$ORCH" "$WORK/orchestrator"
+    ORCH=$WORK/orchestrator
+}
+
+# run_reps TOOL...: bench_TOOL for each TOOL once untimed (a warm-up: its samples are
+# dropped), then REPS rounds, interleaved (round 1 of every tool, then round 2, ...) so that
+# a slow phase of the machine hits all the tools alike.
+run_reps() {
+    local tool rep
+    log "warm-up: $*"
+    for tool in "$@"; do
+        "bench_$tool"
+        rm -f "$WORK/$tool.samples"
+    done
+    for ((rep = 1; rep <= REPS; rep++)); do
+        log "rep $rep/$REPS"
+        for tool in "$@"; do
+            "bench_$tool"
+        done
+    done
+}
+
+# report_header TITLE: the lines every report starts with. Uses load_before, read by the
+# script before it built or ran anything.
+report_header() {
+    local git_rev
+    git_rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "?")
+    git -C "$REPO" diff --quiet HEAD 2>/dev/null || git_rev+=" (uncommitted changes)"
+    echo "# $1"
+    echo
+    echo "- $(date '+%Y-%m-%d %H:%M:%S %z'); repo $git_rev"
+    echo "- $(nproc) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), Linux $(uname -r)"
+    echo "- load average before: ${load_before:-?}; after: $(cut -d ' ' -f 1-3 /proc/loadavg)"
+}
+
+# run_times TOOL...: the wall time of every run of each TOOL, in run order.
+run_times() {
+    local tool
+    echo "Wall times of each run (s), in run order:"
+    echo
+    for tool in "$@"; do
+        echo "- $tool: $(cut -d ' ' -f 1 "$WORK/$tool.samples" | paste -sd ' ')"
+    done
+}
+
+# publish NAME: the script's `report` to stdout and to bench/results/NAME-<date>-<time>.md.
+publish() {
+    local out
+    mkdir -p "$REPO/bench/results"
+    out=$REPO/bench/results/$1-$(date +%Y-%m-%d-%H%M%S).md
+    report | tee "$out"
+    log "written: $out"
+}

@@ -19,10 +19,10 @@ SLOTS=2
 RUN_TIMEOUT=${RUN_TIMEOUT:-900}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CONFIG=$REPO/config/joblib.yaml
-RESULTS_DIR=$REPO/bench/results
 TREE_DIR=${TREE_DIR:-/dev/shm}
 
-# log, die, apt_install, run_timed, verify_orchestrator_tree, stats
+# log, die, apt_install, run_timed, verify_orchestrator_tree, stats, ensure_orchestrator,
+# report_header, publish
 # shellcheck source=bench/lib.sh
 source "$REPO/bench/lib.sh"
 
@@ -31,16 +31,10 @@ for n in $SIZES; do
 done
 WORK=$(mktemp -d "$TREE_DIR/scale-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
+load_before=$(cut -d ' ' -f 1-3 /proc/loadavg)
 
 /usr/bin/time --version 2>&1 | grep -q GNU || apt_install time
-if [[ -z ${ORCH:-} ]]; then
-    ORCH=$REPO/target/release/orchestrator
-    log "cargo build --release -p orchestrator-cli"
-    (cd "$REPO" && cargo build --release -q -p orchestrator-cli) || die "orchestrator does not build"
-fi
-[[ -x $ORCH ]] || die "ORCH=$ORCH is not an executable"
-cp "$ORCH" "$WORK/orchestrator"
-ORCH=$WORK/orchestrator
+ensure_orchestrator
 
 # peak_rss_kib PID: VmHWM of PID, polled until it exits (the last value read is the peak:
 # VmHWM only grows). Prints the value in KiB. After RUN_TIMEOUT seconds PID gets SIGTERM.
@@ -83,10 +77,7 @@ for N in $SIZES; do
 done
 
 report() {
-    echo "# scale benchmark: sweeps of \`true\`, $SLOTS slots"
-    echo
-    echo "- $(date '+%Y-%m-%d %H:%M:%S %z'); repo $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "?")"
-    echo "- $(nproc) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), Linux $(uname -r)"
+    report_header "scale benchmark: sweeps of \`true\`, $SLOTS slots"
     echo "- orchestrator's trees on $(df -PT "$WORK" | awk 'NR == 2 { print $2 }'), one run per size"
     echo
     echo "| jobs | orchestrator wall (s) | per job (ms) | supervisor peak RSS (MiB) | xargs wall (s) | xargs peak RSS (MiB) |"
@@ -94,7 +85,4 @@ report() {
     printf '%s\n' "${rows[@]}"
 }
 
-mkdir -p "$RESULTS_DIR"
-out=$RESULTS_DIR/scale-$(date +%Y-%m-%d-%H%M%S).md
-report | tee "$out"
-log "written: $out"
+publish scale

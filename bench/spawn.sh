@@ -41,9 +41,9 @@ RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 CLEAN_EACH_REP=${CLEAN_EACH_REP:-0}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CONFIG=$REPO/config/joblib.yaml
-RESULTS_DIR=$REPO/bench/results
 
-# log, die, apt_install, run_timed, verify_orchestrator_tree, stats
+# log, die, apt_install, run_timed, verify_orchestrator_tree, stats, ensure_orchestrator,
+# run_reps, report_header, run_times, publish
 # shellcheck source=bench/lib.sh
 source "$REPO/bench/lib.sh"
 
@@ -78,19 +78,6 @@ ensure_peers() {
     fi
 }
 
-ensure_orchestrator() {
-    if [[ -z ${ORCH:-} ]]; then
-        ORCH=$REPO/target/release/orchestrator
-        log "cargo build --release -p orchestrator-cli"
-        (cd "$REPO" && cargo build --release -q -p orchestrator-cli) ||
-            die "orchestrator does not build (SKIP_ORCH=1 measures the peers only)"
-    fi
-    [[ -x $ORCH ]] || die "ORCH=$ORCH is not an executable"
-    [[ -f $CONFIG ]] || die "config not found: $CONFIG"
-    # A copy, so that a rebuild during the benchmark cannot swap the binary between reps.
-    cp "$ORCH" "$WORK/orchestrator"
-    ORCH=$WORK/orchestrator
-}
 
 # --- measuring ---------------------------------------------------------------------------
 
@@ -152,6 +139,7 @@ if [[ $SKIP_ORCH == 1 ]]; then
     log "SKIP_ORCH=1: orchestrator left out"
 else
     ensure_orchestrator
+    [[ -f $CONFIG ]] || die "config not found: $CONFIG"
     tools+=(orchestrator)
     # A second orchestrator row with its trees on tmpfs, unless they are there already.
     if [[ $(df -PT /dev/shm 2>/dev/null | awk 'NR == 2 { print $2 }') == tmpfs &&
@@ -164,17 +152,7 @@ fi
 cc -O2 -o "$WORK/floor" "$REPO/bench/floor.c"
 seq "$N" >"$WORK/input"
 
-log "warm-up: ${tools[*]}"
-for tool in "${tools[@]}"; do
-    "bench_$tool"
-    rm -f "$WORK/$tool.samples"
-done
-for ((rep = 1; rep <= REPS; rep++)); do
-    log "rep $rep/$REPS"
-    for tool in "${tools[@]}"; do
-        "bench_$tool"
-    done
-done
+run_reps "${tools[@]}"
 
 declare -A command_of=(
     [floor]="floor -n $N -P $SLOTS -- true"
@@ -202,15 +180,8 @@ version_of() {
 }
 
 report() {
-    local tool median min max rss git_rev
-    git_rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "?")
-    git -C "$REPO" diff --quiet HEAD 2>/dev/null || git_rev+=" (uncommitted changes)"
-    echo "# spawn benchmark: $N jobs of \`true\`, $SLOTS slots"
-    echo
-    echo "- $(date '+%Y-%m-%d %H:%M:%S %z'); repo $git_rev"
-    echo "- $(nproc) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)," \
-        "Linux $(uname -r)"
-    echo "- load average before: $load_before; after: $(cut -d ' ' -f 1-3 /proc/loadavg)"
+    local tool median min max rss
+    report_header "spawn benchmark: $N jobs of \`true\`, $SLOTS slots"
     echo "- median of $REPS runs after 1 warm-up"
     if [[ $SKIP_ORCH != 1 ]]; then
         echo "- orchestrator's trees on $(df -PT "$WORK" | awk 'NR == 2 { print $2 }')" \
@@ -228,14 +199,7 @@ report() {
     done
     echo
     echo "Peak RSS is GNU time's %M: the largest single process of the tool's tree."
-    echo "Wall times of each run (s), in run order:"
-    echo
-    for tool in "${tools[@]}"; do
-        echo "- $tool: $(cut -d ' ' -f 1 "$WORK/$tool.samples" | paste -sd ' ')"
-    done
+    run_times "${tools[@]}"
 }
 
-mkdir -p "$RESULTS_DIR"
-out=$RESULTS_DIR/spawn-$(date +%Y-%m-%d-%H%M%S).md
-report | tee "$out"
-log "written: $out"
+publish spawn

@@ -50,7 +50,6 @@ SAMPLE_S=${SAMPLE_S:-0.05}
 RUN_TIMEOUT=${RUN_TIMEOUT:-600}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${VENV:-$REPO/bench/.venv-spill}
-RESULTS_DIR=$REPO/bench/results
 RSS_WARN_MIB=64
 
 # log, die, apt_install
@@ -476,14 +475,7 @@ report() {
         echo "- No orchestrator-spill-* dir in $TEMP_FOLDER after the last run."
     fi
     echo
-    echo "Wall times of each run (s), in run order:"
-    echo
-    for tool in "${tools[@]}"; do
-        echo "- $tool: $(cut -d ' ' -f 1 "$WORK/$tool.samples" | paste -sd ' ')"
-    done
+    run_times "${tools[@]}"
 }
 
-mkdir -p "$RESULTS_DIR"
-out=$RESULTS_DIR/spill-$(date +%Y-%m-%d-%H%M%S).md
-report | tee "$out"
-log "written: $out"
+publish spill
