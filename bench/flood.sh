@@ -73,7 +73,9 @@ bench_xargs() {
 bench_parallel() {
     local dir=$WORK/parallel
     run_timed parallel parallel --will-cite -j "$SLOTS" --results "$dir" "$JOB; : {}" <"$WORK/input"
-    check_bytes parallel $(find "$dir" -name stdout)
+    local files
+    mapfile -t files < <(find "$dir" -name stdout)
+    check_bytes parallel "${files[@]}"
     rm -rf "$dir"
 }
 

@@ -42,6 +42,7 @@ load_before=$(cut -d ' ' -f 1-3 /proc/loadavg)
 
 command -v parallel >/dev/null || apt_install parallel
 command -v setsid >/dev/null || apt_install util-linux
+command -v pgrep >/dev/null || apt_install procps
 ensure_orchestrator
 PY=$VENV/bin/python
 if [[ $SKIP_HYDRA != 1 ]] && ! "$PY" -c 'import hydra, hydra_plugins.hydra_joblib_launcher' 2>/dev/null; then
