@@ -169,6 +169,9 @@ fn every_bad_input_exits_2_with_a_clear_message_and_creates_nothing() {
     let cases = catalogue();
     assert!(cases.len() >= 30);
     let mut failures = Vec::new();
+    // Every message, word for word, as a reviewed snapshot: a change to what users read
+    // shows up in review.
+    let mut transcript = String::new();
     for c in cases {
         let sb = Sandbox::new();
         sb.write("plain.txt", "not a program");
@@ -199,8 +202,11 @@ fn every_bad_input_exits_2_with_a_clear_message_and_creates_nothing() {
         if !problems.is_empty() {
             failures.push(format!("{}: {}\n--- stderr:\n{stderr}", c.name, problems.join(", ")));
         }
+        let shown = stderr.replace(&sb.path().display().to_string(), "[SANDBOX]").replace(fixture(), "[FIXTURE]");
+        transcript.push_str(&format!("### {}: {}\n{shown}\n", c.name, c.args.join(" ")));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    insta::assert_snapshot!("bad_input_messages", transcript);
 }
 
 #[test]

@@ -98,3 +98,29 @@ fn children_get_the_default_sigpipe_behaviour() {
     assert!(!log.contains("Broken pipe"), "{log}");
     assert!(log.contains("][stdout] y\n"), "{log}");
 }
+
+/// What a user reads for a sweep with a failure, word for word (times, dates and durations
+/// replaced): Hydra's header, the jobs' lines, the failure as it happens, the summary.
+#[test]
+fn console_of_a_sweep_with_a_failure() {
+    let sb = Sandbox::new();
+    let out = sb
+        .cmd()
+        .args(["--multirun", "task=1,2,3", "hydra.launcher.params.joblib.n_jobs=1", "--"])
+        .args([fixture(), "fail-on", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let console = format!(
+        "--- stdout\n{}--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    insta::with_settings!({filters => vec![
+        (r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]", "[TIME]"),
+        (r"multirun/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d", "multirun/[DATE]/[TIME]"),
+        (r"in \d+\.\d+s", "in [DURATION]"),
+    ]}, {
+        insta::assert_snapshot!(console);
+    });
+}
