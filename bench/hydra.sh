@@ -38,7 +38,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CONFIG=$REPO/config/joblib.yaml
 VENV=${VENV:-$REPO/bench/.venv-hydra}
 
-# log, die, apt_install, run_timed, verify_orchestrator_tree, stats, ensure_orchestrator,
+# log, die, apt_install, run_timed, verify_job_dirs, verify_orchestrator_tree, stats, ensure_orchestrator,
 # run_reps, report_header, run_times, publish
 # shellcheck source=bench/lib.sh
 source "$REPO/bench/lib.sh"
@@ -69,12 +69,9 @@ ensure_tools() {
 # Hydra's tree: one sweep dir with N job dirs holding .hydra/config.yaml, and N "executing
 # task" lines in the job logs (Hydra writes no journal).
 verify_hydra_tree() {
-    local dir=$1 sweeps jobdirs lines
-    mapfile -t sweeps < <(find "$dir/multirun" -mindepth 2 -maxdepth 2 -type d 2>/dev/null)
-    ((${#sweeps[@]} == 1)) || die "hydra: expected one sweep dir multirun/<date>/<time>/ in $dir, found ${#sweeps[@]}"
-    jobdirs=$(find "${sweeps[0]}" -mindepth 3 -maxdepth 3 -path '*/.hydra/config.yaml' | wc -l)
-    ((jobdirs == N)) || die "hydra: $jobdirs job dirs with .hydra/config.yaml, expected $N"
-    lines=$(cat "${sweeps[0]}"/*/my_app.log | grep -c 'executing task' || true)
+    local lines
+    verify_job_dirs hydra "$1"
+    lines=$(cat "$SWEEP"/*/my_app.log | grep -c 'executing task' || true)
     ((lines == N)) || die "hydra: $lines 'executing task' lines in the job logs, expected $N"
 }
 

@@ -92,39 +92,38 @@ interrupt() {
     echo "$latency $status $left" >>"$WORK/$name.samples"
 }
 
-bench_helper_xargs() {
+# job_script KIND: what each job of KIND runs under sh (with the current $MARKER).
+job_script() {
+    case $1 in
+    helper) echo "sleep $MARKER & wait" ;;
+    stubborn) echo "trap '' INT TERM; sleep $MARKER" ;;
+    esac
+}
+
+# interrupt_TOOL KIND: a 6-job sweep of KIND under TOOL, interrupted (see interrupt).
+interrupt_xargs() {
     new_marker
     seq 6 >"$WORK/input"
-    interrupt helper_xargs sh -c "xargs -P2 -I{} sh -c 'sleep $MARKER & wait' <'$WORK/input'"
+    interrupt "$1_xargs" sh -c "xargs -P2 -I{} sh -c $(printf %q "$(job_script "$1")") <$(printf %q "$WORK/input")"
 }
 
-bench_helper_parallel() {
+interrupt_parallel() {
     new_marker
-    interrupt helper_parallel sh -c "seq 6 | parallel --will-cite -j2 'sleep $MARKER & wait; : {}'"
+    interrupt "$1_parallel" sh -c "seq 6 | parallel --will-cite -j2 $(printf %q "$(job_script "$1"); : {}")"
 }
 
-bench_helper_orchestrator() {
+interrupt_orchestrator() {
     new_marker
-    interrupt helper_orchestrator "$ORCH" run --config "$CONFIG" --multirun task=1..6 \
-        hydra.launcher.params.joblib.n_jobs=2 --quiet -- sh -c "sleep $MARKER & wait"
+    interrupt "$1_orchestrator" "$ORCH" run --config "$CONFIG" --multirun task=1..6 \
+        hydra.launcher.params.joblib.n_jobs=2 --quiet -- sh -c "$(job_script "$1")"
 }
 
-bench_stubborn_xargs() {
-    new_marker
-    seq 6 >"$WORK/input"
-    interrupt stubborn_xargs sh -c "xargs -P2 -I{} sh -c \"trap '' INT TERM; sleep $MARKER\" <'$WORK/input'"
-}
-
-bench_stubborn_parallel() {
-    new_marker
-    interrupt stubborn_parallel sh -c "seq 6 | parallel --will-cite -j2 \"trap '' INT TERM; sleep $MARKER; : {}\""
-}
-
-bench_stubborn_orchestrator() {
-    new_marker
-    interrupt stubborn_orchestrator "$ORCH" run --config "$CONFIG" --multirun task=1..6 \
-        hydra.launcher.params.joblib.n_jobs=2 --quiet -- sh -c "trap '' INT TERM; sleep $MARKER"
-}
+bench_helper_xargs() { interrupt_xargs helper; }
+bench_helper_parallel() { interrupt_parallel helper; }
+bench_helper_orchestrator() { interrupt_orchestrator helper; }
+bench_stubborn_xargs() { interrupt_xargs stubborn; }
+bench_stubborn_parallel() { interrupt_parallel stubborn; }
+bench_stubborn_orchestrator() { interrupt_orchestrator stubborn; }
 
 bench_python_app_hydra() {
     new_marker

@@ -50,24 +50,33 @@ run_timed() {
         >>"$WORK/$name.samples"
 }
 
+# verify_job_dirs TOOL DIR: DIR holds one sweep dir multirun/<date>/<time>/ with N job dirs
+# that have .hydra/config.yaml (Hydra's layout, which both Hydra and orchestrator write);
+# the sweep dir is left in SWEEP. Dies otherwise.
+verify_job_dirs() {
+    local tool=$1 dir=$2 sweeps jobdirs
+    mapfile -t sweeps < <(find "$dir/multirun" -mindepth 2 -maxdepth 2 -type d 2>/dev/null)
+    ((${#sweeps[@]} == 1)) ||
+        die "$tool: expected one sweep dir multirun/<date>/<time>/ in $dir, found ${#sweeps[@]}"
+    SWEEP=${sweeps[0]}
+    jobdirs=$(find "$SWEEP" -mindepth 3 -maxdepth 3 -path '*/.hydra/config.yaml' | wc -l)
+    ((jobdirs == N)) || die "$tool: $jobdirs job dirs with .hydra/config.yaml, expected $N"
+}
+
 # Fail loudly unless orchestrator left exactly one sweep dir with N job dirs and N
 # successful lines in jobs.jsonl: a run that did nothing must not look fast.
 verify_orchestrator_tree() {
-    local dir=$1 sweeps sweep jsonl lines ok nums jobdirs leftover
-    mapfile -t sweeps < <(find "$dir/multirun" -mindepth 2 -maxdepth 2 -type d 2>/dev/null)
-    ((${#sweeps[@]} == 1)) ||
-        die "orchestrator: expected one sweep dir multirun/<date>/<time>/ in $dir, found ${#sweeps[@]}"
-    sweep=${sweeps[0]}
+    local dir=$1 sweep jsonl lines ok nums leftover
+    verify_job_dirs orchestrator "$dir"
+    sweep=$SWEEP
     jsonl=$sweep/jobs.jsonl
     [[ -f $jsonl ]] || die "orchestrator: no jobs.jsonl in $sweep"
     lines=$(wc -l <"$jsonl")
     ok=$(grep -c '"status":"succeeded"' "$jsonl" || true)
     nums=$(grep -o '"num":[0-9]*' "$jsonl" | sort -u | wc -l)
-    jobdirs=$(find "$sweep" -mindepth 3 -maxdepth 3 -path '*/.hydra/config.yaml' | wc -l)
     ((lines == N)) || die "orchestrator: jobs.jsonl has $lines lines, expected $N"
     ((nums == N)) || die "orchestrator: jobs.jsonl has $nums distinct job numbers, expected $N"
     ((ok == N)) || die "orchestrator: $ok of $N jobs in jobs.jsonl have status succeeded"
-    ((jobdirs == N)) || die "orchestrator: $jobdirs job dirs with .hydra/config.yaml, expected $N"
     # Jobs run with their job dir as cwd: any process still there was left behind.
     leftover=$(find /proc/[0-9]*/cwd -maxdepth 0 -lname "$dir/*" 2>/dev/null | wc -l || true)
     ((leftover == 0)) || log "warning: $leftover process(es) still running in $dir after orchestrator exited"
