@@ -276,13 +276,8 @@ impl SweepLayout {
         }
         let config_path = hydra_dir.join("config.yaml");
         write_yaml(&config_path, &config)?;
-        let overrides_path = hydra_dir.join("overrides.yaml");
-        std::fs::write(&overrides_path, overrides_yaml(display)).map_err(io_err(&overrides_path))?;
-        let hydra_path = hydra_dir.join("hydra.yaml");
-        let hydra_text = self
-            .hydra_yaml(job, &dir)
-            .map_err(|e| LayoutError::Io { path: hydra_path.clone(), source: std::io::Error::other(e) })?;
-        std::fs::write(&hydra_path, hydra_text).map_err(io_err(&hydra_path))?;
+        write_text(&hydra_dir.join("overrides.yaml"), overrides_yaml(display))?;
+        write_text(&hydra_dir.join("hydra.yaml"), self.hydra_yaml(job, &dir))?;
 
         let (program, args) = self.argv(&replaced, &config, &dir, &argv_items);
         spec.program = program;
@@ -612,7 +607,7 @@ impl PerJobTemplate {
 }
 
 /// `overrides.yaml`: the list of strings as `serde_yaml` writes it (a test checks).
-fn overrides_yaml(items: &[String]) -> String {
+fn overrides_yaml(items: &[String]) -> Result<String, serde_yaml::Error> {
     let mut out = String::with_capacity(items.iter().map(|s| s.len() + 3).sum());
     for item in items {
         match yaml_scalar(item) {
@@ -623,11 +618,11 @@ fn overrides_yaml(items: &[String]) -> String {
             }
             None => {
                 let list = Value::Sequence(items.iter().map(|s| Value::String(s.clone())).collect());
-                return serde_yaml::to_string(&list).unwrap_or_default();
+                return serde_yaml::to_string(&list);
             }
         }
     }
-    if out.is_empty() { "[]\n".into() } else { out }
+    Ok(if out.is_empty() { "[]\n".into() } else { out })
 }
 
 /// `s` as `serde_yaml` writes a string in block context, when that fits on one line: as is
@@ -752,11 +747,16 @@ fn interpolate(template: &str, resolve: &dyn Fn(&str) -> Result<String, String>)
 
 fn write_yaml(path: &Path, value: &Value) -> Result<(), LayoutError> {
     let text = match value {
-        Value::Mapping(m) if m.is_empty() => "{}\n".to_string(),
-        Value::Sequence(s) if s.is_empty() => "[]\n".to_string(),
-        _ => serde_yaml::to_string(value)
-            .map_err(|e| LayoutError::Io { path: path.to_path_buf(), source: std::io::Error::other(e) })?,
+        Value::Mapping(m) if m.is_empty() => Ok("{}\n".to_string()),
+        Value::Sequence(s) if s.is_empty() => Ok("[]\n".to_string()),
+        _ => serde_yaml::to_string(value),
     };
+    write_text(path, text)
+}
+
+/// Write rendered YAML to `path`; a rendering or write error names the file.
+fn write_text(path: &Path, text: Result<String, serde_yaml::Error>) -> Result<(), LayoutError> {
+    let text = text.map_err(|e| LayoutError::Io { path: path.to_path_buf(), source: std::io::Error::other(e) })?;
     std::fs::write(path, text).map_err(io_err(path))
 }
 
@@ -813,7 +813,7 @@ mod tests {
             let job = prepared.plan.job(n).unwrap();
             let display: Vec<String> = job.items.iter().map(|o| o.display()).collect();
             let list = Value::Sequence(display.iter().map(|s| Value::String(s.clone())).collect());
-            assert_eq!(overrides_yaml(&display), serde_yaml::to_string(&list).unwrap());
+            assert_eq!(overrides_yaml(&display).unwrap(), serde_yaml::to_string(&list).unwrap());
             let dirs = std::iter::once(layout.abs_dir.join(n.to_string())).chain(odd_dirs.iter().map(PathBuf::from));
             for dir in dirs {
                 let whole = serde_yaml::to_string(&hydra_doc(match layout.hydra_node(Some(&job), Some(&dir)) {
@@ -829,10 +829,10 @@ mod tests {
 
     #[test]
     fn overrides_yaml_handles_empty_and_multiline_lists() {
-        assert_eq!(overrides_yaml(&[]), "[]\n");
+        assert_eq!(overrides_yaml(&[]).unwrap(), "[]\n");
         let odd = vec!["a=1".to_string(), "b=x\ny".to_string()];
         let list = Value::Sequence(odd.iter().map(|s| Value::String(s.clone())).collect());
-        assert_eq!(overrides_yaml(&odd), serde_yaml::to_string(&list).unwrap());
+        assert_eq!(overrides_yaml(&odd).unwrap(), serde_yaml::to_string(&list).unwrap());
     }
 
     proptest::proptest! {
