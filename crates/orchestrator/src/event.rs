@@ -13,7 +13,9 @@ pub enum Event {
         /// Job number.
         num: u64,
     },
-    /// The job was handed a slot and is about to start.
+    /// The job's process exists, in its slot. Whether it could run its program (its exec
+    /// can still fail: missing, not executable, no such working directory) is told by the
+    /// outcome in [`Event::Finished`] (`SpawnFailed`).
     Started {
         /// Job number.
         num: u64,

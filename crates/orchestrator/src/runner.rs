@@ -571,14 +571,20 @@ async fn run_job(
     }
     record.stdout_bytes = captured.stdout;
     record.stderr_bytes = captured.stderr;
-    record.outcome = match reaped {
-        Ok(r) => {
+    // A child that could not exec its program exited with 127 and left us its errno.
+    let exec_error = child.exec.failure().map(|e| spawn_error(&spec, &e));
+    if let Some(error) = &exec_error {
+        let _ = log.note(&format!("could not start {}: {error}", spec.program.to_string_lossy()));
+    }
+    record.outcome = match (reaped, exec_error) {
+        (Ok(_), Some(error)) => Outcome::SpawnFailed { error },
+        (Ok(r), None) => {
             record.user_cpu = r.user_cpu;
             record.sys_cpu = r.sys_cpu;
             record.max_rss_kib = r.max_rss_kib;
             outcome(r, cause, spec.timeout)
         }
-        Err(e) => Outcome::SpawnFailed { error: format!("lost track of pid {pid}: {e}") },
+        (Err(e), _) => Outcome::SpawnFailed { error: format!("lost track of pid {pid}: {e}") },
     };
     let elapsed = t0.elapsed();
     let mut end_note = format!("{} after {}", record.outcome.describe(), humanize_precise(elapsed));

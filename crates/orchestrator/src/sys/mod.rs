@@ -4,7 +4,7 @@
 
 mod spawn;
 
-pub use spawn::{SpawnRequest, Spawned, resolve_program, spawn};
+pub use spawn::{ExecWatch, SpawnRequest, Spawned, resolve_program, spawn};
 
 use std::ffi::OsStr;
 use std::io;

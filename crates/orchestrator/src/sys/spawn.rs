@@ -1,12 +1,12 @@
-//! Start a job's process the way `posix_spawn` does (a `CLONE_VM | CLONE_VFORK` child that
-//! only calls `execve`), plus the two things `posix_spawn` cannot do: the parent-death
-//! signal and its race check.
+//! Start a job's process the way `posix_spawn` does (a `CLONE_VM` child that shares our
+//! memory and only makes system calls until `execve`), plus the two things `posix_spawn`
+//! cannot do, the parent-death signal and its race check, and one thing it will not: it
+//! does not wait for the child's exec (see `spawn`).
 //!
 //! Why not `std::process::Command` with `pre_exec`: a `pre_exec` hook makes std use a
 //! full `fork()`, whose page-table copy, copy-on-write faults and TLB shootdowns across the
 //! runtime's threads cost more than the rest of a short job's supervision (measured: ~20%
-//! of the supervisor's CPU on 2,000 `true` jobs). A vfork child shares our memory and
-//! runs only async-signal-safe system calls until `execve`.
+//! of the supervisor's CPU on 2,000 `true` jobs).
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -27,8 +27,8 @@ pub struct SpawnRequest<'a> {
     pub cwd: Option<&'a Path>,
 }
 
-/// A started child: its pid (also its process group id) and its output pipes (read ends,
-/// already non-blocking).
+/// A started child: its pid (also its process group id), its output pipes (read ends,
+/// already non-blocking) and the memory its start-up still reads.
 pub struct Spawned {
     /// Process id; the child leads its own process group with the same id.
     pub pid: u32,
@@ -36,8 +36,11 @@ pub struct Spawned {
     pub stdout: OwnedFd,
     /// Read end of the child's stderr.
     pub stderr: OwnedFd,
+    /// Tells, once the child has exited, whether it ever ran the program.
+    pub exec: ExecWatch,
 }
 
+/// What the child reads between `clone` and `execve`, all raw pointers into its `ChildMem`.
 struct ChildArgs {
     path: *const libc::c_char,
     argv: *const *const libc::c_char,
@@ -46,14 +49,113 @@ struct ChildArgs {
     stdin: RawFd,
     stdout: RawFd,
     stderr: RawFd,
-    /// The child's errno when it fails before or in `execve`; 0 while all goes well. The
-    /// parent reads it once the child has exec'd or exited (CLONE_VFORK holds it till then),
-    /// as glibc's posix_spawn does, so no status pipe is needed.
+    /// The child's errno when it fails before or in `execve`; 0 while all goes well.
     error: AtomicI32,
     parent: libc::pid_t,
-    old_mask: libc::sigset_t,
     /// Signals (bit n = signal n) the child resets to their default action.
     reset: u64,
+}
+
+/// Everything the child may touch until it has exec'd or exited: its stack, its arguments
+/// and the strings they point to. Boxed, so that it does not move while the child runs.
+struct ChildMem {
+    stack: Stack,
+    /// Non-zero while the child may still use this memory: the kernel zeroes it (and wakes
+    /// futex waiters) when the child execs or exits, as `CLONE_CHILD_CLEARTID` asks.
+    busy: AtomicI32,
+    args: ChildArgs,
+    _path: CString,
+    _argv: Vec<CString>,
+    _env: Vec<CString>,
+    _cwd: Option<CString>,
+    _argv_ptrs: Vec<*const libc::c_char>,
+    _env_ptrs: Vec<*const libc::c_char>,
+}
+
+// SAFETY: the raw pointers point into the same `ChildMem`, whose owned strings never move;
+// the only fields written after construction (`busy`, `args.error`) are atomics.
+unsafe impl Send for ChildMem {}
+unsafe impl Sync for ChildMem {}
+
+/// Whether a started child ever ran its program. It owns the memory the child reads until
+/// `execve`, and frees it only once the kernel says the child is done with it.
+pub struct ExecWatch(Option<Box<ChildMem>>);
+
+impl ExecWatch {
+    /// The error that kept the child from running its program (a failed `chdir` or
+    /// `execve`), once the child has exited; `None` if it exec'd or is still on its way.
+    pub fn failure(&self) -> Option<io::Error> {
+        let mem = self.0.as_ref()?;
+        if mem.busy.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        match mem.args.error.load(Ordering::Acquire) {
+            0 => None,
+            errno => Some(io::Error::from_raw_os_error(errno)),
+        }
+    }
+}
+
+impl Drop for ExecWatch {
+    fn drop(&mut self) {
+        let Some(mem) = self.0.take() else { return };
+        // Normally the child has long exec'd or exited (we drop this after reaping it). If
+        // not, it is a few system calls from `execve`: wait for the kernel's all-clear. A
+        // child stopped before exec may never give it: then leak the memory rather than
+        // free it under the child.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while mem.busy.load(Ordering::Acquire) != 0 {
+            if std::time::Instant::now() > deadline {
+                std::mem::forget(mem);
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+    }
+}
+
+/// A child's stack: raw memory that no Rust reference points into while the child runs.
+struct Stack(std::ptr::NonNull<u8>);
+
+// SAFETY: a plain heap allocation, used by one child at a time.
+unsafe impl Send for Stack {}
+
+const STACK_SIZE: usize = 64 * 1024;
+const STACK_LAYOUT: std::alloc::Layout = match std::alloc::Layout::from_size_align(STACK_SIZE, 16) {
+    Ok(l) => l,
+    Err(_) => panic!("stack layout"),
+};
+
+/// Stacks of children that have exec'd, kept for the next ones.
+static STACKS: std::sync::Mutex<Vec<Stack>> = std::sync::Mutex::new(Vec::new());
+
+impl Stack {
+    fn get() -> Stack {
+        if let Some(s) = STACKS.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            return s;
+        }
+        // SAFETY: a non-zero-sized layout; contents do not matter, so no zeroing.
+        let p = unsafe { std::alloc::alloc(STACK_LAYOUT) };
+        Stack(std::ptr::NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(STACK_LAYOUT)))
+    }
+
+    /// The initial stack pointer: stacks grow down on every Linux architecture we build for.
+    fn top(&self) -> *mut libc::c_void {
+        // SAFETY: one past the end of the allocation.
+        unsafe { self.0.as_ptr().add(STACK_SIZE).cast() }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let mut pool = STACKS.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < 16 {
+            pool.push(Stack(self.0));
+        } else {
+            // SAFETY: allocated in `get` with the same layout, and no child uses it any more.
+            unsafe { std::alloc::dealloc(self.0.as_ptr(), STACK_LAYOUT) };
+        }
+    }
 }
 
 /// Which signals have a handler here (or are SIGPIPE, which Rust ignores): bit n = signal n.
@@ -107,8 +209,12 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
 }
 
 /// Start `req` in a new process group, with stdin on /dev/null and stdout/stderr piped, and
-/// SIGKILL as its parent-death signal. Errors (e.g. `ENOENT`, `EACCES`, `E2BIG`) come
-/// from the child's `execve` and are reported here.
+/// SIGKILL as its parent-death signal.
+///
+/// Returns as soon as the child exists, without waiting for its `execve`: errors found
+/// here are ours (pipes, `clone`, a NUL byte in an argument); errors of the child's
+/// `chdir` or `execve` (e.g. `ENOENT`, `EACCES`, `E2BIG`) make it exit with 127 and are
+/// told by [`ExecWatch::failure`] once it has exited.
 pub fn spawn(req: &SpawnRequest<'_>) -> io::Result<Spawned> {
     let path = cstring(req.program.as_os_str().as_bytes())?;
     let argv: Vec<CString> = req.argv.iter().map(|a| cstring(a.as_bytes())).collect::<io::Result<_>>()?;
@@ -127,7 +233,7 @@ pub fn spawn(req: &SpawnRequest<'_>) -> io::Result<Spawned> {
     set_nonblocking(&out_r)?;
     set_nonblocking(&err_r)?;
 
-    let mut args = ChildArgs {
+    let args = ChildArgs {
         path: path.as_ptr(),
         argv: argv_ptrs.as_ptr(),
         envp: env_ptrs.as_ptr(),
@@ -138,100 +244,129 @@ pub fn spawn(req: &SpawnRequest<'_>) -> io::Result<Spawned> {
         error: AtomicI32::new(0),
         // SAFETY: getpid has no preconditions.
         parent: unsafe { libc::getpid() },
-        // SAFETY: sigset_t is plain data, filled below.
-        old_mask: unsafe { std::mem::zeroed() },
         reset: signals_to_reset(),
     };
+    let mem = Box::new(ChildMem {
+        stack: Stack::get(),
+        busy: AtomicI32::new(-1),
+        args,
+        _path: path,
+        _argv: argv,
+        _env: env,
+        _cwd: cwd,
+        _argv_ptrs: argv_ptrs,
+        _env_ptrs: env_ptrs,
+    });
     // The child shares our memory: block every signal so that none of our handlers can run
-    // on its stack before it has reset them; it restores this mask before exec.
+    // on its stack before it has reset them; it unblocks them just before exec.
+    // SAFETY: sigset_t is plain data, filled below.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old_mask: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointers to local sigsets.
     unsafe {
         libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut args.old_mask);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old_mask);
     }
-    let pid = CHILD_STACK.with_borrow_mut(|stack| {
-        // SAFETY: the stack grows down on every Linux architecture we build for, so the
-        // child starts at the top of the buffer; CLONE_VFORK suspends us until the child has
-        // called execve or _exit, so `args`, the strings and the stack outlive its use of
-        // them, and the stack is free again when clone returns.
-        unsafe {
-            let top = stack.as_mut_ptr().add(stack.len()) as *mut libc::c_void;
-            libc::clone(
-                child_main,
-                top,
-                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-                (&mut args as *mut ChildArgs).cast(),
-            )
-        }
-    });
+    // Not CLONE_VFORK, which posix_spawn uses: that would suspend this thread, and with it
+    // every job it supervises, for the whole of the child's exec (~120 µs for a `true`);
+    // going on while the child execs is worth 10-15% of wall time on many tiny jobs. The
+    // child shares our memory all the same, so it reads only `mem` and writes only its own
+    // stack and the atomic `error`.
+    // SAFETY: `child_main` gets a pointer to `mem.args`, in a box that is freed only once
+    // `busy` reads 0, i.e. after the kernel's CLONE_CHILD_CLEARTID write at the child's exec
+    // or exit (see `ExecWatch`).
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            mem.stack.top(),
+            libc::CLONE_VM | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD,
+            (&mem.args as *const ChildArgs).cast_mut().cast(),
+            std::ptr::null_mut::<libc::pid_t>(),
+            std::ptr::null_mut::<libc::c_void>(),
+            mem.busy.as_ptr(),
+        )
+    };
     let clone_err = io::Error::last_os_error();
     // SAFETY: restoring the mask saved above.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &args.old_mask, std::ptr::null_mut()) };
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut()) };
     if pid < 0 {
+        mem.busy.store(0, Ordering::Release); // no child ever saw it
         return Err(clone_err);
     }
+    // The child makes itself a group leader, but maybe not yet: do it from here too (as
+    // shells do), so that a signal sent to the job's group right after we return cannot
+    // miss it. EACCES means the child has exec'd, so it did it already.
+    // SAFETY: setpgid on our own unreaped child.
+    unsafe { libc::setpgid(pid, pid) };
     drop((out_w, err_w));
-    let errno = args.error.load(Ordering::Acquire);
-    if errno != 0 {
-        // exec failed and the child has exited: reap it here, nobody else knows its pid.
-        let mut status = 0;
-        // SAFETY: waiting for our own child.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
-        return Err(io::Error::from_raw_os_error(errno));
-    }
-    Ok(Spawned { pid: pid as u32, stdout: out_r, stderr: err_r })
+    Ok(Spawned { pid: pid as u32, stdout: out_r, stderr: err_r, exec: ExecWatch(Some(mem)) })
 }
 
-/// Runs in the vfork child: only raw system calls, no allocation, no locks.
+/// Runs in the clone child, beside the parent thread and in its memory, until `execve`.
+///
+/// Only raw system calls: no allocation, no locks, and no libc wrappers, because those set
+/// `errno` on failure, which here is the parent thread's and could change under it (e.g.
+/// its EAGAIN from a pipe read turning into our ENOENT).
 extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` is the parent's `ChildArgs`, alive while the parent is suspended.
+    use syscalls::{Errno, Sysno, syscall};
+    // SAFETY: `arg` points to the parent's `ChildArgs`, alive until we exec or exit.
     unsafe {
         let a = &*(arg as *const ChildArgs);
-        let fail = || -> ! {
-            a.error.store(*libc::__errno_location(), Ordering::Release);
-            libc::_exit(127)
+        let exit = |code: usize| -> ! {
+            let _ = syscall!(Sysno::exit_group, code);
+            std::hint::unreachable_unchecked()
+        };
+        let fail = |e: Errno| -> ! {
+            a.error.store(e.into_raw(), Ordering::Release);
+            exit(127)
         };
         // Our signal handlers must not run in the child: reset handled signals to default.
         // SIGPIPE too, which Rust ignores in its own process: a child (and any shell it
         // runs) must die of it as usual, as std::process::Command also arranges. Signals the
         // user ignored when starting us (e.g. SIGHUP under nohup) stay ignored.
-        // (The set is worked out by the parent: see `signals_to_reset`.)
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
-        for sig in 1..64 {
+        // (The set is worked out by the parent: see `signals_to_reset`.) A kernel sigaction
+        // that is all zeros is SIG_DFL with no flags and an empty mask, on every arch.
+        let dfl = [0u64; 4];
+        for sig in 1..64usize {
             if a.reset & (1u64 << sig) != 0 {
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+                let _ = syscall!(Sysno::rt_sigaction, sig, dfl.as_ptr(), 0, 8);
             }
         }
-        if libc::setpgid(0, 0) != 0 {
-            fail();
+        if let Err(e) = syscall!(Sysno::setpgid, 0, 0) {
+            fail(e);
         }
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-            fail();
+        if let Err(e) = syscall!(Sysno::prctl, libc::PR_SET_PDEATHSIG, libc::SIGKILL) {
+            fail(e);
         }
-        if libc::getppid() != a.parent {
+        if syscall!(Sysno::getppid) != Ok(a.parent as usize) {
             // The supervisor died before the prctl took effect: do not run unsupervised.
-            libc::_exit(137);
+            exit(137);
         }
-        if libc::dup2(a.stdin, 0) < 0 || libc::dup2(a.stdout, 1) < 0 || libc::dup2(a.stderr, 2) < 0 {
-            fail();
+        for (from, to) in [(a.stdin, 0), (a.stdout, 1), (a.stderr, 2)] {
+            // dup3 (newer archs have no dup2) refuses from == to: then the descriptor is in
+            // place already, and only its close-on-exec flag must go.
+            let r = if from == to {
+                syscall!(Sysno::fcntl, to, libc::F_SETFD, 0)
+            } else {
+                syscall!(Sysno::dup3, from, to, 0)
+            };
+            if let Err(e) = r {
+                fail(e);
+            }
         }
-        if !a.cwd.is_null() && libc::chdir(a.cwd) != 0 {
-            fail();
+        if !a.cwd.is_null()
+            && let Err(e) = syscall!(Sysno::chdir, a.cwd)
+        {
+            fail(e);
         }
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        libc::execve(a.path, a.argv, a.envp);
-        fail()
+        let empty = 0u64;
+        let _ = syscall!(Sysno::rt_sigprocmask, libc::SIG_SETMASK, &empty as *const u64, 0, 8);
+        match syscall!(Sysno::execve, a.path, a.argv, a.envp) {
+            Err(e) => fail(e),
+            Ok(_) => fail(Errno::ENOEXEC), // execve returns only on failure
+        }
     }
-}
-
-thread_local! {
-    /// The vfork child's stack, reused: the thread that spawns is suspended while the child
-    /// uses it. Contents do not matter, so it is allocated once and never cleared.
-    static CHILD_STACK: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; 64 * 1024].into_boxed_slice());
 }
 
 /// One read-only `/dev/null` for every child's stdin, opened once.
@@ -260,9 +395,20 @@ pub fn resolve_program(program: &OsStr, path_var: Option<&OsStr>) -> io::Result<
 mod tests {
     use super::*;
 
-    fn try_spawn(program: &Path, cwd: Option<&Path>) -> io::Result<Spawned> {
+    /// Start `program`, wait for it, and return how it ended: its exec error, or its status.
+    fn run(program: &Path, cwd: Option<&Path>) -> Result<i32, io::Error> {
         let argv = [program.as_os_str().to_os_string()];
-        spawn(&SpawnRequest { program, argv: &argv, env: &[], cwd })
+        let child = spawn(&SpawnRequest { program, argv: &argv, env: &[], cwd })?;
+        let mut status = 0;
+        // SAFETY: waiting for the child we just started.
+        assert_eq!(unsafe { libc::waitpid(child.pid as i32, &mut status, 0) }, child.pid as i32);
+        match child.exec.failure() {
+            Some(e) => {
+                assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 127, "status {status:#x}");
+                Err(e)
+            }
+            None => Ok(status),
+        }
     }
 
     #[test]
@@ -270,15 +416,58 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("not-executable");
         std::fs::write(&script, "#!/bin/sh\n").unwrap();
-        let e = try_spawn(&script, None).err().expect("a non-executable file cannot start");
+        let e = run(&script, None).expect_err("a non-executable file cannot start");
         assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
-        let e = try_spawn(Path::new("/bin/true"), Some(&dir.path().join("missing"))).err().expect("no such cwd");
+        let e = run(Path::new("/bin/true"), Some(&dir.path().join("missing"))).expect_err("no such cwd");
         assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
-        // A good spawn after failed ones: the shared error slot does not leak between spawns.
-        let child = try_spawn(Path::new("/bin/true"), Some(dir.path())).expect("/bin/true starts");
-        let mut status = 0;
-        // SAFETY: waiting for the child we just started.
-        assert_eq!(unsafe { libc::waitpid(child.pid as i32, &mut status, 0) }, child.pid as i32);
+        // A good spawn after failed ones: nothing leaks between spawns.
+        let status = run(Path::new("/bin/true"), Some(dir.path())).expect("/bin/true starts");
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    }
+
+    #[test]
+    fn the_group_exists_as_soon_as_spawn_returns() {
+        // spawn does not wait for the child's exec, so it sets the child's group itself: a
+        // signal to the group right away must reach the child, not fail with ESRCH.
+        for _ in 0..200 {
+            let argv: Vec<OsString> = ["sleep", "30"].iter().map(OsString::from).collect();
+            let req = SpawnRequest { program: Path::new("/bin/sleep"), argv: &argv, env: &[], cwd: None };
+            let child = spawn(&req).expect("spawn");
+            // SAFETY: signalling and then waiting for our own child's group.
+            unsafe {
+                assert_eq!(libc::kill(-(child.pid as i32), libc::SIGKILL), 0, "{}", io::Error::last_os_error());
+                let mut status = 0;
+                assert_eq!(libc::waitpid(child.pid as i32, &mut status, 0), child.pid as i32);
+                assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL, "{status:#x}");
+            }
+            assert!(child.exec.failure().is_none());
+        }
+    }
+
+    #[test]
+    fn many_spawns_from_threads_at_once_all_run_their_program() {
+        // Children that exec while others are being started on other threads: each must run
+        // its own program with its own argument (memory is shared until exec).
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        let code = (t * 50 + i) % 200;
+                        let argv: Vec<OsString> =
+                            ["/bin/sh", "-c", &format!("exit {code}")].iter().map(OsString::from).collect();
+                        let req = SpawnRequest { program: Path::new("/bin/sh"), argv: &argv, env: &[], cwd: None };
+                        let child = spawn(&req).expect("spawn");
+                        let mut status = 0;
+                        // SAFETY: waiting for our own child.
+                        assert_eq!(unsafe { libc::waitpid(child.pid as i32, &mut status, 0) }, child.pid as i32);
+                        assert!(child.exec.failure().is_none());
+                        assert_eq!(libc::WEXITSTATUS(status), code);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
     }
 }
