@@ -4,10 +4,11 @@
 //! owns its process and reports a [`JobRecord`]. Nothing is shared but the reaper's lock.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -212,7 +213,7 @@ struct ReaperState {
     /// Orphans seen alive carrying one of our markers.
     adopted: HashSet<u32>,
     /// Threads that spawned jobs: our children (and adopted orphans) are listed under them.
-    spawners: Vec<i32>,
+    spawners: sys::ChildLists,
 }
 
 impl Reaper {
@@ -220,15 +221,13 @@ impl Reaper {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn spawn(&self, req: &sys::SpawnRequest<'_>) -> io::Result<sys::Spawned> {
+    fn spawn(&self, req: sys::SpawnRequest<'_>) -> io::Result<sys::Spawned> {
         // Holding the lock across spawn: a concurrent sweep must not see the new leader
         // before it is registered, or it could reap it.
         let mut state = self.lock();
         let child = sys::spawn(req)?;
         let tid = sys::gettid();
-        if !state.spawners.contains(&tid) {
-            state.spawners.push(tid);
-        }
+        state.spawners.add(tid);
         state.leaders.insert(child.pid);
         state.groups.insert(child.pid);
         Ok(child)
@@ -246,7 +245,7 @@ impl Reaper {
     fn sweep(&self, marker: &dyn Fn(&OsStr) -> bool) -> Vec<u32> {
         let mut state = self.lock();
         let mut live = Vec::new();
-        for pid in sys::children_of(&state.spawners) {
+        for pid in state.spawners.read() {
             if state.leaders.contains(&pid) {
                 continue;
             }
@@ -274,6 +273,10 @@ struct Ctx {
     own_pgid: u32,
     /// Our environment when the run started; every job starts from it.
     base_env: Vec<(OsString, OsString)>,
+    /// `base_env` as the `NAME=value` C strings a child gets, made once for every job.
+    base_env_c: Arc<[CString]>,
+    /// Index in `base_env_c` of each name of `base_env`.
+    base_index: HashMap<OsString, usize>,
     /// The thread-count variables to add to every job (those not in `base_env`).
     thread_env: Vec<(OsString, OsString)>,
     /// `PATH` lookups already done.
@@ -301,6 +304,7 @@ pub async fn run(
         tracing::warn!("cannot become a child subreaper ({e}); daemonised grandchildren may outlive their job");
     }
     let base_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let (base_env_c, base_index) = shared_env(&base_env);
     let ctx = Arc::new(Ctx {
         thread_env: thread_env(opts.thread_limit, &base_env),
         opts,
@@ -310,6 +314,8 @@ pub async fn run(
         run_key: format!("{}-{}", std::process::id(), Utc::now().timestamp_nanos_opt().unwrap_or(0)),
         own_pgid: sys::own_pgid(),
         base_env,
+        base_env_c,
+        base_index,
         programs: Mutex::new(HashMap::new()),
         spill: std::sync::OnceLock::new(),
     });
@@ -466,14 +472,9 @@ async fn run_job(
     };
     let spawned = ctx.resolve(&spec.program).and_then(|program| {
         let argv: Vec<OsString> = std::iter::once(spec.program.clone()).chain(spec.args.iter().cloned()).collect();
-        let mut env = job_env(&spec, slot, ctx, &marker);
-        if let Some(json) = &placed.json {
-            let mut e = OsString::from("ORCHESTRATOR_ARGS=");
-            e.push(json);
-            env.push(e);
-        }
-        let req = sys::SpawnRequest { program: &program, argv: &argv, env: &env, cwd: spec.cwd.as_deref() };
-        ctx.reaper.spawn(&req)
+        let args = placed.json.as_ref().map(|json| (OsString::from("ORCHESTRATOR_ARGS"), OsString::from(json)));
+        let env = job_env(&spec, slot, ctx, &marker, args)?;
+        ctx.reaper.spawn(sys::SpawnRequest { program: &program, argv: &argv, env, cwd: spec.cwd.as_deref() })
     });
     let child = match spawned {
         Ok(c) => c,
@@ -810,9 +811,30 @@ fn thread_env(limit: Option<usize>, base_env: &[(OsString, OsString)]) -> Vec<(O
         .collect()
 }
 
-/// The job's whole environment: ours, then thread limits (unless set), the slot values,
-/// the job's own variables and the marker, later entries winning.
-fn job_env(spec: &JobSpec, slot: usize, ctx: &Ctx, marker: &OsStr) -> Vec<OsString> {
+/// `base` as `NAME=value` C strings, and the index of each name among them.
+fn shared_env(base: &[(OsString, OsString)]) -> (Arc<[CString]>, HashMap<OsString, usize>) {
+    let mut entries = Vec::with_capacity(base.len());
+    let mut index = HashMap::with_capacity(base.len());
+    for (k, v) in base {
+        // Our own environment cannot hold a NUL byte; skip rather than trust that.
+        if let Ok(c) = CString::new(env_entry(k, v)) {
+            index.insert(k.clone(), entries.len());
+            entries.push(c);
+        }
+    }
+    (entries.into(), index)
+}
+
+/// The job's environment: ours, then (each replacing an inherited value of the same name)
+/// loky's thread limits the user did not set, the slot's values, the job's own variables,
+/// its marker and `extra`.
+fn job_env(
+    spec: &JobSpec,
+    slot: usize,
+    ctx: &Ctx,
+    marker: &OsStr,
+    extra: Option<(OsString, OsString)>,
+) -> io::Result<sys::Env> {
     let mut overlay: Vec<(OsString, OsString)> = Vec::new();
     for (var, value) in &ctx.thread_env {
         if !spec.env.iter().any(|(k, _)| k == var) {
@@ -827,27 +849,27 @@ fn job_env(spec: &JobSpec, slot: usize, ctx: &Ctx, marker: &OsStr) -> Vec<OsStri
     if let Some((k, v)) = marker.to_str().and_then(|m| m.split_once('=')) {
         overlay.push((k.into(), v.into()));
     }
-    let overridden: HashSet<&OsStr> = overlay.iter().map(|(k, _)| k.as_os_str()).collect();
-    let mut env: Vec<OsString> = Vec::with_capacity(ctx.base_env.len() + overlay.len());
-    let mut push = |k: &OsStr, v: &OsStr| {
-        let mut e = OsString::with_capacity(k.len() + v.len() + 1);
-        e.push(k);
-        e.push("=");
-        e.push(v);
-        env.push(e);
-    };
-    for (k, v) in &ctx.base_env {
-        if !overridden.contains(k.as_os_str()) {
-            push(k, v);
-        }
-    }
+    overlay.extend(extra);
+    let mut replaced: Vec<usize> = overlay.iter().filter_map(|(k, _)| ctx.base_index.get(k).copied()).collect();
+    replaced.sort_unstable();
+    replaced.dedup();
+    let mut own = Vec::with_capacity(overlay.len());
     // Later overlay entries win: emit only the last value of each name.
     for (i, (k, v)) in overlay.iter().enumerate() {
         if !overlay[i + 1..].iter().any(|(k2, _)| k2 == k) {
-            push(k, v);
+            own.push(sys::cstring(env_entry(k, v))?);
         }
     }
-    env
+    Ok(sys::Env::new(ctx.base_env_c.clone(), replaced, own))
+}
+
+fn env_entry(name: &OsStr, value: &OsStr) -> Vec<u8> {
+    // Room for the `=` and the C string's NUL.
+    let mut e = Vec::with_capacity(name.len() + value.len() + 2);
+    e.extend_from_slice(name.as_bytes());
+    e.push(b'=');
+    e.extend_from_slice(value.as_bytes());
+    e
 }
 
 fn spawn_error(spec: &JobSpec, e: &io::Error) -> String {
@@ -879,9 +901,12 @@ mod tests {
     fn ctx(base: &[(&str, &str)], opts: RunOptions) -> Ctx {
         let base_env: Vec<(OsString, OsString)> =
             base.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect();
+        let (base_env_c, base_index) = shared_env(&base_env);
         Ctx {
             thread_env: thread_env(opts.thread_limit, &base_env),
             base_env,
+            base_env_c,
+            base_index,
             opts,
             reaper: Reaper::default(),
             events: None,
@@ -901,10 +926,9 @@ mod tests {
         let ctx = ctx(&[("PATH", "/bin"), ("OMP_NUM_THREADS", "8"), ("GPU", "old")], opts);
         let mut spec = JobSpec::new(0, "x", vec![], "l");
         spec.env = vec![("MKL_NUM_THREADS".into(), "1".into()), ("A".into(), "1".into()), ("A".into(), "2".into())];
-        let env: Vec<String> = job_env(&spec, 1, &ctx, OsStr::new("ORCHESTRATOR_JOB_KEY=k.0"))
-            .into_iter()
-            .map(|e| e.into_string().unwrap())
-            .collect();
+        let extra = Some(("ORCHESTRATOR_ARGS".into(), "{}".into()));
+        let env = job_env(&spec, 1, &ctx, OsStr::new("ORCHESTRATOR_JOB_KEY=k.0"), extra).unwrap();
+        let env: Vec<String> = env.entries().map(|e| e.to_str().unwrap().to_owned()).collect();
         let get = |k: &str| env.iter().filter(|e| e.starts_with(&format!("{k}="))).cloned().collect::<Vec<_>>();
         assert_eq!(get("PATH"), ["PATH=/bin"]);
         assert_eq!(get("OMP_NUM_THREADS"), ["OMP_NUM_THREADS=8"], "inherited setting wins");
@@ -914,6 +938,7 @@ mod tests {
         assert_eq!(get("A"), ["A=2"], "the last value of a name wins");
         assert_eq!(get("ORCHESTRATOR_SLOT"), ["ORCHESTRATOR_SLOT=1"]);
         assert_eq!(get("ORCHESTRATOR_JOB_KEY"), ["ORCHESTRATOR_JOB_KEY=k.0"]);
+        assert_eq!(get("ORCHESTRATOR_ARGS"), ["ORCHESTRATOR_ARGS={}"]);
     }
 
     fn reaped(code: Option<i32>, signal: Option<i32>) -> sys::Reaped {

@@ -4,7 +4,7 @@
 
 mod spawn;
 
-pub use spawn::{ExecWatch, SpawnRequest, Spawned, resolve_program, spawn};
+pub use spawn::{Env, ExecWatch, SpawnRequest, Spawned, cstring, resolve_program, spawn};
 
 use std::ffi::OsStr;
 use std::io;
@@ -88,31 +88,50 @@ pub fn group_alive(pgid: u32) -> bool {
     killpg(Pid::from_raw(pgid as i32), None).is_ok()
 }
 
-/// Children of the given threads of this process, from `/proc/self/task/<tid>/children`.
-///
-/// A child, and an orphan re-parented to us, is listed under the thread that spawned its
-/// ancestor, so the threads that spawned jobs are the only ones worth reading.
-pub fn children_of(tids: &[i32]) -> Vec<u32> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    // A plain read into a buffer: `read_to_string` would stat and seek first, on every job.
-    let mut buf = [0u8; 4096];
-    for tid in tids {
-        let Ok(mut f) = std::fs::File::open(format!("/proc/self/task/{tid}/children")) else { continue };
-        let mut text = Vec::new();
-        while let Ok(n) = f.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            text.extend_from_slice(&buf[..n]);
+/// The children of the threads that start jobs, listed by the kernel in
+/// `/proc/self/task/<tid>/children`. A child, and an orphan re-parented to us, is listed
+/// under the thread that spawned its ancestor, so those threads are the only ones worth
+/// reading. The files are kept open: read again from offset 0, a file lists its thread's
+/// children afresh (it is a seq_file), which saves a procfs path walk per job.
+#[derive(Default)]
+pub struct ChildLists {
+    files: Vec<(i32, Option<std::fs::File>)>,
+}
+
+impl ChildLists {
+    /// Watch thread `tid`'s children too.
+    pub fn add(&mut self, tid: i32) {
+        if !self.files.iter().any(|(t, _)| *t == tid) {
+            self.files.push((tid, None));
         }
-        out.extend(
-            text.split(|b| b.is_ascii_whitespace())
-                .filter_map(|p| std::str::from_utf8(p).ok())
-                .filter_map(|p| p.parse::<u32>().ok()),
-        );
     }
-    out
+
+    /// The pids of the watched threads' children, zombies included.
+    pub fn read(&mut self) -> Vec<u32> {
+        use std::os::unix::fs::FileExt;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut text = Vec::new();
+        for (tid, file) in &mut self.files {
+            if file.is_none() {
+                *file = std::fs::File::open(format!("/proc/self/task/{tid}/children")).ok();
+            }
+            let Some(f) = file else { continue };
+            text.clear();
+            while let Ok(n) = f.read_at(&mut buf, text.len() as u64) {
+                if n == 0 {
+                    break;
+                }
+                text.extend_from_slice(&buf[..n]);
+            }
+            out.extend(
+                text.split(|b| b.is_ascii_whitespace())
+                    .filter_map(|p| std::str::from_utf8(p).ok())
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+        out
+    }
 }
 
 /// The calling thread's id.
@@ -174,4 +193,20 @@ pub fn async_pidfd(pid: u32) -> Option<tokio::io::unix::AsyncFd<OwnedFd>> {
 pub fn getuid() -> u32 {
     // SAFETY: getuid has no preconditions.
     unsafe { libc::getuid() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn child_lists_read_afresh_each_time() {
+        let mut lists = ChildLists::default();
+        lists.add(gettid());
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        assert!(lists.read().contains(&child.id()), "a live child is listed");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!lists.read().contains(&child.id()), "a reaped child is gone from the same open file");
+    }
 }

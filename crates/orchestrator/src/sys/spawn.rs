@@ -8,12 +8,44 @@
 //! runtime's threads cost more than the rest of a short job's supervision (measured: ~20%
 //! of the supervisor's CPU on 2,000 `true` jobs).
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
+
+/// A child's environment: the entries every job of a run shares (made once per run), minus
+/// those the job replaces, plus the job's own.
+pub struct Env {
+    shared: Arc<[CString]>,
+    /// Indices into `shared` of the entries the job replaces, in increasing order.
+    replaced: Vec<usize>,
+    own: Vec<CString>,
+}
+
+impl Env {
+    /// `shared` entries (`NAME=value`), minus those at the `replaced` indices (in increasing
+    /// order), plus `own` entries.
+    pub fn new(shared: Arc<[CString]>, replaced: Vec<usize>, own: Vec<CString>) -> Env {
+        Env { shared, replaced, own }
+    }
+
+    /// Every entry, in the order the child gets them.
+    pub fn entries(&self) -> impl Iterator<Item = &CStr> {
+        let mut replaced = self.replaced.iter().peekable();
+        let kept = self.shared.iter().enumerate().filter_map(move |(i, e)| {
+            if replaced.peek() == Some(&&i) {
+                replaced.next();
+                None
+            } else {
+                Some(e.as_c_str())
+            }
+        });
+        kept.chain(self.own.iter().map(|e| e.as_c_str()))
+    }
+}
 
 /// What to start.
 pub struct SpawnRequest<'a> {
@@ -21,8 +53,8 @@ pub struct SpawnRequest<'a> {
     pub program: &'a Path,
     /// `argv[0..]`, including `argv[0]`.
     pub argv: &'a [OsString],
-    /// The complete environment, as `NAME=value` entries.
-    pub env: &'a [OsString],
+    /// The complete environment; the child keeps it until its exec.
+    pub env: Env,
     /// Working directory for the child, if not ours.
     pub cwd: Option<&'a Path>,
 }
@@ -66,7 +98,7 @@ struct ChildMem {
     args: ChildArgs,
     _path: CString,
     _argv: Vec<CString>,
-    _env: Vec<CString>,
+    _env: Env,
     _cwd: Option<CString>,
     _argv_ptrs: Vec<*const libc::c_char>,
     _env_ptrs: Vec<*const libc::c_char>,
@@ -185,7 +217,8 @@ fn signals_to_reset() -> u64 {
     mask
 }
 
-fn cstring(bytes: &[u8]) -> io::Result<CString> {
+/// `bytes` as a C string, or an error saying that a NUL byte cannot be in one.
+pub fn cstring(bytes: impl Into<Vec<u8>>) -> io::Result<CString> {
     CString::new(bytes)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "argument or environment value contains a NUL byte"))
 }
@@ -215,14 +248,14 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
 /// here are ours (pipes, `clone`, a NUL byte in an argument); errors of the child's
 /// `chdir` or `execve` (e.g. `ENOENT`, `EACCES`, `E2BIG`) make it exit with 127 and are
 /// told by [`ExecWatch::failure`] once it has exited.
-pub fn spawn(req: &SpawnRequest<'_>) -> io::Result<Spawned> {
+pub fn spawn(req: SpawnRequest<'_>) -> io::Result<Spawned> {
     let path = cstring(req.program.as_os_str().as_bytes())?;
     let argv: Vec<CString> = req.argv.iter().map(|a| cstring(a.as_bytes())).collect::<io::Result<_>>()?;
-    let env: Vec<CString> = req.env.iter().map(|e| cstring(e.as_bytes())).collect::<io::Result<_>>()?;
+    let env = req.env;
     let cwd = req.cwd.map(|c| cstring(c.as_os_str().as_bytes())).transpose()?;
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
-    let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|c| c.as_ptr()).collect();
+    let mut env_ptrs: Vec<*const libc::c_char> = env.entries().map(|c| c.as_ptr()).collect();
     env_ptrs.push(std::ptr::null());
 
     let devnull = dev_null()?;
@@ -395,10 +428,22 @@ pub fn resolve_program(program: &OsStr, path_var: Option<&OsStr>) -> io::Result<
 mod tests {
     use super::*;
 
+    fn no_env() -> Env {
+        Env::new(Arc::from(Vec::new()), Vec::new(), Vec::new())
+    }
+
+    #[test]
+    fn env_keeps_shared_entries_not_replaced_then_own_ones() {
+        let c = |s: &str| CString::new(s).unwrap();
+        let env = Env::new(Arc::from(vec![c("A=1"), c("B=2"), c("C=3"), c("D=4")]), vec![1, 3], vec![c("B=9")]);
+        let got: Vec<&str> = env.entries().map(|e| e.to_str().unwrap()).collect();
+        assert_eq!(got, ["A=1", "C=3", "B=9"]);
+    }
+
     /// Start `program`, wait for it, and return how it ended: its exec error, or its status.
     fn run(program: &Path, cwd: Option<&Path>) -> Result<i32, io::Error> {
         let argv = [program.as_os_str().to_os_string()];
-        let child = spawn(&SpawnRequest { program, argv: &argv, env: &[], cwd })?;
+        let child = spawn(SpawnRequest { program, argv: &argv, env: no_env(), cwd })?;
         let mut status = 0;
         // SAFETY: waiting for the child we just started.
         assert_eq!(unsafe { libc::waitpid(child.pid as i32, &mut status, 0) }, child.pid as i32);
@@ -431,8 +476,8 @@ mod tests {
         // signal to the group right away must reach the child, not fail with ESRCH.
         for _ in 0..200 {
             let argv: Vec<OsString> = ["sleep", "30"].iter().map(OsString::from).collect();
-            let req = SpawnRequest { program: Path::new("/bin/sleep"), argv: &argv, env: &[], cwd: None };
-            let child = spawn(&req).expect("spawn");
+            let req = SpawnRequest { program: Path::new("/bin/sleep"), argv: &argv, env: no_env(), cwd: None };
+            let child = spawn(req).expect("spawn");
             // SAFETY: signalling and then waiting for our own child's group.
             unsafe {
                 assert_eq!(libc::kill(-(child.pid as i32), libc::SIGKILL), 0, "{}", io::Error::last_os_error());
@@ -455,8 +500,8 @@ mod tests {
                         let code = (t * 50 + i) % 200;
                         let argv: Vec<OsString> =
                             ["/bin/sh", "-c", &format!("exit {code}")].iter().map(OsString::from).collect();
-                        let req = SpawnRequest { program: Path::new("/bin/sh"), argv: &argv, env: &[], cwd: None };
-                        let child = spawn(&req).expect("spawn");
+                        let req = SpawnRequest { program: Path::new("/bin/sh"), argv: &argv, env: no_env(), cwd: None };
+                        let child = spawn(req).expect("spawn");
                         let mut status = 0;
                         // SAFETY: waiting for our own child.
                         assert_eq!(unsafe { libc::waitpid(child.pid as i32, &mut status, 0) }, child.pid as i32);
