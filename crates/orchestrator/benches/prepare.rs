@@ -1,8 +1,8 @@
-//! What the producer thread spends per job: composing its config, rendering its three YAML
-//! files and creating its directory tree (`cargo bench -p orchestrator --bench prepare`).
+//! What the supervisor spends per job before starting it: composing its config, rendering
+//! its three YAML files (the job's own process writes them) and creating its directory
+//! (`cargo bench -p orchestrator --bench prepare`).
 //!
-//! The tree goes under `$TMPDIR`; run it on the filesystem the sweeps use (ext4 and tmpfs
-//! differ by about 2x here).
+//! The directories go under `$TMPDIR`; run it on the filesystem the sweeps use.
 
 use std::path::PathBuf;
 
@@ -25,7 +25,7 @@ fn prepare(c: &mut Criterion) {
     let mut prepared = seed_sweep(tmp.path().to_path_buf());
     prepared.layout.create().expect("the sweep dir");
     let mut next = 0;
-    c.bench_function("prepare one job (compose, 3 YAML files, 2 dirs)", |b| {
+    c.bench_function("prepare one job (compose, render 3 YAML files, 1 dir)", |b| {
         b.iter(|| {
             let job = prepared.plan.job(next).expect("the plan has 10M jobs");
             next += 1;

@@ -35,7 +35,13 @@ pub struct JobSpec {
     /// in `ORCHESTRATOR_ARGS`: the shared spill (one file per distinct content) when bigger
     /// than the runner's `max_nbytes`, else a file of the job's own, removed when it ends.
     pub payloads: Vec<Payload>,
-    /// Set when preparing the job failed (its directory or files could not be written):
+    /// Files the job's own process writes, in order, between its start and the program's
+    /// (a sweep's `.hydra/*.yaml`). Each file's directory is made first if it is missing
+    /// (one level). They exist by the time the program runs, not necessarily when
+    /// `Event::Started` is seen; a file that cannot be written ends the job as `SpawnFailed`.
+    pub files: Vec<JobFile>,
+    /// Set when preparing the job failed (its directory could not be made, its files not
+    /// rendered):
     /// the job is recorded as not started, with this reason.
     pub setup_error: Option<String>,
 }
@@ -51,6 +57,23 @@ impl JobSpec {
             log_path: log_path.into(),
             ..JobSpec::default()
         }
+    }
+}
+
+/// A file written for a job just before its program starts (see [`JobSpec::files`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct JobFile {
+    /// Where: absolute, or relative to the supervisor's working directory.
+    pub path: PathBuf,
+    /// What, in full: an existing file is replaced.
+    pub contents: Vec<u8>,
+}
+
+impl JobFile {
+    /// A file at `path` holding `contents`.
+    pub fn new(path: impl Into<PathBuf>, contents: impl Into<Vec<u8>>) -> Self {
+        JobFile { path: path.into(), contents: contents.into() }
     }
 }
 

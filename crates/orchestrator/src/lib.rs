@@ -20,7 +20,7 @@ pub mod sys;
 pub mod temp;
 
 pub use event::Event;
-pub use job::{JobRecord, JobSpec, Outcome, Payload, StopReason, Stream};
+pub use job::{JobFile, JobRecord, JobSpec, Outcome, Payload, StopReason, Stream};
 pub use journal::Journal;
 pub use runner::{RunOptions, RunSummary, Stop, Submission, run};
 pub use supervisor::{JobError, JobHandle, Supervisor, SupervisorError};

@@ -8,7 +8,7 @@ use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -432,7 +432,7 @@ async fn run_one(sub: Submission, slot: usize, ctx: Arc<Ctx>, stop: watch::Recei
 }
 
 async fn run_job(
-    spec: JobSpec,
+    mut spec: JobSpec,
     slot: usize,
     ctx: &Arc<Ctx>,
     mut stop: watch::Receiver<Stop>,
@@ -470,11 +470,13 @@ async fn run_job(
             return finish(ctx, record, t0).await;
         }
     };
+    let files = std::mem::take(&mut spec.files);
     let spawned = ctx.resolve(&spec.program).and_then(|program| {
         let argv: Vec<OsString> = std::iter::once(spec.program.clone()).chain(spec.args.iter().cloned()).collect();
         let args = placed.json.as_ref().map(|json| (OsString::from("ORCHESTRATOR_ARGS"), OsString::from(json)));
         let env = job_env(&spec, slot, ctx, &marker, args)?;
-        ctx.reaper.spawn(sys::SpawnRequest { program: &program, argv: &argv, env, cwd: spec.cwd.as_deref() })
+        let setup = setup_steps(files)?;
+        ctx.reaper.spawn(sys::SpawnRequest { program: &program, argv: &argv, env, cwd: spec.cwd.as_deref(), setup })
     });
     let child = match spawned {
         Ok(c) => c,
@@ -572,8 +574,12 @@ async fn run_job(
     }
     record.stdout_bytes = captured.stdout;
     record.stderr_bytes = captured.stderr;
-    // A child that could not exec its program exited with 127 and left us its errno.
-    let exec_error = child.exec.failure().map(|e| spawn_error(&spec, &e));
+    // A child that could not write its files or exec its program exited with 127 and left
+    // us its errno.
+    let exec_error = child.exec.failure().map(|f| match &f.setup_path {
+        Some(path) => format!("cannot write {}: {}", path.display(), f.error),
+        None => spawn_error(&spec, &f.error),
+    });
     if let Some(error) = &exec_error {
         let _ = log.note(&format!("could not start {}: {error}", spec.program.to_string_lossy()));
     }
@@ -809,6 +815,24 @@ fn thread_env(limit: Option<usize>, base_env: &[(OsString, OsString)]) -> Vec<(O
         .filter(|var| !base_env.iter().any(|(k, _)| k == *var))
         .map(|var| (OsString::from(var), OsString::from(n.to_string())))
         .collect()
+}
+
+/// The steps that write `files` in the child: each file's directory (when it differs from
+/// the previous file's), then the file.
+fn setup_steps(files: Vec<crate::job::JobFile>) -> io::Result<Vec<sys::SetupStep>> {
+    let mut steps = Vec::with_capacity(files.len() + 1);
+    let mut last_dir: Option<PathBuf> = None;
+    for f in files {
+        let dir = f.path.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(d) = dir
+            && last_dir.as_deref() != Some(d)
+        {
+            steps.push(sys::SetupStep::Dir(sys::cstring(d.as_os_str().as_bytes())?));
+            last_dir = Some(d.to_path_buf());
+        }
+        steps.push(sys::SetupStep::File(sys::cstring(f.path.into_os_string().into_vec())?, f.contents));
+    }
+    Ok(steps)
 }
 
 /// `base` as `NAME=value` C strings, and the index of each name among them.

@@ -109,6 +109,39 @@ async fn outcomes_cover_exit_codes_signals_timeouts_and_spawn_errors() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn job_files_are_written_before_the_program_runs_and_a_failed_one_fails_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("0").join(".hydra");
+    std::fs::create_dir(dir.path().join("0")).unwrap();
+    // The program reads its files at once: they must be complete when it starts.
+    let mut ok = sh(0, dir.path(), &format!("cat {0}/a.yaml {0}/b.yaml > {0}/seen", sub.display()));
+    ok.files = vec![
+        orchestrator::JobFile::new(sub.join("a.yaml"), "a: 1\n"),
+        orchestrator::JobFile::new(sub.join("b.yaml"), vec![b'x'; 200_000]),
+    ];
+    // A file whose directory's parent is missing cannot be written: the program never runs.
+    let missing = dir.path().join("no").join("such").join("x.yaml");
+    let mut bad = sh(1, dir.path(), &format!("touch {}/ran", dir.path().display()));
+    bad.files = vec![orchestrator::JobFile::new(&missing, "x")];
+    let (_tx, rx) = watch::channel(Stop::None);
+    let (summary, _) = run_all(RunOptions::new(2), vec![ok, bad], rx).await;
+    assert_eq!(summary.succeeded, 1, "{:?}", summary.failures);
+    let seen = std::fs::read(sub.join("seen")).unwrap();
+    assert_eq!(seen.len(), 5 + 200_000);
+    assert!(seen.starts_with(b"a: 1\nxx"));
+    let failure = &summary.failures[0];
+    assert!(
+        matches!(&failure.outcome, Outcome::SpawnFailed { error }
+            if error.contains(&missing.parent().unwrap().display().to_string()) && error.contains("No such file")),
+        "{:?}",
+        failure.outcome
+    );
+    assert!(!dir.path().join("ran").exists(), "the program of a job whose files failed never ran");
+    let log = std::fs::read_to_string(dir.path().join("1.log")).unwrap();
+    assert!(log.contains("cannot write"), "{log}");
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn a_stop_request_ends_running_jobs_and_starts_no_more() {
     let dir = tempfile::tempdir().unwrap();
     let jobs: Vec<JobSpec> = (0..5).map(|n| sh(n, dir.path(), "exec sleep 30")).collect();

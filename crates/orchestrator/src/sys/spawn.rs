@@ -47,6 +47,32 @@ impl Env {
     }
 }
 
+/// Something the child does before `execve`, in order (see [`SpawnRequest::setup`]).
+#[non_exhaustive]
+pub enum SetupStep {
+    /// Make a directory; one that exists already is fine.
+    Dir(CString),
+    /// Create a file, or replace one, holding these bytes.
+    File(CString, Vec<u8>),
+}
+
+/// A setup step as the child reads it: raw pointers into the `SetupStep` it came from.
+struct RawStep {
+    /// Null for a directory.
+    data: *const u8,
+    len: usize,
+    path: *const libc::c_char,
+}
+
+/// Why a child never ran its program.
+#[derive(Debug)]
+pub struct ExecFailure {
+    /// The failed system call's error.
+    pub error: io::Error,
+    /// The path of the setup step that failed; `None` when it was the rest (e.g. `execve`).
+    pub setup_path: Option<std::path::PathBuf>,
+}
+
 /// What to start.
 pub struct SpawnRequest<'a> {
     /// Absolute or cwd-relative path of the executable (already looked up in `PATH`).
@@ -57,6 +83,8 @@ pub struct SpawnRequest<'a> {
     pub env: Env,
     /// Working directory for the child, if not ours.
     pub cwd: Option<&'a Path>,
+    /// Done by the child first, before it changes to `cwd`: relative paths are from ours.
+    pub setup: Vec<SetupStep>,
 }
 
 /// A started child: its pid (also its process group id), its output pipes (read ends,
@@ -81,8 +109,12 @@ struct ChildArgs {
     stdin: RawFd,
     stdout: RawFd,
     stderr: RawFd,
+    steps: *const RawStep,
+    n_steps: usize,
     /// The child's errno when it fails before or in `execve`; 0 while all goes well.
     error: AtomicI32,
+    /// Index of the setup step that failed, if one did; `usize::MAX` otherwise.
+    failed_step: std::sync::atomic::AtomicUsize,
     parent: libc::pid_t,
     /// Signals (bit n = signal n) the child resets to their default action.
     reset: u64,
@@ -102,6 +134,8 @@ struct ChildMem {
     _cwd: Option<CString>,
     _argv_ptrs: Vec<*const libc::c_char>,
     _env_ptrs: Vec<*const libc::c_char>,
+    setup: Vec<SetupStep>,
+    _raw_steps: Vec<RawStep>,
 }
 
 // SAFETY: the raw pointers point into the same `ChildMem`, whose owned strings never move;
@@ -114,17 +148,22 @@ unsafe impl Sync for ChildMem {}
 pub struct ExecWatch(Option<Box<ChildMem>>);
 
 impl ExecWatch {
-    /// The error that kept the child from running its program (a failed `chdir` or
-    /// `execve`), once the child has exited; `None` if it exec'd or is still on its way.
-    pub fn failure(&self) -> Option<io::Error> {
+    /// What kept the child from running its program (a setup step, `chdir` or `execve`
+    /// that failed), once the child has exited; `None` if it exec'd or is still on its way.
+    pub fn failure(&self) -> Option<ExecFailure> {
         let mem = self.0.as_ref()?;
         if mem.busy.load(Ordering::Acquire) != 0 {
             return None;
         }
-        match mem.args.error.load(Ordering::Acquire) {
-            0 => None,
-            errno => Some(io::Error::from_raw_os_error(errno)),
+        let errno = mem.args.error.load(Ordering::Acquire);
+        if errno == 0 {
+            return None;
         }
+        let setup_path = mem.setup.get(mem.args.failed_step.load(Ordering::Acquire)).map(|step| {
+            let (SetupStep::Dir(p) | SetupStep::File(p, _)) = step;
+            std::path::PathBuf::from(OsStr::from_bytes(p.to_bytes()))
+        });
+        Some(ExecFailure { error: io::Error::from_raw_os_error(errno), setup_path })
     }
 }
 
@@ -252,6 +291,14 @@ pub fn spawn(req: SpawnRequest<'_>) -> io::Result<Spawned> {
     let path = cstring(req.program.as_os_str().as_bytes())?;
     let argv: Vec<CString> = req.argv.iter().map(|a| cstring(a.as_bytes())).collect::<io::Result<_>>()?;
     let env = req.env;
+    let setup = req.setup;
+    let raw_steps: Vec<RawStep> = setup
+        .iter()
+        .map(|step| match step {
+            SetupStep::Dir(p) => RawStep { data: std::ptr::null(), len: 0, path: p.as_ptr() },
+            SetupStep::File(p, data) => RawStep { data: data.as_ptr(), len: data.len(), path: p.as_ptr() },
+        })
+        .collect();
     let cwd = req.cwd.map(|c| cstring(c.as_os_str().as_bytes())).transpose()?;
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
@@ -274,7 +321,10 @@ pub fn spawn(req: SpawnRequest<'_>) -> io::Result<Spawned> {
         stdin: devnull.as_raw_fd(),
         stdout: out_w.as_raw_fd(),
         stderr: err_w.as_raw_fd(),
+        steps: raw_steps.as_ptr(),
+        n_steps: raw_steps.len(),
         error: AtomicI32::new(0),
+        failed_step: std::sync::atomic::AtomicUsize::new(usize::MAX),
         // SAFETY: getpid has no preconditions.
         parent: unsafe { libc::getpid() },
         reset: signals_to_reset(),
@@ -289,6 +339,8 @@ pub fn spawn(req: SpawnRequest<'_>) -> io::Result<Spawned> {
         _cwd: cwd,
         _argv_ptrs: argv_ptrs,
         _env_ptrs: env_ptrs,
+        setup,
+        _raw_steps: raw_steps,
     });
     // The child shares our memory: block every signal so that none of our handlers can run
     // on its stack before it has reset them; it unblocks them just before exec.
@@ -388,6 +440,12 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 fail(e);
             }
         }
+        for i in 0..a.n_steps {
+            if let Err(e) = setup_step(&*a.steps.add(i)) {
+                a.failed_step.store(i, Ordering::Release);
+                fail(e);
+            }
+        }
         if !a.cwd.is_null()
             && let Err(e) = syscall!(Sysno::chdir, a.cwd)
         {
@@ -399,6 +457,37 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             Err(e) => fail(e),
             Ok(_) => fail(Errno::ENOEXEC), // execve returns only on failure
         }
+    }
+}
+
+/// One setup step, in the child: raw system calls only (see `child_main`).
+///
+/// # Safety
+/// `step` points into a live `SetupStep` (a C string path, and `len` bytes at `data`).
+unsafe fn setup_step(step: &RawStep) -> Result<(), syscalls::Errno> {
+    use syscalls::{Errno, Sysno, syscall};
+    // SAFETY: the caller's pointers are valid; these calls only read them.
+    unsafe {
+        if step.data.is_null() {
+            return match syscall!(Sysno::mkdirat, libc::AT_FDCWD, step.path, 0o777) {
+                Ok(_) | Err(Errno::EEXIST) => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC;
+        let fd = syscall!(Sysno::openat, libc::AT_FDCWD, step.path, flags, 0o666)?;
+        let mut done = 0;
+        while done < step.len {
+            match syscall!(Sysno::write, fd, step.data.add(done), step.len - done) {
+                Ok(n) => done += n,
+                Err(Errno::EINTR) => {}
+                Err(e) => {
+                    let _ = syscall!(Sysno::close, fd);
+                    return Err(e);
+                }
+            }
+        }
+        syscall!(Sysno::close, fd).map(|_| ())
     }
 }
 
@@ -443,14 +532,14 @@ mod tests {
     /// Start `program`, wait for it, and return how it ended: its exec error, or its status.
     fn run(program: &Path, cwd: Option<&Path>) -> Result<i32, io::Error> {
         let argv = [program.as_os_str().to_os_string()];
-        let child = spawn(SpawnRequest { program, argv: &argv, env: no_env(), cwd })?;
+        let child = spawn(SpawnRequest { program, argv: &argv, env: no_env(), cwd, setup: Vec::new() })?;
         let mut status = 0;
         // SAFETY: waiting for the child we just started.
         assert_eq!(unsafe { libc::waitpid(child.pid as i32, &mut status, 0) }, child.pid as i32);
         match child.exec.failure() {
-            Some(e) => {
+            Some(f) => {
                 assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 127, "status {status:#x}");
-                Err(e)
+                Err(f.error)
             }
             None => Ok(status),
         }
@@ -471,12 +560,42 @@ mod tests {
     }
 
     #[test]
+    fn setup_steps_make_dirs_and_write_or_replace_files_before_exec() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).unwrap();
+        let old = dir.path().join("old.txt");
+        std::fs::write(&old, "a longer old content").unwrap();
+        let new_dir = dir.path().join("new");
+        let setup = vec![
+            SetupStep::Dir(c(dir.path())), // exists already: fine
+            SetupStep::Dir(c(&new_dir)),
+            SetupStep::File(c(&new_dir.join("x")), b"abc".to_vec()),
+            SetupStep::File(c(&old), b"1".to_vec()),
+        ];
+        let argv = [OsString::from("true")];
+        let req = SpawnRequest { program: Path::new("/bin/true"), argv: &argv, env: no_env(), cwd: None, setup };
+        let child = spawn(req).unwrap();
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(child.pid as i32, &mut status, 0) }, child.pid as i32);
+        assert!(child.exec.failure().is_none());
+        assert_eq!(std::fs::read(new_dir.join("x")).unwrap(), b"abc");
+        assert_eq!(std::fs::read(&old).unwrap(), b"1");
+    }
+
+    #[test]
     fn the_group_exists_as_soon_as_spawn_returns() {
         // spawn does not wait for the child's exec, so it sets the child's group itself: a
         // signal to the group right away must reach the child, not fail with ESRCH.
         for _ in 0..200 {
             let argv: Vec<OsString> = ["sleep", "30"].iter().map(OsString::from).collect();
-            let req = SpawnRequest { program: Path::new("/bin/sleep"), argv: &argv, env: no_env(), cwd: None };
+            let req = SpawnRequest {
+                program: Path::new("/bin/sleep"),
+                argv: &argv,
+                env: no_env(),
+                cwd: None,
+                setup: Vec::new(),
+            };
             let child = spawn(req).expect("spawn");
             // SAFETY: signalling and then waiting for our own child's group.
             unsafe {
@@ -500,7 +619,13 @@ mod tests {
                         let code = (t * 50 + i) % 200;
                         let argv: Vec<OsString> =
                             ["/bin/sh", "-c", &format!("exit {code}")].iter().map(OsString::from).collect();
-                        let req = SpawnRequest { program: Path::new("/bin/sh"), argv: &argv, env: no_env(), cwd: None };
+                        let req = SpawnRequest {
+                            program: Path::new("/bin/sh"),
+                            argv: &argv,
+                            env: no_env(),
+                            cwd: None,
+                            setup: Vec::new(),
+                        };
                         let child = spawn(req).expect("spawn");
                         let mut status = 0;
                         // SAFETY: waiting for our own child.
