@@ -61,13 +61,20 @@ impl JobSpec {
 }
 
 /// A file written for a job just before its program starts (see [`JobSpec::files`]).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct JobFile {
     /// Where: absolute, or relative to the supervisor's working directory.
     pub path: PathBuf,
     /// What, in full: an existing file is replaced.
     pub contents: Vec<u8>,
+}
+
+impl std::fmt::Debug for JobFile {
+    // The path and the size: a job's `{:?}` should not print whole files.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobFile").field("path", &self.path).field("bytes", &self.contents.len()).finish()
+    }
 }
 
 impl JobFile {

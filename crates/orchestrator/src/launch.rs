@@ -1,7 +1,8 @@
 //! From a validated config and sweep plan to job specs: the Hydra-compatible output tree.
 //!
 //! `SweepLayout::create` makes the sweep dir and `multirun.yaml`; `prepare` makes one job's
-//! dir with `.hydra/{config,overrides,hydra}.yaml` and returns its [`JobSpec`]. Everything
+//! dir and returns its [`JobSpec`], whose `files` are the job's
+//! `.hydra/{config,overrides,hydra}.yaml` (written by the job's process as it starts). Everything
 //! that can fail because of user input is checked by `SweepLayout::check` before any
 //! directory is created.
 
@@ -228,7 +229,7 @@ impl SweepLayout {
         })
     }
 
-    /// Make job `num`'s directory and files; returns the spec to run it.
+    /// Make job `num`'s directory and render its `.hydra` files; returns the spec to run it.
     pub fn prepare(&self, job: &JobOverrides) -> JobSpec {
         let display: Vec<String> = job.items.iter().map(ResolvedOverride::display).collect();
         let mut spec = JobSpec::new(job.num, OsString::new(), Vec::new(), PathBuf::new());

@@ -226,8 +226,7 @@ impl Reaper {
         // before it is registered, or it could reap it.
         let mut state = self.lock();
         let child = sys::spawn(req)?;
-        let tid = sys::gettid();
-        state.spawners.add(tid);
+        state.spawners.add_current_thread();
         state.leaders.insert(child.pid);
         state.groups.insert(child.pid);
         Ok(child)
@@ -275,8 +274,9 @@ struct Ctx {
     base_env: Vec<(OsString, OsString)>,
     /// `base_env` as the `NAME=value` C strings a child gets, made once for every job.
     base_env_c: Arc<[CString]>,
-    /// Index in `base_env_c` of each name of `base_env`.
-    base_index: HashMap<OsString, usize>,
+    /// Indices in `base_env_c` of each name of `base_env` (an environment can hold a name
+    /// twice, and `getenv` would see the first).
+    base_index: HashMap<OsString, Vec<usize>>,
     /// The thread-count variables to add to every job (those not in `base_env`).
     thread_env: Vec<(OsString, OsString)>,
     /// `PATH` lookups already done.
@@ -488,11 +488,11 @@ async fn run_job(
             return finish(ctx, record, t0).await;
         }
     };
-    let pid = child.pid;
+    let sys::Spawned { pid, stdout, stderr, mut exec } = child;
     record.pid = Some(pid);
     // Read ends of fresh pipes, already non-blocking: no need for tokio's checks.
-    let stdout = pipe::Receiver::from_owned_fd_unchecked(child.stdout).ok();
-    let stderr = pipe::Receiver::from_owned_fd_unchecked(child.stderr).ok();
+    let stdout = pipe::Receiver::from_owned_fd_unchecked(stdout).ok();
+    let stderr = pipe::Receiver::from_owned_fd_unchecked(stderr).ok();
     let _ = log.note(&format!("started pid {pid} in slot {slot}: {}", argv_text(&spec)));
     if let Some(tx) = &ctx.events {
         let _ = tx.send(Event::Started { num: spec.num, pid, slot, at: start }).await;
@@ -505,6 +505,9 @@ async fn run_job(
     let grace = ctx.opts.grace;
     let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
     let mut kill_at: Option<tokio::time::Instant> = None;
+    // When to look whether the child has exec'd, to free its start-up memory (a job that
+    // ends sooner frees it at its end).
+    let mut release_at = Some(tokio::time::Instant::now() + Duration::from_millis(50));
     let mut cause: Option<EndCause> = None;
     let mut stop_open = true;
     let signal_job = |sig: Signal| {
@@ -537,6 +540,9 @@ async fn run_job(
                 cause = Some(EndCause::TimedOut);
                 signal_job(Signal::SIGTERM);
                 kill_at = Some(tokio::time::Instant::now() + grace);
+            }
+            _ = sleep_until(release_at), if release_at.is_some() => {
+                release_at = (!exec.release_if_running()).then(|| tokio::time::Instant::now() + Duration::from_millis(50));
             }
             _ = sleep_until(kill_at), if kill_at.is_some() => {
                 signal_job(Signal::SIGKILL);
@@ -576,7 +582,7 @@ async fn run_job(
     record.stderr_bytes = captured.stderr;
     // A child that could not write its files or exec its program exited with 127 and left
     // us its errno.
-    let exec_error = child.exec.failure().map(|f| match &f.setup_path {
+    let exec_error = exec.failure().map(|f| match &f.setup_path {
         Some(path) => format!("cannot write {}: {}", path.display(), f.error),
         None => spawn_error(&spec, &f.error),
     });
@@ -836,13 +842,13 @@ fn setup_steps(files: Vec<crate::job::JobFile>) -> io::Result<Vec<sys::SetupStep
 }
 
 /// `base` as `NAME=value` C strings, and the index of each name among them.
-fn shared_env(base: &[(OsString, OsString)]) -> (Arc<[CString]>, HashMap<OsString, usize>) {
+fn shared_env(base: &[(OsString, OsString)]) -> (Arc<[CString]>, HashMap<OsString, Vec<usize>>) {
     let mut entries = Vec::with_capacity(base.len());
-    let mut index = HashMap::with_capacity(base.len());
+    let mut index: HashMap<OsString, Vec<usize>> = HashMap::with_capacity(base.len());
     for (k, v) in base {
         // Our own environment cannot hold a NUL byte; skip rather than trust that.
         if let Ok(c) = CString::new(env_entry(k, v)) {
-            index.insert(k.clone(), entries.len());
+            index.entry(k.clone()).or_default().push(entries.len());
             entries.push(c);
         }
     }
@@ -874,9 +880,7 @@ fn job_env(
         overlay.push((k.into(), v.into()));
     }
     overlay.extend(extra);
-    let mut replaced: Vec<usize> = overlay.iter().filter_map(|(k, _)| ctx.base_index.get(k).copied()).collect();
-    replaced.sort_unstable();
-    replaced.dedup();
+    let replaced: Vec<usize> = overlay.iter().filter_map(|(k, _)| ctx.base_index.get(k)).flatten().copied().collect();
     let mut own = Vec::with_capacity(overlay.len());
     // Later overlay entries win: emit only the last value of each name.
     for (i, (k, v)) in overlay.iter().enumerate() {
@@ -947,7 +951,8 @@ mod tests {
         let mut opts = RunOptions::new(2);
         opts.thread_limit = Some(3);
         opts.slot_env = vec![("GPU".into(), SlotValue::PerSlot(vec!["4".into(), "5".into()]))];
-        let ctx = ctx(&[("PATH", "/bin"), ("OMP_NUM_THREADS", "8"), ("GPU", "old")], opts);
+        // An environment can hold a name twice: both copies give way to the slot's value.
+        let ctx = ctx(&[("PATH", "/bin"), ("GPU", "older"), ("OMP_NUM_THREADS", "8"), ("GPU", "old")], opts);
         let mut spec = JobSpec::new(0, "x", vec![], "l");
         spec.env = vec![("MKL_NUM_THREADS".into(), "1".into()), ("A".into(), "1".into()), ("A".into(), "2".into())];
         let extra = Some(("ORCHESTRATOR_ARGS".into(), "{}".into()));

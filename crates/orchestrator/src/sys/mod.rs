@@ -95,14 +95,26 @@ pub fn group_alive(pgid: u32) -> bool {
 /// children afresh (it is a seq_file), which saves a procfs path walk per job.
 #[derive(Default)]
 pub struct ChildLists {
-    files: Vec<(i32, Option<std::fs::File>)>,
+    /// Per thread: its tid, a number telling it from an earlier thread with the same tid,
+    /// and its open children file.
+    files: Vec<(i32, u64, Option<std::fs::File>)>,
 }
 
 impl ChildLists {
-    /// Watch thread `tid`'s children too.
-    pub fn add(&mut self, tid: i32) {
-        if !self.files.iter().any(|(t, _)| *t == tid) {
-            self.files.push((tid, None));
+    /// Watch the calling thread's children too.
+    pub fn add_current_thread(&mut self) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        thread_local! {
+            static ME: (i32, u64) = (gettid(), NEXT.fetch_add(1, Ordering::Relaxed));
+        }
+        let (tid, me) = ME.with(|m| *m);
+        match self.files.iter_mut().find(|(t, _, _)| *t == tid) {
+            Some(entry) if entry.1 == me => {}
+            // A thread that spawned before has died and its tid went to this one: its open
+            // file lists the dead thread's (no) children, so open this one's.
+            Some(entry) => *entry = (tid, me, None),
+            None => self.files.push((tid, me, None)),
         }
     }
 
@@ -112,7 +124,7 @@ impl ChildLists {
         let mut out = Vec::new();
         let mut buf = [0u8; 4096];
         let mut text = Vec::new();
-        for (tid, file) in &mut self.files {
+        for (tid, _, file) in &mut self.files {
             if file.is_none() {
                 *file = std::fs::File::open(format!("/proc/self/task/{tid}/children")).ok();
             }
@@ -202,7 +214,7 @@ mod tests {
     #[test]
     fn child_lists_read_afresh_each_time() {
         let mut lists = ChildLists::default();
-        lists.add(gettid());
+        lists.add_current_thread();
         let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         assert!(lists.read().contains(&child.id()), "a live child is listed");
         child.kill().unwrap();

@@ -26,9 +26,11 @@ pub struct Env {
 }
 
 impl Env {
-    /// `shared` entries (`NAME=value`), minus those at the `replaced` indices (in increasing
-    /// order), plus `own` entries.
-    pub fn new(shared: Arc<[CString]>, replaced: Vec<usize>, own: Vec<CString>) -> Env {
+    /// `shared` entries (`NAME=value`), minus those at the `replaced` indices, plus `own`
+    /// entries.
+    pub fn new(shared: Arc<[CString]>, mut replaced: Vec<usize>, own: Vec<CString>) -> Env {
+        replaced.sort_unstable();
+        replaced.dedup();
         Env { shared, replaced, own }
     }
 
@@ -138,8 +140,9 @@ struct ChildMem {
     _raw_steps: Vec<RawStep>,
 }
 
-// SAFETY: the raw pointers point into the same `ChildMem`, whose owned strings never move;
-// the only fields written after construction (`busy`, `args.error`) are atomics.
+// SAFETY: the raw pointers point into the same `ChildMem` (or the shared environment it
+// holds), whose heap buffers never move; the only fields written after construction
+// (`busy`, `args.error`, `args.failed_step`) are atomics.
 unsafe impl Send for ChildMem {}
 unsafe impl Sync for ChildMem {}
 
@@ -167,20 +170,36 @@ impl ExecWatch {
     }
 }
 
+impl ExecWatch {
+    /// Free the child's start-up memory (its stack goes back to the pool) if it has exec'd
+    /// its program; `true` once that is done. A long job's supervisor calls this soon after
+    /// the start, rather than holding the memory until the job ends.
+    pub fn release_if_running(&mut self) -> bool {
+        match &self.0 {
+            None => true,
+            Some(mem) if mem.busy.load(Ordering::Acquire) == 0 && mem.args.error.load(Ordering::Acquire) == 0 => {
+                self.0 = None;
+                true
+            }
+            Some(_) => false,
+        }
+    }
+}
+
+/// Start-up memory of children dropped before they had exec'd or exited, freed by a later
+/// `spawn` once the kernel says they are done with it. Boxed: the child holds addresses
+/// inside each `ChildMem` (its arguments, the word the kernel clears), so it must not move.
+#[allow(clippy::vec_box)]
+static PENDING: std::sync::Mutex<Vec<Box<ChildMem>>> = std::sync::Mutex::new(Vec::new());
+
 impl Drop for ExecWatch {
     fn drop(&mut self) {
         let Some(mem) = self.0.take() else { return };
-        // Normally the child has long exec'd or exited (we drop this after reaping it). If
-        // not, it is a few system calls from `execve`: wait for the kernel's all-clear. A
-        // child stopped before exec may never give it: then leak the memory rather than
-        // free it under the child.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-        while mem.busy.load(Ordering::Acquire) != 0 {
-            if std::time::Instant::now() > deadline {
-                std::mem::forget(mem);
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_micros(50));
+        // Normally the child has long exec'd or exited (this is dropped after reaping it).
+        // If not (a job abandoned between spawn and exec), the child may still read the
+        // memory: keep it until it is done, without blocking this thread.
+        if mem.busy.load(Ordering::Acquire) != 0 {
+            PENDING.lock().unwrap_or_else(|e| e.into_inner()).push(mem);
         }
     }
 }
@@ -197,7 +216,7 @@ const STACK_LAYOUT: std::alloc::Layout = match std::alloc::Layout::from_size_ali
     Err(_) => panic!("stack layout"),
 };
 
-/// Stacks of children that have exec'd, kept for the next ones.
+/// Stacks of children that have exec'd or exited, kept for the next ones.
 static STACKS: std::sync::Mutex<Vec<Stack>> = std::sync::Mutex::new(Vec::new());
 
 impl Stack {
@@ -305,6 +324,12 @@ pub fn spawn(req: SpawnRequest<'_>) -> io::Result<Spawned> {
     let mut env_ptrs: Vec<*const libc::c_char> = env.entries().map(|c| c.as_ptr()).collect();
     env_ptrs.push(std::ptr::null());
 
+    {
+        let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+        if !pending.is_empty() {
+            pending.retain(|m| m.busy.load(Ordering::Acquire) != 0);
+        }
+    }
     let devnull = dev_null()?;
     let (out_r, out_w) = pipe_cloexec()?;
     let (err_r, err_w) = pipe_cloexec()?;
@@ -357,7 +382,7 @@ pub fn spawn(req: SpawnRequest<'_>) -> io::Result<Spawned> {
     // every job it supervises, for the whole of the child's exec (~120 µs for a `true`);
     // going on while the child execs is worth 10-15% of wall time on many tiny jobs. The
     // child shares our memory all the same, so it reads only `mem` and writes only its own
-    // stack and the atomic `error`.
+    // stack and the atomics `error` and `failed_step`.
     // SAFETY: `child_main` gets a pointer to `mem.args`, in a box that is freed only once
     // `busy` reads 0, i.e. after the kernel's CLONE_CHILD_CLEARTID write at the child's exec
     // or exit (see `ExecWatch`).
@@ -440,6 +465,10 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 fail(e);
             }
         }
+        // Every other descriptor is close-on-exec, but until then we hold copies of them,
+        // among them other jobs' pipe ends, whose EOF would wait for our setup's file I/O.
+        // (Before Linux 5.9 this fails, and the exec closes them.)
+        let _ = syscall!(Sysno::close_range, 3, u32::MAX, 0);
         for i in 0..a.n_steps {
             if let Err(e) = setup_step(&*a.steps.add(i)) {
                 a.failed_step.store(i, Ordering::Release);
@@ -479,6 +508,10 @@ unsafe fn setup_step(step: &RawStep) -> Result<(), syscalls::Errno> {
         let mut done = 0;
         while done < step.len {
             match syscall!(Sysno::write, fd, step.data.add(done), step.len - done) {
+                Ok(0) => {
+                    let _ = syscall!(Sysno::close, fd);
+                    return Err(Errno::EIO);
+                }
                 Ok(n) => done += n,
                 Err(Errno::EINTR) => {}
                 Err(e) => {
@@ -581,6 +614,26 @@ mod tests {
         assert!(child.exec.failure().is_none());
         assert_eq!(std::fs::read(new_dir.join("x")).unwrap(), b"abc");
         assert_eq!(std::fs::read(&old).unwrap(), b"1");
+    }
+
+    #[test]
+    fn start_up_memory_is_released_once_the_child_has_execd() {
+        let argv: Vec<OsString> = ["sleep", "30"].iter().map(OsString::from).collect();
+        let req =
+            SpawnRequest { program: Path::new("/bin/sleep"), argv: &argv, env: no_env(), cwd: None, setup: vec![] };
+        let mut child = spawn(req).expect("spawn");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !child.exec.release_if_running() {
+            assert!(std::time::Instant::now() < deadline, "the child never exec'd");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(child.exec.failure().is_none(), "released means it ran its program");
+        // SAFETY: ending and reaping our own child.
+        unsafe {
+            libc::kill(child.pid as i32, libc::SIGKILL);
+            let mut status = 0;
+            assert_eq!(libc::waitpid(child.pid as i32, &mut status, 0), child.pid as i32);
+        }
     }
 
     #[test]
