@@ -1,8 +1,8 @@
 //! From a validated config and sweep plan to job specs: the Hydra-compatible output tree.
 //!
-//! `SweepLayout::create` makes the sweep dir and `multirun.yaml`; `prepare` makes one job's
-//! dir and returns its [`JobSpec`], whose `files` are the job's
-//! `.hydra/{config,overrides,hydra}.yaml` (written by the job's process as it starts). Everything
+//! `SweepLayout::create` makes the sweep dir and `multirun.yaml`; `prepare` returns one job's
+//! [`JobSpec`], whose `files` are the job's `.hydra/{config,overrides,hydra}.yaml`: the job's
+//! process makes its dir, its log and those files as it starts. Everything
 //! that can fail because of user input is checked by `SweepLayout::check` before any
 //! directory is created.
 
@@ -229,7 +229,7 @@ impl SweepLayout {
         })
     }
 
-    /// Make job `num`'s directory and render its `.hydra` files; returns the spec to run it.
+    /// Render job `num`'s `.hydra` files; returns the spec to run it.
     pub fn prepare(&self, job: &JobOverrides) -> JobSpec {
         let display: Vec<String> = job.items.iter().map(ResolvedOverride::display).collect();
         let mut spec = JobSpec::new(job.num, OsString::new(), Vec::new(), PathBuf::new());
@@ -249,11 +249,13 @@ impl SweepLayout {
         let dir = if sub.is_empty() { self.abs_dir.clone() } else { self.abs_dir.join(&sub) };
         let rel_dir = if sub.is_empty() { self.dir.clone() } else { self.dir.join(&sub) };
         let hydra_dir = dir.join(".hydra");
-        // One mkdir in the common case (`<sweep>/<num>`); create_dir_all for nested subdir
-        // templates or a resumed job whose dir exists. `.hydra` is made by the job's process
-        // with the files in it (see below).
-        if std::fs::create_dir(&dir).is_err() {
-            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        // The job's own process makes its dir, its log and `.hydra` as it starts (see
+        // `JobSpec::files`): creating them was most of this thread's work per job. Only the
+        // levels above a nested subdir template (`${a}/${b}`) are made here.
+        if let Some(parent) = dir.parent()
+            && parent != self.abs_dir
+        {
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
         }
         // Large arguments: the job gets `key=@path` (or the file's text inline) instead.
         let mut argv_items: Vec<String> = display.to_vec();
@@ -278,8 +280,7 @@ impl SweepLayout {
         }
         // The `.hydra` files are written by the job's own process just before it runs the
         // app: creating them here, on the supervisor's one thread, was the largest part of
-        // its work per job (4 of the job's 6 new inodes), while the job's process runs beside
-        // it on another CPU.
+        // its work per job, while the job's process runs beside it on another CPU.
         let config_path = hydra_dir.join("config.yaml");
         let overrides_path = hydra_dir.join("overrides.yaml");
         let hydra_path = hydra_dir.join("hydra.yaml");

@@ -50,8 +50,16 @@ struct StampCache {
 }
 
 /// The job's log file.
+///
+/// A job's own process creates its log as it starts (see `runner::setup_steps`), so that
+/// the supervisor's thread makes no inode for it; the writer opens the file once it is told
+/// the process is past that point (`allow_open`), keeping records in memory until then.
 pub(crate) struct LogWriter {
-    file: File,
+    file: Option<File>,
+    /// Where to open it; `None` once open.
+    path: Option<std::path::PathBuf>,
+    /// Whether the file may be opened: the job's process is past its set-up (or gone).
+    may_open: bool,
     /// Records not yet written. It grows with what the job writes between flushes: a few
     /// hundred bytes for most jobs, up to about [`FLUSH_AT`] for one that floods its output
     /// (a fixed small buffer meant a write(2) per 8 KiB there).
@@ -64,13 +72,54 @@ pub(crate) struct LogWriter {
 const FLUSH_AT: usize = 64 * 1024;
 
 impl LogWriter {
+    #[cfg(test)]
     pub(crate) fn new(file: File, clock: Clock) -> Self {
+        let mut log = Self::deferred(std::path::PathBuf::new(), clock);
+        log.file = Some(file);
+        log.path = None;
+        log.may_open = true;
+        log
+    }
+
+    /// A writer for the log at `path`, which it opens (creating it, and its directory, if
+    /// the job's process did not) at the first flush after `allow_open`.
+    pub(crate) fn deferred(path: std::path::PathBuf, clock: Clock) -> Self {
         // Room for the start and end records without growing.
         LogWriter {
-            file,
+            file: None,
+            path: Some(path),
+            may_open: false,
             buf: Vec::with_capacity(512),
             clock,
             stamp: StampCache { millis: i64::MIN, text: String::new() },
+        }
+    }
+
+    /// The job's process is past its set-up (it runs its program, or it is gone): the file
+    /// exists if it could be made, and what is buffered can go to it.
+    pub(crate) fn allow_open(&mut self) -> io::Result<()> {
+        if self.may_open {
+            return Ok(());
+        }
+        self.may_open = true;
+        self.flush()
+    }
+
+    pub(crate) fn is_open_allowed(&self) -> bool {
+        self.may_open
+    }
+
+    fn open(path: &std::path::Path) -> io::Result<File> {
+        let open = || std::fs::OpenOptions::new().append(true).create(true).open(path);
+        match open() {
+            // The process died before making its directory: make it here.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)?;
+                }
+                open()
+            }
+            r => r,
         }
     }
 
@@ -92,10 +141,25 @@ impl LogWriter {
     }
 
     pub(crate) fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
+        if self.buf.is_empty() || !self.may_open {
             return Ok(());
         }
-        let written = self.file.write_all(&self.buf);
+        if self.file.is_none() {
+            let Some(path) = &self.path else { return Ok(()) };
+            match Self::open(path) {
+                Ok(f) => {
+                    self.file = Some(f);
+                    self.path = None;
+                }
+                Err(e) => {
+                    // Nowhere to write: drop what waited (the next flush tries again).
+                    self.buf.clear();
+                    return Err(e);
+                }
+            }
+        }
+        let Some(file) = &mut self.file else { return Ok(()) };
+        let written = file.write_all(&self.buf);
         self.buf.clear();
         written
     }
@@ -104,6 +168,7 @@ impl LogWriter {
 impl Drop for LogWriter {
     fn drop(&mut self) {
         // Every path flushes explicitly; this only keeps what a panic left unwritten.
+        self.may_open = true;
         let _ = self.flush();
     }
 }
@@ -208,10 +273,11 @@ pub(crate) async fn pump(
     mut log: LogWriter,
     events: Option<mpsc::Sender<Event>>,
     abandon: CancellationToken,
+    execd: std::sync::Arc<tokio::sync::Notify>,
 ) -> (LogWriter, Captured, io::Result<()>) {
     let mut framers = (Framer::new(Stream::Stdout), Framer::new(Stream::Stderr));
     let mut sink = Sink { log: &mut log, events: events.as_ref(), num };
-    let result = pump_inner(stdout, stderr, &mut sink, &mut framers, &abandon).await;
+    let result = pump_inner(stdout, stderr, &mut sink, &mut framers, &abandon, &execd).await;
     let captured = Captured { stdout: framers.0.bytes, stderr: framers.1.bytes };
     (log, captured, result)
 }
@@ -222,6 +288,7 @@ async fn pump_inner(
     sink: &mut Sink<'_>,
     (out, err): &mut (Framer, Framer),
     abandon: &CancellationToken,
+    execd: &tokio::sync::Notify,
 ) -> io::Result<()> {
     // Filled through `read_buf`, so never zeroed; they start small (most jobs write little)
     // and grow up to MAX_RECORD for a job that fills them.
@@ -235,6 +302,9 @@ async fn pump_inner(
                 err.finish(sink).await?;
                 return Ok(());
             }
+            // The job's process runs its program: its set-up, the log's creation included,
+            // is done. (So is it when anything comes down a pipe, below.)
+            () = execd.notified(), if !sink.log.is_open_allowed() => {}
             r = read_opt(&mut stdout, &mut obuf), if stdout.is_some() => match r {
                 Ok(0) => { out.finish(sink).await?; stdout = None; }
                 Ok(_) => { out.feed(&obuf, sink).await?; grow_if_full(&mut obuf); }
@@ -248,6 +318,8 @@ async fn pump_inner(
                 Err(e) => { err.finish(sink).await?; stderr = None; sink.log.note(&format!("reading stderr failed: {e}"))?; }
             },
         }
+        // Output (or EOF) comes only from the program, or once the process is gone.
+        sink.log.allow_open()?;
         sink.log.flush()?;
     }
     Ok(())

@@ -5,7 +5,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr, OsString};
-use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -453,18 +452,13 @@ async fn run_job(
         record.outcome = Outcome::Stopped { reason: StopReason::Cancelled, code: None, signal: None };
         return finish(ctx, record, t0).await;
     }
-    let file = match File::create(&spec.log_path) {
-        Ok(f) => f,
-        Err(e) => {
-            record.outcome =
-                Outcome::SpawnFailed { error: format!("cannot create log {}: {e}", spec.log_path.display()) };
-            return finish(ctx, record, t0).await;
-        }
-    };
-    let mut log = LogWriter::new(file, ctx.clock);
+    // The job's process creates the log (see `setup_steps`); until it is past that, the
+    // records wait in memory. On the paths where no process starts, the log is ours to make.
+    let mut log = LogWriter::deferred(spec.log_path.clone(), ctx.clock);
     let placed = match place_payloads(&spec, ctx) {
         Ok(p) => p,
         Err(e) => {
+            let _ = log.allow_open();
             let _ = log.note(&format!("could not hand over payloads: {e}"));
             record.outcome = Outcome::SpawnFailed { error: e.to_string() };
             return finish(ctx, record, t0).await;
@@ -475,13 +469,14 @@ async fn run_job(
         let argv: Vec<OsString> = std::iter::once(spec.program.clone()).chain(spec.args.iter().cloned()).collect();
         let args = placed.json.as_ref().map(|json| (OsString::from("ORCHESTRATOR_ARGS"), OsString::from(json)));
         let env = job_env(&spec, slot, ctx, &marker, args)?;
-        let setup = setup_steps(files)?;
+        let setup = setup_steps(&spec.log_path, files)?;
         ctx.reaper.spawn(sys::SpawnRequest { program: &program, argv: &argv, env, cwd: spec.cwd.as_deref(), setup })
     });
     let child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let error = spawn_error(&spec, &e);
+            let _ = log.allow_open();
             let _ = log.note(&format!("could not start {}: {error}", spec.program.to_string_lossy()));
             record.outcome = Outcome::SpawnFailed { error };
             placed.release(ctx);
@@ -499,7 +494,8 @@ async fn run_job(
     }
     let abandon = CancellationToken::new();
     let events = if ctx.opts.forward_output { ctx.events.clone() } else { None };
-    let mut pump = tokio::spawn(output::pump(spec.num, stdout, stderr, log, events, abandon.clone()));
+    let execd = Arc::new(tokio::sync::Notify::new());
+    let mut pump = tokio::spawn(output::pump(spec.num, stdout, stderr, log, events, abandon.clone(), execd.clone()));
     let pidfd = sys::async_pidfd(pid);
 
     let grace = ctx.opts.grace;
@@ -542,7 +538,12 @@ async fn run_job(
                 kill_at = Some(tokio::time::Instant::now() + grace);
             }
             _ = sleep_until(release_at), if release_at.is_some() => {
-                release_at = (!exec.release_if_running()).then(|| tokio::time::Instant::now() + Duration::from_millis(50));
+                if exec.release_if_running() {
+                    execd.notify_one(); // the log can be opened now
+                    release_at = None;
+                } else {
+                    release_at = Some(tokio::time::Instant::now() + Duration::from_millis(50));
+                }
             }
             _ = sleep_until(kill_at), if kill_at.is_some() => {
                 signal_job(Signal::SIGKILL);
@@ -575,6 +576,8 @@ async fn run_job(
             (log, captured, r)
         }
     };
+    // The process is gone: whatever it made of the log is there.
+    let _ = log.allow_open();
     if let Err(e) = pumped {
         let _ = log.note(&format!("output capture failed: {e}"));
     }
@@ -669,17 +672,10 @@ fn place_payloads(spec: &JobSpec, ctx: &Ctx) -> Result<Placed, crate::spill::Spi
 }
 
 fn panic_log(spec: &JobSpec, e: tokio::task::JoinError) -> (LogWriter, output::Captured, io::Result<()>) {
-    // The pump owned the log; it panicked, so reopen the file for the end record.
-    let file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&spec.log_path)
-        .or_else(|_| std::fs::OpenOptions::new().write(true).open("/dev/null"));
-    let err = io::Error::other(e.to_string());
-    match file {
-        Ok(f) => (LogWriter::new(f, Clock::new()), output::Captured::default(), Err(err)),
-        // Not even /dev/null opens: nothing sensible is left to write to.
-        Err(_) => std::process::abort(),
-    }
+    // The pump owned the log; it panicked, so open the file again for the end record.
+    let mut log = LogWriter::deferred(spec.log_path.clone(), Clock::new());
+    let _ = log.allow_open();
+    (log, output::Captured::default(), Err(io::Error::other(e.to_string())))
 }
 
 fn humanize_precise(d: Duration) -> String {
@@ -823,12 +819,13 @@ fn thread_env(limit: Option<usize>, base_env: &[(OsString, OsString)]) -> Vec<(O
         .collect()
 }
 
-/// The steps that write `files` in the child: each file's directory (when it differs from
-/// the previous file's), then the file.
-fn setup_steps(files: Vec<crate::job::JobFile>) -> io::Result<Vec<sys::SetupStep>> {
-    let mut steps = Vec::with_capacity(files.len() + 1);
+/// What the job's process does before it runs the program: create its (empty) log, then
+/// write `files`; each file's directory first when it differs from the previous file's.
+fn setup_steps(log: &std::path::Path, files: Vec<crate::job::JobFile>) -> io::Result<Vec<sys::SetupStep>> {
+    let mut steps = Vec::with_capacity(files.len() + 3);
     let mut last_dir: Option<PathBuf> = None;
-    for f in files {
+    let log = crate::job::JobFile::new(log, Vec::new());
+    for f in std::iter::once(log).chain(files) {
         let dir = f.path.parent().filter(|d| !d.as_os_str().is_empty());
         if let Some(d) = dir
             && last_dir.as_deref() != Some(d)

@@ -142,6 +142,25 @@ async fn job_files_are_written_before_the_program_runs_and_a_failed_one_fails_th
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn a_silent_job_has_its_log_and_start_record_while_it_runs() {
+    // The job's process creates its log; the supervisor writes into it once the program
+    // runs, so the start record must not wait for output or for the end.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sub").join("0.log");
+    let mut job = JobSpec::new(0, "sleep", vec![OsString::from("2")], &log);
+    job.overrides = vec!["n=0".into()];
+    let (_tx, rx) = watch::channel(Stop::None);
+    let run = tokio::spawn(run_all(RunOptions::new(1), vec![job], rx));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let text = std::fs::read_to_string(&log).expect("the log exists while the job runs");
+    assert!(text.contains("[orchestrator] started pid "), "{text:?}");
+    let (summary, _) = run.await.unwrap();
+    assert_eq!(summary.succeeded, 1);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("exit code 0"), "{text}");
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn a_stop_request_ends_running_jobs_and_starts_no_more() {
     let dir = tempfile::tempdir().unwrap();
     let jobs: Vec<JobSpec> = (0..5).map(|n| sh(n, dir.path(), "exec sleep 30")).collect();
