@@ -23,7 +23,8 @@ pub struct JobSpec {
     pub env: Vec<(OsString, OsString)>,
     /// Working directory; `None` = the supervisor's.
     pub cwd: Option<PathBuf>,
-    /// Where every line the job writes is logged.
+    /// Where every line the job writes is logged. The job's process creates the file (and
+    /// its directory, one level) as it starts.
     pub log_path: PathBuf,
     /// The job's own directory, if it has one.
     pub dir: Option<PathBuf>,
