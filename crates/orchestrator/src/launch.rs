@@ -252,7 +252,8 @@ impl SweepLayout {
         // The job's own process makes its dir, its log and `.hydra` as it starts (see
         // `JobSpec::files`): creating them was most of this thread's work per job. Only the
         // levels above a nested subdir template (`${a}/${b}`) are made here.
-        if let Some(parent) = dir.parent()
+        if !sub.is_empty()
+            && let Some(parent) = dir.parent()
             && parent != self.abs_dir
         {
             std::fs::create_dir_all(parent).map_err(io_err(parent))?;

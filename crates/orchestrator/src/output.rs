@@ -56,10 +56,11 @@ struct StampCache {
 /// the process is past that point (`allow_open`), keeping records in memory until then.
 pub(crate) struct LogWriter {
     file: Option<File>,
-    /// Where to open it; `None` once open.
-    path: Option<std::path::PathBuf>,
+    path: std::path::PathBuf,
     /// Whether the file may be opened: the job's process is past its set-up (or gone).
     may_open: bool,
+    /// Whether opening or writing the file has failed already (reported once).
+    failed: bool,
     /// Records not yet written. It grows with what the job writes between flushes: a few
     /// hundred bytes for most jobs, up to about [`FLUSH_AT`] for one that floods its output
     /// (a fixed small buffer meant a write(2) per 8 KiB there).
@@ -76,7 +77,6 @@ impl LogWriter {
     pub(crate) fn new(file: File, clock: Clock) -> Self {
         let mut log = Self::deferred(std::path::PathBuf::new(), clock);
         log.file = Some(file);
-        log.path = None;
         log.may_open = true;
         log
     }
@@ -87,8 +87,9 @@ impl LogWriter {
         // Room for the start and end records without growing.
         LogWriter {
             file: None,
-            path: Some(path),
+            path,
             may_open: false,
+            failed: false,
             buf: Vec::with_capacity(512),
             clock,
             stamp: StampCache { millis: i64::MIN, text: String::new() },
@@ -97,12 +98,11 @@ impl LogWriter {
 
     /// The job's process is past its set-up (it runs its program, or it is gone): the file
     /// exists if it could be made, and what is buffered can go to it.
-    pub(crate) fn allow_open(&mut self) -> io::Result<()> {
-        if self.may_open {
-            return Ok(());
+    pub(crate) fn allow_open(&mut self) {
+        if !self.may_open {
+            self.may_open = true;
+            self.flush();
         }
-        self.may_open = true;
-        self.flush()
     }
 
     pub(crate) fn is_open_allowed(&self) -> bool {
@@ -112,10 +112,11 @@ impl LogWriter {
     fn open(path: &std::path::Path) -> io::Result<File> {
         let open = || std::fs::OpenOptions::new().append(true).create(true).open(path);
         match open() {
-            // The process died before making its directory: make it here.
+            // The process died before making its directory: make it here (one level, as
+            // the process would have).
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)?;
+                    std::fs::create_dir(dir)?;
                 }
                 open()
             }
@@ -123,7 +124,12 @@ impl LogWriter {
         }
     }
 
-    pub(crate) fn record(&mut self, at: DateTime<Utc>, tag: &str, bytes: &[u8]) -> io::Result<()> {
+    /// Add a record; it is written at the next flush, or now if enough have waited.
+    ///
+    /// The log's own I/O errors never reach the caller: the job's output must go on being
+    /// read (a pump that stopped would end the job with SIGPIPE), so the first error is
+    /// reported through `tracing`, and records that cannot be written are dropped.
+    pub(crate) fn record(&mut self, at: DateTime<Utc>, tag: &str, bytes: &[u8]) {
         let millis = at.timestamp_millis();
         if millis != self.stamp.millis {
             self.stamp = StampCache { millis, text: self.clock.stamp(at) };
@@ -131,45 +137,49 @@ impl LogWriter {
         for piece in [b"[", self.stamp.text.as_bytes(), b"][", tag.as_bytes(), b"] ", bytes, b"\n"] {
             self.buf.extend_from_slice(piece);
         }
-        if self.buf.len() >= FLUSH_AT { self.flush() } else { Ok(()) }
+        if self.buf.len() >= FLUSH_AT {
+            self.flush();
+        }
     }
 
     /// A line from the supervisor itself (start, end, what it did to the job).
-    pub(crate) fn note(&mut self, text: &str) -> io::Result<()> {
-        self.record(Utc::now(), "orchestrator", text.as_bytes())?;
-        self.flush()
+    pub(crate) fn note(&mut self, text: &str) {
+        self.record(Utc::now(), "orchestrator", text.as_bytes());
+        self.flush();
     }
 
-    pub(crate) fn flush(&mut self) -> io::Result<()> {
+    pub(crate) fn flush(&mut self) {
         if self.buf.is_empty() || !self.may_open {
-            return Ok(());
+            return;
         }
         if self.file.is_none() {
-            let Some(path) = &self.path else { return Ok(()) };
-            match Self::open(path) {
-                Ok(f) => {
-                    self.file = Some(f);
-                    self.path = None;
-                }
-                Err(e) => {
-                    // Nowhere to write: drop what waited (the next flush tries again).
-                    self.buf.clear();
-                    return Err(e);
-                }
+            match Self::open(&self.path) {
+                Ok(f) => self.file = Some(f),
+                Err(e) => return self.fail(&e),
             }
         }
-        let Some(file) = &mut self.file else { return Ok(()) };
-        let written = file.write_all(&self.buf);
+        if let Some(file) = &mut self.file
+            && let Err(e) = file.write_all(&self.buf)
+        {
+            return self.fail(&e);
+        }
         self.buf.clear();
-        written
+    }
+
+    fn fail(&mut self, e: &io::Error) {
+        if !self.failed {
+            self.failed = true;
+            tracing::error!("cannot write the job log {}: {e}; its records are lost", self.path.display());
+        }
+        self.buf.clear();
     }
 }
 
 impl Drop for LogWriter {
     fn drop(&mut self) {
-        // Every path flushes explicitly; this only keeps what a panic left unwritten.
-        self.may_open = true;
-        let _ = self.flush();
+        // Every path flushes explicitly; this only keeps what a panic left unwritten. Not
+        // before the job's process is past its set-up: it may yet create (truncate) the file.
+        self.flush();
     }
 }
 
@@ -249,7 +259,7 @@ impl Sink<'_> {
         line: &[u8],
         complete: bool,
     ) -> io::Result<()> {
-        self.log.record(at, tag, line)?;
+        self.log.record(at, tag, line);
         if let Some(tx) = self.events {
             // The log is already written; a closed receiver only means nobody is watching.
             let _ = tx.send(Event::Output { num: self.num, stream, line: line.to_vec(), complete }).await;
@@ -304,23 +314,23 @@ async fn pump_inner(
             }
             // The job's process runs its program: its set-up, the log's creation included,
             // is done. (So is it when anything comes down a pipe, below.)
-            () = execd.notified(), if !sink.log.is_open_allowed() => {}
+            () = execd.notified(), if !sink.log.is_open_allowed() => sink.log.allow_open(),
             r = read_opt(&mut stdout, &mut obuf), if stdout.is_some() => match r {
-                Ok(0) => { out.finish(sink).await?; stdout = None; }
-                Ok(_) => { out.feed(&obuf, sink).await?; grow_if_full(&mut obuf); }
+                Ok(0) => { sink.log.allow_open(); out.finish(sink).await?; stdout = None; }
+                Ok(_) => { sink.log.allow_open(); out.feed(&obuf, sink).await?; grow_if_full(&mut obuf); }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => { out.finish(sink).await?; stdout = None; sink.log.note(&format!("reading stdout failed: {e}"))?; }
+                Err(e) => { out.finish(sink).await?; stdout = None; sink.log.note(&format!("reading stdout failed: {e}")); }
             },
             r = read_opt(&mut stderr, &mut ebuf), if stderr.is_some() => match r {
-                Ok(0) => { err.finish(sink).await?; stderr = None; }
-                Ok(_) => { err.feed(&ebuf, sink).await?; grow_if_full(&mut ebuf); }
+                Ok(0) => { sink.log.allow_open(); err.finish(sink).await?; stderr = None; }
+                Ok(_) => { sink.log.allow_open(); err.feed(&ebuf, sink).await?; grow_if_full(&mut ebuf); }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => { err.finish(sink).await?; stderr = None; sink.log.note(&format!("reading stderr failed: {e}"))?; }
+                Err(e) => { err.finish(sink).await?; stderr = None; sink.log.note(&format!("reading stderr failed: {e}")); }
             },
         }
-        // Output (or EOF) comes only from the program, or once the process is gone.
-        sink.log.allow_open()?;
-        sink.log.flush()?;
+        // Output (or EOF) comes only from the program, or once the process is gone: both
+        // allow the log open above.
+        sink.log.flush();
     }
     Ok(())
 }
@@ -360,7 +370,7 @@ mod tests {
             }
             f.finish(&mut sink).await.unwrap();
         }
-        log.flush().unwrap();
+        log.flush();
         drop(tx);
         let mut events = Vec::new();
         while let Some(Event::Output { line, complete, .. }) = rx.recv().await {
@@ -393,6 +403,29 @@ mod tests {
     }
 
     #[test]
+    fn a_deferred_log_opens_only_when_allowed_and_survives_a_failed_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job").join("x.log");
+        let mut log = LogWriter::deferred(path.clone(), Clock::new());
+        log.note("started");
+        assert!(!path.exists(), "not opened before the job's process is past its set-up");
+        // The process made the dir and the (empty) file; the supervisor appends to it.
+        std::fs::create_dir(dir.path().join("job")).unwrap();
+        std::fs::write(&path, "").unwrap();
+        log.allow_open();
+        log.note("ended");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("] started\n") && text.contains("] ended\n"), "{text}");
+        // Two missing levels: like the process, the supervisor makes only the last one,
+        // which fails here; the records are dropped without an error to the caller.
+        let deep = dir.path().join("a").join("b").join("x.log");
+        let mut log = LogWriter::deferred(deep.clone(), Clock::new());
+        log.allow_open();
+        log.note("lost");
+        assert!(!deep.exists() && !dir.path().join("a").exists());
+    }
+
+    #[test]
     fn each_record_carries_its_own_millisecond() {
         let file = tempfile::NamedTempFile::new().unwrap();
         let clock = Clock::new();
@@ -400,9 +433,9 @@ mod tests {
         let t0 = Utc::now();
         let times = [t0, t0, t0 + chrono::Duration::milliseconds(1), t0 + chrono::Duration::seconds(61), t0];
         for (i, t) in times.iter().enumerate() {
-            log.record(*t, "stdout", format!("line {i}").as_bytes()).unwrap();
+            log.record(*t, "stdout", format!("line {i}").as_bytes());
         }
-        log.flush().unwrap();
+        log.flush();
         let text = std::fs::read_to_string(file.path()).unwrap();
         let expected: String =
             times.iter().enumerate().map(|(i, t)| format!("[{}][stdout] line {i}\n", clock.stamp(*t))).collect();

@@ -458,8 +458,8 @@ async fn run_job(
     let placed = match place_payloads(&spec, ctx) {
         Ok(p) => p,
         Err(e) => {
-            let _ = log.allow_open();
-            let _ = log.note(&format!("could not hand over payloads: {e}"));
+            log.allow_open();
+            log.note(&format!("could not hand over payloads: {e}"));
             record.outcome = Outcome::SpawnFailed { error: e.to_string() };
             return finish(ctx, record, t0).await;
         }
@@ -476,8 +476,8 @@ async fn run_job(
         Ok(c) => c,
         Err(e) => {
             let error = spawn_error(&spec, &e);
-            let _ = log.allow_open();
-            let _ = log.note(&format!("could not start {}: {error}", spec.program.to_string_lossy()));
+            log.allow_open();
+            log.note(&format!("could not start {}: {error}", spec.program.to_string_lossy()));
             record.outcome = Outcome::SpawnFailed { error };
             placed.release(ctx);
             return finish(ctx, record, t0).await;
@@ -488,7 +488,7 @@ async fn run_job(
     // Read ends of fresh pipes, already non-blocking: no need for tokio's checks.
     let stdout = pipe::Receiver::from_owned_fd_unchecked(stdout).ok();
     let stderr = pipe::Receiver::from_owned_fd_unchecked(stderr).ok();
-    let _ = log.note(&format!("started pid {pid} in slot {slot}: {}", argv_text(&spec)));
+    log.note(&format!("started pid {pid} in slot {slot}: {}", argv_text(&spec)));
     if let Some(tx) = &ctx.events {
         let _ = tx.send(Event::Started { num: spec.num, pid, slot, at: start }).await;
     }
@@ -572,14 +572,14 @@ async fn run_job(
         Err(_) => {
             abandon.cancel();
             let (mut log, captured, r) = pump.await.unwrap_or_else(|e| panic_log(&spec, e));
-            let _ = log.note("stopped reading output: a process outside the job's group still holds its stdout/stderr");
+            log.note("stopped reading output: a process outside the job's group still holds its stdout/stderr");
             (log, captured, r)
         }
     };
     // The process is gone: whatever it made of the log is there.
-    let _ = log.allow_open();
+    log.allow_open();
     if let Err(e) = pumped {
-        let _ = log.note(&format!("output capture failed: {e}"));
+        log.note(&format!("output capture failed: {e}"));
     }
     record.stdout_bytes = captured.stdout;
     record.stderr_bytes = captured.stderr;
@@ -590,7 +590,7 @@ async fn run_job(
         None => spawn_error(&spec, &f.error),
     });
     if let Some(error) = &exec_error {
-        let _ = log.note(&format!("could not start {}: {error}", spec.program.to_string_lossy()));
+        log.note(&format!("could not start {}: {error}", spec.program.to_string_lossy()));
     }
     record.outcome = match (reaped, exec_error) {
         (Ok(_), Some(error)) => Outcome::SpawnFailed { error },
@@ -607,7 +607,7 @@ async fn run_job(
     if record.leftover_processes > 0 {
         end_note.push_str(&format!("; ended {} leftover process(es) of the job", record.leftover_processes));
     }
-    let _ = log.note(&end_note);
+    log.note(&end_note);
     placed.release(ctx);
     finish(ctx, record, t0).await
 }
@@ -674,7 +674,7 @@ fn place_payloads(spec: &JobSpec, ctx: &Ctx) -> Result<Placed, crate::spill::Spi
 fn panic_log(spec: &JobSpec, e: tokio::task::JoinError) -> (LogWriter, output::Captured, io::Result<()>) {
     // The pump owned the log; it panicked, so open the file again for the end record.
     let mut log = LogWriter::deferred(spec.log_path.clone(), Clock::new());
-    let _ = log.allow_open();
+    log.allow_open();
     (log, output::Captured::default(), Err(io::Error::other(e.to_string())))
 }
 
