@@ -31,9 +31,7 @@ CONFIG=$REPO/config/joblib.yaml
 # shellcheck source=bench/lib.sh
 source "$REPO/bench/lib.sh"
 
-[[ $N =~ ^[1-9][0-9]*$ ]] || die "N must be a positive integer (got '$N')"
-[[ $SIZE_MIB =~ ^[1-9][0-9]*$ ]] || die "SIZE_MIB must be a positive integer (got '$SIZE_MIB')"
-[[ $REPS =~ ^[1-9][0-9]*$ ]] || die "REPS must be a positive integer (got '$REPS')"
+positive_ints N SIZE_MIB REPS
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/flood-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT

@@ -140,12 +140,7 @@ bench_python_app_orchestrator() {
 tools=(helper_xargs helper_parallel helper_orchestrator stubborn_xargs stubborn_parallel stubborn_orchestrator)
 [[ $SKIP_HYDRA == 1 ]] || tools+=(python_app_hydra)
 tools+=(python_app_orchestrator)
-for ((rep = 1; rep <= REPS; rep++)); do
-    log "rep $rep/$REPS"
-    for tool in "${tools[@]}"; do
-        "bench_$tool"
-    done
-done
+rounds_of "${tools[@]}"
 
 report() {
     local tool

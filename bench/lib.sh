@@ -8,6 +8,14 @@ die() {
     exit 1
 }
 
+# positive_ints NAME...: die unless each named variable holds a positive integer.
+positive_ints() {
+    local name
+    for name in "$@"; do
+        [[ ${!name} =~ ^[1-9][0-9]*$ ]] || die "$name must be a positive integer (got '${!name}')"
+    done
+}
+
 # apt_install PKG...: install Debian packages (root only), running `apt-get update` once.
 apt_updated=0
 apt_install() {
@@ -109,15 +117,21 @@ ensure_orchestrator() {
 }
 
 # run_reps TOOL...: bench_TOOL for each TOOL once untimed (a warm-up: its samples are
-# dropped), then REPS rounds, interleaved (round 1 of every tool, then round 2, ...) so that
-# a slow phase of the machine hits all the tools alike.
+# dropped), then rounds_of the TOOLs.
 run_reps() {
-    local tool rep
+    local tool
     log "warm-up: $*"
     for tool in "$@"; do
         "bench_$tool"
         rm -f "$WORK/$tool.samples"
     done
+    rounds_of "$@"
+}
+
+# rounds_of TOOL...: REPS rounds of bench_TOOL for each TOOL, interleaved (round 1 of every
+# tool, then round 2, ...) so that a slow phase of the machine hits all the tools alike.
+rounds_of() {
+    local tool rep
     for ((rep = 1; rep <= REPS; rep++)); do
         log "rep $rep/$REPS"
         for tool in "$@"; do

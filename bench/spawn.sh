@@ -47,9 +47,7 @@ CONFIG=$REPO/config/joblib.yaml
 # shellcheck source=bench/lib.sh
 source "$REPO/bench/lib.sh"
 
-[[ $N =~ ^[1-9][0-9]*$ ]] || die "N must be a positive integer (got '$N')"
-[[ $REPS =~ ^[1-9][0-9]*$ ]] || die "REPS must be a positive integer (got '$REPS')"
-[[ $RUN_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "RUN_TIMEOUT must be a positive integer (got '$RUN_TIMEOUT')"
+positive_ints N REPS RUN_TIMEOUT
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/spawn-bench.XXXXXX")
 SHM_WORK=

@@ -56,12 +56,9 @@ RSS_WARN_MIB=64
 # shellcheck source=bench/lib.sh
 source "$REPO/bench/lib.sh"
 
-[[ $REPS =~ ^[1-9][0-9]*$ ]] || die "REPS must be a positive integer (got '$REPS')"
+positive_ints REPS JOBS SIZE_MIB RUN_TIMEOUT
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a non-negative integer (got '$WARMUP')"
-[[ $JOBS =~ ^[1-9][0-9]*$ ]] || die "JOBS must be a positive integer (got '$JOBS')"
-[[ $SIZE_MIB =~ ^[1-9][0-9]*$ ]] || die "SIZE_MIB must be a positive integer (got '$SIZE_MIB')"
 [[ $SAMPLE_S =~ ^[0-9]*\.?[0-9]+$ ]] || die "SAMPLE_S must be a number of seconds (got '$SAMPLE_S')"
-[[ $RUN_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "RUN_TIMEOUT must be a positive integer (got '$RUN_TIMEOUT')"
 [[ -d $TEMP_FOLDER && -w $TEMP_FOLDER ]] || die "TEMP_FOLDER=$TEMP_FOLDER is not a writable directory"
 TEMP_FOLDER=$(cd "$TEMP_FOLDER" && pwd -P)
 SIZE=$((SIZE_MIB * 1024 * 1024))
