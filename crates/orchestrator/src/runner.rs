@@ -269,13 +269,14 @@ struct Ctx {
     clock: Clock,
     run_key: String,
     own_pgid: u32,
-    /// Our environment when the run started; every job starts from it.
-    base_env: Vec<(OsString, OsString)>,
-    /// `base_env` as the `NAME=value` C strings a child gets, made once for every job.
-    base_env_c: Arc<[CString]>,
-    /// Indices in `base_env_c` of each name of `base_env` (an environment can hold a name
-    /// twice, and `getenv` would see the first).
+    /// Our environment when the run started, as the `NAME=value` C strings every job
+    /// starts from (made once, shared by every job).
+    base_env: Arc<[CString]>,
+    /// Indices in `base_env` of each name in it (an environment can hold a name twice, and
+    /// `getenv` would see the first).
     base_index: HashMap<OsString, Vec<usize>>,
+    /// `PATH` in that environment, for looking up programs.
+    path_var: Option<OsString>,
     /// The thread-count variables to add to every job (those not in `base_env`).
     thread_env: Vec<(OsString, OsString)>,
     /// `PATH` lookups already done.
@@ -303,7 +304,7 @@ pub async fn run(
         tracing::warn!("cannot become a child subreaper ({e}); daemonised grandchildren may outlive their job");
     }
     let base_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-    let (base_env_c, base_index) = shared_env(&base_env);
+    let (shared, base_index) = shared_env(&base_env);
     let ctx = Arc::new(Ctx {
         thread_env: thread_env(opts.thread_limit, &base_env),
         opts,
@@ -312,8 +313,8 @@ pub async fn run(
         clock: Clock::new(),
         run_key: format!("{}-{}", std::process::id(), Utc::now().timestamp_nanos_opt().unwrap_or(0)),
         own_pgid: sys::own_pgid(),
-        base_env,
-        base_env_c,
+        path_var: path_var(&base_env),
+        base_env: shared,
         base_index,
         programs: Mutex::new(HashMap::new()),
         spill: std::sync::OnceLock::new(),
@@ -802,8 +803,7 @@ impl Ctx {
         if let Some(p) = cache.get(program) {
             return Ok(p.clone());
         }
-        let path = self.base_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_os_str());
-        let resolved = sys::resolve_program(program, path)?;
+        let resolved = sys::resolve_program(program, self.path_var.as_deref())?;
         cache.insert(program.to_os_string(), resolved.clone());
         Ok(resolved)
     }
@@ -836,6 +836,11 @@ fn setup_steps(log: &std::path::Path, files: Vec<crate::job::JobFile>) -> io::Re
         steps.push(sys::SetupStep::File(sys::cstring(f.path.into_os_string().into_vec())?, f.contents));
     }
     Ok(steps)
+}
+
+/// The first `PATH` in `env`, as `getenv` would find it.
+fn path_var(env: &[(OsString, OsString)]) -> Option<OsString> {
+    env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone())
 }
 
 /// `base` as `NAME=value` C strings, and the index of each name among them.
@@ -885,7 +890,7 @@ fn job_env(
             own.push(sys::cstring(env_entry(k, v))?);
         }
     }
-    Ok(sys::Env::new(ctx.base_env_c.clone(), replaced, own))
+    Ok(sys::Env::new(ctx.base_env.clone(), replaced, own))
 }
 
 fn env_entry(name: &OsStr, value: &OsStr) -> Vec<u8> {
@@ -926,11 +931,11 @@ mod tests {
     fn ctx(base: &[(&str, &str)], opts: RunOptions) -> Ctx {
         let base_env: Vec<(OsString, OsString)> =
             base.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect();
-        let (base_env_c, base_index) = shared_env(&base_env);
+        let (shared, base_index) = shared_env(&base_env);
         Ctx {
             thread_env: thread_env(opts.thread_limit, &base_env),
-            base_env,
-            base_env_c,
+            path_var: path_var(&base_env),
+            base_env: shared,
             base_index,
             opts,
             reaper: Reaper::default(),

@@ -168,9 +168,7 @@ impl ExecWatch {
         });
         Some(ExecFailure { error: io::Error::from_raw_os_error(errno), setup_path })
     }
-}
 
-impl ExecWatch {
     /// Free the child's start-up memory (its stack goes back to the pool) if it has exec'd
     /// its program; `true` once that is done. A long job's supervisor calls this soon after
     /// the start, rather than holding the memory until the job ends.
