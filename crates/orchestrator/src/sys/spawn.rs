@@ -118,7 +118,7 @@ struct ChildArgs {
     /// Index of the setup step that failed, if one did; `usize::MAX` otherwise.
     failed_step: std::sync::atomic::AtomicUsize,
     parent: libc::pid_t,
-    /// Signals (bit n = signal n) the child resets to their default action.
+    /// Signals (bit n - 1 = signal n) the child resets to their default action.
     reset: u64,
 }
 
@@ -246,7 +246,8 @@ impl Drop for Stack {
     }
 }
 
-/// Which signals have a handler here (or are SIGPIPE, which Rust ignores): bit n = signal n.
+/// Which signals have a handler here (or are SIGPIPE, which Rust ignores): bit n - 1 =
+/// signal n, as in the kernel's sigset (signals 1 to 64).
 /// Asking the kernel costs ~64 system calls, and the child did it on every spawn while we
 /// waited for its exec; dispositions change rarely, so the answer is kept for 100 ms.
 fn signals_to_reset() -> u64 {
@@ -260,13 +261,13 @@ fn signals_to_reset() -> u64 {
         return mask;
     }
     let mut mask = 0u64;
-    for sig in 1..libc::SIGRTMAX().min(64) {
+    for sig in 1..=libc::SIGRTMAX().min(64) {
         // SAFETY: querying a disposition into a local struct.
         let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
         // SAFETY: a null new action only reads the current one.
         let ok = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } == 0;
         if ok && old.sa_sigaction != libc::SIG_DFL && (old.sa_sigaction != libc::SIG_IGN || sig == libc::SIGPIPE) {
-            mask |= 1 << sig;
+            mask |= 1 << (sig - 1);
         }
     }
     *cache = Some((Instant::now(), mask));
@@ -436,8 +437,8 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         // (The set is worked out by the parent: see `signals_to_reset`.) A kernel sigaction
         // that is all zeros is SIG_DFL with no flags and an empty mask, on every arch.
         let dfl = [0u64; 4];
-        for sig in 1..64usize {
-            if a.reset & (1u64 << sig) != 0 {
+        for sig in 1..=64usize {
+            if a.reset & (1u64 << (sig - 1)) != 0 {
                 let _ = syscall!(Sysno::rt_sigaction, sig, dfl.as_ptr(), 0, 8);
             }
         }
@@ -550,6 +551,24 @@ mod tests {
 
     fn no_env() -> Env {
         Env::new(Arc::from(Vec::new()), Vec::new(), Vec::new())
+    }
+
+    extern "C" fn ignore_signal(_: libc::c_int) {}
+
+    #[test]
+    fn handled_signals_up_to_sigrtmax_are_reset() {
+        let max = libc::SIGRTMAX();
+        assert_eq!(max, 64, "Linux has 64 signals");
+        // SAFETY: a handler that does nothing, for a signal nothing in the tests sends.
+        let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+        act.sa_sigaction = ignore_signal as *const () as libc::sighandler_t;
+        // SAFETY: a valid action; the old one is not needed.
+        assert_eq!(unsafe { libc::sigaction(max, &act, std::ptr::null_mut()) }, 0);
+        std::thread::sleep(std::time::Duration::from_millis(150)); // past the cache
+        let mask = signals_to_reset();
+        assert_ne!(mask & (1 << 63), 0, "SIGRTMAX: {mask:#x}");
+        assert_ne!(mask & (1 << (libc::SIGPIPE - 1)), 0, "SIGPIPE, which Rust ignores: {mask:#x}");
+        assert_eq!(mask & (1 << (libc::SIGCHLD - 1)), 0, "SIGCHLD has no handler: {mask:#x}");
     }
 
     #[test]
