@@ -648,6 +648,12 @@ fn yaml_scalar(s: &str) -> Option<std::borrow::Cow<'_, str>> {
     if first_ok && chars_ok && s.bytes().any(|b| b == b'=' || b == b'/') {
         return Some(s.into());
     }
+    // A job id (`my_app_3`): a word with `_` that does not start with a digit cannot read
+    // as anything but a string either.
+    let word = s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if word && s.bytes().next().is_some_and(|b| !b.is_ascii_digit()) && s.contains('_') {
+        return Some(s.into());
+    }
     let rendered = serde_yaml::to_string(&Value::String(s.to_string())).ok()?;
     let line = rendered.strip_suffix('\n')?;
     (!line.contains('\n')).then(|| line.to_string().into())
@@ -855,7 +861,7 @@ mod tests {
         /// The one-line rendering stands for the string wherever `serde_yaml` would put it
         /// in block context (a mapping value, a sequence item), byte for byte.
         #[test]
-        fn yaml_scalar_is_what_serde_yaml_writes(s in "[a-zA-Z0-9_./=,+ :#'\"!&*|>%@`~?{}\\[\\]\\-\t\né]{0,12}") {
+        fn yaml_scalar_is_what_serde_yaml_writes(s in "[a-zA-Z0-9_./=,+ :#'\"!&*|>%@`~?{}\\[\\]\\-\t\né]{0,12}|[a-zA-Z0-9_]{0,8}") {
             let v = Value::String(s.clone());
             let mut m = Mapping::new();
             m.insert("k".into(), v.clone());

@@ -38,7 +38,20 @@ impl Clock {
 
     /// Hydra's `asctime`: `2026-11-24 14:03:16,726`.
     pub(crate) fn stamp(&self, t: DateTime<Utc>) -> String {
-        self.local(t).format("%Y-%m-%d %H:%M:%S,%3f").to_string()
+        use chrono::{Datelike, Timelike};
+        // By hand: chrono's `format` parses its pattern on every call.
+        let l = self.local(t);
+        // As chrono writes a leap second: `:60`.
+        let (second, millis) =
+            (l.second() + l.nanosecond() / 1_000_000_000, l.nanosecond() % 1_000_000_000 / 1_000_000);
+        format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{second:02},{millis:03}",
+            l.year(),
+            l.month(),
+            l.day(),
+            l.hour(),
+            l.minute()
+        )
     }
 }
 
@@ -316,13 +329,15 @@ async fn pump_inner(
             // is done. (So is it when anything comes down a pipe, below.)
             () = execd.notified(), if !sink.log.is_open_allowed() => sink.log.allow_open(),
             r = read_opt(&mut stdout, &mut obuf), if stdout.is_some() => match r {
-                Ok(0) => { sink.log.allow_open(); out.finish(sink).await?; stdout = None; }
+                // EOF alone does not open the log: a job that ends soon has its records
+                // written in one go with its end record.
+                Ok(0) => { out.finish(sink).await?; stdout = None; }
                 Ok(_) => { sink.log.allow_open(); out.feed(&obuf, sink).await?; grow_if_full(&mut obuf); }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => { out.finish(sink).await?; stdout = None; sink.log.note(&format!("reading stdout failed: {e}")); }
             },
             r = read_opt(&mut stderr, &mut ebuf), if stderr.is_some() => match r {
-                Ok(0) => { sink.log.allow_open(); err.finish(sink).await?; stderr = None; }
+                Ok(0) => { err.finish(sink).await?; stderr = None; }
                 Ok(_) => { sink.log.allow_open(); err.feed(&ebuf, sink).await?; grow_if_full(&mut ebuf); }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => { err.finish(sink).await?; stderr = None; sink.log.note(&format!("reading stderr failed: {e}")); }
@@ -440,5 +455,19 @@ mod tests {
         let expected: String =
             times.iter().enumerate().map(|(i, t)| format!("[{}][stdout] line {i}\n", clock.stamp(*t))).collect();
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn stamp_is_what_chrono_writes() {
+        use chrono::{NaiveDate, TimeZone};
+        let clock = Clock { offset: FixedOffset::east_opt(5 * 3600 + 1800).unwrap() };
+        let day = NaiveDate::from_ymd_opt(2026, 1, 9).unwrap();
+        for (h, m, s, nano) in
+            [(0, 0, 0, 0), (23, 59, 59, 999_999_999), (7, 5, 3, 4_000_000), (18, 29, 59, 1_500_000_000)]
+        {
+            let t = Utc.from_utc_datetime(&day.and_hms_nano_opt(h, m, s, nano).unwrap());
+            let expected = clock.local(t).format("%Y-%m-%d %H:%M:%S,%3f").to_string();
+            assert_eq!(clock.stamp(t), expected, "{h}:{m}:{s}.{nano}");
+        }
     }
 }

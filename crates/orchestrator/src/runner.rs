@@ -577,8 +577,6 @@ async fn run_job(
             (log, captured, r)
         }
     };
-    // The process is gone: whatever it made of the log is there.
-    log.allow_open();
     if let Err(e) = pumped {
         log.note(&format!("output capture failed: {e}"));
     }
@@ -609,6 +607,9 @@ async fn run_job(
         end_note.push_str(&format!("; ended {} leftover process(es) of the job", record.leftover_processes));
     }
     log.note(&end_note);
+    // The process is gone, so whatever it made of the log is there. A job that ended
+    // without opening it (no output, within the first tick) gets its records in one write.
+    log.allow_open();
     placed.release(ctx);
     finish(ctx, record, t0).await
 }

@@ -135,6 +135,11 @@ impl ChildLists {
                     break;
                 }
                 text.extend_from_slice(&buf[..n]);
+                // A seq_file read stops short only at the end, or when the next entry
+                // ("<pid> ", at most 12 bytes) does not fit: no need for a read that says 0.
+                if n + 16 <= buf.len() {
+                    break;
+                }
             }
             out.extend(
                 text.split(|b| b.is_ascii_whitespace())
