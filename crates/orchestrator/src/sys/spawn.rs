@@ -634,6 +634,58 @@ mod tests {
     }
 
     #[test]
+    fn memory_of_a_child_dropped_before_its_exec_is_kept_until_it_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).unwrap();
+        // Opening a FIFO to write blocks until someone reads it: the child stops in its
+        // set-up, still reading the file's contents from our memory.
+        let fifo = dir.path().join("fifo");
+        // SAFETY: a valid C path.
+        assert_eq!(unsafe { libc::mkfifo(c(&fifo).as_ptr(), 0o600) }, 0);
+        let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let after = dir.path().join("after");
+        let setup = vec![SetupStep::File(c(&fifo), payload.clone()), SetupStep::File(c(&after), b"done".to_vec())];
+        let argv = [OsString::from("true")];
+        let req = SpawnRequest { program: Path::new("/bin/true"), argv: &argv, env: no_env(), cwd: None, setup };
+        let child = spawn(req).unwrap();
+        let pid = child.pid as i32;
+        drop(child); // the job is abandoned while its process is in its set-up
+        assert_eq!(PENDING.lock().unwrap().len(), 1, "the memory is parked, not freed");
+        // Another spawn meanwhile must neither free it nor reuse its stack.
+        let argv2 = [OsString::from("true")];
+        let other = spawn(SpawnRequest {
+            program: Path::new("/bin/true"),
+            argv: &argv2,
+            env: no_env(),
+            cwd: None,
+            setup: vec![],
+        })
+        .unwrap();
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(other.pid as i32, &mut status, 0) }, other.pid as i32);
+        assert_eq!(PENDING.lock().unwrap().len(), 1);
+        // Reading the FIFO lets the child go on: it writes what the dropped memory holds.
+        assert_eq!(std::fs::read(&fifo).unwrap(), payload);
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status:#x}");
+        assert_eq!(std::fs::read(&after).unwrap(), b"done");
+        // The next spawn frees what is no longer in use.
+        let last = spawn(SpawnRequest {
+            program: Path::new("/bin/true"),
+            argv: &argv2,
+            env: no_env(),
+            cwd: None,
+            setup: vec![],
+        })
+        .unwrap();
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(last.pid as i32, &mut status, 0) }, last.pid as i32);
+        assert!(PENDING.lock().unwrap().is_empty());
+    }
+
+    #[test]
     fn start_up_memory_is_released_once_the_child_has_execd() {
         let argv: Vec<OsString> = ["sleep", "30"].iter().map(OsString::from).collect();
         let req =
