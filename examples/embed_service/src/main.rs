@@ -1,15 +1,17 @@
 //! A small HTTP service that embeds one orchestrator per sweep.
 //!
 //! ```text
-//! embed_service [--listen 127.0.0.1:8080] [--root DIR]
+//! embed_service [--listen 127.0.0.1:8080] [--root DIR] [--keep-finished 100]
 //! POST   /sweeps              {"config": "<yaml>", "overrides": ["task=1..3"], "command": ["sh", "-c", "..."]}
 //! GET    /sweeps/{id}         status and per-job outcomes
 //! GET    /sweeps/{id}/events  Server-Sent Events, one JSON event each
 //! DELETE /sweeps/{id}         cancel: SIGTERM to every job's process group, SIGKILL after the grace period
 //! ```
 //!
-//! Sweep dirs go under `--root` (default: the current dir). It prints `listening on ADDR`
-//! once it accepts connections.
+//! Sweep dirs go under `--root` (default: the current dir). A long-lived service must not
+//! grow without bound: it remembers the last `--keep-finished` finished sweeps and forgets
+//! older ones (their records stay in each sweep dir's `jobs.jsonl`). It prints
+//! `listening on ADDR` once it accepts connections.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -60,12 +62,39 @@ struct App {
     root: PathBuf,
     sweeps: Arc<Mutex<HashMap<u64, Sweep>>>,
     next: Arc<Mutex<u64>>,
+    keep_finished: usize,
 }
 
 impl App {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Sweep>> {
         self.sweeps.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Sweep `id` has ended: record how, then forget the oldest ended sweeps beyond
+    /// `keep_finished`.
+    fn finish(&self, id: u64, state: &'static str) {
+        let mut sweeps = self.lock();
+        if let Some(s) = sweeps.get_mut(&id) {
+            s.state = state;
+        }
+        let mut ended: Vec<u64> = sweeps.iter().filter(|(_, s)| s.state != "running").map(|(id, _)| *id).collect();
+        if ended.len() > self.keep_finished {
+            ended.sort_unstable();
+            for old in &ended[..ended.len() - self.keep_finished] {
+                sweeps.remove(old);
+            }
+        }
+    }
+}
+
+fn no_sweep(id: u64) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no sweep {id}: never started, or ended and forgotten (the service keeps the last \
+             --keep-finished ended sweeps; every sweep's records stay in its dir's jobs.jsonl)"
+        ),
+    )
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -130,9 +159,7 @@ async fn create(State(app): State<App>, body: Bytes) -> Response {
             let _ = bcast.send(value.to_string());
         }
         let summary = run.done.await.unwrap_or_default();
-        if let Some(s) = follower.lock().get_mut(&id) {
-            s.state = if summary.stop != Stop::None { "cancelled" } else { "finished" };
-        }
+        follower.finish(id, if summary.stop != Stop::None { "cancelled" } else { "finished" });
         let _ = bcast.send(
             json!({"event": "sweep_finished", "succeeded": summary.succeeded, "failed": summary.failures.len()})
                 .to_string(),
@@ -148,7 +175,7 @@ async fn status(State(app): State<App>, Path(id): Path<u64>) -> Response {
             "finished": s.records.len(), "records": s.records,
         }))
         .into_response(),
-        None => error(StatusCode::NOT_FOUND, format!("no sweep {id}")),
+        None => no_sweep(id),
     }
 }
 
@@ -158,7 +185,7 @@ async fn events(
 ) -> Result<Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>>, Response> {
     let rx = match app.lock().get(&id) {
         Some(s) => s.events.subscribe(),
-        None => return Err(error(StatusCode::NOT_FOUND, format!("no sweep {id}"))),
+        None => return Err(no_sweep(id)),
     };
     // A lagging client skips events rather than slowing the sweep down.
     let stream = BroadcastStream::new(rx).filter_map(|m| m.ok()).map(|data| Ok(SseEvent::default().data(data)));
@@ -171,7 +198,7 @@ async fn cancel(State(app): State<App>, Path(id): Path<u64>) -> Response {
             s.stop.send_modify(|st| *st = (*st).max(Stop::Graceful { reason: StopReason::Interrupted, signal: 15 }));
             (StatusCode::ACCEPTED, axum::Json(json!({"id": id, "state": "cancelling"}))).into_response()
         }
-        None => error(StatusCode::NOT_FOUND, format!("no sweep {id}")),
+        None => no_sweep(id),
     }
 }
 
@@ -179,18 +206,25 @@ async fn cancel(State(app): State<App>, Path(id): Path<u64>) -> Response {
 async fn main() {
     let mut listen = "127.0.0.1:8080".to_string();
     let mut root = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let mut keep_finished = 100;
+    let usage = |why: &str| -> ! {
+        eprintln!("error: {why}\nusage: embed_service [--listen ADDR] [--root DIR] [--keep-finished N]");
+        std::process::exit(2);
+    };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match (a.as_str(), args.next()) {
             ("--listen", Some(v)) => listen = v,
             ("--root", Some(v)) => root = PathBuf::from(v),
-            _ => {
-                eprintln!("usage: embed_service [--listen ADDR] [--root DIR]");
-                std::process::exit(2);
-            }
+            ("--keep-finished", Some(v)) => match v.parse() {
+                Ok(n) => keep_finished = n,
+                Err(_) => usage(&format!("--keep-finished takes a number of sweeps (0 or more), not `{v}`")),
+            },
+            (flag @ ("--listen" | "--root" | "--keep-finished"), None) => usage(&format!("{flag} needs a value")),
+            (other, _) => usage(&format!("unknown argument `{other}`")),
         }
     }
-    let app = App { root, ..App::default() };
+    let app = App { root, keep_finished, ..App::default() };
     let router = Router::new()
         .route("/sweeps", axum::routing::post(create))
         .route("/sweeps/{id}", get(status).delete(cancel))

@@ -22,9 +22,14 @@ impl Drop for Service {
 }
 
 fn start() -> Service {
+    start_with(&[])
+}
+
+fn start_with(extra: &[&str]) -> Service {
     let root = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_embed_service"))
         .args(["--listen", "127.0.0.1:0", "--root", root.path().to_str().unwrap()])
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -164,4 +169,35 @@ fn run_stream_cancel_and_reject() {
     }
     let (code, _) = http(addr, "GET", "/sweeps/999", None);
     assert_eq!(code, 404);
+}
+
+#[test]
+fn ended_sweeps_beyond_keep_finished_are_forgotten() {
+    let svc = start_with(&["--keep-finished", "1"]);
+    let addr = svc.addr.as_str();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let req = json!({"config": CONFIG, "overrides": ["task=1,2"], "command": ["true"]});
+        let (code, body) = http(addr, "POST", "/sweeps", Some(&req.to_string()));
+        assert_eq!(code, 201, "{body}");
+        let id = json_of(&body)["id"].as_u64().unwrap();
+        wait_state(addr, id, "finished");
+        ids.push(id);
+    }
+    let (code, body) = http(addr, "GET", &format!("/sweeps/{}", ids[0]), None);
+    assert_eq!(code, 404, "{body}");
+    assert!(json_of(&body)["error"].as_str().unwrap().contains("forgotten"), "{body}");
+    let (code, body) = http(addr, "GET", &format!("/sweeps/{}", ids[1]), None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json_of(&body)["records"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    for args in [&["--keep-finished", "many"][..], &["--keep-finished"], &["--lisen", "x"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_embed_service")).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.starts_with("error: ") && err.contains("usage: embed_service"), "{args:?}: {err}");
+    }
 }
