@@ -105,7 +105,9 @@ struct Reporter {
     out: io::BufWriter<io::Stdout>,
     bar: Option<indicatif::ProgressBar>,
     started: std::time::Instant,
-    running: u64,
+    /// Job in each busy slot. By slot, not by count: a slot can take its next job before
+    /// the previous one's `Finished` arrives.
+    running: std::collections::HashMap<usize, u64>,
     done: u64,
     failed: u64,
 }
@@ -129,7 +131,7 @@ impl Reporter {
             out: io::BufWriter::with_capacity(64 * 1024, io::stdout()),
             bar,
             started: std::time::Instant::now(),
-            running: 0,
+            running: std::collections::HashMap::new(),
             done: 0,
             failed: 0,
         }
@@ -168,10 +170,14 @@ impl Reporter {
             return;
         }
         match ev {
-            Event::Started { .. } => self.running += 1,
+            Event::Started { num, slot, .. } => {
+                self.running.insert(*slot, *num);
+            }
             Event::Output { stream, line, .. } if self.mode == Mode::Plain => self.print(*stream, line),
             Event::Finished(rec) => {
-                self.running = self.running.saturating_sub(1);
+                if self.running.get(&rec.slot) == Some(&rec.num) {
+                    self.running.remove(&rec.slot);
+                }
                 self.done += 1;
                 if !rec.outcome.is_success() {
                     self.failed += 1;
@@ -191,7 +197,7 @@ impl Reporter {
         }
         if let Some(bar) = &self.bar {
             bar.set_position(self.done);
-            bar.set_message(format!("({} running, {} failed)", self.running, self.failed));
+            bar.set_message(format!("({} running, {} failed)", self.running.len(), self.failed));
         }
     }
 

@@ -37,7 +37,9 @@ pub enum Event {
         /// `false` when this is a piece of a longer line or the stream ended without a newline.
         complete: bool,
     },
-    /// The job ended; its record is final.
+    /// The job ended; its record is final. Its slot is handed back as soon as its last
+    /// process is gone (the record's `end`), before its log and journal line are written, so
+    /// the next job's [`Event::Started`] in the same slot can come before this event.
     Finished(Box<JobRecord>),
     /// The run ended: every started job has finished.
     RunFinished {

@@ -283,6 +283,9 @@ struct Ctx {
     programs: Mutex<HashMap<OsString, PathBuf>>,
     /// Where payloads are spilled, made on first need.
     spill: std::sync::OnceLock<Result<Arc<crate::spill::SpillStore>, String>>,
+    /// A job whose processes are all gone hands its slot back here, before it writes its
+    /// log, journal line and events (see `run_job`).
+    slot_freed: mpsc::UnboundedSender<tokio::task::Id>,
 }
 
 /// Run the jobs received on `jobs` until the channel closes or a stop request ends the run.
@@ -305,6 +308,7 @@ pub async fn run(
     }
     let base_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let (shared, base_index) = shared_env(&base_env);
+    let (slot_freed, mut freed) = mpsc::unbounded_channel();
     let ctx = Arc::new(Ctx {
         thread_env: thread_env(opts.thread_limit, &base_env),
         opts,
@@ -318,11 +322,13 @@ pub async fn run(
         base_index,
         programs: Mutex::new(HashMap::new()),
         spill: std::sync::OnceLock::new(),
+        slot_freed,
     });
     let (stop_tx, stop_rx) = watch::channel(*external.borrow());
     let mut free: Vec<usize> = (0..n_jobs).collect();
     let mut set: JoinSet<JobRecord> = JoinSet::new();
-    let mut running: HashMap<tokio::task::Id, (usize, u64)> = HashMap::new();
+    // Slot, job number, and whether the job has handed its slot back already.
+    let mut running: HashMap<tokio::task::Id, (usize, u64, bool)> = HashMap::new();
     let mut summary = RunSummary::default();
     let mut dispatching = true;
     let mut external_open = true;
@@ -351,18 +357,30 @@ pub async fn run(
                     *s = (*s).max(Stop::Graceful { reason: StopReason::Interrupted, signal: libc::SIGTERM })
                 });
             }
+            // Before `join_next`: a job sends this before it ends, and its slot must not be
+            // freed twice.
+            Some(id) = freed.recv() => {
+                if let Some((slot, _, released)) = running.get_mut(&id)
+                    && !*released
+                {
+                    *released = true;
+                    free.push(*slot);
+                }
+            }
             Some(done) = set.join_next_with_id(), if !set.is_empty() => {
-                let record = match done {
+                let (record, released) = match done {
                     Ok((id, record)) => {
-                        running.remove(&id);
-                        record
+                        let released = running.remove(&id).is_some_and(|(_, _, r)| r);
+                        (record, released)
                     }
                     Err(e) => {
-                        let (slot, num) = running.remove(&e.id()).unwrap_or((0, u64::MAX));
-                        lost_record(num, slot, &e.to_string())
+                        let (slot, num, released) = running.remove(&e.id()).unwrap_or((0, u64::MAX, false));
+                        (lost_record(num, slot, &e.to_string()), released)
                     }
                 };
-                free.push(record.slot);
+                if !released {
+                    free.push(record.slot);
+                }
                 summary.finished += 1;
                 if record.outcome.is_success() {
                     summary.succeeded += 1;
@@ -387,7 +405,7 @@ pub async fn run(
                     let slot = free.pop().unwrap_or(0);
                     let num = sub.spec.num;
                     let handle = set.spawn(run_one(sub, slot, ctx.clone(), stop_rx.clone()));
-                    running.insert(handle.id(), (slot, num));
+                    running.insert(handle.id(), (slot, num, false));
                 }
             },
             else => break,
@@ -565,6 +583,22 @@ async fn run_job(
     let immediate = *stop.borrow() == Stop::Immediate;
     record.leftover_processes = end_leftovers(ctx, pid, &marker, if immediate { Duration::ZERO } else { grace }).await;
     ctx.reaper.release_group(pid);
+    // The job ends when its last process is gone; the bookkeeping below is ours.
+    record.end = Utc::now();
+    record.duration = t0.elapsed();
+    // Every process of the job is gone: its slot can take the next job now, while this one
+    // writes its log, journal line and events (the next job's process then starts on the
+    // CPU this one left, instead of after our bookkeeping). Not when the outcome could
+    // make a halt policy stop the run: that must be known before anything else starts.
+    let may_halt = ctx.opts.halt != HaltPolicy::Never && !matches!(&reaped, Ok(r) if r.code == Some(0));
+    if cause.is_none()
+        && record.leftover_processes == 0
+        && !may_halt
+        && let Some(id) = tokio::task::try_id()
+        && ctx.slot_freed.send(id).is_ok()
+    {
+        tokio::task::yield_now().await;
+    }
 
     // Every process that held the pipes is gone now, so EOF is due; a process that escaped
     // both the group and the marker could still hold them, so do not wait forever.
@@ -601,8 +635,7 @@ async fn run_job(
         }
         (Err(e), _) => Outcome::SpawnFailed { error: format!("lost track of pid {pid}: {e}") },
     };
-    let elapsed = t0.elapsed();
-    let mut end_note = format!("{} after {}", record.outcome.describe(), humanize_precise(elapsed));
+    let mut end_note = format!("{} after {}", record.outcome.describe(), humanize_precise(record.duration));
     if record.leftover_processes > 0 {
         end_note.push_str(&format!("; ended {} leftover process(es) of the job", record.leftover_processes));
     }
@@ -611,7 +644,7 @@ async fn run_job(
     // without opening it (no output, within the first tick) gets its records in one write.
     log.allow_open();
     placed.release(ctx);
-    finish(ctx, record, t0).await
+    publish(ctx, record).await
 }
 
 /// Payload files handed to one job, released when it ends.
@@ -699,9 +732,15 @@ fn outcome(r: sys::Reaped, cause: Option<EndCause>, limit: Option<Duration>) -> 
     }
 }
 
+/// End the record of a job that started no process now, and publish it.
 async fn finish(ctx: &Ctx, mut record: JobRecord, t0: Instant) -> JobRecord {
     record.end = Utc::now();
     record.duration = t0.elapsed();
+    publish(ctx, record).await
+}
+
+/// Append the final record to the journal and send it as [`Event::Finished`].
+async fn publish(ctx: &Ctx, record: JobRecord) -> JobRecord {
     if let Some(j) = &ctx.opts.journal
         && let Err(e) = j.append(&record)
     {
@@ -946,6 +985,7 @@ mod tests {
             own_pgid: 1,
             programs: Mutex::new(HashMap::new()),
             spill: std::sync::OnceLock::new(),
+            slot_freed: mpsc::unbounded_channel().0,
         }
     }
 

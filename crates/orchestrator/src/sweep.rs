@@ -210,6 +210,9 @@ impl PreparedSweep {
                 tokio::spawn(async move {
                     for job in plan.iter().filter(|j| !done.contains(&j.num)) {
                         let Ok(permit) = job_tx.reserve().await else { break };
+                        // Room means a job was just taken to start: let it start before
+                        // preparing the next one on this thread.
+                        tokio::task::yield_now().await;
                         if *stop.borrow_and_update() != Stop::None {
                             break;
                         }
