@@ -102,6 +102,16 @@ stats() {
         }'
 }
 
+# round_ratio TOOL BASE: the median over the rounds of TOOL's time / BASE's time in the
+# same round. The rounds are interleaved, so each ratio compares runs made seconds apart:
+# a slow phase of the machine (the floor's median moves by 10-20% from run to run here)
+# cancels out more than in the ratio of the two medians.
+round_ratio() {
+    paste -d ' ' "$WORK/$1.samples" "$WORK/$2.samples" | awk '{ print $1 / $3 }' | sort -g | awk '
+        { r[NR] = $1 }
+        END { printf "%.2f", (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2 }'
+}
+
 # ensure_orchestrator: ORCH, or target/release/orchestrator built now; copied into $WORK
 # (and ORCH pointed at the copy) so that a rebuild during the run cannot swap it.
 ensure_orchestrator() {

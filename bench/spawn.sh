@@ -187,13 +187,13 @@ report() {
             "deleted $([[ $CLEAN_EACH_REP == 1 ]] && echo "after each run" || echo "at exit")"
     fi
     echo
-    echo "| tool | version | command | median wall (s) | min-max (s) | per job (ms) | peak RSS (MiB) | vs floor | vs floor_arg (same argv) |"
-    echo "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    echo "| tool | version | command | median wall (s) | min-max (s) | per job (ms) | peak RSS (MiB) | vs floor | vs floor_arg (same argv) | vs floor, vs floor_arg: per round |"
+    echo "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     for tool in "${tools[@]}"; do
         read -r median min max rss <<<"$(stats "$tool")"
         printf "| %s | %s | \`%s\` | %s |\n" "$tool" "$(version_of "$tool")" "${command_of[$tool]}" \
             "$(awk -v m="$median" -v lo="$min" -v hi="$max" -v rss="$rss" -v f="$floor_median" -v fa="$floor_arg_median" -v n="$N" \
-                'BEGIN { printf "%.3f | %.3f-%.3f | %.2f | %.1f | %.2fx | %.2fx", m, lo, hi, 1000 * m / n, rss / 1024, m / f, m / fa }')"
+                'BEGIN { printf "%.3f | %.3f-%.3f | %.2f | %.1f | %.2fx | %.2fx", m, lo, hi, 1000 * m / n, rss / 1024, m / f, m / fa }') | $(round_ratio "$tool" floor)x, $(round_ratio "$tool" floor_arg)x"
     done
     echo
     echo "Peak RSS is GNU time's %M: the largest single process of the tool's tree."
