@@ -288,6 +288,34 @@ pub(crate) struct Captured {
     pub(crate) stderr: u64,
 }
 
+/// When the job's log may be opened, for a job that has written nothing yet: once its
+/// process has exec'd (its set-up, which creates the log, is done), or never, if the job
+/// ends first (then `run_job` writes the records in one go with the end record).
+#[derive(Default)]
+pub(crate) struct LogGate {
+    notify: tokio::sync::Notify,
+    ended: std::sync::atomic::AtomicBool,
+}
+
+impl LogGate {
+    /// The job's process runs its program.
+    pub(crate) fn execd(&self) {
+        self.notify.notify_one();
+    }
+
+    /// The job's processes are gone.
+    pub(crate) fn ended(&self) {
+        self.ended.store(true, std::sync::atomic::Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Wait for either; `true` if the log should be opened now.
+    async fn open_now(&self) -> bool {
+        self.notify.notified().await;
+        !self.ended.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// Read both pipes to their end, logging every line; hands the log back for the end record.
 pub(crate) async fn pump(
     num: u64,
@@ -296,11 +324,11 @@ pub(crate) async fn pump(
     mut log: LogWriter,
     events: Option<mpsc::Sender<Event>>,
     abandon: CancellationToken,
-    execd: std::sync::Arc<tokio::sync::Notify>,
+    gate: std::sync::Arc<LogGate>,
 ) -> (LogWriter, Captured, io::Result<()>) {
     let mut framers = (Framer::new(Stream::Stdout), Framer::new(Stream::Stderr));
     let mut sink = Sink { log: &mut log, events: events.as_ref(), num };
-    let result = pump_inner(stdout, stderr, &mut sink, &mut framers, &abandon, &execd).await;
+    let result = pump_inner(stdout, stderr, &mut sink, &mut framers, &abandon, &gate).await;
     let captured = Captured { stdout: framers.0.bytes, stderr: framers.1.bytes };
     (log, captured, result)
 }
@@ -311,7 +339,7 @@ async fn pump_inner(
     sink: &mut Sink<'_>,
     (out, err): &mut (Framer, Framer),
     abandon: &CancellationToken,
-    execd: &tokio::sync::Notify,
+    gate: &LogGate,
 ) -> io::Result<()> {
     // Filled through `read_buf`, so never zeroed; they start small (most jobs write little)
     // and grow up to MAX_RECORD for a job that fills them.
@@ -327,7 +355,7 @@ async fn pump_inner(
             }
             // The job's process runs its program: its set-up, the log's creation included,
             // is done. (So is it when anything comes down a pipe, below.)
-            () = execd.notified(), if !sink.log.is_open_allowed() => sink.log.allow_open(),
+            open = gate.open_now(), if !sink.log.is_open_allowed() => if open { sink.log.allow_open() },
             r = read_opt(&mut stdout, &mut obuf), if stdout.is_some() => match r {
                 // EOF alone does not open the log: a job that ends soon has its records
                 // written in one go with its end record.
@@ -346,6 +374,14 @@ async fn pump_inner(
         // Output (or EOF) comes only from the program, or once the process is gone: both
         // allow the log open above.
         sink.log.flush();
+    }
+    // Both pipes are closed, which a process can do and go on running: its start record
+    // must not wait for its end.
+    if !sink.log.is_open_allowed() {
+        tokio::select! {
+            open = gate.open_now() => if open { sink.log.allow_open() },
+            _ = abandon.cancelled() => {}
+        }
     }
     Ok(())
 }

@@ -513,8 +513,8 @@ async fn run_job(
     }
     let abandon = CancellationToken::new();
     let events = if ctx.opts.forward_output { ctx.events.clone() } else { None };
-    let execd = Arc::new(tokio::sync::Notify::new());
-    let mut pump = tokio::spawn(output::pump(spec.num, stdout, stderr, log, events, abandon.clone(), execd.clone()));
+    let gate = Arc::new(output::LogGate::default());
+    let mut pump = tokio::spawn(output::pump(spec.num, stdout, stderr, log, events, abandon.clone(), gate.clone()));
     let pidfd = sys::async_pidfd(pid);
 
     let grace = ctx.opts.grace;
@@ -558,7 +558,7 @@ async fn run_job(
             }
             _ = sleep_until(release_at), if release_at.is_some() => {
                 if exec.release_if_running() {
-                    execd.notify_one(); // the log can be opened now
+                    gate.execd(); // the log can be opened now
                     release_at = None;
                 } else {
                     release_at = Some(tokio::time::Instant::now() + Duration::from_millis(50));
@@ -588,17 +588,18 @@ async fn run_job(
     record.duration = t0.elapsed();
     // Every process of the job is gone: its slot can take the next job now, while this one
     // writes its log, journal line and events (the next job's process then starts on the
-    // CPU this one left, instead of after our bookkeeping). Not when the outcome could
-    // make a halt policy stop the run: that must be known before anything else starts.
-    let may_halt = ctx.opts.halt != HaltPolicy::Never && !matches!(&reaped, Ok(r) if r.code == Some(0));
+    // CPU this one left, instead of after our bookkeeping). Not under a halt policy: a failure
+    // of any running job must reach the runner before anything else starts.
     if cause.is_none()
         && record.leftover_processes == 0
-        && !may_halt
+        && ctx.opts.halt == HaltPolicy::Never
         && let Some(id) = tokio::task::try_id()
         && ctx.slot_freed.send(id).is_ok()
     {
         tokio::task::yield_now().await;
     }
+    // Only now: the pump, woken by this, would wake us before the next job could start.
+    gate.ended();
 
     // Every process that held the pipes is gone now, so EOF is due; a process that escaped
     // both the group and the marker could still hold them, so do not wait forever.

@@ -134,6 +134,43 @@ async fn a_slot_holds_one_job_at_a_time_though_it_is_handed_back_early() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn under_halt_a_failure_starts_nothing_more_even_with_a_slow_event_consumer() {
+    // A job that ends well while a failed one is still being recorded must not free its
+    // slot early: the runner has to see the failure before it starts anything else. A
+    // slow consumer of events holds the failed job's record back.
+    let dir = tempfile::tempdir().unwrap();
+    let mut jobs = vec![sh(0, dir.path(), "exit 1"), sh(1, dir.path(), "sleep 0.05")];
+    jobs.extend((2..10).map(|n| sh(n, dir.path(), "true")));
+    let mut opts = RunOptions::new(2);
+    opts.halt = orchestrator_config::HaltPolicy::Now;
+    opts.grace = Duration::from_millis(200);
+    let (job_tx, job_rx) = mpsc::channel(16);
+    let (ev_tx, mut ev_rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        for j in jobs {
+            if job_tx.send(j.into()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let collector = tokio::spawn(async move {
+        let mut started = Vec::new();
+        while let Some(e) = ev_rx.recv().await {
+            if let Event::Started { num, .. } = e {
+                started.push(num);
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        started
+    });
+    let (_tx, rx) = watch::channel(Stop::None);
+    let summary = tokio::spawn(orchestrator::run(opts, job_rx, Some(ev_tx), rx)).await.unwrap();
+    let mut started = collector.await.unwrap();
+    started.sort_unstable();
+    assert_eq!(started, vec![0, 1], "{summary:?}");
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn outcomes_cover_exit_codes_signals_timeouts_and_spawn_errors() {
     let dir = tempfile::tempdir().unwrap();
     let mut timed = sh(2, dir.path(), "exec sleep 30");
@@ -195,28 +232,34 @@ async fn job_files_are_written_before_the_program_runs_and_a_failed_one_fails_th
 #[tokio::test(flavor = "current_thread")]
 async fn a_silent_job_has_its_log_and_start_record_while_it_runs() {
     // The job's process creates its log; the supervisor writes into it once the program
-    // runs, so the start record must not wait for output or for the end.
+    // runs, so the start record must not wait for output or for the end: not for a job
+    // that writes nothing, nor for one that closes its stdout and stderr and runs on.
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("sub").join("0.log");
-    let mut job = JobSpec::new(0, "sleep", vec![OsString::from("3")], &log);
-    job.overrides = vec!["n=0".into()];
-    let (_tx, rx) = watch::channel(Stop::None);
-    let run = tokio::spawn(run_all(RunOptions::new(1), vec![job], rx));
-    // Polled: under load the exec, and so the 50 ms check after it, can take a while.
-    let mut text = String::new();
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("[orchestrator] started pid ") {
-            break;
+    let quiet = |n: u64, program: &str, args: &[&str]| {
+        let log = dir.path().join(format!("sub{n}")).join("job.log");
+        let mut job = JobSpec::new(n, program, args.iter().map(OsString::from).collect(), &log);
+        job.overrides = vec![format!("n={n}")];
+        (job, log)
+    };
+    for (job, log) in [quiet(0, "sleep", &["2"]), quiet(1, "sh", &["-c", "exec >/dev/null 2>&1; sleep 2"])] {
+        let (_tx, rx) = watch::channel(Stop::None);
+        let run = tokio::spawn(run_all(RunOptions::new(1), vec![job], rx));
+        // Polled: under load the exec, and so the 50 ms check after it, can take a while.
+        let mut text = String::new();
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("[orchestrator] started pid ") {
+                break;
+            }
         }
+        assert!(text.contains("[orchestrator] started pid "), "{}: {text:?}", log.display());
+        assert!(!run.is_finished(), "the record came while the job ran");
+        let (summary, _) = run.await.unwrap();
+        assert_eq!(summary.succeeded, 1);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("exit code 0"), "{text}");
     }
-    assert!(text.contains("[orchestrator] started pid "), "{text:?}");
-    assert!(!run.is_finished(), "the record came while the job ran");
-    let (summary, _) = run.await.unwrap();
-    assert_eq!(summary.succeeded, 1);
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("exit code 0"), "{text}");
 }
 
 #[tokio::test(flavor = "current_thread")]

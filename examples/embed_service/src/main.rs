@@ -55,6 +55,8 @@ struct Sweep {
     records: Vec<Value>,
     stop: watch::Sender<Stop>,
     events: broadcast::Sender<String>,
+    /// Order in which the sweep ended (for forgetting the oldest ended ones first).
+    ended: Option<u64>,
 }
 
 #[derive(Clone, Default)]
@@ -62,6 +64,7 @@ struct App {
     root: PathBuf,
     sweeps: Arc<Mutex<HashMap<u64, Sweep>>>,
     next: Arc<Mutex<u64>>,
+    ends: Arc<std::sync::atomic::AtomicU64>,
     keep_finished: usize,
 }
 
@@ -70,17 +73,19 @@ impl App {
         self.sweeps.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sweep `id` has ended: record how, then forget the oldest ended sweeps beyond
-    /// `keep_finished`.
+    /// Sweep `id` has ended: record how, then forget the sweeps that ended longest ago
+    /// beyond `keep_finished`.
     fn finish(&self, id: u64, state: &'static str) {
+        let order = self.ends.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut sweeps = self.lock();
         if let Some(s) = sweeps.get_mut(&id) {
             s.state = state;
+            s.ended = Some(order);
         }
-        let mut ended: Vec<u64> = sweeps.iter().filter(|(_, s)| s.state != "running").map(|(id, _)| *id).collect();
+        let mut ended: Vec<(u64, u64)> = sweeps.iter().filter_map(|(id, s)| Some((s.ended?, *id))).collect();
         if ended.len() > self.keep_finished {
             ended.sort_unstable();
-            for old in &ended[..ended.len() - self.keep_finished] {
+            for (_, old) in &ended[..ended.len() - self.keep_finished] {
                 sweeps.remove(old);
             }
         }
@@ -143,6 +148,7 @@ async fn create(State(app): State<App>, body: Bytes) -> Response {
             records: Vec::new(),
             stop: stop_tx,
             events: bcast.clone(),
+            ended: None,
         },
     );
     // Follow the run: keep per-job outcomes and fan events out to SSE clients.
@@ -217,8 +223,8 @@ async fn main() {
             ("--listen", Some(v)) => listen = v,
             ("--root", Some(v)) => root = PathBuf::from(v),
             ("--keep-finished", Some(v)) => match v.parse() {
-                Ok(n) => keep_finished = n,
-                Err(_) => usage(&format!("--keep-finished takes a number of sweeps (0 or more), not `{v}`")),
+                Ok(n) if n >= 1 => keep_finished = n,
+                _ => usage(&format!("--keep-finished takes a number of sweeps (1 or more), not `{v}`")),
             },
             (flag @ ("--listen" | "--root" | "--keep-finished"), None) => usage(&format!("{flag} needs a value")),
             (other, _) => usage(&format!("unknown argument `{other}`")),

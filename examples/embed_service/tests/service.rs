@@ -193,8 +193,25 @@ fn ended_sweeps_beyond_keep_finished_are_forgotten() {
 }
 
 #[test]
+fn the_sweep_that_ended_last_is_kept_whatever_its_id() {
+    let svc = start_with(&["--keep-finished", "1"]);
+    let addr = svc.addr.as_str();
+    let mut ids = Vec::new();
+    for command in [json!(["sh", "-c", "sleep 1"]), json!(["true"])] {
+        let req = json!({"config": CONFIG, "overrides": ["task=1"], "command": command});
+        let (code, body) = http(addr, "POST", "/sweeps", Some(&req.to_string()));
+        assert_eq!(code, 201, "{body}");
+        ids.push(json_of(&body)["id"].as_u64().unwrap());
+    }
+    wait_state(addr, ids[1], "finished");
+    wait_state(addr, ids[0], "finished"); // ends last, so the short one is forgotten
+    let (code, body) = http(addr, "GET", &format!("/sweeps/{}", ids[1]), None);
+    assert_eq!(code, 404, "{body}");
+}
+
+#[test]
 fn bad_arguments_are_usage_errors() {
-    for args in [&["--keep-finished", "many"][..], &["--keep-finished"], &["--lisen", "x"]] {
+    for args in [&["--keep-finished", "many"][..], &["--keep-finished", "0"], &["--keep-finished"], &["--lisen", "x"]] {
         let out = Command::new(env!("CARGO_BIN_EXE_embed_service")).args(args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
