@@ -650,19 +650,18 @@ mod tests {
         let pid = child.pid as i32;
         drop(child); // the job is abandoned while its process is in its set-up
         assert_eq!(PENDING.lock().unwrap().len(), 1, "the memory is parked, not freed");
+        // A plain `true`, spawned and reaped.
+        let run_true = || {
+            let argv = [OsString::from("true")];
+            let req =
+                SpawnRequest { program: Path::new("/bin/true"), argv: &argv, env: no_env(), cwd: None, setup: vec![] };
+            let child = spawn(req).unwrap();
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            assert_eq!(unsafe { libc::waitpid(child.pid as i32, &mut status, 0) }, child.pid as i32);
+        };
         // Another spawn meanwhile must neither free it nor reuse its stack.
-        let argv2 = [OsString::from("true")];
-        let other = spawn(SpawnRequest {
-            program: Path::new("/bin/true"),
-            argv: &argv2,
-            env: no_env(),
-            cwd: None,
-            setup: vec![],
-        })
-        .unwrap();
-        let mut status = 0;
-        // SAFETY: waiting for our own child.
-        assert_eq!(unsafe { libc::waitpid(other.pid as i32, &mut status, 0) }, other.pid as i32);
+        run_true();
         assert_eq!(PENDING.lock().unwrap().len(), 1);
         // Reading the FIFO lets the child go on: it writes what the dropped memory holds.
         // Non-blocking, with a deadline: a child that died before opening it must fail the
@@ -685,21 +684,13 @@ mod tests {
             }
         }
         assert_eq!(got, payload);
+        let mut status = 0;
         // SAFETY: waiting for our own child.
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status:#x}");
         assert_eq!(std::fs::read(&after).unwrap(), b"done");
         // The next spawn frees what is no longer in use.
-        let last = spawn(SpawnRequest {
-            program: Path::new("/bin/true"),
-            argv: &argv2,
-            env: no_env(),
-            cwd: None,
-            setup: vec![],
-        })
-        .unwrap();
-        // SAFETY: waiting for our own child.
-        assert_eq!(unsafe { libc::waitpid(last.pid as i32, &mut status, 0) }, last.pid as i32);
+        run_true();
         assert!(PENDING.lock().unwrap().is_empty());
     }
 
