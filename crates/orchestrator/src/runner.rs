@@ -908,22 +908,27 @@ fn job_env(
     marker: &OsStr,
     extra: Option<(OsString, OsString)>,
 ) -> io::Result<sys::Env> {
-    let mut overlay: Vec<(OsString, OsString)> = Vec::new();
+    use std::borrow::Cow;
+    // Borrowed where possible: this runs for every job, between a slot freeing and the next
+    // job's clone.
+    let mut overlay: Vec<(&OsStr, Cow<'_, OsStr>)> = Vec::with_capacity(ctx.thread_env.len() + spec.env.len() + 4);
     for (var, value) in &ctx.thread_env {
         if !spec.env.iter().any(|(k, _)| k == var) {
-            overlay.push((var.clone(), value.clone()));
+            overlay.push((var, Cow::Borrowed(value)));
         }
     }
-    overlay.push(("ORCHESTRATOR_SLOT".into(), slot.to_string().into()));
+    overlay.push((OsStr::new("ORCHESTRATOR_SLOT"), Cow::Owned(slot.to_string().into())));
     for (name, value) in &ctx.opts.slot_env {
-        overlay.push((name.into(), value.for_slot(slot).into()));
+        overlay.push((OsStr::new(name), Cow::Owned(value.for_slot(slot).into())));
     }
-    overlay.extend(spec.env.iter().cloned());
+    overlay.extend(spec.env.iter().map(|(k, v)| (k.as_os_str(), Cow::Borrowed(v.as_os_str()))));
     if let Some((k, v)) = marker.to_str().and_then(|m| m.split_once('=')) {
-        overlay.push((k.into(), v.into()));
+        overlay.push((OsStr::new(k), Cow::Borrowed(OsStr::new(v))));
     }
-    overlay.extend(extra);
-    let replaced: Vec<usize> = overlay.iter().filter_map(|(k, _)| ctx.base_index.get(k)).flatten().copied().collect();
+    if let Some((k, v)) = &extra {
+        overlay.push((k, Cow::Borrowed(v)));
+    }
+    let replaced: Vec<usize> = overlay.iter().filter_map(|(k, _)| ctx.base_index.get(*k)).flatten().copied().collect();
     let mut own = Vec::with_capacity(overlay.len());
     // Later overlay entries win: emit only the last value of each name.
     for (i, (k, v)) in overlay.iter().enumerate() {
