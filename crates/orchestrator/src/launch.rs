@@ -648,11 +648,16 @@ fn yaml_scalar(s: &str) -> Option<std::borrow::Cow<'_, str>> {
     if first_ok && chars_ok && s.bytes().any(|b| b == b'=' || b == b'/') {
         return Some(s.into());
     }
-    // A job id (`my_app_3`): a word with `_` that does not start with a digit cannot read
-    // as anything but a string either.
+    // A word (`task`, a job id `my_app_3`) that does not start with a digit reads as a string
+    // too, unless it is one of the words a YAML reader or Rust's float parser takes for
+    // something else (serde_yaml quotes those).
     let word = s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if word && s.bytes().next().is_some_and(|b| !b.is_ascii_digit()) && s.contains('_') {
-        return Some(s.into());
+    if word && s.bytes().next().is_some_and(|b| !b.is_ascii_digit()) {
+        const SPECIAL: [&str; 13] =
+            ["null", "true", "false", "inf", "infinity", "nan", "y", "yes", "n", "no", "on", "off", "none"];
+        if s.contains('_') || !SPECIAL.iter().any(|w| s.eq_ignore_ascii_case(w)) {
+            return Some(s.into());
+        }
     }
     let rendered = serde_yaml::to_string(&Value::String(s.to_string())).ok()?;
     let line = rendered.strip_suffix('\n')?;
@@ -768,8 +773,38 @@ fn yaml_text(value: &Value) -> Result<String, serde_yaml::Error> {
     match value {
         Value::Mapping(m) if m.is_empty() => Ok("{}\n".to_string()),
         Value::Sequence(s) if s.is_empty() => Ok("[]\n".to_string()),
-        _ => serde_yaml::to_string(value),
+        _ => match flat_yaml(value) {
+            Some(text) => Ok(text),
+            None => serde_yaml::to_string(value),
+        },
     }
+}
+
+/// A flat mapping of strings, integers, booleans and nulls (the usual app config: `task: 1`)
+/// as `serde_yaml` writes it (a test checks), without starting its emitter for every job;
+/// `None` for anything else.
+fn flat_yaml(value: &Value) -> Option<String> {
+    let Value::Mapping(m) = value else { return None };
+    let mut out = String::with_capacity(m.len() * 16);
+    for (k, v) in m {
+        // Keys of the usual kind only: a long key, or one with a line break, is written in
+        // the `? key` form.
+        let Value::String(k) = k else { return None };
+        if k.len() > 64 || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b"_./=,+-".contains(&b)) {
+            return None;
+        }
+        out.push_str(&yaml_scalar(k)?);
+        out.push_str(": ");
+        match v {
+            Value::Null => out.push_str("null"),
+            Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Value::Number(n) if n.is_i64() || n.is_u64() => out.push_str(&n.to_string()),
+            Value::String(s) => out.push_str(&yaml_scalar(s)?),
+            _ => return None,
+        }
+        out.push('\n');
+    }
+    Some(out)
 }
 
 /// Rendered YAML for the file at `path`; a rendering error names the file.
@@ -785,6 +820,7 @@ fn write_yaml(path: &Path, value: &Value) -> Result<(), LayoutError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy as _;
 
     #[test]
     fn job_names_follow_hydra() {
@@ -857,7 +893,62 @@ mod tests {
         assert_eq!(overrides_yaml(&odd).unwrap(), serde_yaml::to_string(&list).unwrap());
     }
 
+    #[test]
+    fn yaml_scalar_quotes_the_words_serde_yaml_quotes() {
+        let words = [
+            "null", "Null", "NULL", "true", "True", "TRUE", "false", "False", "inf", "Inf", "infinity", "NaN", "nan",
+            "y", "Y", "yes", "Yes", "n", "no", "NO", "on", "On", "off", "OFF", "none", "None", "task", "x", "e", "E",
+            "e5", "_1", "i", "infinit", "nana",
+        ];
+        for w in words {
+            let expected = serde_yaml::to_string(&Value::String(w.to_string())).unwrap();
+            assert_eq!(yaml_scalar(w).map(|s| format!("{s}\n")), Some(expected), "{w}");
+        }
+    }
+
+    #[test]
+    fn flat_yaml_takes_the_usual_app_config_and_leaves_the_rest() {
+        let v: Value =
+            serde_yaml::from_str("task: 1\nname: foo\nflag: true\npath: /a/b\nx: null\n'true': yes\n").unwrap();
+        assert_eq!(
+            flat_yaml(&v).as_deref(),
+            Some("task: 1\nname: foo\nflag: true\npath: /a/b\nx: null\n'true': yes\n")
+        );
+        for other in ["lr: 0.1\n", "a:\n  b: 1\n", "l: [1, 2]\n", "? [a]\n: 1\n"] {
+            let v: Value = serde_yaml::from_str(other).unwrap();
+            assert_eq!(flat_yaml(&v), None, "{other}");
+            assert_eq!(yaml_text(&v).unwrap(), serde_yaml::to_string(&v).unwrap(), "{other}");
+        }
+    }
+
     proptest::proptest! {
+        /// A flat mapping rendered by hand is byte for byte what `serde_yaml` writes.
+        #[test]
+        fn flat_yaml_is_what_serde_yaml_writes(
+            entries in proptest::collection::vec(
+                (
+                    "[a-z_][a-z0-9_]{0,6}|[a-zA-Z0-9_./=,+ :#'\"!&*|>%@`~?{}\\[\\]\\-\t\né]{0,8}",
+                    proptest::prop_oneof![
+                        proptest::strategy::Just(Value::Null),
+                        proptest::bool::ANY.prop_map(Value::from),
+                        proptest::num::i64::ANY.prop_map(Value::from),
+                        proptest::num::u64::ANY.prop_map(Value::from),
+                        "[a-zA-Z0-9_./=,+ :#'\"!&*|>%@`~?{}\\[\\]\\-\t\né]{0,10}".prop_map(Value::from),
+                    ],
+                ),
+                1..6,
+            )
+        ) {
+            let mut m = Mapping::new();
+            for (k, v) in entries {
+                m.insert(Value::String(k), v);
+            }
+            let v = Value::Mapping(m);
+            if let Some(text) = flat_yaml(&v) {
+                proptest::prop_assert_eq!(text, serde_yaml::to_string(&v).unwrap());
+            }
+        }
+
         /// The one-line rendering stands for the string wherever `serde_yaml` would put it
         /// in block context (a mapping value, a sequence item), byte for byte.
         #[test]
