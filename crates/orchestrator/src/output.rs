@@ -309,10 +309,18 @@ impl LogGate {
         self.notify.notify_one();
     }
 
-    /// Wait for either; `true` if the log should be opened now.
+    fn is_ended(&self) -> bool {
+        self.ended.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Wait for either (at once if the job has ended); `true` if the log should be opened
+    /// now. A notice comes once: it must not be waited for again after it was taken.
     async fn open_now(&self) -> bool {
+        if self.is_ended() {
+            return false;
+        }
         self.notify.notified().await;
-        !self.ended.load(std::sync::atomic::Ordering::Acquire)
+        !self.is_ended()
     }
 }
 
@@ -355,7 +363,7 @@ async fn pump_inner(
             }
             // The job's process runs its program: its set-up, the log's creation included,
             // is done. (So is it when anything comes down a pipe, below.)
-            open = gate.open_now(), if !sink.log.is_open_allowed() => if open { sink.log.allow_open() },
+            open = gate.open_now(), if !sink.log.is_open_allowed() && !gate.is_ended() => if open { sink.log.allow_open() },
             r = read_opt(&mut stdout, &mut obuf), if stdout.is_some() => match r {
                 // EOF alone does not open the log: a job that ends soon has its records
                 // written in one go with its end record.
@@ -451,6 +459,47 @@ mod tests {
         let (_, events) = frame(&[&big, b"\n"]).await;
         let sizes: Vec<(usize, bool)> = events.iter().map(|(l, c)| (l.len(), *c)).collect();
         assert_eq!(sizes, vec![(MAX_RECORD, false), (MAX_RECORD, false), (10, true)]);
+    }
+
+    /// A pump on a fresh pipe pair, its log deferred; returns the write end.
+    fn pump_on_pipe(
+        gate: &std::sync::Arc<LogGate>,
+        path: std::path::PathBuf,
+    ) -> (std::fs::File, tokio::task::JoinHandle<(LogWriter, Captured, io::Result<()>)>) {
+        let (r, w) = std::io::pipe().unwrap();
+        let r: std::os::fd::OwnedFd = r.into();
+        let rx = pipe::Receiver::from_owned_fd(r).unwrap();
+        let log = LogWriter::deferred(path, Clock::new());
+        let task = tokio::spawn(pump(0, Some(rx), None, log, None, CancellationToken::new(), gate.clone()));
+        (std::fs::File::from(std::os::fd::OwnedFd::from(w)), task)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_pump_ends_at_eof_after_the_job_ended_and_opens_the_log_for_a_running_job() {
+        let dir = tempfile::tempdir().unwrap();
+        // The job's end is told before its pipe's EOF is read (the order of wake-ups can
+        // be either): the pump must end at EOF, not wait for another notice.
+        let gate = std::sync::Arc::new(LogGate::default());
+        let (w, task) = pump_on_pipe(&gate, dir.path().join("a.log"));
+        tokio::task::yield_now().await; // the pump waits on both
+        gate.ended();
+        tokio::task::yield_now().await;
+        drop(w);
+        let (log, _, r) =
+            tokio::time::timeout(std::time::Duration::from_secs(1), task).await.expect("pump ended").unwrap();
+        r.unwrap();
+        assert!(!log.is_open_allowed(), "the end record goes out with the rest");
+        // A job that closed its stdio and runs on: at its exec notice the log opens.
+        let gate = std::sync::Arc::new(LogGate::default());
+        let path = dir.path().join("b.log");
+        std::fs::write(&path, "").unwrap(); // as the job's process does
+        let (w, task) = pump_on_pipe(&gate, path.clone());
+        drop(w);
+        tokio::task::yield_now().await;
+        gate.execd();
+        let (log, _, _) =
+            tokio::time::timeout(std::time::Duration::from_secs(1), task).await.expect("pump ended").unwrap();
+        assert!(log.is_open_allowed());
     }
 
     #[test]

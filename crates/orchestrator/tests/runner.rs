@@ -263,6 +263,46 @@ async fn a_silent_job_has_its_log_and_start_record_while_it_runs() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn silent_jobs_under_a_halt_policy_end_at_once() {
+    // No early release under halt, so the job's end reaches the pump before or with its
+    // pipes' EOF: the pump must not then wait for a notice that has already come.
+    let dir = tempfile::tempdir().unwrap();
+    let jobs: Vec<JobSpec> = (0..16).map(|n| sh(n, dir.path(), "exit 0")).collect();
+    let mut opts = RunOptions::new(2);
+    opts.halt = orchestrator_config::HaltPolicy::Soon;
+    let (_tx, rx) = watch::channel(Stop::None);
+    let (summary, events) = run_all(opts, jobs, rx).await;
+    assert_eq!(summary.succeeded, 16);
+    for e in &events {
+        if let Event::Finished(r) = e {
+            let log = std::fs::read_to_string(&r.log).unwrap();
+            assert!(!log.contains("stopped reading output"), "{log}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_job_whose_leftover_holds_its_output_is_read_to_the_end() {
+    // The leftover keeps the pipes open after the job's process exits; once it is ended the
+    // pump sees EOF and must finish at once, not wait for the 2 s "escaped process" limit.
+    let dir = tempfile::tempdir().unwrap();
+    let jobs: Vec<JobSpec> = (0..16).map(|n| sh(n, dir.path(), "sleep 5 & exit 0")).collect();
+    let mut opts = RunOptions::new(2);
+    opts.grace = Duration::from_millis(100);
+    let (_tx, rx) = watch::channel(Stop::None);
+    let (summary, events) = run_all(opts, jobs, rx).await;
+    assert_eq!(summary.succeeded, 16);
+    for e in &events {
+        if let Event::Finished(r) = e {
+            assert_eq!(r.leftover_processes, 1, "{r:?}");
+            let log = std::fs::read_to_string(&r.log).unwrap();
+            assert!(!log.contains("stopped reading output"), "{log}");
+            assert!(log.contains("started pid") && log.contains("exit code 0"), "{log}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn a_stop_request_ends_running_jobs_and_starts_no_more() {
     let dir = tempfile::tempdir().unwrap();
     let jobs: Vec<JobSpec> = (0..5).map(|n| sh(n, dir.path(), "exec sleep 30")).collect();
