@@ -215,7 +215,7 @@ impl Framer {
         }
     }
 
-    async fn feed(&mut self, mut data: &[u8], sink: &mut Sink<'_>) -> io::Result<()> {
+    async fn feed(&mut self, mut data: &[u8], sink: &mut Sink<'_>) {
         self.bytes += data.len() as u64;
         let at = Utc::now();
         let (full, piece) = self.tags();
@@ -224,11 +224,11 @@ impl Framer {
                 Some(i) => {
                     let (line, rest) = (&data[..i], &data[i + 1..]);
                     if self.partial.is_empty() {
-                        sink.emit(at, self.stream, full, line, true).await?;
+                        sink.emit(at, self.stream, full, line, true).await;
                     } else {
                         self.partial.extend_from_slice(line);
                         let whole = std::mem::take(&mut self.partial);
-                        sink.emit(at, self.stream, full, &whole, true).await?;
+                        sink.emit(at, self.stream, full, &whole, true).await;
                     }
                     data = rest;
                 }
@@ -239,21 +239,19 @@ impl Framer {
                     data = &data[take..];
                     if self.partial.len() >= MAX_RECORD {
                         let whole = std::mem::take(&mut self.partial);
-                        sink.emit(at, self.stream, piece, &whole, false).await?;
+                        sink.emit(at, self.stream, piece, &whole, false).await;
                     }
                 }
             }
         }
-        Ok(())
     }
 
-    async fn finish(&mut self, sink: &mut Sink<'_>) -> io::Result<()> {
+    async fn finish(&mut self, sink: &mut Sink<'_>) {
         if !self.partial.is_empty() {
             let whole = std::mem::take(&mut self.partial);
             let (_, piece) = self.tags();
-            sink.emit(Utc::now(), self.stream, piece, &whole, false).await?;
+            sink.emit(Utc::now(), self.stream, piece, &whole, false).await;
         }
-        Ok(())
     }
 }
 
@@ -264,20 +262,13 @@ struct Sink<'a> {
 }
 
 impl Sink<'_> {
-    async fn emit(
-        &mut self,
-        at: DateTime<Utc>,
-        stream: Stream,
-        tag: &str,
-        line: &[u8],
-        complete: bool,
-    ) -> io::Result<()> {
+    /// Log a record and forward it. Neither can fail the job: the log reports its own
+    /// errors (see [`LogWriter::record`]), and a closed receiver only means nobody watches.
+    async fn emit(&mut self, at: DateTime<Utc>, stream: Stream, tag: &str, line: &[u8], complete: bool) {
         self.log.record(at, tag, line);
         if let Some(tx) = self.events {
-            // The log is already written; a closed receiver only means nobody is watching.
             let _ = tx.send(Event::Output { num: self.num, stream, line: line.to_vec(), complete }).await;
         }
-        Ok(())
     }
 }
 
@@ -325,6 +316,7 @@ impl LogGate {
 }
 
 /// Read both pipes to their end, logging every line; hands the log back for the end record.
+/// A failed read is noted in the log and ends that stream.
 pub(crate) async fn pump(
     num: u64,
     stdout: Option<pipe::Receiver>,
@@ -333,12 +325,12 @@ pub(crate) async fn pump(
     events: Option<mpsc::Sender<Event>>,
     abandon: CancellationToken,
     gate: std::sync::Arc<LogGate>,
-) -> (LogWriter, Captured, io::Result<()>) {
+) -> (LogWriter, Captured) {
     let mut framers = (Framer::new(Stream::Stdout), Framer::new(Stream::Stderr));
     let mut sink = Sink { log: &mut log, events: events.as_ref(), num };
-    let result = pump_inner(stdout, stderr, &mut sink, &mut framers, &abandon, &gate).await;
+    pump_inner(stdout, stderr, &mut sink, &mut framers, &abandon, &gate).await;
     let captured = Captured { stdout: framers.0.bytes, stderr: framers.1.bytes };
-    (log, captured, result)
+    (log, captured)
 }
 
 async fn pump_inner(
@@ -348,7 +340,7 @@ async fn pump_inner(
     (out, err): &mut (Framer, Framer),
     abandon: &CancellationToken,
     gate: &LogGate,
-) -> io::Result<()> {
+) {
     // Filled through `read_buf`, so never zeroed; they start small (most jobs write little)
     // and grow up to MAX_RECORD for a job that fills them.
     let mut obuf: Vec<u8> = Vec::with_capacity(START_BUF);
@@ -357,9 +349,9 @@ async fn pump_inner(
         tokio::select! {
             // A process that escaped every kill still holds the pipe: stop waiting for EOF.
             _ = abandon.cancelled() => {
-                out.finish(sink).await?;
-                err.finish(sink).await?;
-                return Ok(());
+                out.finish(sink).await;
+                err.finish(sink).await;
+                return;
             }
             // The job's process runs its program: its set-up, the log's creation included,
             // is done. (So is it when anything comes down a pipe, below.)
@@ -367,16 +359,16 @@ async fn pump_inner(
             r = read_opt(&mut stdout, &mut obuf), if stdout.is_some() => match r {
                 // EOF alone does not open the log: a job that ends soon has its records
                 // written in one go with its end record.
-                Ok(0) => { out.finish(sink).await?; stdout = None; }
-                Ok(_) => { sink.log.allow_open(); out.feed(&obuf, sink).await?; grow_if_full(&mut obuf); }
+                Ok(0) => { out.finish(sink).await; stdout = None; }
+                Ok(_) => { sink.log.allow_open(); out.feed(&obuf, sink).await; grow_if_full(&mut obuf); }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => { out.finish(sink).await?; stdout = None; sink.log.note(&format!("reading stdout failed: {e}")); }
+                Err(e) => { out.finish(sink).await; stdout = None; sink.log.note(&format!("reading stdout failed: {e}")); }
             },
             r = read_opt(&mut stderr, &mut ebuf), if stderr.is_some() => match r {
-                Ok(0) => { err.finish(sink).await?; stderr = None; }
-                Ok(_) => { sink.log.allow_open(); err.feed(&ebuf, sink).await?; grow_if_full(&mut ebuf); }
+                Ok(0) => { err.finish(sink).await; stderr = None; }
+                Ok(_) => { sink.log.allow_open(); err.feed(&ebuf, sink).await; grow_if_full(&mut ebuf); }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => { err.finish(sink).await?; stderr = None; sink.log.note(&format!("reading stderr failed: {e}")); }
+                Err(e) => { err.finish(sink).await; stderr = None; sink.log.note(&format!("reading stderr failed: {e}")); }
             },
         }
         // Output (or EOF) comes only from the program, or once the process is gone: both
@@ -391,7 +383,6 @@ async fn pump_inner(
             _ = abandon.cancelled() => {}
         }
     }
-    Ok(())
 }
 
 const START_BUF: usize = 4 * 1024;
@@ -425,9 +416,9 @@ mod tests {
             let mut sink = Sink { log: &mut log, events: Some(&tx), num: 0 };
             let mut f = Framer::new(Stream::Stdout);
             for c in chunks {
-                f.feed(c, &mut sink).await.unwrap();
+                f.feed(c, &mut sink).await;
             }
-            f.finish(&mut sink).await.unwrap();
+            f.finish(&mut sink).await;
         }
         log.flush();
         drop(tx);
@@ -465,7 +456,7 @@ mod tests {
     fn pump_on_pipe(
         gate: &std::sync::Arc<LogGate>,
         path: std::path::PathBuf,
-    ) -> (std::fs::File, tokio::task::JoinHandle<(LogWriter, Captured, io::Result<()>)>) {
+    ) -> (std::fs::File, tokio::task::JoinHandle<(LogWriter, Captured)>) {
         let (r, w) = std::io::pipe().unwrap();
         let r: std::os::fd::OwnedFd = r.into();
         let rx = pipe::Receiver::from_owned_fd(r).unwrap();
@@ -485,9 +476,8 @@ mod tests {
         gate.ended();
         tokio::task::yield_now().await;
         drop(w);
-        let (log, _, r) =
+        let (log, _) =
             tokio::time::timeout(std::time::Duration::from_secs(1), task).await.expect("pump ended").unwrap();
-        r.unwrap();
         assert!(!log.is_open_allowed(), "the end record goes out with the rest");
         // A job that closed its stdio and runs on: at its exec notice the log opens.
         let gate = std::sync::Arc::new(LogGate::default());
@@ -497,7 +487,7 @@ mod tests {
         drop(w);
         tokio::task::yield_now().await;
         gate.execd();
-        let (log, _, _) =
+        let (log, _) =
             tokio::time::timeout(std::time::Duration::from_secs(1), task).await.expect("pump ended").unwrap();
         assert!(log.is_open_allowed());
     }

@@ -496,7 +496,7 @@ async fn run_job(
         Err(e) => {
             let error = spawn_error(&spec, &e);
             log.allow_open();
-            log.note(&format!("could not start {}: {error}", spec.program.to_string_lossy()));
+            log.note(&not_started_note(&spec, &error));
             record.outcome = Outcome::SpawnFailed { error };
             placed.release(ctx);
             return finish(ctx, record, t0).await;
@@ -603,16 +603,16 @@ async fn run_job(
 
     // Every process that held the pipes is gone now, so EOF is due; a process that escaped
     // both the group and the marker could still hold them, so do not wait forever.
-    let (mut log, captured, pumped) = match tokio::time::timeout(Duration::from_secs(2), &mut pump).await {
-        Ok(joined) => joined.unwrap_or_else(|e| panic_log(&spec, e)),
+    let (mut log, captured, panicked) = match tokio::time::timeout(Duration::from_secs(2), &mut pump).await {
+        Ok(joined) => pump_output(&spec, joined),
         Err(_) => {
             abandon.cancel();
-            let (mut log, captured, r) = pump.await.unwrap_or_else(|e| panic_log(&spec, e));
+            let (mut log, captured, panicked) = pump_output(&spec, pump.await);
             log.note("stopped reading output: a process outside the job's group still holds its stdout/stderr");
-            (log, captured, r)
+            (log, captured, panicked)
         }
     };
-    if let Err(e) = pumped {
+    if let Some(e) = panicked {
         log.note(&format!("output capture failed: {e}"));
     }
     record.stdout_bytes = captured.stdout;
@@ -624,7 +624,7 @@ async fn run_job(
         None => spawn_error(&spec, &f.error),
     });
     if let Some(error) = &exec_error {
-        log.note(&format!("could not start {}: {error}", spec.program.to_string_lossy()));
+        log.note(&not_started_note(&spec, error));
     }
     record.outcome = match (reaped, exec_error) {
         (Ok(_), Some(error)) => Outcome::SpawnFailed { error },
@@ -707,11 +707,20 @@ fn place_payloads(spec: &JobSpec, ctx: &Ctx) -> Result<Placed, crate::spill::Spi
     Ok(placed)
 }
 
-fn panic_log(spec: &JobSpec, e: tokio::task::JoinError) -> (LogWriter, output::Captured, io::Result<()>) {
-    // The pump owned the log; it panicked, so open the file again for the end record.
-    let mut log = LogWriter::deferred(spec.log_path.clone(), Clock::new());
-    log.allow_open();
-    (log, output::Captured::default(), Err(io::Error::other(e.to_string())))
+/// What the pump hands back, and its panic if it had one (then the log is opened again for
+/// the end record).
+fn pump_output(
+    spec: &JobSpec,
+    joined: Result<(LogWriter, output::Captured), tokio::task::JoinError>,
+) -> (LogWriter, output::Captured, Option<tokio::task::JoinError>) {
+    match joined {
+        Ok((log, captured)) => (log, captured, None),
+        Err(e) => {
+            let mut log = LogWriter::deferred(spec.log_path.clone(), Clock::new());
+            log.allow_open();
+            (log, output::Captured::default(), Some(e))
+        }
+    }
 }
 
 fn humanize_precise(d: Duration) -> String {
@@ -946,6 +955,12 @@ fn env_entry(name: &OsStr, value: &OsStr) -> Vec<u8> {
     e.push(b'=');
     e.extend_from_slice(value.as_bytes());
     e
+}
+
+/// The log's note for a job whose program never ran: our spawn failed, or the child's set-up
+/// or exec did.
+fn not_started_note(spec: &JobSpec, error: &str) -> String {
+    format!("could not start {}: {error}", spec.program.to_string_lossy())
 }
 
 fn spawn_error(spec: &JobSpec, e: &io::Error) -> String {
