@@ -279,9 +279,7 @@ impl SweepLayout {
             let overridden: Vec<&str> = job.items.iter().map(|i| i.key.as_str()).collect();
             large.apply_to_config(&mut config, &overridden, &mut args_json);
         }
-        // The `.hydra` files are written by the job's own process just before it runs the
-        // app: creating them here, on the supervisor's one thread, was the largest part of
-        // its work per job, while the job's process runs beside it on another CPU.
+        // Rendered here, written by the job's process (see above).
         let config_path = hydra_dir.join("config.yaml");
         let overrides_path = hydra_dir.join("overrides.yaml");
         let hydra_path = hydra_dir.join("hydra.yaml");

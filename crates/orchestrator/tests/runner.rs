@@ -19,8 +19,20 @@ async fn run_all(
     jobs: Vec<JobSpec>,
     stop: watch::Receiver<Stop>,
 ) -> (orchestrator::RunSummary, Vec<Event>) {
+    run_all_with(opts, jobs, stop, 1024, Duration::ZERO).await
+}
+
+/// `run_all` with an events channel of `capacity` and a consumer that takes `per_event`
+/// over each event.
+async fn run_all_with(
+    opts: RunOptions,
+    jobs: Vec<JobSpec>,
+    stop: watch::Receiver<Stop>,
+    capacity: usize,
+    per_event: Duration,
+) -> (orchestrator::RunSummary, Vec<Event>) {
     let (job_tx, job_rx) = mpsc::channel(16);
-    let (ev_tx, mut ev_rx) = mpsc::channel(1024);
+    let (ev_tx, mut ev_rx) = mpsc::channel(capacity);
     let feeder = tokio::spawn(async move {
         for j in jobs {
             if job_tx.send(j.into()).await.is_err() {
@@ -32,6 +44,9 @@ async fn run_all(
         let mut all = Vec::new();
         while let Some(e) = ev_rx.recv().await {
             all.push(e);
+            if !per_event.is_zero() {
+                tokio::time::sleep(per_event).await;
+            }
         }
         all
     });
@@ -144,28 +159,10 @@ async fn under_halt_a_failure_starts_nothing_more_even_with_a_slow_event_consume
     let mut opts = RunOptions::new(2);
     opts.halt = orchestrator_config::HaltPolicy::Now;
     opts.grace = Duration::from_millis(200);
-    let (job_tx, job_rx) = mpsc::channel(16);
-    let (ev_tx, mut ev_rx) = mpsc::channel(1);
-    tokio::spawn(async move {
-        for j in jobs {
-            if job_tx.send(j.into()).await.is_err() {
-                break;
-            }
-        }
-    });
-    let collector = tokio::spawn(async move {
-        let mut started = Vec::new();
-        while let Some(e) = ev_rx.recv().await {
-            if let Event::Started { num, .. } = e {
-                started.push(num);
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        started
-    });
     let (_tx, rx) = watch::channel(Stop::None);
-    let summary = tokio::spawn(orchestrator::run(opts, job_rx, Some(ev_tx), rx)).await.unwrap();
-    let mut started = collector.await.unwrap();
+    let (summary, events) = run_all_with(opts, jobs, rx, 1, Duration::from_millis(300)).await;
+    let mut started: Vec<u64> =
+        events.iter().filter_map(|e| if let Event::Started { num, .. } = e { Some(*num) } else { None }).collect();
     started.sort_unstable();
     assert_eq!(started, vec![0, 1], "{summary:?}");
 }
