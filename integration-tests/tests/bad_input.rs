@@ -140,6 +140,19 @@ fn catalogue() -> Vec<Case> {
             &["-m", "task=1"],
             &["cannot resolve `${when}`"],
         ),
+        case(
+            "sweep dir that names no new dir",
+            None,
+            &["-m", "task=1", "hydra.sweep.dir=."],
+            &["hydra.sweep.dir `.` names no directory to create", "hydra.sweep.dir=multirun/my_sweep"],
+        ),
+        case("empty sweep dir", None, &["-m", "task=1", "hydra.sweep.dir="], &["hydra.sweep.dir is empty"]),
+        case(
+            "run dir that names no new dir",
+            None,
+            &["task=1", "hydra.run.dir=.."],
+            &["hydra.run.dir `..` names no directory"],
+        ),
         Case {
             name: "missing app",
             config: None,

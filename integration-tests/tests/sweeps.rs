@@ -226,7 +226,9 @@ fn resume_runs_exactly_the_jobs_without_a_successful_record() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("its overrides were `task=1..4`"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("its sweep was `task=1..4`, these overrides sweep `task=1..5`")
+    );
 
     // Same sweep, fixed app: only job 1 runs again, in its own dir, with its own number.
     let out = sb
@@ -247,6 +249,127 @@ fn resume_runs_exactly_the_jobs_without_a_successful_record() {
     assert_eq!(lines[4]["num"], 1);
     assert_eq!(lines[4]["status"], "succeeded");
     assert_eq!(std::fs::read_to_string(sweep.join("0/fixture.log")).unwrap(), first_start, "job 0 untouched");
+    // Job 1's log keeps its failed attempt, and the new one follows it.
+    let log = std::fs::read_to_string(sweep.join("1/fixture.log")).unwrap();
+    let failed = log.find("failing on purpose: task=2").expect("first attempt kept");
+    let fine = log.find("[stdout] fine").expect("second attempt logged");
+    assert!(failed < fine, "{log}");
+    assert_eq!(log.matches("[orchestrator] started pid").count(), 2, "{log}");
+}
+
+/// A sweep run by `--resume` with launcher settings changed: the sweep's own overrides are
+/// reused whatever their order on the command line, and `hydra.*` overrides may differ.
+#[test]
+fn resume_takes_new_launcher_settings_and_the_sweep_overrides_in_any_position() {
+    let sb = Sandbox::new();
+    let cfg = sb.write("c.yaml", FAST);
+    let cfg = cfg.to_str().unwrap();
+    let args = ["-c", cfg, "-m", "--quiet", "hydra.sweep.dir=multirun/day/s", "task=1..3", "--"];
+    sb.cmd().args(args).args([fixture(), "fail-on", "3"]).assert().code(1);
+    let sweep = sb.sweep_dir();
+    let out = sb
+        .cmd()
+        .args(["-c", cfg, "--resume", "multirun/day/s", "task=1..3", "hydra.launcher.params.joblib.n_jobs=1"])
+        .args(["--", fixture(), "fail-on", "99"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("Joblib.Parallel(n_jobs=1,"), "{stdout}");
+    assert!(stdout.contains("\t#2 : task=3"), "{stdout}");
+    assert_eq!(journal(&sweep).iter().filter(|r| r["status"] == "succeeded").count(), 3);
+}
+
+/// What `--resume` must refuse, with exit 2 and without running anything.
+#[test]
+fn resume_refuses_what_would_run_other_jobs_than_the_sweep_recorded() {
+    let refused = |sb: &Sandbox, args: &[&str], want: &str| {
+        let before = std::fs::read(sb.sweep_dir().join("jobs.jsonl")).ok();
+        let out = sb.cmd().args(args).args(["--", fixture(), "echo"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+        assert_eq!(std::fs::read(sb.sweep_dir().join("jobs.jsonl")).ok(), before, "{args:?}: nothing ran");
+    };
+
+    // glob() expands again on resume: a file gone since the sweep renumbers its jobs.
+    let sb = Sandbox::new();
+    let cfg = sb.write("c.yaml", FAST);
+    let cfg = cfg.to_str().unwrap();
+    std::fs::create_dir(sb.path().join("in")).unwrap();
+    sb.write("in/a.txt", "");
+    sb.write("in/b.txt", "");
+    sb.cmd().args(["-c", cfg, "-m", "--quiet", "f=glob(in/*.txt)", "--", fixture(), "echo"]).assert().success();
+    std::fs::remove_file(sb.path().join("in/a.txt")).unwrap();
+    let dir = sb.sweep_dir();
+    let dir = dir.to_str().unwrap();
+    refused(
+        &sb,
+        &["-c", cfg, "--resume", dir],
+        "its journal has job #0 as `f=in/a.txt`, but the sweep now makes job #0 `f=in/b.txt`",
+    );
+
+    // Another config that names the jobs' dirs differently.
+    let other = sb.write("other.yaml", &format!("{FAST}  sweep:\n    subdir: t_${{hydra.job.num}}\n"));
+    refused(&sb, &["-c", other.to_str().unwrap(), "--resume", dir], "hydra.sweep.subdir `${hydra.job.num}`");
+
+    // A dir whose multirun.yaml is not a sweep's.
+    let fake = sb.path().join("fake");
+    std::fs::create_dir(&fake).unwrap();
+    std::fs::write(fake.join("multirun.yaml"), "foo: 1\n").unwrap();
+    refused(&sb, &["--resume", "fake"], "is not the multirun.yaml of a sweep");
+    assert!(!fake.join("0").exists() && !fake.join("jobs.jsonl").exists());
+}
+
+#[test]
+fn a_sweep_dir_in_use_cannot_be_resumed_until_its_run_ends() {
+    let sb = Sandbox::new();
+    let cfg = sb.write("c.yaml", FAST);
+    let cfg = cfg.to_str().unwrap();
+    let mut first = sb.spawn(&["-c", cfg, "-m", "--quiet", "task=1,2", "--", fixture(), "sleep", "3"]);
+    wait_for(20, "the sweep's first jobs", || sb.sweep_dirs().len() == 1 && sb.sweep_dir().join("0").exists());
+    let dir = sb.sweep_dir();
+    let out = sb.cmd().args(["-c", cfg, "--resume", dir.to_str().unwrap(), "--", fixture(), "echo"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is in use by another orchestrator run"), "{stderr}");
+    assert!(first.wait().unwrap().success());
+    assert_eq!(journal(&dir).len(), 2, "only the sweep's own records");
+    // Once it has ended, resuming is fine (and has nothing left to run).
+    let out = sb.cmd().args(["-c", cfg, "--resume", dir.to_str().unwrap(), "--", fixture(), "echo"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_journal_line_torn_by_a_kill_costs_only_its_own_record() {
+    let sb = Sandbox::new();
+    let cfg = sb.write("c.yaml", FAST);
+    let cfg = cfg.to_str().unwrap();
+    sb.cmd().args(["-c", cfg, "-m", "--quiet", "task=1..3", "--", fixture(), "fail-on", "2"]).assert().code(1);
+    let dir = sb.sweep_dir();
+    // The supervisor killed in the middle of job 2's record: half a line, no newline.
+    let path = dir.join("jobs.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    let torn = lines.iter().position(|l| l.contains("\"num\":2")).unwrap();
+    let cut = lines.remove(torn);
+    let kept = lines.join("\n");
+    std::fs::write(&path, format!("{kept}\n{}", &cut[..cut.len() / 2])).unwrap();
+    let resume = || {
+        sb.cmd()
+            .args(["-c", cfg, "--resume", dir.to_str().unwrap(), "--", fixture(), "fail-on", "99"])
+            .output()
+            .unwrap()
+    };
+    // Jobs 1 (failed) and 2 (record lost) run again; then nothing is left.
+    let out = resume();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 of 3 jobs already succeeded"));
+    let out = resume();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("3 of 3 jobs already succeeded"), "{stdout}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let parsed = text.lines().filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()).count();
+    assert_eq!(parsed, text.lines().count() - 1, "only the torn line is not a record:\n{text}");
 }
 
 #[test]
@@ -294,4 +417,14 @@ fn verbose_prints_joblib_progress_lines() {
         stderr.contains("[Parallel(n_jobs=2)]: Done   3 out of   3 | elapsed: ") && stderr.contains(" finished"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_single_run_goes_to_the_run_dir_an_override_gives() {
+    let sb = Sandbox::new();
+    let out =
+        sb.cmd().args(["--quiet", "task=1", "hydra.run.dir=outputs/single", "--", fixture(), "echo"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(sb.path().join("outputs/single/jobs.jsonl").is_file());
+    assert!(sb.path().join("outputs/single/.hydra/config.yaml").is_file());
 }

@@ -187,7 +187,7 @@ impl Reporter {
                         rec.num,
                         rec.overrides.join(" "),
                         rec.outcome.describe(),
-                        rec.log.display()
+                        shown_log(&rec.log)
                     );
                     self.print(Stream::Stderr, line.as_bytes());
                 }
@@ -293,7 +293,7 @@ pub fn summary(mode: Mode, s: &RunSummary, total: u64, elapsed: Duration, sweep_
                 r.num,
                 r.overrides.join(" "),
                 r.outcome.describe(),
-                r.log.display()
+                shown_log(&r.log)
             );
         }
         if sorted.len() > 50 {
@@ -309,6 +309,11 @@ pub fn summary(mode: Mode, s: &RunSummary, total: u64, elapsed: Duration, sweep_
     } else {
         let _ = writeln!(err, "{line}");
     }
+}
+
+/// A job's log path as the summary shows it; a job that could not be prepared has none.
+fn shown_log(log: &std::path::Path) -> String {
+    if log.as_os_str().is_empty() { "none (the job could not be prepared)".into() } else { log.display().to_string() }
 }
 
 #[cfg(test)]

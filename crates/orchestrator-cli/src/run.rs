@@ -108,10 +108,17 @@ async fn execute(mut prepared: PreparedSweep, mode: Mode, display: report::Displ
     let _ = reporter.await;
     let stopped_by = *first_signal.borrow();
     report::summary(mode, &summary, total, t0.elapsed(), &run.dir, stopped_by);
+    if let Some(error) = &summary.journal_error {
+        eprintln!(
+            "{} error: {} write(s) to the journal failed, the first: {error}\n  = help: the jobs whose records are missing would run again on --resume",
+            report::hydra_prefix(),
+            summary.journal_errors
+        );
+    }
     match stopped_by {
         Some(s) if s == nix::sys::signal::Signal::SIGINT as i32 => exit::SIGINT,
         Some(_) => exit::SIGTERM,
-        None if summary.failures.is_empty() && summary.finished == total => exit::OK,
+        None if summary.failures.is_empty() && summary.finished == total && summary.journal_errors == 0 => exit::OK,
         None => exit::JOBS_FAILED,
     }
 }

@@ -24,7 +24,7 @@ pub struct JobSpec {
     /// Working directory; `None` = the supervisor's.
     pub cwd: Option<PathBuf>,
     /// Where every line the job writes is logged. The job's process creates the file (and
-    /// its directory, one level) as it starts.
+    /// its directory, one level) as it starts; a file that exists is appended to.
     pub log_path: PathBuf,
     /// The job's own directory, if it has one.
     pub dir: Option<PathBuf>,

@@ -19,9 +19,17 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Open (creating if needed) the journal at `path` for appending.
+    /// Open (creating if needed) the journal at `path` for appending. A last line left
+    /// partial by a supervisor that was killed mid-write is ended first, so that the next
+    /// record starts a line of its own instead of being glued to it.
     pub fn open(path: &Path) -> io::Result<Journal> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        use std::os::unix::fs::FileExt;
+        let mut file = OpenOptions::new().create(true).read(true).append(true).open(path)?;
+        let len = file.metadata()?.len();
+        let mut last = [0u8; 1];
+        if len > 0 && file.read_at(&mut last, len - 1)? == 1 && last[0] != b'\n' {
+            file.write_all(b"\n")?;
+        }
         Ok(Journal { path: path.to_path_buf(), file: Mutex::new(file) })
     }
 
@@ -45,8 +53,32 @@ impl Journal {
     }
 }
 
-/// Read a journal, skipping a torn last line; returns the parsed records as JSON values.
+/// Read a journal, skipping lines that are not records (a line torn by a supervisor killed
+/// mid-write); returns the parsed records as JSON values.
 pub fn read_journal(path: &Path) -> io::Result<Vec<serde_json::Value>> {
     let text = std::fs::read(path)?;
     Ok(text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).filter_map(|l| serde_json::from_slice(l).ok()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_after_a_torn_line_starts_a_line_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.jsonl");
+        let first = JobRecord::new(0, "app_0".into(), 0, chrono::Utc::now()).to_json();
+        // A whole record, then one cut short by a kill.
+        std::fs::write(&path, format!("{first}\n{}", &first[..40])).unwrap();
+        let journal = Journal::open(&path).unwrap();
+        journal.append(&JobRecord::new(1, "app_1".into(), 1, chrono::Utc::now())).unwrap();
+        let nums: Vec<u64> = read_journal(&path).unwrap().iter().filter_map(|r| r["num"].as_u64()).collect();
+        assert_eq!(nums, [0, 1]);
+        // A journal that ends with a whole line gets nothing added.
+        drop(journal);
+        let before = std::fs::read(&path).unwrap();
+        Journal::open(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
 }

@@ -194,6 +194,11 @@ pub struct RunSummary {
     pub stop: Stop,
     /// Whether jobs were left unstarted because of a stop or the halt policy.
     pub stopped_early: bool,
+    /// Journal writes that failed (a record's append, the final sync): a resume would run
+    /// the jobs whose records are missing again.
+    pub journal_errors: u64,
+    /// The first journal error, if any.
+    pub journal_error: Option<String>,
 }
 
 /// Tracks which of our children belong to jobs, so that reaping adopted orphans never
@@ -286,6 +291,8 @@ struct Ctx {
     /// A job whose processes are all gone hands its slot back here, before it writes its
     /// log, journal line and events (see `run_job`).
     slot_freed: mpsc::UnboundedSender<tokio::task::Id>,
+    /// Journal appends that failed, and the first error.
+    journal_errors: Mutex<(u64, Option<String>)>,
 }
 
 /// Run the jobs received on `jobs` until the channel closes or a stop request ends the run.
@@ -323,6 +330,7 @@ pub async fn run(
         programs: Mutex::new(HashMap::new()),
         spill: std::sync::OnceLock::new(),
         slot_freed,
+        journal_errors: Mutex::new((0, None)),
     });
     let (stop_tx, stop_rx) = watch::channel(*external.borrow());
     let mut free: Vec<usize> = (0..n_jobs).collect();
@@ -417,9 +425,13 @@ pub async fn run(
         sys::signal_pid(pid, Signal::SIGKILL);
     }
     summary.stop = *stop_rx.borrow();
-    if let Some(j) = &ctx.opts.journal {
-        let _ = j.sync();
+    if let Some(j) = &ctx.opts.journal
+        && let Err(e) = j.sync()
+    {
+        ctx.journal_failed(format!("cannot sync {}: {e}", j.path().display()));
     }
+    (summary.journal_errors, summary.journal_error) =
+        std::mem::take(&mut *ctx.journal_errors.lock().unwrap_or_else(|e| e.into_inner()));
     if let Some(tx) = &ctx.events {
         let failed = summary.failures.len() as u64;
         let _ = tx.send(Event::RunFinished { finished: summary.finished, succeeded: summary.succeeded, failed }).await;
@@ -754,7 +766,7 @@ async fn publish(ctx: &Ctx, record: JobRecord) -> JobRecord {
     if let Some(j) = &ctx.opts.journal
         && let Err(e) = j.append(&record)
     {
-        tracing::error!("cannot append to the journal: {e}");
+        ctx.journal_failed(format!("cannot append job #{}'s record to {}: {e}", record.num, j.path().display()));
     }
     if let Some(tx) = &ctx.events {
         let _ = tx.send(Event::Finished(Box::new(record.clone()))).await;
@@ -848,6 +860,14 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 }
 
 impl Ctx {
+    /// A job's record did not reach the journal: said at once, and counted for the summary.
+    fn journal_failed(&self, error: String) {
+        tracing::error!("{error}");
+        let mut errors = self.journal_errors.lock().unwrap_or_else(|e| e.into_inner());
+        errors.0 += 1;
+        errors.1.get_or_insert(error);
+    }
+
     fn resolve(&self, program: &OsStr) -> io::Result<PathBuf> {
         let mut cache = self.programs.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = cache.get(program) {
@@ -869,21 +889,26 @@ fn thread_env(limit: Option<usize>, base_env: &[(OsString, OsString)]) -> Vec<(O
         .collect()
 }
 
-/// What the job's process does before it runs the program: create its (empty) log, then
-/// write `files`; each file's directory first when it differs from the previous file's.
+/// What the job's process does before it runs the program: create its log (one that exists,
+/// from an earlier attempt of the job, is appended to), then write `files`; each file's
+/// directory first when it differs from the previous file's.
 fn setup_steps(log: &std::path::Path, files: Vec<crate::job::JobFile>) -> io::Result<Vec<sys::SetupStep>> {
     let mut steps = Vec::with_capacity(files.len() + 3);
     let mut last_dir: Option<PathBuf> = None;
-    let log = crate::job::JobFile::new(log, Vec::new());
-    for f in std::iter::once(log).chain(files) {
-        let dir = f.path.parent().filter(|d| !d.as_os_str().is_empty());
+    let log = (log.to_path_buf(), None);
+    for (path, contents) in std::iter::once(log).chain(files.into_iter().map(|f| (f.path, Some(f.contents)))) {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
         if let Some(d) = dir
             && last_dir.as_deref() != Some(d)
         {
             steps.push(sys::SetupStep::Dir(sys::cstring(d.as_os_str().as_bytes())?));
             last_dir = Some(d.to_path_buf());
         }
-        steps.push(sys::SetupStep::File(sys::cstring(f.path.into_os_string().into_vec())?, f.contents));
+        let path = sys::cstring(path.into_os_string().into_vec())?;
+        steps.push(match contents {
+            Some(contents) => sys::SetupStep::File(path, contents),
+            None => sys::SetupStep::Keep(path),
+        });
     }
     Ok(steps)
 }
@@ -1007,6 +1032,7 @@ mod tests {
             programs: Mutex::new(HashMap::new()),
             spill: std::sync::OnceLock::new(),
             slot_freed: mpsc::unbounded_channel().0,
+            journal_errors: Mutex::new((0, None)),
         }
     }
 

@@ -126,6 +126,9 @@ pub struct PreparedSweep {
     /// preparation then blocks that runtime (~0.1 ms on a local disk, longer on a slow
     /// one). Off by default; ignored on a multi-threaded runtime.
     pub prepare_on_runtime: bool,
+    /// The resumed dir's lock, taken while preparing (a fresh sweep's is taken when its dir
+    /// is made).
+    lock: Option<DirLock>,
 }
 
 /// A started sweep.
@@ -179,6 +182,7 @@ impl PreparedSweep {
             file_refs,
             base_dir,
             prepare_on_runtime,
+            lock,
             ..
         } = self;
         // Snapshot `@file` arguments before anything is created: running out of space in
@@ -191,11 +195,18 @@ impl PreparedSweep {
         large.spill_config(&layout.resolved.app)?;
         let large = Arc::new(large);
         layout.large = Some(large.clone());
-        if resuming {
+        let lock = if resuming {
             layout.adopt()?;
+            lock
         } else {
             layout.create()?;
-        }
+            // Taken at once: nobody else knows this new dir yet. Held until the run ends, so
+            // that a resume of it cannot start meanwhile.
+            Some(
+                DirLock::take(&layout.abs_dir, &layout.dir)
+                    .map_err(|e| LayoutError::Io { path: layout.abs_dir.clone(), source: std::io::Error::other(e) })?,
+            )
+        };
         let journal_path = layout.abs_dir.join("jobs.jsonl");
         let journal = Journal::open(&journal_path).map_err(|source| LayoutError::Io { path: journal_path, source })?;
         options.journal = Some(Arc::new(journal));
@@ -238,6 +249,7 @@ impl PreparedSweep {
             let _ = producer.await;
             // Spill files must outlive every job that maps them.
             drop(keep);
+            drop(lock);
             summary
         });
         Ok(SweepRun {
@@ -251,48 +263,101 @@ impl PreparedSweep {
     }
 }
 
-/// What an earlier sweep left: its overrides (as typed) and its successful jobs.
+/// What an earlier sweep left: its overrides (as typed), its jobs' records, and the lock
+/// that keeps any other run out of its dir while this one resumes it.
 struct Earlier {
+    /// As given to `--resume`.
     dir: PathBuf,
-    overrides: Vec<String>,
-    done: HashSet<u64>,
+    /// Its `hydra.*` overrides (without `hydra.mode=`), then its sweep's.
+    hydra: Vec<String>,
+    task: Vec<String>,
+    /// `hydra.sweep.subdir` as the sweep had it.
+    subdir: Option<String>,
+    /// Every readable record: job number, overrides, whether it succeeded.
+    records: Vec<(u64, Vec<String>, bool)>,
+    lock: DirLock,
 }
 
-fn read_earlier(dir: &Path) -> Result<Earlier, SetupError> {
-    let multirun = dir.join("multirun.yaml");
+/// An exclusive `flock` on a sweep dir, held while a run or a resume uses it.
+#[derive(Debug)]
+struct DirLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+impl DirLock {
+    /// Lock `dir`, or say which run holds it.
+    fn take(dir: &Path, shown: &Path) -> Result<DirLock, String> {
+        let file = std::fs::File::open(dir).map_err(|e| format!("cannot open {}: {e}", shown.display()))?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(DirLock(lock)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(format!(
+                "{} is in use by another orchestrator run (the sweep itself, or another resume of it)\n  = help: wait for that run to end, then resume",
+                shown.display()
+            )),
+            Err((_, e)) => Err(format!("cannot lock {}: {e}", shown.display())),
+        }
+    }
+}
+
+fn read_earlier(dir: &Path, base_dir: &Path) -> Result<Earlier, SetupError> {
+    let path = base_dir.join(dir);
+    let multirun = path.join("multirun.yaml");
+    let invalid = |why: String| SetupError::Invalid(format!("cannot resume {}: {why}", dir.display()));
     let text = std::fs::read_to_string(&multirun).map_err(|e| {
-        SetupError::Invalid(format!(
-            "cannot resume {}: cannot read {}: {e}\n  = help: --resume takes a sweep dir, e.g. multirun/2026-11-24/15-41-20",
-            dir.display(),
+        invalid(format!(
+            "cannot read {}: {e}\n  = help: --resume takes a sweep dir, e.g. multirun/2026-11-24/15-41-20",
             multirun.display()
         ))
     })?;
-    let doc: Value = serde_yaml::from_str(&text)
-        .map_err(|e| SetupError::Invalid(format!("cannot resume: {} is not valid YAML: {e}", multirun.display())))?;
-    let strings = |v: Option<&Value>| -> Vec<String> {
-        v.and_then(Value::as_sequence)
-            .map(|s| s.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
-            .unwrap_or_default()
+    let doc: Value =
+        serde_yaml::from_str(&text).map_err(|e| invalid(format!("{} is not valid YAML: {e}", multirun.display())))?;
+    let not_a_sweep = |what: &str| {
+        invalid(format!(
+            "{} has no {what}, so it is not the multirun.yaml of a sweep\n  = help: --resume takes a dir made by `orchestrator run --multirun` (or by Hydra), e.g. multirun/2026-11-24/15-41-20",
+            multirun.display()
+        ))
+    };
+    let strings = |v: Option<&Value>, what: &str| -> Result<Vec<String>, SetupError> {
+        let seq = v.and_then(Value::as_sequence).ok_or_else(|| not_a_sweep(&format!("`{what}` list")))?;
+        seq.iter()
+            .map(|x| x.as_str().map(str::to_string).ok_or_else(|| not_a_sweep(&format!("string in `{what}`"))))
+            .collect()
     };
     let overrides_node = doc.get("hydra").and_then(|h| h.get("overrides"));
-    let mut overrides: Vec<String> = strings(overrides_node.and_then(|o| o.get("hydra")))
+    let hydra: Vec<String> = strings(overrides_node.and_then(|o| o.get("hydra")), "hydra.overrides.hydra")?
         .into_iter()
         .filter(|o| !o.starts_with("hydra.mode="))
         .collect();
-    overrides.extend(strings(overrides_node.and_then(|o| o.get("task"))));
-    let done = match crate::journal::read_journal(&dir.join("jobs.jsonl")) {
-        Ok(records) => {
-            records.iter().filter(|r| r["status"] == "succeeded").filter_map(|r| r["num"].as_u64()).collect()
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashSet::new(),
-        Err(e) => {
-            return Err(SetupError::Invalid(format!(
-                "cannot resume: cannot read {}: {e}",
-                dir.join("jobs.jsonl").display()
-            )));
-        }
+    let task = strings(overrides_node.and_then(|o| o.get("task")), "hydra.overrides.task")?;
+    let subdir = doc
+        .get("hydra")
+        .and_then(|h| h.get("sweep"))
+        .and_then(|s| s.get("subdir"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    // Before the journal is read: a run still writing it would change what it says.
+    let lock = DirLock::take(&path, dir).map_err(invalid)?;
+    let journal = path.join("jobs.jsonl");
+    let records = match crate::journal::read_journal(&journal) {
+        Ok(records) => records
+            .iter()
+            .filter_map(|r| {
+                let num = r["num"].as_u64()?;
+                let overrides = r["overrides"]
+                    .as_array()?
+                    .iter()
+                    .map(|o| o.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()?;
+                Some((num, overrides, r["status"] == "succeeded"))
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(invalid(format!("cannot read {}: {e}", journal.display()))),
     };
-    Ok(Earlier { dir: dir.to_path_buf(), overrides, done })
+    Ok(Earlier { dir: dir.to_path_buf(), hydra, task, subdir, records, lock })
+}
+
+/// Whether an override (as typed) sets a `hydra.*` key rather than the app's config.
+fn is_hydra(o: &Override) -> bool {
+    o.key == "hydra" || o.key.starts_with("hydra.")
 }
 
 impl PreparedSweep {
@@ -305,25 +370,39 @@ impl PreparedSweep {
             ConfigInput::Text { text, name } => load_config_str(text, name)?,
             ConfigInput::Defaults => load_config_str("", Path::new("<defaults>"))?,
         };
-        let earlier = args.resume.as_deref().map(read_earlier).transpose()?;
+        let earlier = args.resume.as_deref().map(|d| read_earlier(d, &args.base_dir)).transpose()?;
         let multirun = args.multirun || earlier.is_some();
         let given = match &earlier {
-            Some(e) if args.overrides.is_empty() => e.overrides.clone(),
-            Some(e) if args.overrides != e.overrides => {
-                return Err(SetupError::Invalid(format!(
-                    "cannot resume {}: its overrides were `{}`, these are `{}`\n  = help: give the same overrides, or none to reuse the sweep's",
-                    e.dir.display(),
-                    e.overrides.join(" "),
-                    args.overrides.join(" ")
-                )));
+            None => args.overrides.clone(),
+            Some(e) => {
+                // The sweep's own overrides define its jobs and must not change; launcher
+                // settings may (a longer timeout for the jobs that timed out): the sweep's
+                // apply first, these after them.
+                let mut hydra_given = Vec::new();
+                let mut task_given = Vec::new();
+                for text in &args.overrides {
+                    if is_hydra(&parse_override(text)?) {
+                        hydra_given.push(text.clone())
+                    } else {
+                        task_given.push(text.clone())
+                    }
+                }
+                if !task_given.is_empty() && task_given != e.task {
+                    return Err(SetupError::Invalid(format!(
+                        "cannot resume {}: its sweep was `{}`, these overrides sweep `{}`\n  = help: give the same sweep overrides in the same order, or none to reuse the sweep's; `hydra.*` settings may change",
+                        e.dir.display(),
+                        e.task.join(" "),
+                        task_given.join(" ")
+                    )));
+                }
+                e.hydra.iter().chain(&hydra_given).chain(&e.task).cloned().collect()
             }
-            _ => args.overrides.clone(),
         };
         let mut hydra_overrides: Vec<Override> = Vec::new();
         let mut app_overrides: Vec<Override> = Vec::new();
         for text in &given {
             let o = parse_override(text)?;
-            if o.key == "hydra" || o.key.starts_with("hydra.") {
+            if is_hydra(&o) {
                 if o.is_sweep() {
                     return Err(SetupError::Invalid(format!(
                         "cannot sweep over `{}`: launcher settings are the same for every job\n  = help: give one value, e.g. `{}=2`",
@@ -335,7 +414,7 @@ impl PreparedSweep {
                 app_overrides.push(o);
             }
         }
-        let (resolved, hydra_texts) = resolve_with_overrides(&loaded, &hydra_overrides)?;
+        let (resolved, hydra_texts, root) = resolve_with_overrides(&loaded, &hydra_overrides)?;
 
         let cwd = args.base_dir.clone();
         let config_dir = args.config.path().and_then(|p| p.parent()).map(|p| cwd.join(p));
@@ -372,11 +451,23 @@ impl PreparedSweep {
         let total = plan.len();
         let job_name = resolved.hydra.job_name.clone().unwrap_or_else(|| job_name_for(&args.app));
         let started = Local::now();
-        let template = if multirun { resolved.hydra.sweep_dir.clone() } else { run_dir_template(&loaded) };
+        let template = if multirun { resolved.hydra.sweep_dir.clone() } else { run_dir_template(&root) };
         let dir = match &earlier {
             Some(e) => e.dir.to_string_lossy().into_owned(),
             None => SweepLayout::resolve_dir(&template, &started, &job_name)?,
         };
+        if earlier.is_none() && Path::new(&dir).file_name().is_none() {
+            let (key, example) =
+                if multirun { ("hydra.sweep.dir", "multirun/my_sweep") } else { ("hydra.run.dir", "outputs/my_run") };
+            let what = if template.is_empty() {
+                format!("{key} is empty")
+            } else {
+                format!("{key} `{template}` names no directory to create")
+            };
+            return Err(SetupError::Invalid(format!(
+                "{what}\n  = help: give a new directory, e.g. {key}={example} (a name that is taken gets a fresh `_1`, `_2`... suffix)"
+            )));
+        }
         let banner = format!(
             "Joblib.Parallel({})",
             launcher
@@ -425,8 +516,12 @@ impl PreparedSweep {
                 layout.check(&last)?;
             }
         }
-        let resuming = earlier.is_some();
-        let done = Arc::new(earlier.map(|e| e.done).unwrap_or_default());
+        let (done, lock) = match earlier {
+            Some(e) => (check_earlier_jobs(&e, &plan, &layout)?, Some(e.lock)),
+            None => (HashSet::new(), None),
+        };
+        let resuming = lock.is_some();
+        let done = Arc::new(done);
         Ok(PreparedSweep {
             layout,
             plan: Arc::new(plan),
@@ -437,15 +532,15 @@ impl PreparedSweep {
             file_refs: refs,
             base_dir: cwd,
             prepare_on_runtime: false,
+            lock,
         })
     }
 }
 
-/// `hydra.run.dir` for single runs: Hydra's default unless the config sets it.
-fn run_dir_template(loaded: &LoadedConfig) -> String {
-    loaded
-        .root
-        .get("hydra")
+/// `hydra.run.dir` for single runs: Hydra's default unless the config (or an override)
+/// sets it.
+fn run_dir_template(root: &Value) -> String {
+    root.get("hydra")
         .and_then(|h| h.get("run"))
         .and_then(|r| r.get("dir"))
         .and_then(Value::as_str)
@@ -453,12 +548,48 @@ fn run_dir_template(loaded: &LoadedConfig) -> String {
         .to_string()
 }
 
+/// A resumed sweep must expand to the jobs its journal recorded, under the same dir names.
+/// Returns the numbers of the jobs that succeeded.
+fn check_earlier_jobs(e: &Earlier, plan: &SweepPlan, layout: &SweepLayout) -> Result<HashSet<u64>, SetupError> {
+    let invalid = |why: String| SetupError::Invalid(format!("cannot resume {}: {why}", e.dir.display()));
+    if let Some(old) = &e.subdir
+        && *old != layout.resolved.hydra.sweep_subdir
+    {
+        return Err(invalid(format!(
+            "its jobs' dirs were named by hydra.sweep.subdir `{old}`, this config names them `{}`\n  = help: resume with the sweep's config (-c), or add hydra.sweep.subdir='{old}'",
+            layout.resolved.hydra.sweep_subdir
+        )));
+    }
+    let mut done = HashSet::new();
+    // By job number, so that the error names the first job that differs.
+    let mut records: Vec<&(u64, Vec<String>, bool)> = e.records.iter().collect();
+    records.sort_by_key(|r| r.0);
+    for (num, overrides, succeeded) in records {
+        let now: Option<Vec<String>> =
+            plan.job(*num).map(|j| j.items.iter().map(orchestrator_config::sweep::ResolvedOverride::display).collect());
+        if now.as_ref() != Some(overrides) {
+            let now = match &now {
+                Some(o) => format!("makes job #{num} `{}`", o.join(" ")),
+                None => format!("has no job #{num}"),
+            };
+            return Err(invalid(format!(
+                "its journal has job #{num} as `{}`, but the sweep now {now}\n  = help: resuming needs the same jobs in the same order; shuffle() and glob() (over files that changed) do not expand the same way twice, so start a new sweep",
+                overrides.join(" ")
+            )));
+        }
+        if *succeeded {
+            done.insert(*num);
+        }
+    }
+    Ok(done)
+}
+
 /// Apply `hydra.*` overrides to the document and validate the result; errors about an
 /// overridden key point at the override.
 fn resolve_with_overrides(
     loaded: &LoadedConfig,
     overrides: &[Override],
-) -> Result<(orchestrator_config::ResolvedConfig, Vec<String>), SetupError> {
+) -> Result<(orchestrator_config::ResolvedConfig, Vec<String>, Value), SetupError> {
     let plan =
         SweepPlan::new(overrides.to_vec(), &SweepContext { config_dir: None, cwd: PathBuf::from("."), seed: None })?;
     let mut root = loaded.root.clone();
@@ -471,7 +602,7 @@ fn resolve_with_overrides(
             texts.push(o.input.clone());
         }
     }
-    Ok((loaded.resolve_root(&root, &overridden)?, texts))
+    Ok((loaded.resolve_root(&root, &overridden)?, texts, root))
 }
 
 /// The app must exist and be executable before anything is created.

@@ -343,3 +343,18 @@ async fn a_dropped_event_receiver_does_not_stall_the_runner() {
 fn libc_sigterm() -> i32 {
     15
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn records_that_do_not_reach_the_journal_are_counted_in_the_summary() {
+    // /dev/full takes the open and refuses every write (ENOSPC), as a full disk would.
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = RunOptions::new(2);
+    opts.journal = Some(std::sync::Arc::new(orchestrator::Journal::open(std::path::Path::new("/dev/full")).unwrap()));
+    let jobs: Vec<JobSpec> = (0..3).map(|n| sh(n, dir.path(), "true")).collect();
+    let (_tx, rx) = watch::channel(Stop::None);
+    let (summary, _) = run_all(opts, jobs, rx).await;
+    assert_eq!(summary.succeeded, 3);
+    assert!(summary.journal_errors >= 3, "{}", summary.journal_errors);
+    let first = summary.journal_error.unwrap();
+    assert!(first.contains("cannot append job #") && first.contains("/dev/full"), "{first}");
+}

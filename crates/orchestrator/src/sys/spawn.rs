@@ -56,6 +56,9 @@ pub enum SetupStep {
     Dir(CString),
     /// Create a file, or replace one, holding these bytes.
     File(CString, Vec<u8>),
+    /// Create a file if it is missing; one that exists keeps what it holds (a job's log
+    /// when the job runs again on resume).
+    Keep(CString),
 }
 
 /// A setup step as the child reads it: raw pointers into the `SetupStep` it came from.
@@ -64,6 +67,8 @@ struct RawStep {
     data: *const u8,
     len: usize,
     path: *const libc::c_char,
+    /// Replace the file's contents (`File`), or keep them (`Keep`).
+    truncate: bool,
 }
 
 /// Why a child never ran its program.
@@ -163,7 +168,7 @@ impl ExecWatch {
             return None;
         }
         let setup_path = mem.setup.get(mem.args.failed_step.load(Ordering::Acquire)).map(|step| {
-            let (SetupStep::Dir(p) | SetupStep::File(p, _)) = step;
+            let (SetupStep::Dir(p) | SetupStep::File(p, _) | SetupStep::Keep(p)) = step;
             std::path::PathBuf::from(OsStr::from_bytes(p.to_bytes()))
         });
         Some(ExecFailure { error: io::Error::from_raw_os_error(errno), setup_path })
@@ -313,8 +318,12 @@ pub fn spawn(req: SpawnRequest<'_>) -> io::Result<Spawned> {
     let raw_steps: Vec<RawStep> = setup
         .iter()
         .map(|step| match step {
-            SetupStep::Dir(p) => RawStep { data: std::ptr::null(), len: 0, path: p.as_ptr() },
-            SetupStep::File(p, data) => RawStep { data: data.as_ptr(), len: data.len(), path: p.as_ptr() },
+            SetupStep::Dir(p) => RawStep { data: std::ptr::null(), len: 0, path: p.as_ptr(), truncate: false },
+            SetupStep::File(p, data) => {
+                RawStep { data: data.as_ptr(), len: data.len(), path: p.as_ptr(), truncate: true }
+            }
+            // Any non-null pointer marks a file; nothing is read from it when `len` is 0.
+            SetupStep::Keep(p) => RawStep { data: p.as_ptr().cast(), len: 0, path: p.as_ptr(), truncate: false },
         })
         .collect();
     let cwd = req.cwd.map(|c| cstring(c.as_os_str().as_bytes())).transpose()?;
@@ -502,7 +511,7 @@ unsafe fn setup_step(step: &RawStep) -> Result<(), syscalls::Errno> {
                 Err(e) => Err(e),
             };
         }
-        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC;
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC | if step.truncate { libc::O_TRUNC } else { 0 };
         let fd = syscall!(Sysno::openat, libc::AT_FDCWD, step.path, flags, 0o666)?;
         let mut done = 0;
         while done < step.len {
