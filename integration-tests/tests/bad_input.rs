@@ -141,6 +141,12 @@ fn catalogue() -> Vec<Case> {
             &["cannot resolve `${when}`"],
         ),
         case(
+            "a job in the middle that cannot be composed",
+            None,
+            &["-m", "a=2,1,2", "~a=2"],
+            &["job #1 (a=1 ~a=2): could not delete from config: the value of `a` is 1 and not 2"],
+        ),
+        case(
             "sweep dir that names no new dir",
             None,
             &["-m", "task=1", "hydra.sweep.dir=."],

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use chrono::Local;
 use orchestrator_config::compose::apply_overrides;
-use orchestrator_config::grammar::{Override, OverrideError, parse_override};
+use orchestrator_config::grammar::{Override, OverrideError, OverrideKind, parse_override};
 use orchestrator_config::sweep::{SweepContext, SweepError, SweepPlan};
 use orchestrator_config::{ConfigError, LoadedConfig, load_config_str};
 use serde_yaml::Value;
@@ -432,6 +432,8 @@ impl PreparedSweep {
                 )));
             }
         }
+        // `+`, `++` and `~` can fail for some values and not others (`a=1,2 '~a=2'`).
+        let per_value_risk = app_overrides.iter().any(|o| o.kind != OverrideKind::Change);
         let plan = SweepPlan::new(app_overrides, &ctx)?;
         if !multirun && plan.is_sweep() {
             let swept = plan
@@ -507,14 +509,28 @@ impl PreparedSweep {
             hydra_text: Default::default(),
         };
         if total > 0 {
+            // An error names the job: with a sweep, which values it comes from matters.
+            let check = |job: &orchestrator_config::sweep::JobOverrides| {
+                layout.check(job).map_err(|e| {
+                    let shown: Vec<String> = job.items.iter().map(|i| i.display()).collect();
+                    SetupError::Invalid(format!("job #{} ({}): {e}", job.num, shown.join(" ")))
+                })
+            };
             let job0 = plan.job(0).ok_or_else(|| SetupError::Invalid("the sweep has no job 0".into()))?;
-            layout.check(&job0)?;
-            layout.detect_placeholders(&job0)?;
+            check(&job0)?;
             if total > 1
                 && let Some(last) = plan.job(total - 1)
             {
-                layout.check(&last)?;
+                check(&last)?;
             }
+            // The others too when some could fail, as long as that stays cheap (about 10 us
+            // a job); a bigger sweep finds out job by job, each recorded as not started.
+            if per_value_risk && total <= 100_000 {
+                for job in plan.iter().skip(1).take(total.saturating_sub(2) as usize) {
+                    check(&job)?;
+                }
+            }
+            layout.detect_placeholders(&job0)?;
         }
         let (done, lock) = match earlier {
             Some(e) => (check_earlier_jobs(&e, &plan, &layout)?, Some(e.lock)),
