@@ -147,6 +147,12 @@ fn catalogue() -> Vec<Case> {
             &["job #1 (a=1 ~a=2): could not delete from config: the value of `a` is 1 and not 2"],
         ),
         case(
+            "temp_folder that is a file",
+            None,
+            &["-m", "task=1", "hydra.launcher.params.joblib.temp_folder=plain.txt"],
+            &["/plain.txt (temp_folder in the config) cannot hold spill files: it is not a directory"],
+        ),
+        case(
             "sweep dir that names no new dir",
             None,
             &["-m", "task=1", "hydra.sweep.dir=."],

@@ -129,6 +129,17 @@ fn sigterm_forwards_kills_and_exits_143() {
     interrupt_with(Signal::SIGTERM, 143);
 }
 
+/// The terminal or ssh session went away: stopped as by SIGTERM, nothing left behind.
+#[test]
+fn sighup_forwards_kills_and_exits_129() {
+    interrupt_with(Signal::SIGHUP, 129);
+}
+
+#[test]
+fn sigquit_forwards_kills_and_exits_131() {
+    interrupt_with(Signal::SIGQUIT, 131);
+}
+
 #[test]
 fn children_die_with_a_killed_supervisor() {
     let sb = Sandbox::new();

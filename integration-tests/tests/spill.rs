@@ -277,3 +277,48 @@ fn sigterm_cleans_the_spill_dir_and_a_sigkilled_supervisors_dir_is_cleaned_next_
         assert!(spill_dirs(&tmpf).is_empty(), "the next run cleaned the stale dir");
     }
 }
+
+#[test]
+fn a_value_that_starts_with_at_reaches_the_job_as_itself() {
+    // Inline, `@other` would read to the workers as "the file `other`".
+    let sb = Sandbox::new();
+    let cfg = config(&sb, "    max_nbytes: 1M\n");
+    sb.write("at.txt", "@other");
+    sb.write("other", "WRONG!!!");
+    sweep_ok(&sb, &cfg, &["data=@at.txt"], &["argcheck", "data"]);
+    let r = reports(&sb.sweep_dir(), 1);
+    assert!(r[0].starts_with("file shared=false size=6"), "{r:?}");
+    assert!(r[0].contains("len=6"), "{r:?}");
+}
+
+#[test]
+fn a_relative_temp_folder_still_works_for_jobs_in_their_own_dirs() {
+    let sb = Sandbox::new();
+    std::fs::create_dir(sb.path().join("reltf")).unwrap();
+    let cfg = sb.write(
+        "c.yaml",
+        "hydra:\n  job:\n    chdir: true\n  launcher:\n    n_jobs: 1\n    temp_folder: reltf\n    max_nbytes: 10\n",
+    );
+    sb.write("v", &"a".repeat(64));
+    sweep_ok(&sb, &cfg, &["data=@v", "x=1,2"], &["argcheck", "data"]);
+    let r = reports(&sb.sweep_dir(), 2);
+    assert!(r.iter().all(|l| l.starts_with("file shared=true size=64")), "{r:?}");
+    assert!(r.iter().all(|l| field(l, "path=").starts_with(&sb.path().join("reltf").display().to_string())), "{r:?}");
+}
+
+#[test]
+fn an_argument_file_that_is_a_fifo_is_refused_at_once() {
+    // Opening a FIFO waits for a writer: the check must not open it.
+    let sb = Sandbox::new();
+    let fifo = sb.path().join("ff");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let out = sb
+        .cmd()
+        .args(["-m", "x=@ff", "--", fixture(), "echo"])
+        .timeout(std::time::Duration::from_secs(10))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"));
+    assert!(sb.nothing_created());
+}

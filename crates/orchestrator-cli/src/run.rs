@@ -116,8 +116,8 @@ async fn execute(mut prepared: PreparedSweep, mode: Mode, display: report::Displ
         );
     }
     match stopped_by {
-        Some(s) if s == nix::sys::signal::Signal::SIGINT as i32 => exit::SIGINT,
-        Some(_) => exit::SIGTERM,
+        // 128 + the signal, as a shell reports a process it ended (130 for Ctrl-C).
+        Some(s) => u8::try_from(128 + s).unwrap_or(exit::SIGTERM),
         None if summary.failures.is_empty() && summary.finished == total && summary.journal_errors == 0 => exit::OK,
         None => exit::JOBS_FAILED,
     }

@@ -514,9 +514,12 @@ impl Reader<'_> {
             "bytes as an integer, or a number with K, M or G (1024-based: 1M = 1048576, 1.5M), or None to never spill";
         match v {
             _ if is_null(v) => Ok(None),
-            Value::Number(n) => {
-                n.as_u64().map(Some).ok_or_else(|| self.invalid(p, format!("invalid max_nbytes {}", show(v)), help))
-            }
+            // Hydra hands joblib `int(value)`: a float is cut to its integer part.
+            Value::Number(n) => n
+                .as_u64()
+                .or_else(|| n.as_f64().filter(|f| f.is_finite() && *f >= 0.0 && *f < u64::MAX as f64).map(|f| f as u64))
+                .map(Some)
+                .ok_or_else(|| self.invalid(p, format!("invalid max_nbytes {}", show(v)), help)),
             Value::String(s) => {
                 parse_size(s).map(Some).ok_or_else(|| self.invalid(p, format!("invalid max_nbytes {}", show(v)), help))
             }

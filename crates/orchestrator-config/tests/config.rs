@@ -134,3 +134,16 @@ fn wrong_types_name_the_key_and_the_allowed_values() {
         assert!(matches!(e.origin(), Origin::File { line: Some(3), .. }), "{line}: {shown}");
     }
 }
+
+#[test]
+fn a_float_max_nbytes_is_cut_to_its_integer_part_as_hydra_does() {
+    // Hydra's process_joblib_cfg hands joblib int(value).
+    for (line, want) in [("max_nbytes: 1e6", 1_000_000), ("max_nbytes: 1048576.0", 1_048_576), ("max_nbytes: 10.9", 10)]
+    {
+        let text = format!("hydra:\n  launcher:\n    {line}\n");
+        let r = load_config_str(&text, Path::new("t.yaml")).unwrap().resolve(&Default::default()).unwrap();
+        assert_eq!(r.launcher.max_nbytes, Some(want), "{line}");
+    }
+    let e = load_config_str("hydra:\n  launcher:\n    max_nbytes: -1.5\n", Path::new("t.yaml")).unwrap_err();
+    assert!(e.to_string().contains("invalid max_nbytes"), "{e}");
+}

@@ -73,9 +73,9 @@ pub struct LargeArgs {
 pub fn file_refs(overrides: &[Override]) -> Vec<String> {
     fn element(e: &Element, out: &mut Vec<String>) {
         match e {
+            // Only a whole value: `resolve` hands over nothing inside a list or dict, so an
+            // `@name` there is plain text, as in Hydra.
             Element::Str { value, quote: None } if value.len() > 1 && value.starts_with('@') => out.push(value.clone()),
-            Element::List(items) => items.iter().for_each(|i| element(i, out)),
-            Element::Dict(items) => items.iter().for_each(|(_, i)| element(i, out)),
             _ => {}
         }
     }
@@ -217,7 +217,13 @@ impl LargeArgs {
                 let info = ArgInfo { path: s.path.clone(), mode, size: s.size, shared: true };
                 Ok((format!("@{}", s.path.display()), Some(info)))
             }
-            Snapshot::Bytes(b) if b.len() <= INLINE_MAX && !b.contains(&0) && std::str::from_utf8(b).is_ok() => {
+            // Text starting with `@` would read as a path to the workers: such text goes in a file.
+            Snapshot::Bytes(b)
+                if b.len() <= INLINE_MAX
+                    && !b.contains(&0)
+                    && !b.starts_with(b"@")
+                    && std::str::from_utf8(b).is_ok() =>
+            {
                 Ok((String::from_utf8_lossy(b).into_owned(), None))
             }
             other => {
@@ -306,9 +312,9 @@ mod tests {
     }
 
     #[test]
-    fn file_refs_are_found_in_values_lists_and_sweeps() {
+    fn file_refs_are_whole_values_and_sweep_values() {
         let o =
             ["data=@a.bin,@b.bin", "x=@c", "y=[@d,2]", "z='@quoted'", "w=plain"].map(|s| parse_override(s).unwrap());
-        assert_eq!(file_refs(&o), ["@a.bin", "@b.bin", "@c", "@d"]);
+        assert_eq!(file_refs(&o), ["@a.bin", "@b.bin", "@c"]);
     }
 }

@@ -88,6 +88,8 @@ impl SpillStore {
         clean_stale(folder);
         let start =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        // A folder that does not exist yet is made, as joblib's `makedirs` does.
+        std::fs::create_dir_all(folder).map_err(io_err(folder))?;
         let dir = folder.join(format!("{PREFIX}{}-{start}", std::process::id()));
         // mkdir never follows a symlink at the final component, and fails if anything exists.
         std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(io_err(&dir))?;

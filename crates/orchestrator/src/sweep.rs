@@ -188,7 +188,7 @@ impl PreparedSweep {
         // Snapshot `@file` arguments before anything is created: running out of space in
         // temp_folder must leave no sweep dir and start no job.
         let launcher = &layout.resolved.launcher;
-        let temp_folder = crate::temp::resolve_temp_folder(launcher.temp_folder.as_deref());
+        let temp_folder = crate::temp::resolve_temp_folder(launcher.temp_folder.as_deref(), &base_dir);
         tracing::debug!("temp_folder: {} ({})", temp_folder.path.display(), temp_folder.reason);
         let mut large = LargeArgs::new(launcher.max_nbytes, launcher.mmap_mode, temp_folder.clone());
         large.snapshot(&file_refs, &base_dir)?;
@@ -422,9 +422,10 @@ impl PreparedSweep {
         let refs = crate::args::file_refs(&app_overrides);
         for r in &refs {
             let path = cwd.join(&r[1..]);
-            if let Err(e) = std::fs::File::open(&path)
-                .and_then(|f| f.metadata())
+            // The kind first: opening a FIFO would wait for a writer.
+            if let Err(e) = std::fs::metadata(&path)
                 .and_then(|m| if m.is_file() { Ok(()) } else { Err(std::io::Error::other("not a regular file")) })
+                .and_then(|()| std::fs::File::open(&path).map(drop))
             {
                 return Err(SetupError::Invalid(format!(
                     "cannot read the argument file `{r}` ({}): {e}\n  = help: `key=@path` passes the file's contents; quote the value ('@...') to pass the text itself",
@@ -449,6 +450,12 @@ impl PreparedSweep {
 
         let launcher = &resolved.launcher;
         let options = RunOptions::from_launcher(launcher).map_err(SetupError::Invalid)?;
+        // Checked now whenever a value may spill: found out at the first spill, it would fail
+        // jobs one by one in a sweep dir made for nothing.
+        if launcher.max_nbytes.is_some() {
+            let folder = crate::temp::resolve_temp_folder(launcher.temp_folder.as_deref(), &cwd);
+            folder.check().map_err(SetupError::Invalid)?;
+        }
         let n_jobs = options.n_jobs;
         let total = plan.len();
         let job_name = resolved.hydra.job_name.clone().unwrap_or_else(|| job_name_for(&args.app));

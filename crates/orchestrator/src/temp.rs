@@ -15,9 +15,50 @@ pub struct TempFolder {
 }
 
 /// joblib's order: the configured folder, else `JOBLIB_TEMP_FOLDER`, else `/dev/shm` when it
-/// is a writable directory with more than 2e9 bytes free, else the system temp dir.
-pub fn resolve_temp_folder(configured: Option<&Path>) -> TempFolder {
-    resolve_with(configured, std::env::var_os("JOBLIB_TEMP_FOLDER").map(PathBuf::from), Path::new("/dev/shm"))
+/// is a writable directory with more than 2e9 bytes free, else the system temp dir (found as
+/// Python's `tempfile.gettempdir()` finds it). A relative folder is taken from `base_dir`, so
+/// that jobs running in their own dirs (`hydra.job.chdir`) get paths that still work.
+pub fn resolve_temp_folder(configured: Option<&Path>, base_dir: &Path) -> TempFolder {
+    let mut folder =
+        resolve_with(configured, std::env::var_os("JOBLIB_TEMP_FOLDER").map(PathBuf::from), Path::new("/dev/shm"));
+    if folder.path.is_relative() {
+        folder.path = base_dir.join(&folder.path);
+    }
+    folder
+}
+
+impl TempFolder {
+    /// Whether spill files can go here: a writable directory, or one that does not exist yet
+    /// (it is made on the first spill, as joblib's `makedirs` does). Says why not, and where
+    /// the folder came from.
+    pub fn check(&self) -> Result<(), String> {
+        let why = match std::fs::metadata(&self.path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => e.to_string(),
+            Ok(m) if !m.is_dir() => "it is not a directory".to_string(),
+            Ok(_) => match nix::unistd::access(&self.path, nix::unistd::AccessFlags::W_OK) {
+                Ok(()) => return Ok(()),
+                Err(e) => format!("it is not writable ({e})"),
+            },
+        };
+        Err(format!(
+            "temp_folder {} ({}) cannot hold spill files: {why}\n  = help: set temp_folder (or JOBLIB_TEMP_FOLDER) to a writable directory, or None for /dev/shm or the system temp dir",
+            self.path.display(),
+            self.reason
+        ))
+    }
+}
+
+/// Python's `tempfile.gettempdir()`: the first of `TMPDIR`, `TEMP`, `TMP`, `/tmp`, `/var/tmp`,
+/// `/usr/tmp` and the current dir that is a writable directory.
+fn system_temp_dir() -> PathBuf {
+    let env =
+        ["TMPDIR", "TEMP", "TMP"].into_iter().filter_map(std::env::var_os).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let fixed = ["/tmp", "/var/tmp", "/usr/tmp"].into_iter().map(PathBuf::from);
+    env.chain(fixed)
+        .chain(std::env::current_dir().ok())
+        .find(|d| d.is_dir() && nix::unistd::access(d.as_path(), nix::unistd::AccessFlags::W_OK).is_ok())
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
 }
 
 fn resolve_with(configured: Option<&Path>, env: Option<PathBuf>, shm: &Path) -> TempFolder {
@@ -33,11 +74,11 @@ fn resolve_with(configured: Option<&Path>, env: Option<PathBuf>, shm: &Path) -> 
             reason: format!("{} is writable with {free} bytes free", shm.display()),
         },
         Some(free) => TempFolder {
-            path: std::env::temp_dir(),
+            path: system_temp_dir(),
             reason: format!("{} has only {free} bytes free (joblib wants more than {SHM_MIN_FREE})", shm.display()),
         },
         None => {
-            TempFolder { path: std::env::temp_dir(), reason: format!("{} is not a writable directory", shm.display()) }
+            TempFolder { path: system_temp_dir(), reason: format!("{} is not a writable directory", shm.display()) }
         }
     }
 }
@@ -60,12 +101,12 @@ mod tests {
         assert_eq!(resolve_with(Some(cfg), Some("/env".into()), Path::new("/dev/shm")).path, cfg);
         assert_eq!(resolve_with(None, Some("/env".into()), Path::new("/dev/shm")).path, Path::new("/env"));
         let missing = resolve_with(None, None, Path::new("/no/such/shm"));
-        assert_eq!(missing.path, std::env::temp_dir());
+        assert_eq!(missing.path, system_temp_dir());
         assert!(missing.reason.contains("not a writable directory"));
         let shm = resolve_with(None, None, Path::new("/dev/shm"));
         match free_if_writable(Path::new("/dev/shm")) {
             Some(free) if free > SHM_MIN_FREE => assert_eq!(shm.path, Path::new("/dev/shm")),
-            _ => assert_eq!(shm.path, std::env::temp_dir()),
+            _ => assert_eq!(shm.path, system_temp_dir()),
         }
     }
 }
