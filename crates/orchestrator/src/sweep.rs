@@ -499,6 +499,8 @@ impl PreparedSweep {
             Ok(here) => abs_dir.strip_prefix(&here).map(Path::to_path_buf).unwrap_or_else(|_| abs_dir.clone()),
             Err(_) => abs_dir.clone(),
         };
+        // `--resume .`: the cwd itself.
+        let shown = if shown.as_os_str().is_empty() { PathBuf::from(".") } else { shown };
         let mut layout = SweepLayout {
             dir: shown,
             abs_dir,
