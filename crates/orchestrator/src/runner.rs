@@ -697,10 +697,13 @@ fn place_payloads(spec: &JobSpec, ctx: &Ctx) -> Result<Placed, crate::spill::Spi
     let store = store
         .as_ref()
         .map_err(|e| SpillError::Io { path: PathBuf::from("temp_folder"), source: io::Error::other(e.clone()) })?;
+    // Own copies are numbered: names that sanitize alike ("a b", "a_b"), or two jobs given the
+    // same number, must not share a file.
+    static OWN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mode = crate::args::mode_name(ctx.opts.mmap_mode);
     let mut placed = Placed::default();
     let mut json = serde_json::Map::new();
-    for p in &spec.payloads {
+    let mut place = |p: &crate::job::Payload, placed: &mut Placed| -> Result<(), SpillError> {
         let size = p.bytes.len() as u64;
         let (path, shared) = if ctx.opts.max_nbytes.is_some_and(|m| size > m) {
             let s = store.put_bytes(&p.bytes, false)?;
@@ -708,13 +711,23 @@ fn place_payloads(spec: &JobSpec, ctx: &Ctx) -> Result<Placed, crate::spill::Spi
             (s.path, true)
         } else {
             // Not shared: the job's own copy, next to the shared ones, gone when it ends.
-            let path = store.dir().join(format!("job-{}-{}-{}", ctx.run_key, spec.num, crate::args::sanitize(&p.name)));
+            let seq = OWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = crate::args::sanitize(&p.name);
+            let path = store.dir().join(format!("job-{}-{}-{seq}-{name}", ctx.run_key, spec.num));
             std::fs::write(&path, &p.bytes).map_err(|source| SpillError::Io { path: path.clone(), source })?;
             placed.own.push(path.clone());
             (path, false)
         };
         let info = crate::args::ArgInfo { path, mode, size, shared };
         json.insert(p.name.clone(), serde_json::to_value(&info).unwrap_or_default());
+        Ok(())
+    };
+    for p in &spec.payloads {
+        if let Err(e) = place(p, &mut placed) {
+            // What was placed before the failure is handed back now, not at the sweep's end.
+            placed.release(ctx);
+            return Err(e);
+        }
     }
     placed.json = Some(serde_json::Value::Object(json).to_string());
     Ok(placed)

@@ -358,3 +358,33 @@ async fn records_that_do_not_reach_the_journal_are_counted_in_the_summary() {
     let first = summary.journal_error.unwrap();
     assert!(first.contains("cannot append job #") && first.contains("/dev/full"), "{first}");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn payloads_whose_names_sanitize_alike_get_files_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = RunOptions::new(1);
+    opts.temp_folder = Some(dir.path().join("tf"));
+    opts.forward_output = true;
+    // Print each payload file the job was given (paths from ORCHESTRATOR_ARGS).
+    let mut job = sh(
+        0,
+        dir.path(),
+        r#"for f in $(echo "$ORCHESTRATOR_ARGS" | grep -o '"path":"[^"]*"' | cut -d'"' -f4); do cat "$f"; echo; done"#,
+    );
+    job.payloads = vec![
+        orchestrator::Payload::new("a b", b"first".to_vec()),
+        orchestrator::Payload::new("a_b", b"second".to_vec()),
+    ];
+    let (_tx, rx) = watch::channel(Stop::None);
+    let (summary, events) = run_all(opts, vec![job], rx).await;
+    assert_eq!(summary.succeeded, 1, "{:?}", summary.failures);
+    let mut lines: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Output { line, .. } => Some(String::from_utf8_lossy(line).trim().to_string()),
+            _ => None,
+        })
+        .collect();
+    lines.sort();
+    assert_eq!(lines, ["first", "second"]);
+}
