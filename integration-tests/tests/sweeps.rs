@@ -428,3 +428,35 @@ fn a_single_run_goes_to_the_run_dir_an_override_gives() {
     assert!(sb.path().join("outputs/single/jobs.jsonl").is_file());
     assert!(sb.path().join("outputs/single/.hydra/config.yaml").is_file());
 }
+
+#[test]
+fn sweeper_params_in_the_config_come_before_the_command_line_as_in_hydra() {
+    let sb = Sandbox::new();
+    let cfg = sb.write(
+        "c.yaml",
+        &format!(
+            "{FAST}  sweeper:\n    params:\n      task: 1,2\n      lr: range(0.5,0.7,0.1)\ntask: 0\nlr: 0.0\nname: x\n"
+        ),
+    );
+    let cfg = cfg.to_str().unwrap();
+    let out = sb.cmd().args(["-c", cfg, "-m", "task=7", "name=a,b", "--", fixture(), "echo"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let jobs: Vec<&str> = stdout.lines().filter_map(|l| l.split("\t#").nth(1)).collect();
+    // The same key keeps its first position and takes the command line's value.
+    assert_eq!(
+        jobs,
+        [
+            "0 : task=7 lr=0.5 name=a",
+            "1 : task=7 lr=0.5 name=b",
+            "2 : task=7 lr=0.6 name=a",
+            "3 : task=7 lr=0.6 name=b"
+        ]
+    );
+    // multirun.yaml lists what was typed, as Hydra's does.
+    let multirun = std::fs::read_to_string(sb.sweep_dir().join("multirun.yaml")).unwrap();
+    assert!(multirun.contains("    task:\n    - task=7\n    - name=a,b\n"), "{multirun}");
+    // A single run has no sweeper.
+    let out = sb.cmd().args(["-c", cfg, "--quiet", "--", fixture(), "echo"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

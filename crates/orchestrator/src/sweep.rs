@@ -415,6 +415,11 @@ impl PreparedSweep {
             }
         }
         let (resolved, hydra_texts, root) = resolve_with_overrides(&loaded, &hydra_overrides)?;
+        // Hydra's BasicSweeper: the config's `hydra.sweeper.params` come first, then the command
+        // line's overrides (a key given again keeps its first position and takes the new value).
+        let params = if multirun { sweeper_params(&root)? } else { Vec::new() };
+        let n_params = params.len();
+        app_overrides.splice(0..0, params);
 
         let cwd = args.base_dir.clone();
         let config_dir = args.config.path().and_then(|p| p.parent()).map(|p| cwd.join(p));
@@ -510,7 +515,8 @@ impl PreparedSweep {
             command: args.app.clone(),
             placeholders: false,
             hydra_overrides: hydra_texts,
-            sweep_overrides: plan.sweep_overrides(),
+            // As typed on the command line (multirun.yaml's `task` list, as Hydra writes it).
+            sweep_overrides: plan.sweep_overrides().split_off(n_params),
             multirun,
             started,
             n_jobs,
@@ -571,6 +577,40 @@ fn run_dir_template(root: &Value) -> String {
         .and_then(Value::as_str)
         .unwrap_or("outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}")
         .to_string()
+}
+
+/// `hydra.sweeper.params` (`key: sweep` pairs, e.g. `task: 1,2,3`) as overrides, in order.
+fn sweeper_params(root: &Value) -> Result<Vec<Override>, SetupError> {
+    let Some(params) = root.get("hydra").and_then(|h| h.get("sweeper")).and_then(|s| s.get("params")) else {
+        return Ok(Vec::new());
+    };
+    let help =
+        "  = help: each entry is `key: <sweep>` as on the command line, e.g. `task: 1,2,3` or `lr: range(0.1,0.5,0.1)`";
+    let Some(map) = params.as_mapping() else {
+        if params.is_null() {
+            return Ok(Vec::new());
+        }
+        return Err(SetupError::Invalid(format!("hydra.sweeper.params must be a mapping\n{help}")));
+    };
+    map.iter()
+        .map(|(k, v)| {
+            let Some(key) = k.as_str() else {
+                return Err(SetupError::Invalid(format!("hydra.sweeper.params: a key must be a string\n{help}")));
+            };
+            let value = match v {
+                Value::String(s) => s.clone(),
+                Value::Null => "null".into(),
+                Value::Bool(_) | Value::Number(_) => crate::launch::scalar_text(v),
+                _ => {
+                    return Err(SetupError::Invalid(format!(
+                        "hydra.sweeper.params.{key} must be a value or a sweep written as text\n{help}"
+                    )));
+                }
+            };
+            parse_override(&format!("{key}={value}"))
+                .map_err(|e| SetupError::Invalid(format!("in hydra.sweeper.params.{key}: {e}")))
+        })
+        .collect()
 }
 
 /// A resumed sweep must expand to the jobs its journal recorded, under the same dir names.
