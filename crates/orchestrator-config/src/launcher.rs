@@ -445,7 +445,10 @@ impl Reader<'_> {
             Value::String(s) => match s.trim().parse::<f64>() {
                 Ok(f) => Some(f),
                 Err(_) => match humantime::parse_duration(s.trim()) {
-                    Ok(d) => return self.positive(p, d, name, help),
+                    // The same bound as for numbers (about 31,700 years): beyond it, deadlines
+                    // would not fit in a clock's range.
+                    Ok(d) if d.as_secs() < 1_000_000_000_000 => return self.positive(p, d, name, help),
+                    Ok(_) => return Err(self.invalid(p, format!("invalid {name} {}: too long", show(v)), help)),
                     Err(e) => return Err(self.invalid(p, format!("invalid {name} {}: {e}", show(v)), help)),
                 },
             },

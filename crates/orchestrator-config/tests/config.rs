@@ -126,6 +126,7 @@ fn wrong_types_name_the_key_and_the_allowed_values() {
         ("batch_size: -3", "batch_size must be"),
         ("mmap_mode: x", "invalid mmap_mode"),
         ("timeout: forever", "invalid timeout"),
+        ("timeout: 18446744073709551615s", "too long"),
     ] {
         let text = format!("hydra:\n  launcher:\n    {line}\n");
         let e = load_config_str(&text, Path::new("t.yaml")).unwrap_err();

@@ -220,6 +220,19 @@ struct ReaperState {
     spawners: sys::ChildLists,
 }
 
+/// The runner's state goes when its last task does. If that happens with jobs still running
+/// (the runtime was dropped under them), their process groups are killed here: nothing else
+/// would ever stop them. Only groups whose leader is not reaped yet: its pid, and so the
+/// group's id, cannot have been reused.
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let state = self.lock();
+        for &leader in state.leaders.iter() {
+            sys::signal_group(leader, Signal::SIGKILL);
+        }
+    }
+}
+
 impl Reaper {
     fn lock(&self) -> std::sync::MutexGuard<'_, ReaperState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -333,7 +346,10 @@ pub async fn run(
         journal_errors: Mutex::new((0, None)),
     });
     let (stop_tx, stop_rx) = watch::channel(*external.borrow());
-    let mut free: Vec<usize> = (0..n_jobs).collect();
+    // Slots handed back, and the next never-used one: no list of n_jobs entries up front
+    // (n_jobs can be huge; only as many slots as jobs ever run at once are made).
+    let mut free: Vec<usize> = Vec::new();
+    let mut fresh = 0usize;
     let mut set: JoinSet<JobRecord> = JoinSet::new();
     // Slot, job number, and whether the job has handed its slot back already.
     let mut running: HashMap<tokio::task::Id, (usize, u64, bool)> = HashMap::new();
@@ -406,11 +422,18 @@ pub async fn run(
                     summary.failures.push(record);
                 }
             }
-            job = jobs.recv(), if dispatching && !free.is_empty() => match job {
+            job = jobs.recv(), if dispatching && (!free.is_empty() || fresh < n_jobs) => match job {
                 None => dispatching = false,
                 Some(sub) => {
+                    // The lowest slot free: slot-bound settings (per-slot env) are used in order.
                     free.sort_unstable_by(|a, b| b.cmp(a));
-                    let slot = free.pop().unwrap_or(0);
+                    let slot = match free.pop() {
+                        Some(slot) => slot,
+                        None => {
+                            fresh += 1;
+                            fresh - 1
+                        }
+                    };
                     let num = sub.spec.num;
                     let handle = set.spawn(run_one(sub, slot, ctx.clone(), stop_rx.clone()));
                     running.insert(handle.id(), (slot, num, false));
@@ -530,7 +553,8 @@ async fn run_job(
     let pidfd = sys::async_pidfd(pid);
 
     let grace = ctx.opts.grace;
-    let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
+    // A limit too far out for the clock is no limit (library callers can pass Duration::MAX).
+    let deadline = spec.timeout.and_then(later);
     let mut kill_at: Option<tokio::time::Instant> = None;
     // When to look whether the child has exec'd, to free its start-up memory (a job that
     // ends sooner frees it at its end).
@@ -551,7 +575,7 @@ async fn run_job(
                 Stop::Graceful { reason, signal } if cause.is_none() => {
                     cause = Some(EndCause::Stopped(reason));
                     signal_job(Signal::try_from(signal).unwrap_or(Signal::SIGTERM));
-                    kill_at = Some(tokio::time::Instant::now() + grace);
+                    kill_at = later(grace);
                 }
                 Stop::Immediate => {
                     cause.get_or_insert(EndCause::Stopped(StopReason::Interrupted));
@@ -566,7 +590,7 @@ async fn run_job(
             _ = sleep_until(deadline), if cause.is_none() && deadline.is_some() => {
                 cause = Some(EndCause::TimedOut);
                 signal_job(Signal::SIGTERM);
-                kill_at = Some(tokio::time::Instant::now() + grace);
+                kill_at = later(grace);
             }
             _ = sleep_until(release_at), if release_at.is_some() => {
                 if exec.release_if_running() {
@@ -583,7 +607,7 @@ async fn run_job(
             () = cancel.cancelled(), if cause.is_none() => {
                 cause = Some(EndCause::Stopped(StopReason::Cancelled));
                 signal_job(Signal::SIGTERM);
-                kill_at = Some(tokio::time::Instant::now() + grace);
+                kill_at = later(grace);
             }
             changed = stop.changed(), if stop_open => match changed {
                 Ok(()) => pending_stop = Some(*stop.borrow_and_update()),
@@ -794,7 +818,7 @@ async fn end_leftovers(ctx: &Ctx, pgid: u32, marker: &OsStr, grace: Duration) ->
     let mut seen: HashSet<u32> = HashSet::new();
     let mut termed = false;
     let started = Instant::now();
-    let hard_stop = grace + Duration::from_secs(3);
+    let hard_stop = grace.saturating_add(Duration::from_secs(3));
     loop {
         let orphans = ctx.reaper.sweep(&|e| e == marker);
         let group = if sys::group_alive(pgid) { sys::live_group_members(pgid) } else { Vec::new() };
@@ -864,6 +888,11 @@ async fn wait_exit(pidfd: Option<&AsyncFd<OwnedFd>>, pid: u32) -> io::Result<sys
             }
         }
     }
+}
+
+/// `d` from now, if the clock can say when that is.
+fn later(d: Duration) -> Option<tokio::time::Instant> {
+    tokio::time::Instant::now().checked_add(d)
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

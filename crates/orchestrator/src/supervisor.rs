@@ -75,6 +75,14 @@ struct Inner {
     runner: Mutex<Option<JoinHandle<RunSummary>>>,
 }
 
+/// The last handle to a supervisor is gone: nobody can stop its jobs any more, so they are
+/// stopped now (SIGTERM, then SIGKILL after the grace period), as `cancel_all` would.
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
 /// Follows one submitted job.
 #[derive(Debug)]
 pub struct JobHandle {
@@ -112,11 +120,15 @@ impl Supervisor {
     ///
     /// Cancelling `opts.cancel` stops everything as SIGTERM would. The supervisor never
     /// installs signal handlers; forward your own with [`Supervisor::stop`].
-    pub fn start(opts: RunOptions) -> (Supervisor, mpsc::Receiver<Event>) {
-        let (jobs_tx, jobs_rx) = mpsc::channel(opts.n_jobs.max(1) * 2);
+    pub fn start(mut opts: RunOptions) -> (Supervisor, mpsc::Receiver<Event>) {
+        // Bounded for memory's sake whatever n_jobs says.
+        let (jobs_tx, jobs_rx) = mpsc::channel(opts.n_jobs.clamp(1, 1 << 16) * 2);
         let (events_tx, events_rx) = mpsc::channel(EVENT_CAPACITY);
         let (stop_tx, stop_rx) = watch::channel(Stop::None);
-        let cancel = opts.cancel.clone();
+        // Our own token under the caller's: `cancel_all` (or dropping the supervisor) must not
+        // cancel the caller's token, which other code may share.
+        let cancel = opts.cancel.child_token();
+        opts.cancel = cancel.clone();
         let runner = tokio::spawn(run(opts, jobs_rx, Some(events_tx.clone()), stop_rx));
         let inner = Inner {
             jobs: jobs_tx,

@@ -388,3 +388,21 @@ async fn payloads_whose_names_sanitize_alike_get_files_of_their_own() {
     lines.sort();
     assert_eq!(lines, ["first", "second"]);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn limits_too_large_for_memory_or_the_clock_mean_no_limit() {
+    // n_jobs of usize::MAX makes no slot list; a timeout or grace of Duration::MAX is never.
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = RunOptions::new(usize::MAX);
+    opts.grace = Duration::MAX;
+    let jobs: Vec<JobSpec> = (0..3)
+        .map(|n| {
+            let mut j = sh(n, dir.path(), "true");
+            j.timeout = Some(Duration::MAX);
+            j
+        })
+        .collect();
+    let (_tx, rx) = watch::channel(Stop::None);
+    let (summary, _) = run_all(opts, jobs, rx).await;
+    assert_eq!(summary.succeeded, 3, "{:?}", summary.failures);
+}

@@ -196,3 +196,83 @@ async fn payloads_are_shared_above_max_nbytes_and_readable_back_in_r_plus() {
 fn blake3_hex(bytes: &[u8]) -> String {
     orchestrator::spill::content_hash(bytes)
 }
+
+fn alive(pid: i32) -> bool {
+    // A zombie (killed, not yet reaped by anyone) counts as gone.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .unwrap_or(false)
+}
+
+fn wait_for_pids(path: &std::path::Path, n: usize) -> Vec<i32> {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pids: Vec<i32> = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if pids.len() >= n {
+            return pids;
+        }
+        assert!(Instant::now() < until, "the job never wrote its pids");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn assert_all_gone(pids: &[i32]) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|&p| alive(p)) {
+        assert!(Instant::now() < until, "still alive: {:?}", pids.iter().filter(|&&p| alive(p)).collect::<Vec<_>>());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn cancel_all_leaves_the_callers_token_alone_which_still_stops_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = tokio_util::sync::CancellationToken::new();
+    let mut opts = RunOptions::new(1);
+    opts.cancel = app.clone();
+    let (one, _events) = Supervisor::start(opts.clone());
+    one.cancel_all();
+    assert!(!app.is_cancelled(), "cancel_all reached the caller's token");
+    let (two, mut events) = Supervisor::start(opts);
+    let job = two.submit(sh(dir.path(), "s", "sleep 30")).await.unwrap();
+    while !matches!(events.recv().await, Some(Event::Started { .. })) {}
+    app.cancel();
+    let record = job.wait().await.unwrap();
+    assert!(matches!(record.outcome, Outcome::Stopped { .. }), "{:?}", record.outcome);
+}
+
+#[test]
+fn a_runtime_dropped_under_running_jobs_takes_their_processes_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    // The supervisor outlives the runtime: only the runtime's end can stop the job.
+    let (sup, events, job) = rt.block_on(async {
+        let (sup, events) = Supervisor::start(RunOptions::new(1));
+        let script = format!("sleep 301 & echo $$ $! > {}; sleep 302", pids.display());
+        let job = sup.submit(sh(dir.path(), "j", &script)).await.unwrap();
+        (sup, events, job)
+    });
+    let job_pids = wait_for_pids(&pids, 2);
+    drop(rt);
+    assert_all_gone(&job_pids);
+    drop((sup, events, job));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn dropping_every_handle_to_a_supervisor_stops_its_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let mut opts = RunOptions::new(1);
+    opts.grace = Duration::from_millis(200);
+    let (sup, events) = Supervisor::start(opts);
+    let script = format!("sleep 301 & echo $$ $! > {}; sleep 302", pids.display());
+    let job = sup.submit(sh(dir.path(), "j", &script)).await.unwrap();
+    let job_pids = wait_for_pids(&pids, 2);
+    drop((sup, events, job));
+    tokio::task::spawn_blocking(move || assert_all_gone(&job_pids)).await.unwrap();
+}
