@@ -81,6 +81,22 @@ pub fn apply_overrides(config: &mut Value, items: &[ResolvedOverride]) -> Result
     Ok(())
 }
 
+/// Python's `==` for config values: numbers compare by value across int and float.
+fn python_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(x), Some(y)) => x == y,
+            _ => x.as_f64() == y.as_f64(),
+        },
+        // True == 1 in Python, as well.
+        (Value::Bool(x), Value::Number(n)) | (Value::Number(n), Value::Bool(x)) => {
+            n.as_f64() == Some(f64::from(u8::from(*x)))
+        }
+        (Value::Sequence(x), Value::Sequence(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| python_eq(a, b)),
+        _ => a == b,
+    }
+}
+
 fn split_key(key: &str) -> Result<Vec<&str>, ComposeError> {
     if key.contains('@') {
         return Err(ComposeError::InvalidKey {
@@ -217,7 +233,9 @@ fn apply_one(config: &mut Value, item: &ResolvedOverride) -> Result<(), ComposeE
             other => return Err(not_container(other)),
         }
         .ok_or_else(missing)?;
-        if item.value.is_some() && *current != new_value {
+        // Hydra: `value is not None and value != config_value`, in Python: `~key=null` deletes
+        // whatever is there, and 1 == 1.0.
+        if item.value.is_some() && !new_value.is_null() && !python_eq(current, &new_value) {
             return Err(ComposeError::ValueMismatch {
                 key: key.to_string(),
                 actual: show(current),
@@ -332,6 +350,12 @@ mod tests {
         assert_eq!(apply("a: 1\nb: 2", &["~a"]).unwrap(), yaml("b: 2"));
         assert_eq!(apply("a: {b: 1, c: 2}", &["~a.b"]).unwrap(), yaml("a: {c: 2}"));
         assert_eq!(apply("a: 1", &["~a=1"]).unwrap(), yaml("{}"));
+        // As Hydra compares, in Python: null deletes whatever is there, and 1 == 1.0.
+        assert_eq!(apply("a: 1", &["~a=null"]).unwrap(), yaml("{}"));
+        assert_eq!(apply("a: 1", &["~a=1.0"]).unwrap(), yaml("{}"));
+        assert_eq!(apply("a: 1.0", &["~a=1"]).unwrap(), yaml("{}"));
+        assert_eq!(apply("a: [1, 2.0]", &["~a=[1.0,2]"]).unwrap(), yaml("{}"));
+        assert!(apply("a: '1'", &["~a=1"]).is_err(), "a string is not a number");
         assert_eq!(apply("l: [1, 2, 3]", &["~l.0"]).unwrap(), yaml("l: [2, 3]"));
         let e = apply("a: 1", &["~b"]).unwrap_err();
         assert_eq!(e, ComposeError::MissingKey { key: "b".into() });

@@ -687,12 +687,13 @@ fn launcher_params(root: &Value) -> Option<&Mapping> {
     }
 }
 
-/// Hydra's `override_dirname`: `key=value` pairs sorted by key, joined by `,`.
+/// Hydra's `override_dirname`: the job's override lines, sorted, joined by `,`.
 pub fn override_dirname(items: &[ResolvedOverride]) -> String {
-    let mut parts: Vec<(String, String)> =
-        items.iter().filter(|o| !o.key.starts_with("hydra.")).map(|o| (o.key.clone(), o.display())).collect();
-    parts.sort();
-    parts.into_iter().map(|(_, d)| d).collect::<Vec<_>>().join(",")
+    // Hydra's get_overrides_dirname sorts the whole lines, `+`/`~` prefixes included
+    // (`+zz=1` before `task=2`, `lr2=1` before `lr=1`).
+    let mut lines: Vec<String> = items.iter().filter(|o| !o.key.starts_with("hydra.")).map(|o| o.display()).collect();
+    lines.sort();
+    lines.join(",")
 }
 
 fn lookup(config: &Value, dotted: &str) -> Option<Value> {
@@ -707,10 +708,14 @@ fn lookup(config: &Value, dotted: &str) -> Option<Value> {
     Some(cur.clone())
 }
 
-/// A value as plain text for argv or a path: strings unquoted, others as YAML/JSON.
+/// A value as plain text for argv or a path: strings unquoted, floats as Python prints them
+/// (`inf`, `1e-05`, as in the appended `key=value`), others as YAML/JSON.
 pub fn scalar_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
+        Value::Number(n) if n.is_f64() => {
+            n.as_f64().map(orchestrator_config::grammar::python_float_repr).unwrap_or_else(|| n.to_string())
+        }
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
         Value::Null => "null".into(),
@@ -819,6 +824,26 @@ fn write_yaml(path: &Path, value: &Value) -> Result<(), LayoutError> {
 mod tests {
     use super::*;
     use proptest::strategy::Strategy as _;
+
+    #[test]
+    fn scalar_text_prints_floats_as_python_does() {
+        let f = |x: f64| scalar_text(&Value::Number(x.into()));
+        assert_eq!([f(f64::INFINITY), f(f64::NEG_INFINITY), f(f64::NAN)], ["inf", "-inf", "nan"]);
+        assert_eq!([f(1e-5), f(0.1), f(2.0), f(1e16)], ["1e-05", "0.1", "2.0", "1e+16"]);
+        assert_eq!(scalar_text(&Value::Number(3.into())), "3");
+    }
+
+    #[test]
+    fn override_dirname_sorts_whole_lines_as_hydra_does() {
+        let overrides = ["task=2", "+zz=1", "lr=1", "lr2=1"]
+            .iter()
+            .map(|o| orchestrator_config::grammar::parse_override(o).unwrap())
+            .collect();
+        let plan =
+            orchestrator_config::sweep::SweepPlan::new(overrides, &orchestrator_config::sweep::SweepContext::new("."))
+                .unwrap();
+        assert_eq!(override_dirname(&plan.job(0).unwrap().items), "+zz=1,lr2=1,lr=1,task=2");
+    }
 
     #[test]
     fn job_names_follow_hydra() {

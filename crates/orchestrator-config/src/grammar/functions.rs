@@ -77,6 +77,24 @@ fn split_args(fname: &str, args: Vec<Arg>, allowed: &[&str]) -> Result<(Vec<Posi
     Ok((positional, keyword))
 }
 
+/// Hydra's functions take their input either positionally or as one keyword (`value=` for
+/// casts, `list=`/`sweep=` for `sort` and `shuffle`): the keyword form becomes positional.
+fn keyword_input(
+    fname: &str,
+    positional: &mut Vec<Positional>,
+    keyword: &mut Vec<Keyword>,
+    names: &[&str],
+) -> Result<(), PErr> {
+    while let Some(i) = keyword.iter().position(|(k, _, _)| names.contains(&k.as_str())) {
+        let (name, value, col) = keyword.remove(i);
+        if !positional.is_empty() {
+            return err(col, format!("{fname}() takes its input either positionally or as `{name}=`, not both"));
+        }
+        positional.push((value, col));
+    }
+    Ok(())
+}
+
 fn choice(column: usize, args: Vec<Arg>) -> Result<Val, PErr> {
     let (items, _) = split_args("choice", args, &[])?;
     if items.is_empty() {
@@ -105,8 +123,7 @@ fn range(column: usize, args: Vec<Arg>) -> Result<Val, PErr> {
     let (positional, keyword) = split_args("range", args, &["start", "stop", "step"])?;
     let mut slots: [Option<(Num, usize)>; 3] = [None, None, None];
     let names = ["start", "stop", "step"];
-    // One positional argument is the stop, as in Python.
-    let order: &[usize] = if positional.len() == 1 && keyword.is_empty() { &[1] } else { &[0, 1, 2] };
+    let order: &[usize] = &[0, 1, 2];
     if positional.len() > 3 {
         let extra = positional.get(3).map_or(column, |(_, c)| *c);
         return err(extra, "range() takes at most 3 arguments (start, stop, step)");
@@ -125,7 +142,12 @@ fn range(column: usize, args: Vec<Arg>) -> Result<Val, PErr> {
             _ => return err(*col, format!("range() got `{name}` twice")),
         }
     }
-    let [start, stop, step] = slots;
+    let [mut start, mut stop, step] = slots;
+    // Hydra's `range(start, stop=None, step=1)`: without a stop, the start is the stop
+    // (`range(3)`, `range(5, step=2)`).
+    if stop.is_none() {
+        stop = start.take();
+    }
     let Some((stop, _)) = stop else {
         return err(column, "range() needs a stop: range(stop) or range(start, stop[, step])");
     };
@@ -201,7 +223,8 @@ fn reverse_flag(keyword: Vec<Keyword>) -> Result<bool, PErr> {
 
 /// `sort(a, b, ...)`, `sort([list])` or `sort(sweep)`, with `reverse=true|false`.
 fn sort(column: usize, args: Vec<Arg>) -> Result<Val, PErr> {
-    let (mut positional, keyword) = split_args("sort", args, &["reverse"])?;
+    let (mut positional, mut keyword) = split_args("sort", args, &["reverse", "list", "sweep"])?;
+    keyword_input("sort", &mut positional, &mut keyword, &["list", "sweep"])?;
     let reverse = reverse_flag(keyword)?;
     if positional.is_empty() {
         return err(column, "sort() needs values to sort");
@@ -299,7 +322,8 @@ fn plain_values(positional: Vec<Positional>, fname: &str) -> Result<Vec<Element>
 
 /// `shuffle(a, b, ...)`, `shuffle([list])` or `shuffle(sweep)`.
 fn shuffle(column: usize, args: Vec<Arg>) -> Result<Val, PErr> {
-    let (mut positional, _) = split_args("shuffle", args, &[])?;
+    let (mut positional, mut keyword) = split_args("shuffle", args, &["list", "sweep"])?;
+    keyword_input("shuffle", &mut positional, &mut keyword, &["list", "sweep"])?;
     if positional.is_empty() {
         return err(column, "shuffle() needs values to shuffle");
     }
@@ -339,12 +363,22 @@ fn tag(column: usize, args: Vec<Arg>) -> Result<Val, PErr> {
 }
 
 fn cast(to: Cast, fname: &str, column: usize, args: Vec<Arg>) -> Result<Val, PErr> {
-    let (mut positional, _) = split_args(fname, args, &[])?;
-    if positional.len() != 1 {
-        return err(column, format!("{fname}() takes exactly one argument"));
+    let (mut positional, mut keyword) = split_args(fname, args, &["value"])?;
+    keyword_input(fname, &mut positional, &mut keyword, &["value"])?;
+    if positional.len() > 1 {
+        // Hydra: several values are a choice of them, each cast (`str(1,2)` is '1','2').
+        let c = positional[0].1;
+        let values = positional
+            .into_iter()
+            .map(|(v, col)| match v {
+                Val::Elem(e) => Ok(e),
+                Val::Sweep(_) => err(col, format!("{fname}() of several values takes plain values, not sweeps")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        return cast_sweep(Sweep::Choice(values), to, c).map(Val::Sweep);
     }
     let Some((value, c)) = positional.pop() else {
-        return err(column, format!("{fname}() takes exactly one argument"));
+        return err(column, format!("{fname}() needs a value"));
     };
     match value {
         Val::Elem(e) => cast_element(&e, to).map(Val::Elem).or_else(|m| err(c, m)),

@@ -86,6 +86,12 @@ fn primitives_are_typed() {
     assert!(matches!(elem("x=NaN"), Element::Float(f) if f.is_nan()));
     assert_eq!(elem("x=abc"), s("abc"));
     assert_eq!(elem("x=01"), s("01"));
+    // A float's integer part has no leading zero either: these are strings to Hydra.
+    assert_eq!(elem("x=01.10"), s("01.10"));
+    assert_eq!(elem("x=007.5"), s("007.5"));
+    assert_eq!(elem("x=01e3"), s("01e3"));
+    assert_eq!(elem("x=0.10"), Element::Float(0.1));
+    assert_eq!(elem("x=10.05"), Element::Float(10.05));
     assert_eq!(elem("x=a b"), s("a b"));
     assert_eq!(elem("x=/path/to-x.txt"), s("/path/to-x.txt"));
     assert_eq!(elem("x=a%b*c@d?e|f+g"), s("a%b*c@d?e|f+g"));
@@ -178,6 +184,10 @@ fn simple_choice_sweeps() {
 fn python_ranges() {
     assert_eq!(shown("task=range(1,6)"), ["task=1", "task=2", "task=3", "task=4", "task=5"]);
     assert_eq!(shown("task=range(3)"), ["task=0", "task=1", "task=2"]);
+    // Without a stop the start is the stop, keywords or not (Hydra's range(start, stop=None, step=1)).
+    assert_eq!(shown("task=range(5,step=2)"), ["task=0", "task=2", "task=4"]);
+    assert_eq!(shown("task=range(start=2)"), ["task=0", "task=1"]);
+    assert_eq!(shown("task=range(stop=2)"), ["task=0", "task=1"]);
     assert_eq!(shown("task=range(5,0,-2)"), ["task=5", "task=3", "task=1"]);
     assert_eq!(shown("task=range(0,1,0.25)"), ["task=0.0", "task=0.25", "task=0.5", "task=0.75"]);
     assert_eq!(
@@ -283,6 +293,27 @@ fn casts() {
     assert_eq!(shown("x=int(choice(1.5,2.5))"), ["x=1", "x=2"]);
     assert_eq!(shown("x=int(sort(2.5,1.5))"), ["x=1", "x=2"]);
     assert_eq!(values("x=str(range(1,3))")[0].to_yaml(), "1");
+    // Several values are a choice of them, each cast; `value=` is the keyword form.
+    assert_eq!(shown("x=str(1,2)"), ["x='1'", "x='2'"]);
+    assert_eq!(shown("x=bool(true,0)"), ["x=true", "x=false"]);
+    assert_eq!(shown("x=float(1,2)"), ["x=1.0", "x=2.0"]);
+    assert_eq!(elem("x=int(value=3.5)"), Element::Int(3));
+    assert!(parse_override("x=int(1,value=2)").is_err(), "both forms at once");
+}
+
+#[test]
+fn sort_and_shuffle_take_their_input_as_a_keyword_too() {
+    assert_eq!(elem("x=sort(list=[3,1,2])"), Element::List(vec![Element::Int(1), Element::Int(2), Element::Int(3)]));
+    assert_eq!(shown("x=sort(sweep=choice(3,1),reverse=true)"), ["x=3", "x=1"]);
+    let mut v = values("x=shuffle(list=[1,2,3])");
+    assert_eq!(v.len(), 1, "a list is one value");
+    if let Some(Element::List(items)) = v.pop() {
+        let mut items: Vec<String> = items.iter().map(|e| e.to_override_string()).collect();
+        items.sort();
+        assert_eq!(items, ["1", "2", "3"]);
+    } else {
+        panic!("shuffle(list=...) is a list");
+    }
 }
 
 #[test]
@@ -380,7 +411,8 @@ fn error_paths_point_at_the_bad_char() {
     assert_error("x=int(abc)", 6, "cannot cast `abc` to int");
     assert_error("x=int(inf)", 6, "cannot cast `inf` to int");
     assert_error("x=bool(maybe)", 7, "cannot cast `maybe` to bool");
-    assert_error("x=int(1,2)", 2, "exactly one argument");
+    assert_error("x=int()", 2, "int() needs a value");
+    assert_error("x=int(1,choice(2,3))", 8, "takes plain values, not sweeps");
     assert_error("x=int(null)", 6, "cannot cast `null`");
     assert_error("x=glob()", 2, "needs a pattern");
     assert_error("x=glob(null)", 7, "patterns must be strings");

@@ -109,14 +109,17 @@ pub(crate) fn parse_float_literal(text: &str) -> Option<f64> {
     if exponent.is_some_and(|exp| !is_digits(strip_sign(exp))) {
         return None;
     }
+    // The integer part is Hydra's INT_UNSIGNED: `0`, or digits without a leading zero
+    // (`01.10` is two tokens to Hydra, so a string).
+    let int_unsigned = |s: &str| s == "0" || (is_digits(s) && !s.starts_with('0'));
     let mantissa_ok = match mantissa.split_once('.') {
         Some((int, frac)) => {
-            (int.is_empty() || is_digits(int))
+            (int.is_empty() || int_unsigned(int))
                 && (frac.is_empty() || is_digits(frac))
                 && !(int.is_empty() && frac.is_empty())
         }
         // Without a point it is a float only with an exponent (`1e3`).
-        None => exponent.is_some() && is_digits(mantissa),
+        None => exponent.is_some() && int_unsigned(mantissa),
     };
     if !mantissa_ok {
         return None;
