@@ -639,6 +639,9 @@ fn overrides_yaml(items: &[String]) -> Result<String, serde_yaml::Error> {
 /// for the usual `key=value` and path-like strings, else as `serde_yaml` renders it alone
 /// (the style it picks for a string does not depend on where the string stands).
 fn yaml_scalar(s: &str) -> Option<std::borrow::Cow<'_, str>> {
+    if yaml11_misreads(s) {
+        return Some(single_quoted(s).into());
+    }
     // Safe as plain: starts with no indicator, has no space, quote, `:` or `#`, and holds
     // `=` or `/`, so it cannot read as a number, bool or null.
     let first_ok = s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'/');
@@ -660,6 +663,82 @@ fn yaml_scalar(s: &str) -> Option<std::borrow::Cow<'_, str>> {
     let rendered = serde_yaml::to_string(&Value::String(s.to_string())).ok()?;
     let line = rendered.strip_suffix('\n')?;
     (!line.contains('\n')).then(|| line.to_string().into())
+}
+
+/// Whether a YAML 1.1 reader (PyYAML, so OmegaConf and every Hydra app) would read `s`,
+/// written plain, as something other than this string: `yes`/`no`/`on`/`off`, `1_000`,
+/// `12:30` (sexagesimal), dates. serde_yaml follows YAML 1.2 and writes those plain; Hydra's
+/// own files quote them. (What YAML 1.2 misreads too, serde_yaml quotes already.)
+fn yaml11_misreads(s: &str) -> bool {
+    const BOOLS: [&str; 6] = ["yes", "no", "on", "off", "true", "false"];
+    let lower = s.to_ascii_lowercase();
+    if BOOLS.contains(&lower.as_str()) && (s == lower || s == s.to_ascii_uppercase() || s[1..] == lower[1..]) {
+        return true;
+    }
+    let t = s.strip_prefix(['+', '-']).unwrap_or(s);
+    let b = t.as_bytes();
+    let number_like = |x: &str| !x.is_empty() && x.bytes().all(|c| c.is_ascii_alphanumeric() || b"_.:".contains(&c));
+    // Numbers with `_` or `:` (1_000, 0x_1F, 1:20, 1_0.5): only YAML 1.1 reads them as numbers.
+    if b.first().is_some_and(u8::is_ascii_digit) && (t.contains('_') || t.contains(':')) && number_like(t) {
+        return true;
+    }
+    // Timestamps: 2001-12-14, and anything longer that starts like one.
+    b.len() >= 8
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[5].is_ascii_digit()
+        && (b[6] == b'-' || (b[6].is_ascii_digit() && b[7] == b'-'))
+}
+
+fn single_quoted(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// serde_yaml's rendering, with the strings a YAML 1.1 reader would misread quoted: each is
+/// swapped for a unique plain word, rendered, and swapped back quoted.
+fn yaml_general(value: &Value) -> Result<String, serde_yaml::Error> {
+    fn mark(s: &str, marks: &mut Vec<String>, stem: &str) -> Value {
+        if yaml11_misreads(s) {
+            marks.push(single_quoted(s));
+            Value::String(format!("{stem}{}x", marks.len() - 1))
+        } else {
+            Value::String(s.to_string())
+        }
+    }
+    fn swap(v: &Value, marks: &mut Vec<String>, stem: &str) -> Value {
+        match v {
+            Value::String(s) => mark(s, marks, stem),
+            Value::Sequence(items) => Value::Sequence(items.iter().map(|i| swap(i, marks, stem)).collect()),
+            Value::Mapping(m) => Value::Mapping(
+                m.iter()
+                    .map(|(k, v)| {
+                        let k = match k {
+                            Value::String(s) => mark(s, marks, stem),
+                            other => other.clone(),
+                        };
+                        (k, swap(v, marks, stem))
+                    })
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+    let plain = serde_yaml::to_string(value)?;
+    let mut stem = String::from("orchq");
+    while plain.contains(&stem) {
+        stem.push('q');
+    }
+    let mut marks = Vec::new();
+    let swapped = swap(value, &mut marks, &stem);
+    if marks.is_empty() {
+        return Ok(plain);
+    }
+    let mut text = serde_yaml::to_string(&swapped)?;
+    // The `x` ends each mark, so `orchq1x` is not found inside `orchq12x`.
+    for (i, quoted) in marks.iter().enumerate() {
+        text = text.replacen(&format!("{stem}{i}x"), quoted, 1);
+    }
+    Ok(text)
 }
 
 /// `{hydra: node}`.
@@ -778,7 +857,7 @@ fn yaml_text(value: &Value) -> Result<String, serde_yaml::Error> {
         Value::Sequence(s) if s.is_empty() => Ok("[]\n".to_string()),
         _ => match flat_yaml(value) {
             Some(text) => Ok(text),
-            None => serde_yaml::to_string(value),
+            None => yaml_general(value),
         },
     }
 }
@@ -924,9 +1003,28 @@ mod tests {
             "e5", "_1", "i", "infinit", "nana",
         ];
         for w in words {
-            let expected = serde_yaml::to_string(&Value::String(w.to_string())).unwrap();
+            let expected = yaml_general(&Value::String(w.to_string())).unwrap();
             assert_eq!(yaml_scalar(w).map(|s| format!("{s}\n")), Some(expected), "{w}");
         }
+    }
+
+    #[test]
+    fn strings_a_yaml_1_1_reader_would_misread_are_quoted() {
+        for s in ["yes", "No", "ON", "off", "1_000", "12:30", "-1:20", "0x_1F", "2001-12-14", "2001-1-2 10:00"] {
+            assert!(yaml11_misreads(s), "{s}");
+            assert_eq!(yaml_scalar(s).as_deref(), Some(single_quoted(s).as_str()), "{s}");
+        }
+        for s in ["y", "n", "yEs", "task", "a=1", "12-30", "1.5", "2001-12", "v1_000", "x:1", ""] {
+            assert!(!yaml11_misreads(s), "{s}");
+        }
+        // Nested, keys too: each misread string is quoted, nothing else changes.
+        let v: Value = serde_yaml::from_str(
+            "a: {yes: [on, 1_0, plain]}
+b: '12:30'
+",
+        )
+        .unwrap();
+        assert_eq!(yaml_text(&v).unwrap(), "a:\n  'yes':\n  - 'on'\n  - '1_0'\n  - plain\nb: '12:30'\n");
     }
 
     #[test]
@@ -935,7 +1033,7 @@ mod tests {
             serde_yaml::from_str("task: 1\nname: foo\nflag: true\npath: /a/b\nx: null\n'true': yes\n").unwrap();
         assert_eq!(
             flat_yaml(&v).as_deref(),
-            Some("task: 1\nname: foo\nflag: true\npath: /a/b\nx: null\n'true': yes\n")
+            Some("task: 1\nname: foo\nflag: true\npath: /a/b\nx: null\n'true': 'yes'\n")
         );
         for other in ["lr: 0.1\n", "a:\n  b: 1\n", "l: [1, 2]\n", "? [a]\n: 1\n"] {
             let v: Value = serde_yaml::from_str(other).unwrap();
@@ -968,7 +1066,7 @@ mod tests {
             }
             let v = Value::Mapping(m);
             if let Some(text) = flat_yaml(&v) {
-                proptest::prop_assert_eq!(text, serde_yaml::to_string(&v).unwrap());
+                proptest::prop_assert_eq!(text, yaml_general(&v).unwrap());
             }
         }
 
@@ -980,7 +1078,7 @@ mod tests {
             let mut m = Mapping::new();
             m.insert("k".into(), v.clone());
             m.insert("l".into(), Value::Sequence(vec![v]));
-            let expected = serde_yaml::to_string(&Value::Mapping(m)).unwrap();
+            let expected = yaml_general(&Value::Mapping(m)).unwrap();
             if let Some(sc) = yaml_scalar(&s) {
                 proptest::prop_assert_eq!(format!("k: {sc}\nl:\n- {sc}\n"), expected);
             } else {
