@@ -671,8 +671,10 @@ fn yaml_scalar(s: &str) -> Option<std::borrow::Cow<'_, str>> {
 /// own files quote them. (What YAML 1.2 misreads too, serde_yaml quotes already.)
 fn yaml11_misreads(s: &str) -> bool {
     const BOOLS: [&str; 6] = ["yes", "no", "on", "off", "true", "false"];
-    let lower = s.to_ascii_lowercase();
-    if BOOLS.contains(&lower.as_str()) && (s == lower || s == s.to_ascii_uppercase() || s[1..] == lower[1..]) {
+    // Each spelled all lower, all upper or capitalized (`yes`, `YES`, `Yes`), as PyYAML's rule.
+    if let Some(w) = BOOLS.iter().find(|w| w.eq_ignore_ascii_case(s))
+        && (s == *w || s.bytes().all(|c| c.is_ascii_uppercase()) || s.get(1..) == w.get(1..))
+    {
         return true;
     }
     let t = s.strip_prefix(['+', '-']).unwrap_or(s);
