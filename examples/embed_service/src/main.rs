@@ -54,7 +54,8 @@ struct Sweep {
     state: &'static str,
     records: Vec<Value>,
     stop: watch::Sender<Stop>,
-    events: broadcast::Sender<String>,
+    /// While the sweep runs; dropped when it ends, which ends every client's event stream.
+    events: Option<broadcast::Sender<String>>,
     /// Order in which the sweep ended (for forgetting the oldest ended ones first).
     ended: Option<u64>,
 }
@@ -81,6 +82,7 @@ impl App {
         if let Some(s) = sweeps.get_mut(&id) {
             s.state = state;
             s.ended = Some(order);
+            s.events = None;
         }
         let mut ended: Vec<(u64, u64)> = sweeps.iter().filter_map(|(id, s)| Some((s.ended?, *id))).collect();
         if ended.len() > self.keep_finished {
@@ -147,7 +149,7 @@ async fn create(State(app): State<App>, body: Bytes) -> Response {
             state: "running",
             records: Vec::new(),
             stop: stop_tx,
-            events: bcast.clone(),
+            events: Some(bcast.clone()),
             ended: None,
         },
     );
@@ -165,11 +167,17 @@ async fn create(State(app): State<App>, body: Bytes) -> Response {
             let _ = bcast.send(value.to_string());
         }
         let summary = run.done.await.unwrap_or_default();
-        follower.finish(id, if summary.stop != Stop::None { "cancelled" } else { "finished" });
+        // Only a DELETE cancels; a halt policy stops a sweep on its own.
+        let state = match summary.stop {
+            Stop::None => "finished",
+            Stop::Drain | Stop::Graceful { reason: StopReason::Halt, .. } => "halted",
+            _ => "cancelled",
+        };
         let _ = bcast.send(
-            json!({"event": "sweep_finished", "succeeded": summary.succeeded, "failed": summary.failures.len()})
+            json!({"event": "sweep_finished", "state": state, "succeeded": summary.succeeded, "failed": summary.failures.len()})
                 .to_string(),
         );
+        follower.finish(id, state);
     });
     (StatusCode::CREATED, axum::Json(body)).into_response()
 }
@@ -185,21 +193,31 @@ async fn status(State(app): State<App>, Path(id): Path<u64>) -> Response {
     }
 }
 
-async fn events(
-    State(app): State<App>,
-    Path(id): Path<u64>,
-) -> Result<Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>>, Response> {
-    let rx = match app.lock().get(&id) {
-        Some(s) => s.events.subscribe(),
+type EventStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SseEvent, Infallible>> + Send>>;
+
+async fn events(State(app): State<App>, Path(id): Path<u64>) -> Result<impl IntoResponse, Response> {
+    let stream: EventStream = match app.lock().get(&id) {
+        // A lagging client skips events rather than slowing the sweep down; the stream ends
+        // with the sweep.
+        Some(Sweep { events: Some(tx), .. }) => Box::pin(
+            BroadcastStream::new(tx.subscribe()).filter_map(|m| m.ok()).map(|data| Ok(SseEvent::default().data(data))),
+        ),
+        // Ended already: its last event, and the end of the stream.
+        Some(s) => {
+            let last = json!({"event": "sweep_finished", "state": s.state, "finished": s.records.len()});
+            Box::pin(tokio_stream::once(Ok(SseEvent::default().data(last.to_string()))))
+        }
         None => return Err(no_sweep(id)),
     };
-    // A lagging client skips events rather than slowing the sweep down.
-    let stream = BroadcastStream::new(rx).filter_map(|m| m.ok()).map(|data| Ok(SseEvent::default().data(data)));
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 async fn cancel(State(app): State<App>, Path(id): Path<u64>) -> Response {
     match app.lock().get(&id) {
+        Some(s) if s.ended.is_some() => {
+            let msg = format!("sweep {id} has ended already ({})", s.state);
+            (StatusCode::CONFLICT, axum::Json(json!({"id": id, "state": s.state, "error": msg}))).into_response()
+        }
         Some(s) => {
             s.stop.send_modify(|st| *st = (*st).max(Stop::Graceful { reason: StopReason::Interrupted, signal: 15 }));
             (StatusCode::ACCEPTED, axum::Json(json!({"id": id, "state": "cancelling"}))).into_response()

@@ -106,21 +106,45 @@ fn run_stream_cancel_and_reject() {
     let id2 = json_of(&body)["id"].as_u64().unwrap();
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(s, "GET /sweeps/{id2}/events HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET /sweeps/{id2}/events HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    // Read to the end: the stream must close once the sweep has ended.
     let mut events = Vec::new();
     for line in BufReader::new(s).lines() {
-        let line = line.unwrap();
+        let line = line.expect("the event stream ends with the sweep");
         if let Some(data) = line.strip_prefix("data: ") {
-            let v = json_of(data);
-            let end = v["event"] == "sweep_finished";
-            events.push(v);
-            if end {
-                break;
-            }
+            events.push(json_of(data));
         }
     }
     assert!(events.iter().any(|e| e["event"] == "output" && e["line"] == "hello task=2"), "{events:?}");
     assert_eq!(events.iter().filter(|e| e["event"] == "job_finished").count(), 2);
+    let last = events.last().unwrap();
+    assert_eq!((&last["event"], &last["state"]), (&json!("sweep_finished"), &json!("finished")), "{events:?}");
+
+    // A stream opened after the end gets the last event and ends; a DELETE is too late.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(s, "GET /sweeps/{id}/events HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+    let data: Vec<Value> = BufReader::new(s)
+        .lines()
+        .map(|l| l.expect("the event stream of an ended sweep ends"))
+        .filter_map(|l| l.strip_prefix("data: ").map(json_of))
+        .collect();
+    assert_eq!(data, [json!({"event": "sweep_finished", "state": "finished", "finished": 3})]);
+    let (code, body) = http(addr, "DELETE", &format!("/sweeps/{id}"), None);
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(json_of(&body)["state"], "finished");
+
+    // A halt policy that stops a sweep is not a cancel.
+    let halting = format!("{CONFIG}      halt: soon\n").replace("n_jobs: 2", "n_jobs: 1");
+    let req = json!({"config": halting, "overrides": ["task=1..3"], "command": ["false"]});
+    let (code, body) = http(addr, "POST", "/sweeps", Some(&req.to_string()));
+    assert_eq!(code, 201, "{body}");
+    let halted = wait_state(addr, json_of(&body)["id"].as_u64().unwrap(), "halted");
+    assert_eq!(halted["records"].as_array().unwrap().len(), 1, "{halted}");
 
     // 3. Cancel a sweep mid-way: every process it started is gone.
     let script = "echo $$ > $ORCHESTRATOR_JOB_DIR/pids; sleep 60 & echo $! >> $ORCHESTRATOR_JOB_DIR/pids; wait";
