@@ -153,6 +153,12 @@ fn catalogue() -> Vec<Case> {
             &["/plain.txt (temp_folder in the config) cannot hold spill files: it is not a directory"],
         ),
         case(
+            "unknown override_dirname key",
+            Some("hydra:\n  job:\n    config:\n      override_dirname:\n        exclude: [seed]\n".into()),
+            &["-m", "task=1"],
+            &["unknown key `exclude`", "exclude_keys"],
+        ),
+        case(
             "sweep dir that names no new dir",
             None,
             &["-m", "task=1", "hydra.sweep.dir=."],

@@ -460,3 +460,32 @@ fn sweeper_params_in_the_config_come_before_the_command_line_as_in_hydra() {
     let out = sb.cmd().args(["-c", cfg, "--quiet", "--", fixture(), "echo"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn override_dirname_leaves_out_exclude_keys_and_uses_the_configured_separators() {
+    let sb = Sandbox::new();
+    let cfg = sb.write(
+        "c.yaml",
+        &format!(
+            "{FAST}  sweep:\n    subdir: ${{hydra.job.override_dirname}}\n  job:\n    config:\n      override_dirname:\n        exclude_keys: [seed]\n        item_sep: '__'\n"
+        ),
+    );
+    let args = ["-c", cfg.to_str().unwrap(), "-m", "--quiet", "task=1,2", "seed=7", "+lr=0.1"];
+    sb.cmd().args(args).args(["--", fixture(), "echo"]).assert().success();
+    let sweep = sb.sweep_dir();
+    let mut dirs: Vec<String> = std::fs::read_dir(&sweep)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    dirs.sort();
+    assert_eq!(dirs, ["+lr=0.1__task=1", "+lr=0.1__task=2"]);
+    let hydra = std::fs::read_to_string(sweep.join("+lr=0.1__task=1/.hydra/hydra.yaml")).unwrap();
+    assert!(
+        hydra.contains(
+            "      override_dirname:\n        kv_sep: =\n        item_sep: __\n        exclude_keys:\n        - seed\n"
+        ),
+        "{hydra}"
+    );
+}

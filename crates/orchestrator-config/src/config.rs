@@ -39,7 +39,8 @@ const HYDRA_PASSIVE_KEYS: &[&str] = &[
     "verbose",
 ];
 const HYDRA_KEYS: &[&str] = &["launcher", "sweep", "job"];
-const JOB_KEYS: &[&str] = &["name", "chdir", "env_set"];
+const JOB_KEYS: &[&str] = &["name", "chdir", "env_set", "config"];
+const DIRNAME_KEYS: &[&str] = &["kv_sep", "item_sep", "exclude_keys"];
 const SWEEP_KEYS: &[&str] = &["dir", "subdir"];
 
 /// A parsed config document, before overrides.
@@ -85,6 +86,26 @@ pub struct HydraSettings {
     pub chdir: bool,
     /// `hydra.job.env_set`: extra environment for every job.
     pub env_set: Vec<(String, String)>,
+    /// `hydra.job.config.override_dirname`: how `${hydra.job.override_dirname}` is made.
+    pub override_dirname: OverrideDirname,
+}
+
+/// Hydra's `hydra.job.config.override_dirname`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct OverrideDirname {
+    /// Between a key and its value (`=`).
+    pub kv_sep: String,
+    /// Between two overrides (`,`).
+    pub item_sep: String,
+    /// Keys left out (e.g. a seed, so that runs differing only by it share a dir name).
+    pub exclude_keys: Vec<String>,
+}
+
+impl Default for OverrideDirname {
+    fn default() -> Self {
+        OverrideDirname { kv_sep: "=".into(), item_sep: ",".into(), exclude_keys: Vec::new() }
+    }
 }
 
 impl Default for HydraSettings {
@@ -95,6 +116,7 @@ impl Default for HydraSettings {
             job_name: None,
             chdir: false,
             env_set: Vec::new(),
+            override_dirname: OverrideDirname::default(),
         }
     }
 }
@@ -246,6 +268,39 @@ fn resolve(root: &Value, origin: &dyn Fn(&[&str]) -> Origin) -> Result<ResolvedC
                         match jk {
                             "name" if is_null(jv) => hydra.job_name = None,
                             "name" => hydra.job_name = Some(expect_str(jv, &p, origin)?),
+                            "config" if is_null(jv) => {}
+                            "config" => {
+                                for (ck, cv) in expect_map(jv, &p, origin)? {
+                                    let ck = check_key(ck, &["override_dirname"], &p, origin)?;
+                                    let q = ["hydra", "job", "config", ck];
+                                    if is_null(cv) {
+                                        continue;
+                                    }
+                                    for (dk, dv) in expect_map(cv, &q, origin)? {
+                                        let dk = check_key(dk, DIRNAME_KEYS, &q, origin)?;
+                                        let r = ["hydra", "job", "config", "override_dirname", dk];
+                                        let d = &mut hydra.override_dirname;
+                                        match dk {
+                                            "kv_sep" => d.kv_sep = expect_str(dv, &r, origin)?,
+                                            "item_sep" => d.item_sep = expect_str(dv, &r, origin)?,
+                                            _ if is_null(dv) => d.exclude_keys.clear(),
+                                            _ => {
+                                                let keys = dv.as_sequence().ok_or_else(|| {
+                                                    invalid(
+                                                        &r,
+                                                        origin,
+                                                        "exclude_keys must be a list of keys, e.g. [seed]",
+                                                    )
+                                                })?;
+                                                d.exclude_keys = keys
+                                                    .iter()
+                                                    .map(|k| expect_str(k, &r, origin))
+                                                    .collect::<Result<_, _>>()?;
+                                            }
+                                        }
+                                    }
+                                }
+                            }
                             "chdir" => {
                                 hydra.chdir = match jv {
                                     _ if is_null(jv) => false,

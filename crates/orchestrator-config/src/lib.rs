@@ -12,8 +12,8 @@ mod locate;
 pub mod sweep;
 
 pub use config::{
-    DEFAULT_SWEEP_DIR, DEFAULT_SWEEP_SUBDIR, HydraSettings, JOBLIB_CLASSES, LauncherForm, LoadedConfig, ResolvedConfig,
-    load_config_file, load_config_str,
+    DEFAULT_SWEEP_DIR, DEFAULT_SWEEP_SUBDIR, HydraSettings, JOBLIB_CLASSES, LauncherForm, LoadedConfig,
+    OverrideDirname, ResolvedConfig, load_config_file, load_config_str,
 };
 pub use error::{ConfigError, ConfigErrorKind, Origin};
 pub use launcher::{Backend, BatchSize, HaltPolicy, LauncherConfig, MmapMode, NJobs, PreDispatch, Prefer, SlotValue};

@@ -216,7 +216,7 @@ impl SweepLayout {
             "hydra.job.num" => Ok(job.num.to_string()),
             "hydra.job.id" => Ok(self.job_id(job.num)),
             "hydra.job.name" => Ok(self.job_name.clone()),
-            "hydra.job.override_dirname" => Ok(override_dirname(&job.items)),
+            "hydra.job.override_dirname" => Ok(override_dirname(&job.items, &self.resolved.hydra.override_dirname)),
             key => lookup(config, key)
                 .map(|v| scalar_text(&v))
                 .ok_or_else(|| format!("`{key}` is not a key of the job's config")),
@@ -437,7 +437,7 @@ impl SweepLayout {
                 None => self.sweep_overrides.iter().map(|s| Value::String(s.clone())).collect(),
             },
             override_dirname: match job {
-                Some(j) => override_dirname(&j.items),
+                Some(j) => override_dirname(&j.items, &self.resolved.hydra.override_dirname),
                 None => self.sweep_overrides.join(","),
             }
             .into(),
@@ -470,6 +470,17 @@ impl SweepLayout {
             env_set.insert(k.clone().into(), v.clone().into());
         }
         jobm.insert("env_set".into(), Value::Mapping(env_set));
+        let how = &r.hydra.override_dirname;
+        let mut dirname = Mapping::new();
+        dirname.insert("kv_sep".into(), how.kv_sep.clone().into());
+        dirname.insert("item_sep".into(), how.item_sep.clone().into());
+        dirname.insert(
+            "exclude_keys".into(),
+            Value::Sequence(how.exclude_keys.iter().map(|k| k.clone().into()).collect()),
+        );
+        let mut config = Mapping::new();
+        config.insert("override_dirname".into(), Value::Mapping(dirname));
+        jobm.insert("config".into(), Value::Mapping(config));
         m.insert("job".into(), Value::Mapping(jobm));
         let mut runtime = Mapping::new();
         runtime.insert("version".into(), format!("orchestrator {}", env!("CARGO_PKG_VERSION")).into());
@@ -606,7 +617,10 @@ impl PerJobTemplate {
                         out.push('\n');
                     }
                 }
-                Piece::OverrideDirname => out.push_str(&yaml_scalar(&override_dirname(&job.items))?),
+                Piece::OverrideDirname => {
+                    let text = override_dirname(&job.items, &layout.resolved.hydra.override_dirname);
+                    out.push_str(&yaml_scalar(&text)?)
+                }
                 Piece::Id => out.push_str(&yaml_scalar(&layout.job_id(job.num))?),
                 Piece::Num => out.push_str(&job.num.to_string()),
                 Piece::OutputDir => out.push_str(&yaml_scalar(&dir.display().to_string())?),
@@ -768,13 +782,20 @@ fn launcher_params(root: &Value) -> Option<&Mapping> {
     }
 }
 
-/// Hydra's `override_dirname`: the job's override lines, sorted, joined by `,`.
-pub fn override_dirname(items: &[ResolvedOverride]) -> String {
+/// Hydra's `override_dirname`: the job's override lines but the excluded keys', sorted,
+/// joined by `item_sep`, and every `=` in the result made `kv_sep`.
+pub fn override_dirname(items: &[ResolvedOverride], how: &orchestrator_config::OverrideDirname) -> String {
     // Hydra's get_overrides_dirname sorts the whole lines, `+`/`~` prefixes included
-    // (`+zz=1` before `task=2`, `lr2=1` before `lr=1`).
-    let mut lines: Vec<String> = items.iter().filter(|o| !o.key.starts_with("hydra.")).map(|o| o.display()).collect();
+    // (`+zz=1` before `task=2`, `lr2=1` before `lr=1`), and replaces `=` everywhere, in
+    // values too.
+    let mut lines: Vec<String> = items
+        .iter()
+        .filter(|o| !o.key.starts_with("hydra.") && !how.exclude_keys.contains(&o.key))
+        .map(|o| o.display())
+        .collect();
     lines.sort();
-    lines.join(",")
+    let joined = lines.join(&how.item_sep);
+    if how.kv_sep == "=" { joined } else { joined.replace('=', &how.kv_sep) }
 }
 
 fn lookup(config: &Value, dotted: &str) -> Option<Value> {
@@ -923,7 +944,13 @@ mod tests {
         let plan =
             orchestrator_config::sweep::SweepPlan::new(overrides, &orchestrator_config::sweep::SweepContext::new("."))
                 .unwrap();
-        assert_eq!(override_dirname(&plan.job(0).unwrap().items), "+zz=1,lr2=1,lr=1,task=2");
+        let items = &plan.job(0).unwrap().items;
+        let mut how = orchestrator_config::OverrideDirname::default();
+        assert_eq!(override_dirname(items, &how), "+zz=1,lr2=1,lr=1,task=2");
+        how.exclude_keys = vec!["lr".into(), "zz".into()];
+        how.kv_sep = ":".into();
+        how.item_sep = "/".into();
+        assert_eq!(override_dirname(items, &how), "lr2:1/task:2");
     }
 
     #[test]
