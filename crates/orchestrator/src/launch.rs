@@ -217,9 +217,7 @@ impl SweepLayout {
             "hydra.job.id" => Ok(self.job_id(job.num)),
             "hydra.job.name" => Ok(self.job_name.clone()),
             "hydra.job.override_dirname" => Ok(override_dirname(&job.items, &self.resolved.hydra.override_dirname)),
-            key => lookup(config, key)
-                .map(|v| scalar_text(&v))
-                .ok_or_else(|| format!("`{key}` is not a key of the job's config")),
+            key => config_text(config, key, 0).ok_or_else(|| format!("`{key}` is not a key of the job's config")),
         })
         .map_err(|(interpolation, why)| LayoutError::Interpolation {
             key: "hydra.sweep.subdir",
@@ -352,7 +350,7 @@ impl SweepLayout {
             "job.name" => self.job_name.clone(),
             "job.dir" => dir.display().to_string(),
             "sweep.dir" => self.abs_dir.display().to_string(),
-            key => scalar_text(&lookup(config, key)?),
+            key => config_text(config, key, 0)?,
         })
     }
 
@@ -810,6 +808,21 @@ fn lookup(config: &Value, dotted: &str) -> Option<Value> {
     Some(cur.clone())
 }
 
+/// Config key `key`'s value as text, with `${other.key}` references inside it resolved
+/// against the same config (`name=${lr}`), as OmegaConf resolves them for Hydra. A reference
+/// that is not a config key (a resolver such as `${oc.env:HOME}`) leaves the value as written.
+fn config_text(config: &Value, key: &str, depth: u8) -> Option<String> {
+    let value = lookup(config, key)?;
+    match &value {
+        // 16 levels: a cycle (`a=${b}`, `b=${a}`) ends as written.
+        Value::String(s) if s.contains("${") && depth < 16 => Some(
+            interpolate(s, &|expr| config_text(config, expr, depth + 1).ok_or_else(String::new))
+                .unwrap_or_else(|_| s.clone()),
+        ),
+        _ => Some(scalar_text(&value)),
+    }
+}
+
 /// A value as plain text for argv or a path: strings unquoted, floats as Python prints them
 /// (`inf`, `1e-05`, as in the appended `key=value`), others as YAML/JSON.
 pub fn scalar_text(v: &Value) -> String {
@@ -926,6 +939,20 @@ fn write_yaml(path: &Path, value: &Value) -> Result<(), LayoutError> {
 mod tests {
     use super::*;
     use proptest::strategy::Strategy as _;
+
+    #[test]
+    fn config_text_resolves_references_to_other_keys() {
+        let config: Value = serde_yaml::from_str(
+            "lr: 0.1\nname: ${lr}\nboth: a_${name}_${lr}\nenv: ${oc.env:HOME}\nx: ${y}\ny: ${x}\n",
+        )
+        .unwrap();
+        assert_eq!(config_text(&config, "name", 0).as_deref(), Some("0.1"));
+        assert_eq!(config_text(&config, "both", 0).as_deref(), Some("a_0.1_0.1"));
+        // Not a config key (a resolver), or a cycle: as written.
+        assert_eq!(config_text(&config, "env", 0).as_deref(), Some("${oc.env:HOME}"));
+        assert!(config_text(&config, "x", 0).is_some());
+        assert_eq!(config_text(&config, "missing", 0), None);
+    }
 
     #[test]
     fn scalar_text_prints_floats_as_python_does() {
