@@ -287,9 +287,18 @@ fn lookup_mut<'a>(v: &'a mut serde_yaml::Value, dotted: &str) -> Option<&'a mut 
     Some(cur)
 }
 
-/// A key as a file name: anything but `[A-Za-z0-9._-]` becomes `_`.
+/// A key as a file name: `[A-Za-z0-9._-]` as is, any other byte as `%XX`, so that two keys
+/// never share a name (`db@pkg` and `db_pkg` did when both became `db_pkg`).
 pub(crate) fn sanitize(key: &str) -> String {
-    key.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' { c } else { '_' }).collect()
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -309,6 +318,14 @@ mod tests {
         large_values(&doc, String::new(), 20, &mut out);
         let keys: Vec<&str> = out.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["big", "nest.a"]);
+    }
+
+    #[test]
+    fn sanitized_names_never_collide() {
+        assert_eq!(sanitize("db@pkg"), "db%40pkg");
+        assert_eq!(sanitize("db_pkg"), "db_pkg");
+        assert_eq!(sanitize("a b/c"), "a%20b%2Fc");
+        assert_eq!(sanitize("ü"), "%C3%BC");
     }
 
     #[test]

@@ -721,7 +721,7 @@ fn place_payloads(spec: &JobSpec, ctx: &Ctx) -> Result<Placed, crate::spill::Spi
     let store = store
         .as_ref()
         .map_err(|e| SpillError::Io { path: PathBuf::from("temp_folder"), source: io::Error::other(e.clone()) })?;
-    // Own copies are numbered: names that sanitize alike ("a b", "a_b"), or two jobs given the
+    // Own copies are numbered: two payloads of one name, or two jobs given the
     // same number, must not share a file.
     static OWN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mode = crate::args::mode_name(ctx.opts.mmap_mode);

@@ -360,7 +360,7 @@ async fn records_that_do_not_reach_the_journal_are_counted_in_the_summary() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn payloads_whose_names_sanitize_alike_get_files_of_their_own() {
+async fn payloads_with_similar_names_get_files_of_their_own() {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = RunOptions::new(1);
     opts.temp_folder = Some(dir.path().join("tf"));
