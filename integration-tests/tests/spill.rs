@@ -322,3 +322,16 @@ fn an_argument_file_that_is_a_fifo_is_refused_at_once() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"));
     assert!(sb.nothing_created());
 }
+
+#[test]
+fn inline_values_past_the_environment_budget_go_to_files_instead_of_failing_the_job() {
+    // Each fits in argv, but both inline would put 140 KB in ORCHESTRATOR_OVERRIDES, over
+    // Linux's 128 KiB for one environment string: the job would not start (E2BIG).
+    let sb = Sandbox::new();
+    let cfg = config(&sb, "    max_nbytes: 1M\n");
+    let x = format!("x={}", "a".repeat(70_000));
+    let y = format!("y={}", "b".repeat(70_000));
+    sweep_ok(&sb, &cfg, &[x.as_str(), y.as_str()], &["argcheck", "y"]);
+    let r = reports(&sb.sweep_dir(), 1);
+    assert!(r[0].starts_with("file shared=false size=70000"), "{r:?}");
+}

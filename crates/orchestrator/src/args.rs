@@ -25,6 +25,16 @@ use crate::temp::TempFolder;
 /// (`MAX_ARG_STRLEN`), key and `=` included.
 pub const INLINE_MAX: usize = 128 * 1024 - 4096;
 
+/// Most text one job's values may carry inline, counted as JSON text: every inline value is
+/// in `ORCHESTRATOR_OVERRIDES` too, and Linux refuses an environment string over 128 KiB.
+/// Values past it go to files (`key=@path`), so that a job never fails to start with E2BIG.
+pub const INLINE_BUDGET: usize = 96 * 1024;
+
+/// What a value costs of the inline budget: its length as JSON text (escapes included).
+fn inline_cost(text: &str) -> usize {
+    serde_json::to_string(text).map_or(usize::MAX, |j| j.len())
+}
+
 /// Largest file held in memory for per-job copies; bigger ones are copied from the snapshot.
 const IN_MEMORY_MAX: u64 = 16 << 20;
 
@@ -185,21 +195,27 @@ impl LargeArgs {
 
     /// What job argument `key` with value `value` becomes: `None` when it is passed as is;
     /// otherwise the argv value (inline text or `@path`) and, for files, the `ORCHESTRATOR_ARGS`
-    /// entry. Per-job files go into `job_dir/.hydra/args/`.
+    /// entry. Per-job files go into `job_dir/.hydra/args/`. `budget` is what the job's inline
+    /// values may still take (start from [`INLINE_BUDGET`]).
     pub fn resolve(
         &self,
         key: &str,
         value: &Element,
         job_dir: &Path,
+        budget: &mut usize,
     ) -> Result<Option<(String, Option<ArgInfo>)>, SpillError> {
         if let Element::Str { value: s, quote: None } = value
             && let Some(snap) = self.files.get(s)
         {
-            return self.place(key, snap, job_dir).map(Some);
+            return self.place(key, snap, job_dir, budget).map(Some);
         }
         let text = value.to_override_string();
         if text.len() <= INLINE_MAX && !self.spills(text.len() as u64) {
-            return Ok(None);
+            let cost = inline_cost(&text);
+            if cost <= *budget {
+                *budget -= cost;
+                return Ok(None);
+            }
         }
         // A value too big for argv: its text, as the job would have received it.
         let snap = if self.spills(text.len() as u64) {
@@ -207,10 +223,17 @@ impl LargeArgs {
         } else {
             Snapshot::Bytes(Arc::new(text.into_bytes()))
         };
-        self.place(key, &snap, job_dir).map(Some)
+        // Past the budget: a file, whatever its size.
+        self.place(key, &snap, job_dir, &mut 0).map(Some)
     }
 
-    fn place(&self, key: &str, snap: &Snapshot, job_dir: &Path) -> Result<(String, Option<ArgInfo>), SpillError> {
+    fn place(
+        &self,
+        key: &str,
+        snap: &Snapshot,
+        job_dir: &Path,
+        budget: &mut usize,
+    ) -> Result<(String, Option<ArgInfo>), SpillError> {
         let mode = mode_name(self.mode);
         match snap {
             Snapshot::Stored(s) if self.spills(s.size) => {
@@ -222,9 +245,11 @@ impl LargeArgs {
                 if b.len() <= INLINE_MAX
                     && !b.contains(&0)
                     && !b.starts_with(b"@")
-                    && std::str::from_utf8(b).is_ok() =>
+                    && std::str::from_utf8(b).is_ok_and(|t| inline_cost(t) <= *budget) =>
             {
-                Ok((String::from_utf8_lossy(b).into_owned(), None))
+                let text = String::from_utf8_lossy(b).into_owned();
+                *budget -= inline_cost(&text);
+                Ok((text, None))
             }
             other => {
                 let dir = job_dir.join(".hydra").join("args");

@@ -261,9 +261,10 @@ impl SweepLayout {
         let mut args_json = serde_json::Map::new();
         let mut replaced = job.clone();
         if let Some(large) = &self.large {
+            let mut budget = crate::args::INLINE_BUDGET;
             for (i, item) in job.items.iter().enumerate() {
                 let Some(value) = &item.value else { continue };
-                if let Some((text, info)) = large.resolve(&item.key, value, &dir)? {
+                if let Some((text, info)) = large.resolve(&item.key, value, &dir, &mut budget)? {
                     argv_items[i] = format!("{}{}={text}", item.kind.prefix(), item.key);
                     replaced.items[i].value = Some(Element::Str { value: text, quote: None });
                     if let Some(info) = info {
@@ -296,7 +297,8 @@ impl SweepLayout {
             spec.cwd = Some(dir.clone());
             spec.log_path = dir.join(format!("{}.log", self.job_name));
         }
-        let overrides_json: serde_json::Map<String, serde_json::Value> = job
+        // As argv carries them: a value handed over as a file is its `@path` here too.
+        let overrides_json: serde_json::Map<String, serde_json::Value> = replaced
             .items
             .iter()
             .filter_map(|o| {
