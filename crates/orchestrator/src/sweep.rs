@@ -202,10 +202,8 @@ impl PreparedSweep {
             layout.create()?;
             // Taken at once: nobody else knows this new dir yet. Held until the run ends, so
             // that a resume of it cannot start meanwhile.
-            Some(
-                DirLock::take(&layout.abs_dir, &layout.dir)
-                    .map_err(|e| LayoutError::Io { path: layout.abs_dir.clone(), source: std::io::Error::other(e) })?,
-            )
+            DirLock::take(&layout.abs_dir, &layout.dir)
+                .map_err(|e| LayoutError::Io { path: layout.abs_dir.clone(), source: std::io::Error::other(e) })?
         };
         let journal_path = layout.abs_dir.join("jobs.jsonl");
         let journal = Journal::open(&journal_path).map_err(|source| LayoutError::Io { path: journal_path, source })?;
@@ -275,7 +273,7 @@ struct Earlier {
     subdir: Option<String>,
     /// Every readable record: job number, overrides, whether it succeeded.
     records: Vec<(u64, Vec<String>, bool)>,
-    lock: DirLock,
+    lock: Option<DirLock>,
 }
 
 /// An exclusive `flock` on a sweep dir, held while a run or a resume uses it.
@@ -283,16 +281,24 @@ struct Earlier {
 struct DirLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
 
 impl DirLock {
-    /// Lock `dir`, or say which run holds it.
-    fn take(dir: &Path, shown: &Path) -> Result<DirLock, String> {
-        let file = std::fs::File::open(dir).map_err(|e| format!("cannot open {}: {e}", shown.display()))?;
+    /// Lock `dir`, or say that another run holds it. Where locks cannot be taken at all (a
+    /// file system without `flock`), the run goes on unlocked, with a warning.
+    fn take(dir: &Path, shown: &Path) -> Result<Option<DirLock>, String> {
+        let unlocked = |why: String| {
+            tracing::warn!("cannot lock {} ({why}): a resume of it could run at the same time", shown.display());
+            Ok(None)
+        };
+        let file = match std::fs::File::open(dir) {
+            Ok(f) => f,
+            Err(e) => return unlocked(e.to_string()),
+        };
         match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => Ok(DirLock(lock)),
+            Ok(lock) => Ok(Some(DirLock(lock))),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(format!(
                 "{} is in use by another orchestrator run (the sweep itself, or another resume of it)\n  = help: wait for that run to end, then resume",
                 shown.display()
             )),
-            Err((_, e)) => Err(format!("cannot lock {}: {e}", shown.display())),
+            Err((_, e)) => unlocked(e.to_string()),
         }
     }
 }
@@ -547,11 +553,11 @@ impl PreparedSweep {
             }
             layout.detect_placeholders(&job0)?;
         }
+        let resuming = earlier.is_some();
         let (done, lock) = match earlier {
-            Some(e) => (check_earlier_jobs(&e, &plan, &layout)?, Some(e.lock)),
+            Some(e) => (check_earlier_jobs(&e, &plan, &layout)?, e.lock),
             None => (HashSet::new(), None),
         };
-        let resuming = lock.is_some();
         let done = Arc::new(done);
         Ok(PreparedSweep {
             layout,
