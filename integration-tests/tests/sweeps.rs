@@ -489,3 +489,44 @@ fn override_dirname_leaves_out_exclude_keys_and_uses_the_configured_separators()
         "{hydra}"
     );
 }
+
+#[test]
+fn hydra_launcher_joblib_is_recorded_not_passed_to_the_app() {
+    let sb = Sandbox::new();
+    let cfg = sb.write("c.yaml", FAST);
+    let args = ["-c", cfg.to_str().unwrap(), "-m", "--quiet", "hydra/launcher=joblib", "task=1"];
+    sb.cmd().args(args).args(["--", fixture(), "echo"]).assert().success();
+    let job = sb.sweep_dir().join("0");
+    let log = std::fs::read_to_string(job.join("fixture.log")).unwrap();
+    assert!(!log.contains("hydra/launcher"), "{log}");
+    let config = std::fs::read_to_string(job.join(".hydra/config.yaml")).unwrap();
+    assert!(!config.contains("launcher"), "{config}");
+    let hydra = std::fs::read_to_string(job.join(".hydra/hydra.yaml")).unwrap();
+    assert!(hydra.contains("    - hydra.mode=MULTIRUN\n    - hydra/launcher=joblib\n"), "{hydra}");
+    // Another launcher is not something this tool can be.
+    let out =
+        sb.cmd().args(["-m", "hydra/launcher=submitit_slurm", "task=1", "--", fixture(), "echo"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot run jobs through `submitit_slurm`"));
+}
+
+#[test]
+fn resume_refuses_a_config_that_would_move_the_jobs_dirs() {
+    let sb = Sandbox::new();
+    let subdir = "  sweep:\n    subdir: ${hydra.job.override_dirname}\n";
+    let first = sb.write("a.yaml", &format!("{FAST}{subdir}"));
+    let other = sb
+        .write("b.yaml", &format!("{FAST}{subdir}  job:\n    config:\n      override_dirname:\n        kv_sep: '-'\n"));
+    let args = ["-c", first.to_str().unwrap(), "-m", "--quiet", "task=1,2", "--", fixture(), "fail-on", "2"];
+    sb.cmd().args(args).assert().code(1);
+    let dir = sb.sweep_dir();
+    let out = sb
+        .cmd()
+        .args(["-c", other.to_str().unwrap(), "--resume", dir.to_str().unwrap(), "--", fixture(), "echo"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("its journal has job #0 in") && stderr.contains("puts it in `task-1`"), "{stderr}");
+    assert!(!dir.join("task-2").exists());
+}

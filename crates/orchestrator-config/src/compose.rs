@@ -81,13 +81,25 @@ pub fn apply_overrides(config: &mut Value, items: &[ResolvedOverride]) -> Result
     Ok(())
 }
 
+/// Whether float `f` is exactly the integer `i`.
+fn float_is_int(f: f64, i: i128) -> bool {
+    f.fract() == 0.0 && f.abs() < 1.7e38 && f as i128 == i && (i as f64) == f
+}
+
 /// Python's `==` for config values: numbers compare by value across int and float.
 fn python_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
-            (Some(x), Some(y)) => x == y,
-            _ => x.as_f64() == y.as_f64(),
-        },
+        (Value::Number(x), Value::Number(y)) => {
+            // Integers exactly (u64 too), an integer and a float only when the float is that
+            // very integer: 9007199254740993 != 9007199254740992.0, as in Python.
+            let int = |n: &serde_yaml::Number| n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from));
+            match (int(x), int(y)) {
+                (Some(a), Some(b)) => a == b,
+                (Some(i), None) => y.as_f64().is_some_and(|f| float_is_int(f, i)),
+                (None, Some(i)) => x.as_f64().is_some_and(|f| float_is_int(f, i)),
+                (None, None) => x.as_f64() == y.as_f64(),
+            }
+        }
         // True == 1 in Python, as well.
         (Value::Bool(x), Value::Number(n)) | (Value::Number(n), Value::Bool(x)) => {
             n.as_f64() == Some(f64::from(u8::from(*x)))
@@ -356,6 +368,7 @@ mod tests {
         assert_eq!(apply("a: 1.0", &["~a=1"]).unwrap(), yaml("{}"));
         assert_eq!(apply("a: [1, 2.0]", &["~a=[1.0,2]"]).unwrap(), yaml("{}"));
         assert!(apply("a: '1'", &["~a=1"]).is_err(), "a string is not a number");
+        assert!(apply("a: 9007199254740993", &["~a=9007199254740992.0"]).is_err(), "no rounding through f64");
         assert_eq!(apply("l: [1, 2, 3]", &["~l.0"]).unwrap(), yaml("l: [2, 3]"));
         let e = apply("a: 1", &["~b"]).unwrap_err();
         assert_eq!(e, ComposeError::MissingKey { key: "b".into() });

@@ -323,6 +323,12 @@ pub(crate) fn sanitize(key: &str) -> String {
             out.push_str(&format!("%{b:02X}"));
         }
     }
+    // File names stop at 255 bytes: a long one keeps its start and a hash of the whole key.
+    if out.len() > 200 {
+        out.truncate(160);
+        out.push('-');
+        out.push_str(&blake3::hash(key.as_bytes()).to_hex()[..32]);
+    }
     out
 }
 
@@ -351,6 +357,8 @@ mod tests {
         assert_eq!(sanitize("db_pkg"), "db_pkg");
         assert_eq!(sanitize("a b/c"), "a%20b%2Fc");
         assert_eq!(sanitize("ü"), "%C3%BC");
+        let long = "é".repeat(100);
+        assert!(sanitize(&long).len() <= 200 && sanitize(&long) != sanitize(&"é".repeat(101)));
     }
 
     #[test]

@@ -207,7 +207,7 @@ impl SweepLayout {
         format!("{}_{num}", self.job_name)
     }
 
-    fn subdir(&self, job: &JobOverrides, config: &Value) -> Result<String, LayoutError> {
+    pub(crate) fn subdir(&self, job: &JobOverrides, config: &Value) -> Result<String, LayoutError> {
         if !self.multirun {
             return Ok(String::new());
         }
@@ -217,7 +217,7 @@ impl SweepLayout {
             "hydra.job.id" => Ok(self.job_id(job.num)),
             "hydra.job.name" => Ok(self.job_name.clone()),
             "hydra.job.override_dirname" => Ok(override_dirname(&job.items, &self.resolved.hydra.override_dirname)),
-            key => config_text(config, key, 0).ok_or_else(|| format!("`{key}` is not a key of the job's config")),
+            key => config_text(config, key).ok_or_else(|| format!("`{key}` is not a key of the job's config")),
         })
         .map_err(|(interpolation, why)| LayoutError::Interpolation {
             key: "hydra.sweep.subdir",
@@ -352,7 +352,7 @@ impl SweepLayout {
             "job.name" => self.job_name.clone(),
             "job.dir" => dir.display().to_string(),
             "sweep.dir" => self.abs_dir.display().to_string(),
-            key => config_text(config, key, 0)?,
+            key => config_text(config, key)?,
         })
     }
 
@@ -684,6 +684,15 @@ fn yaml_scalar(s: &str) -> Option<std::borrow::Cow<'_, str>> {
 /// `12:30` (sexagesimal), dates. serde_yaml follows YAML 1.2 and writes those plain; Hydra's
 /// own files quote them. (What YAML 1.2 misreads too, serde_yaml quotes already.)
 fn yaml11_misreads(s: &str) -> bool {
+    // Single quotes cannot hold line breaks or control characters: serde_yaml's escapes do,
+    // and a quoted or block string reads as a string in YAML 1.1 as well.
+    if s.chars().any(char::is_control) {
+        return false;
+    }
+    // PyYAML's `value` and `merge` tags.
+    if s == "=" || s == "<<" {
+        return true;
+    }
     const BOOLS: [&str; 6] = ["yes", "no", "on", "off", "true", "false"];
     // Each spelled all lower, all upper or capitalized (`yes`, `YES`, `Yes`), as PyYAML's rule.
     if let Some(w) = BOOLS.iter().find(|w| w.eq_ignore_ascii_case(s))
@@ -790,7 +799,11 @@ pub fn override_dirname(items: &[ResolvedOverride], how: &orchestrator_config::O
     // values too.
     let mut lines: Vec<String> = items
         .iter()
-        .filter(|o| !o.key.starts_with("hydra.") && !how.exclude_keys.contains(&o.key))
+        // Hydra matches the key with its prefix (`+seed`), as its get_key_element() gives it.
+        .filter(|o| {
+            !o.key.starts_with("hydra.")
+                && !how.exclude_keys.iter().any(|k| *k == format!("{}{}", o.kind.prefix(), o.key))
+        })
         .map(|o| o.display())
         .collect();
     lines.sort();
@@ -812,17 +825,30 @@ fn lookup(config: &Value, dotted: &str) -> Option<Value> {
 
 /// Config key `key`'s value as text, with `${other.key}` references inside it resolved
 /// against the same config (`name=${lr}`), as OmegaConf resolves them for Hydra. A reference
-/// that is not a config key (a resolver such as `${oc.env:HOME}`) leaves the value as written.
-fn config_text(config: &Value, key: &str, depth: u8) -> Option<String> {
-    let value = lookup(config, key)?;
-    match &value {
-        // 16 levels: a cycle (`a=${b}`, `b=${a}`) ends as written.
-        Value::String(s) if s.contains("${") && depth < 16 => Some(
-            interpolate(s, &|expr| config_text(config, expr, depth + 1).ok_or_else(String::new))
-                .unwrap_or_else(|_| s.clone()),
-        ),
-        _ => Some(scalar_text(&value)),
+/// that is not a config key (a resolver such as `${oc.env:HOME}`), a cycle, or an expansion
+/// past 64 KiB leaves the value as written.
+fn config_text(config: &Value, key: &str) -> Option<String> {
+    use std::cell::{Cell, RefCell};
+    fn resolve(config: &Value, key: &str, open: &RefCell<Vec<String>>, left: &Cell<usize>) -> Option<String> {
+        let value = lookup(config, key)?;
+        let text = match &value {
+            Value::String(s) if s.contains("${") => {
+                if open.borrow().iter().any(|k| k == key) {
+                    return None; // a cycle
+                }
+                open.borrow_mut().push(key.to_string());
+                let out = interpolate(s, &|expr| resolve(config, expr, open, left).ok_or_else(String::new)).ok();
+                open.borrow_mut().pop();
+                out?
+            }
+            _ => scalar_text(&value),
+        };
+        // Every piece made counts, so `a: ${b}${b}`, `b: ${c}${c}`... cannot grow without end.
+        left.set(left.get().checked_sub(text.len())?);
+        Some(text)
     }
+    let value = lookup(config, key)?;
+    Some(resolve(config, key, &RefCell::new(Vec::new()), &Cell::new(64 * 1024)).unwrap_or_else(|| scalar_text(&value)))
 }
 
 /// A value as plain text for argv or a path: strings unquoted, floats as Python prints them
@@ -948,12 +974,17 @@ mod tests {
             "lr: 0.1\nname: ${lr}\nboth: a_${name}_${lr}\nenv: ${oc.env:HOME}\nx: ${y}\ny: ${x}\n",
         )
         .unwrap();
-        assert_eq!(config_text(&config, "name", 0).as_deref(), Some("0.1"));
-        assert_eq!(config_text(&config, "both", 0).as_deref(), Some("a_0.1_0.1"));
+        assert_eq!(config_text(&config, "name").as_deref(), Some("0.1"));
+        assert_eq!(config_text(&config, "both").as_deref(), Some("a_0.1_0.1"));
         // Not a config key (a resolver), or a cycle: as written.
-        assert_eq!(config_text(&config, "env", 0).as_deref(), Some("${oc.env:HOME}"));
-        assert!(config_text(&config, "x", 0).is_some());
-        assert_eq!(config_text(&config, "missing", 0), None);
+        assert_eq!(config_text(&config, "env").as_deref(), Some("${oc.env:HOME}"));
+        assert_eq!(config_text(&config, "x").as_deref(), Some("${y}"));
+        assert_eq!(config_text(&config, "missing"), None);
+        // Growth that doubles at every level stops at the cap, as written.
+        let bomb: Value =
+            serde_yaml::from_str("a: ${a}${a}${a}${a}\nb: ${c}${c}\nc: ${d}${d}\nd: ${e}${e}\ne: x\n").unwrap();
+        assert_eq!(config_text(&bomb, "a").as_deref(), Some("${a}${a}${a}${a}"));
+        assert_eq!(config_text(&bomb, "b").as_deref(), Some("xxxxxxxx"));
     }
 
     #[test]
@@ -976,7 +1007,10 @@ mod tests {
         let items = &plan.job(0).unwrap().items;
         let mut how = orchestrator_config::OverrideDirname::default();
         assert_eq!(override_dirname(items, &how), "+zz=1,lr2=1,lr=1,task=2");
-        how.exclude_keys = vec!["lr".into(), "zz".into()];
+        // Matched with the prefix, as Hydra's get_key_element() gives it: `zz` is not `+zz`.
+        how.exclude_keys = vec!["zz".into()];
+        assert_eq!(override_dirname(items, &how), "+zz=1,lr2=1,lr=1,task=2");
+        how.exclude_keys = vec!["lr".into(), "+zz".into()];
         how.kv_sep = ":".into();
         how.item_sep = "/".into();
         assert_eq!(override_dirname(items, &how), "lr2:1/task:2");
@@ -1074,6 +1108,16 @@ mod tests {
         }
         for s in ["y", "n", "yEs", "task", "a=1", "12-30", "1.5", "2001-12", "v1_000", "x:1", ""] {
             assert!(!yaml11_misreads(s), "{s}");
+        }
+        assert_eq!(yaml_scalar("=").as_deref(), Some("'='"), "PyYAML's value tag");
+        // Line breaks and control characters cannot be single-quoted: serde_yaml escapes them.
+        for s in ["2001-12-14\nfoo", "2001-12-14\u{7}"] {
+            assert!(!yaml11_misreads(s), "{s:?}");
+            let v: Value = serde_yaml::from_str(
+                &yaml_text(&Value::Mapping([("x".into(), s.into())].into_iter().collect())).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(v["x"], Value::from(s));
         }
         // Nested, keys too: each misread string is quoted, nothing else changes.
         let v: Value = serde_yaml::from_str(

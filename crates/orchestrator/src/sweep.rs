@@ -271,8 +271,8 @@ struct Earlier {
     task: Vec<String>,
     /// `hydra.sweep.subdir` as the sweep had it.
     subdir: Option<String>,
-    /// Every readable record: job number, overrides, whether it succeeded.
-    records: Vec<(u64, Vec<String>, bool)>,
+    /// Every readable record: job number, overrides, whether it succeeded, its dir.
+    records: Vec<(u64, Vec<String>, bool, Option<String>)>,
     lock: Option<DirLock>,
 }
 
@@ -352,7 +352,7 @@ fn read_earlier(dir: &Path, base_dir: &Path) -> Result<Earlier, SetupError> {
                     .iter()
                     .map(|o| o.as_str().map(str::to_string))
                     .collect::<Option<Vec<_>>>()?;
-                Some((num, overrides, r["status"] == "succeeded"))
+                Some((num, overrides, r["status"] == "succeeded", r["dir"].as_str().map(str::to_string)))
             })
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -406,8 +406,20 @@ impl PreparedSweep {
         };
         let mut hydra_overrides: Vec<Override> = Vec::new();
         let mut app_overrides: Vec<Override> = Vec::new();
+        // Hydra's own config group choices (`hydra/launcher=joblib`): recorded, never passed on.
+        let mut hydra_groups: Vec<String> = Vec::new();
         for text in &given {
             let o = parse_override(text)?;
+            if let Some(group) = o.key.strip_prefix("hydra/") {
+                let value = text.split_once('=').map_or("", |(_, v)| v).trim().to_string();
+                if group == "launcher" && !value.contains("joblib") {
+                    return Err(SetupError::Invalid(format!(
+                        "`{text}`: orchestrator is a joblib launcher, it cannot run jobs through `{value}`\n  = help: drop it, or use hydra/launcher=joblib"
+                    )));
+                }
+                hydra_groups.push(text.clone());
+                continue;
+            }
             if is_hydra(&o) {
                 if o.is_sweep() {
                     return Err(SetupError::Invalid(format!(
@@ -420,7 +432,8 @@ impl PreparedSweep {
                 app_overrides.push(o);
             }
         }
-        let (resolved, hydra_texts, root) = resolve_with_overrides(&loaded, &hydra_overrides)?;
+        let (resolved, mut hydra_texts, root) = resolve_with_overrides(&loaded, &hydra_overrides)?;
+        hydra_texts.splice(0..0, hydra_groups);
         // Hydra's BasicSweeper: the config's `hydra.sweeper.params` come first, then the command
         // line's overrides (a key given again keeps its first position and takes the new value).
         let params = if multirun { sweeper_params(&root)? } else { Vec::new() };
@@ -607,6 +620,8 @@ fn sweeper_params(root: &Value) -> Result<Vec<Override>, SetupError> {
                 Value::String(s) => s.clone(),
                 Value::Null => "null".into(),
                 Value::Bool(_) | Value::Number(_) => crate::launch::scalar_text(v),
+                // Hydra writes `f"{k}={v}"`: a list is one value, a list.
+                Value::Sequence(_) => serde_json::to_string(v).unwrap_or_default(),
                 _ => {
                     return Err(SetupError::Invalid(format!(
                         "hydra.sweeper.params.{key} must be a value or a sweep written as text\n{help}"
@@ -633,9 +648,9 @@ fn check_earlier_jobs(e: &Earlier, plan: &SweepPlan, layout: &SweepLayout) -> Re
     }
     let mut done = HashSet::new();
     // By job number, so that the error names the first job that differs.
-    let mut records: Vec<&(u64, Vec<String>, bool)> = e.records.iter().collect();
+    let mut records: Vec<&(u64, Vec<String>, bool, Option<String>)> = e.records.iter().collect();
     records.sort_by_key(|r| r.0);
-    for (num, overrides, succeeded) in records {
+    for (num, overrides, succeeded, dir) in records {
         let now: Option<Vec<String>> =
             plan.job(*num).map(|j| j.items.iter().map(orchestrator_config::sweep::ResolvedOverride::display).collect());
         if now.as_ref() != Some(overrides) {
@@ -647,6 +662,19 @@ fn check_earlier_jobs(e: &Earlier, plan: &SweepPlan, layout: &SweepLayout) -> Re
                 "its journal has job #{num} as `{}`, but the sweep now {now}\n  = help: resuming needs the same jobs in the same order; shuffle() and glob() (over files that changed) do not expand the same way twice, so start a new sweep",
                 overrides.join(" ")
             )));
+        }
+        // The same dir, too: a subdir made of values (`${name}`, override_dirname's settings)
+        // can move with another config even when the template reads the same.
+        if let (Some(dir), Some(job)) = (dir, plan.job(*num)) {
+            let sub = layout
+                .compose(&job)
+                .and_then(|config| layout.subdir(&job, &config))
+                .map_err(|e| invalid(e.to_string()))?;
+            if !sub.is_empty() && !Path::new(dir).ends_with(&sub) {
+                return Err(invalid(format!(
+                    "its journal has job #{num} in `{dir}`, but this config puts it in `{sub}`\n  = help: resume with the sweep's config (-c), so that every job keeps its dir"
+                )));
+            }
         }
         if *succeeded {
             done.insert(*num);

@@ -173,11 +173,13 @@ async fn create(State(app): State<App>, body: Bytes) -> Response {
             Stop::Drain | Stop::Graceful { reason: StopReason::Halt, .. } => "halted",
             _ => "cancelled",
         };
+        // Ended first: a client subscribing now gets the ended sweep's event instead of a live
+        // stream that would miss this one.
+        follower.finish(id, state);
         let _ = bcast.send(
             json!({"event": "sweep_finished", "state": state, "succeeded": summary.succeeded, "failed": summary.failures.len()})
                 .to_string(),
         );
-        follower.finish(id, state);
     });
     (StatusCode::CREATED, axum::Json(body)).into_response()
 }
