@@ -440,10 +440,18 @@ pub(crate) fn cast_element(e: &Element, to: Cast) -> Result<Element, String> {
             Element::Bool(b) => Ok(Element::Int(i64::from(*b))),
             // Python's int() truncates toward zero.
             Element::Float(f) if f.is_finite() && f.trunc().abs() < 9.2e18 => Ok(Element::Int(f.trunc() as i64)),
+            // Python's int(str): base 10, a sign, `_` between digits, leading zeros fine ('01').
             Element::Str { value, .. } => {
                 let t = value.trim();
-                match super::value::classify(t) {
-                    super::value::Literal::Int(i) => Ok(Element::Int(i)),
+                let body = t.strip_prefix(['+', '-']).unwrap_or(t);
+                let ok = !body.is_empty()
+                    && body.bytes().all(|b| b.is_ascii_digit() || b == b'_')
+                    && !body.starts_with('_')
+                    && !body.ends_with('_')
+                    && !body.contains("__");
+                let digits: String = t.chars().filter(|c| *c != '_').collect();
+                match digits.parse::<i64>() {
+                    Ok(i) if ok => Ok(Element::Int(i)),
                     _ => Err(cast_error(e, "int")),
                 }
             }

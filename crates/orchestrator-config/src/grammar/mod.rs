@@ -195,7 +195,20 @@ impl fmt::Display for OverrideError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "invalid override `{}`: {}", self.input, self.message)?;
         writeln!(f, "    {}", self.input)?;
-        write!(f, "    {}^", " ".repeat(self.column))
+        // Under the character: tabs as tabs, wide characters (CJK) as two columns.
+        let pad: String = self
+            .input
+            .chars()
+            .take(self.column)
+            .map(|c| {
+                if c == '\t' {
+                    "\t".to_string()
+                } else {
+                    " ".repeat(unicode_width::UnicodeWidthChar::width(c).unwrap_or(0))
+                }
+            })
+            .collect();
+        write!(f, "    {pad}^")
     }
 }
 

@@ -277,6 +277,12 @@ fn casts() {
     assert_eq!(elem("x=int(3.7)"), Element::Int(3));
     assert_eq!(elem("x=int(-3.7)"), Element::Int(-3));
     assert_eq!(elem("x=int('42')"), Element::Int(42));
+    // As Python's int(): leading zeros, `_` between digits, a sign, spaces around.
+    assert_eq!(elem("x=int('01')"), Element::Int(1));
+    assert_eq!(elem("x=int(' -1_000 ')"), Element::Int(-1000));
+    for bad in ["x=int('1.5')", "x=int('0x1F')", "x=int('1__0')", "x=int('_1')", "x=int('')"] {
+        assert!(parse_override(bad).is_err(), "{bad}");
+    }
     assert_eq!(elem("x=float(3)"), Element::Float(3.0));
     assert_eq!(elem("x=float('1e-3')"), Element::Float(0.001));
     assert_eq!(elem("x=str(1)"), s("1"));
@@ -444,4 +450,11 @@ fn nesting_is_capped() {
     assert!(error(&deep_calls).message.contains("too deep"));
     let ok = format!("x={}{}", "[".repeat(MAX_DEPTH - 1), "]".repeat(MAX_DEPTH - 1));
     assert!(parse_override(&ok).is_ok());
+}
+
+#[test]
+fn the_caret_stands_under_the_character_after_tabs_and_wide_characters() {
+    let shown = |input: &str| parse_override(input).unwrap_err().to_string();
+    assert!(shown("x=\t[1").ends_with("\n    x=\t[1\n      \t  ^"), "{:?}", shown("x=\t[1"));
+    assert!(shown("名=[1").ends_with("\n    名=[1\n         ^"), "{:?}", shown("名=[1"));
 }
