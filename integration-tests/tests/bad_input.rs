@@ -159,6 +159,12 @@ fn catalogue() -> Vec<Case> {
             &["unknown key `exclude`", "exclude_keys"],
         ),
         case(
+            "env_set name with =",
+            Some("hydra:\n  job:\n    env_set:\n      A=B: x\n".into()),
+            &["-m", "task=1"],
+            &["`A=B` is not a variable name"],
+        ),
+        case(
             "sweep dir that names no new dir",
             None,
             &["-m", "task=1", "hydra.sweep.dir=."],

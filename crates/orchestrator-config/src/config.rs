@@ -314,6 +314,15 @@ fn resolve(root: &Value, origin: &dyn Fn(&[&str]) -> Origin) -> Result<ResolvedC
                                 if !is_null(jv) {
                                     for (ek, ev) in expect_map(jv, &p, origin)? {
                                         let name = ek.as_str().unwrap_or_default().to_string();
+                                        if name.is_empty() || name.contains('=') || name.contains('\0') {
+                                            return Err(invalid(
+                                                &p,
+                                                origin,
+                                                &format!(
+                                                    "hydra.job.env_set: `{name}` is not a variable name (empty, or with `=` or NUL)"
+                                                ),
+                                            ));
+                                        }
                                         let val = match ev {
                                             Value::String(s) => s.clone(),
                                             Value::Number(n) => n.to_string(),

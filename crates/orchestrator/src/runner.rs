@@ -998,6 +998,13 @@ fn job_env(
     for (name, value) in &ctx.opts.slot_env {
         overlay.push((OsStr::new(name), Cow::Owned(value.for_slot(slot).into())));
     }
+    // A name with `=` (or none) would set another variable than the one asked for.
+    if let Some((bad, _)) = spec.env.iter().find(|(k, _)| k.is_empty() || k.as_bytes().contains(&b'=')) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("environment variable name `{}` is empty or contains `=`", bad.to_string_lossy()),
+        ));
+    }
     overlay.extend(spec.env.iter().map(|(k, v)| (k.as_os_str(), Cow::Borrowed(v.as_os_str()))));
     if let Some((k, v)) = marker.to_str().and_then(|m| m.split_once('=')) {
         overlay.push((OsStr::new(k), Cow::Borrowed(OsStr::new(v))));
@@ -1125,6 +1132,18 @@ mod tests {
         assert_eq!(get("ORCHESTRATOR_SLOT"), ["ORCHESTRATOR_SLOT=1"]);
         assert_eq!(get("ORCHESTRATOR_JOB_KEY"), ["ORCHESTRATOR_JOB_KEY=k.0"]);
         assert_eq!(get("ORCHESTRATOR_ARGS"), ["ORCHESTRATOR_ARGS={}"]);
+    }
+
+    #[test]
+    fn an_environment_name_with_an_equals_sign_is_refused() {
+        let ctx = ctx(&[("PATH", "/bin")], RunOptions::new(1));
+        for name in ["A=B", ""] {
+            let mut spec = JobSpec::new(0, "x", vec![], "l");
+            spec.env = vec![(name.into(), "x".into())];
+            let e = job_env(&spec, 0, &ctx, OsStr::new("K=k.0"), None).err().expect("refused");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+            assert!(e.to_string().contains("is empty or contains `=`"), "{e}");
+        }
     }
 
     fn reaped(code: Option<i32>, signal: Option<i32>) -> sys::Reaped {
