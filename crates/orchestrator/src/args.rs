@@ -30,9 +30,17 @@ pub const INLINE_MAX: usize = 128 * 1024 - 4096;
 /// Values past it go to files (`key=@path`), so that a job never fails to start with E2BIG.
 pub const INLINE_BUDGET: usize = 96 * 1024;
 
-/// What a value costs of the inline budget: its length as JSON text (escapes included).
+/// What a value costs of the inline budget: its length as JSON text (escapes included), as
+/// serde_json writes it, counted without writing it (this runs for every value of every job).
 fn inline_cost(text: &str) -> usize {
-    serde_json::to_string(text).map_or(usize::MAX, |j| j.len())
+    2 + text
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
 }
 
 /// Largest file held in memory for per-job copies; bigger ones are copied from the snapshot.
@@ -349,6 +357,13 @@ mod tests {
         large_values(&doc, String::new(), 20, &mut out);
         let keys: Vec<&str> = out.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["big", "nest.a"]);
+    }
+
+    #[test]
+    fn inline_cost_is_the_json_length() {
+        for t in ["", "task", "a\"b\\c", "line\nbreak\ttab\r", "\u{1}\u{8}\u{c}\u{1f}\u{7f}", "é ü 名"] {
+            assert_eq!(inline_cost(t), serde_json::to_string(t).unwrap().len(), "{t:?}");
+        }
     }
 
     #[test]
