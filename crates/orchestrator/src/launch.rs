@@ -748,16 +748,25 @@ fn yaml_general(value: &Value) -> Result<String, serde_yaml::Error> {
             other => other.clone(),
         }
     }
+    fn any_misread(v: &Value) -> bool {
+        match v {
+            Value::String(s) => yaml11_misreads(s),
+            Value::Sequence(items) => items.iter().any(any_misread),
+            Value::Mapping(m) => m.iter().any(|(k, v)| any_misread(k) || any_misread(v)),
+            _ => false,
+        }
+    }
     let plain = serde_yaml::to_string(value)?;
+    // The usual case: nothing to quote, one rendering and no copy of the document.
+    if !any_misread(value) {
+        return Ok(plain);
+    }
     let mut stem = String::from("orchq");
     while plain.contains(&stem) {
         stem.push('q');
     }
     let mut marks = Vec::new();
     let swapped = swap(value, &mut marks, &stem);
-    if marks.is_empty() {
-        return Ok(plain);
-    }
     let mut text = serde_yaml::to_string(&swapped)?;
     // The `x` ends each mark, so `orchq1x` is not found inside `orchq12x`.
     for (i, quoted) in marks.iter().enumerate() {
@@ -802,7 +811,7 @@ pub fn override_dirname(items: &[ResolvedOverride], how: &orchestrator_config::O
         // Hydra matches the key with its prefix (`+seed`), as its get_key_element() gives it.
         .filter(|o| {
             !o.key.starts_with("hydra.")
-                && !how.exclude_keys.iter().any(|k| *k == format!("{}{}", o.kind.prefix(), o.key))
+                && !how.exclude_keys.iter().any(|k| k.strip_prefix(o.kind.prefix()) == Some(o.key.as_str()))
         })
         .map(|o| o.display())
         .collect();
@@ -927,8 +936,8 @@ fn yaml_text(value: &Value) -> Result<String, serde_yaml::Error> {
 }
 
 /// A flat mapping of strings, integers, booleans and nulls (the usual app config: `task: 1`)
-/// as `serde_yaml` writes it (a test checks), without starting its emitter for every job;
-/// `None` for anything else.
+/// as `yaml_general` writes it (a test checks), without starting serde_yaml's emitter for
+/// every job; `None` for anything else.
 fn flat_yaml(value: &Value) -> Option<String> {
     let Value::Mapping(m) = value else { return None };
     let mut out = String::with_capacity(m.len() * 16);

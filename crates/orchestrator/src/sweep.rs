@@ -129,6 +129,8 @@ pub struct PreparedSweep {
     /// The resumed dir's lock, taken while preparing (a fresh sweep's is taken when its dir
     /// is made).
     lock: Option<DirLock>,
+    /// Where large values go, resolved (and checked) while preparing.
+    temp_folder: TempFolder,
 }
 
 /// A started sweep.
@@ -183,12 +185,12 @@ impl PreparedSweep {
             base_dir,
             prepare_on_runtime,
             lock,
+            temp_folder,
             ..
         } = self;
         // Snapshot `@file` arguments before anything is created: running out of space in
         // temp_folder must leave no sweep dir and start no job.
         let launcher = &layout.resolved.launcher;
-        let temp_folder = crate::temp::resolve_temp_folder(launcher.temp_folder.as_deref(), &base_dir);
         tracing::debug!("temp_folder: {} ({})", temp_folder.path.display(), temp_folder.reason);
         let mut large = LargeArgs::new(launcher.max_nbytes, launcher.mmap_mode, temp_folder.clone());
         large.snapshot(&file_refs, &base_dir)?;
@@ -476,9 +478,9 @@ impl PreparedSweep {
         let options = RunOptions::from_launcher(launcher).map_err(SetupError::Invalid)?;
         // Checked now whenever a value may spill: found out at the first spill, it would fail
         // jobs one by one in a sweep dir made for nothing.
+        let temp_folder = crate::temp::resolve_temp_folder(launcher.temp_folder.as_deref(), &cwd);
         if launcher.max_nbytes.is_some() {
-            let folder = crate::temp::resolve_temp_folder(launcher.temp_folder.as_deref(), &cwd);
-            folder.check().map_err(SetupError::Invalid)?;
+            temp_folder.check().map_err(SetupError::Invalid)?;
         }
         let n_jobs = options.n_jobs;
         let total = plan.len();
@@ -583,6 +585,7 @@ impl PreparedSweep {
             base_dir: cwd,
             prepare_on_runtime: false,
             lock,
+            temp_folder,
         })
     }
 }
@@ -651,8 +654,9 @@ fn check_earlier_jobs(e: &Earlier, plan: &SweepPlan, layout: &SweepLayout) -> Re
     let mut records: Vec<&(u64, Vec<String>, bool, Option<String>)> = e.records.iter().collect();
     records.sort_by_key(|r| r.0);
     for (num, overrides, succeeded, dir) in records {
+        let job = plan.job(*num);
         let now: Option<Vec<String>> =
-            plan.job(*num).map(|j| j.items.iter().map(orchestrator_config::sweep::ResolvedOverride::display).collect());
+            job.as_ref().map(|j| j.items.iter().map(orchestrator_config::sweep::ResolvedOverride::display).collect());
         if now.as_ref() != Some(overrides) {
             let now = match &now {
                 Some(o) => format!("makes job #{num} `{}`", o.join(" ")),
@@ -665,7 +669,7 @@ fn check_earlier_jobs(e: &Earlier, plan: &SweepPlan, layout: &SweepLayout) -> Re
         }
         // The same dir, too: a subdir made of values (`${name}`, override_dirname's settings)
         // can move with another config even when the template reads the same.
-        if let (Some(dir), Some(job)) = (dir, plan.job(*num)) {
+        if let (Some(dir), Some(job)) = (dir, job) {
             let sub = layout
                 .compose(&job)
                 .and_then(|config| layout.subdir(&job, &config))

@@ -57,7 +57,7 @@ fn system_temp_dir() -> PathBuf {
     let fixed = ["/tmp", "/var/tmp", "/usr/tmp"].into_iter().map(PathBuf::from);
     env.chain(fixed)
         .chain(std::env::current_dir().ok())
-        .find(|d| d.is_dir() && nix::unistd::access(d.as_path(), nix::unistd::AccessFlags::W_OK).is_ok())
+        .find(|d| writable_dir(d))
         .unwrap_or_else(|| PathBuf::from("/tmp"))
 }
 
@@ -83,8 +83,12 @@ fn resolve_with(configured: Option<&Path>, env: Option<PathBuf>, shm: &Path) -> 
     }
 }
 
+fn writable_dir(dir: &Path) -> bool {
+    dir.is_dir() && nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
+}
+
 fn free_if_writable(dir: &Path) -> Option<u64> {
-    if !dir.is_dir() || nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_err() {
+    if !writable_dir(dir) {
         return None;
     }
     let st = nix::sys::statvfs::statvfs(dir).ok()?;

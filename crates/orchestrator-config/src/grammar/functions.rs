@@ -123,15 +123,12 @@ fn range(column: usize, args: Vec<Arg>) -> Result<Val, PErr> {
     let (positional, keyword) = split_args("range", args, &["start", "stop", "step"])?;
     let mut slots: [Option<(Num, usize)>; 3] = [None, None, None];
     let names = ["start", "stop", "step"];
-    let order: &[usize] = &[0, 1, 2];
     if positional.len() > 3 {
         let extra = positional.get(3).map_or(column, |(_, c)| *c);
         return err(extra, "range() takes at most 3 arguments (start, stop, step)");
     }
-    for ((val, col), slot) in positional.iter().zip(order) {
-        if let Some(s) = slots.get_mut(*slot) {
-            *s = Some((number("range", val, *col)?, *col));
-        }
+    for ((val, col), slot) in positional.iter().zip(slots.iter_mut()) {
+        *slot = Some((number("range", val, *col)?, *col));
     }
     for (name, val, col) in &keyword {
         let Some(i) = names.iter().position(|n| n == name) else {
@@ -449,9 +446,8 @@ pub(crate) fn cast_element(e: &Element, to: Cast) -> Result<Element, String> {
                     && !body.starts_with('_')
                     && !body.ends_with('_')
                     && !body.contains("__");
-                let digits: String = t.chars().filter(|c| *c != '_').collect();
-                match digits.parse::<i64>() {
-                    Ok(i) if ok => Ok(Element::Int(i)),
+                match super::value::parse_int(t) {
+                    Some(i) if ok => Ok(Element::Int(i)),
                     _ => Err(cast_error(e, "int")),
                 }
             }

@@ -84,11 +84,15 @@ fn is_digits(text: &str) -> bool {
 
 /// Hydra's INT: `[+-]? ('0' | [1-9] (_? DIGIT)*)`.
 fn is_int_literal(text: &str) -> bool {
-    let body = strip_sign(text);
-    body == "0" || (is_digits(body) && !body.starts_with('0'))
+    is_int_unsigned(strip_sign(text))
 }
 
-fn parse_int(text: &str) -> Option<i64> {
+/// Hydra's INT_UNSIGNED: `0`, or digits without a leading zero.
+fn is_int_unsigned(s: &str) -> bool {
+    s == "0" || (is_digits(s) && !s.starts_with('0'))
+}
+
+pub(crate) fn parse_int(text: &str) -> Option<i64> {
     text.replace('_', "").parse().ok()
 }
 
@@ -109,17 +113,15 @@ pub(crate) fn parse_float_literal(text: &str) -> Option<f64> {
     if exponent.is_some_and(|exp| !is_digits(strip_sign(exp))) {
         return None;
     }
-    // The integer part is Hydra's INT_UNSIGNED: `0`, or digits without a leading zero
-    // (`01.10` is two tokens to Hydra, so a string).
-    let int_unsigned = |s: &str| s == "0" || (is_digits(s) && !s.starts_with('0'));
+    // The integer part is an INT_UNSIGNED too (`01.10` is two tokens to Hydra, so a string).
     let mantissa_ok = match mantissa.split_once('.') {
         Some((int, frac)) => {
-            (int.is_empty() || int_unsigned(int))
+            (int.is_empty() || is_int_unsigned(int))
                 && (frac.is_empty() || is_digits(frac))
                 && !(int.is_empty() && frac.is_empty())
         }
         // Without a point it is a float only with an exponent (`1e3`).
-        None => exponent.is_some() && int_unsigned(mantissa),
+        None => exponent.is_some() && is_int_unsigned(mantissa),
     };
     if !mantissa_ok {
         return None;
