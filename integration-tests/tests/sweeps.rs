@@ -503,6 +503,16 @@ fn hydra_launcher_joblib_is_recorded_not_passed_to_the_app() {
     assert!(!config.contains("launcher"), "{config}");
     let hydra = std::fs::read_to_string(job.join(".hydra/hydra.yaml")).unwrap();
     assert!(hydra.contains("    - hydra.mode=MULTIRUN\n    - hydra/launcher=joblib\n"), "{hydra}");
+    // Typed again on resume, it is a Hydra setting, not a change of the sweep (and is
+    // recorded once).
+    let sweep = sb.sweep_dir();
+    let out = sb
+        .cmd()
+        .args(["-c", cfg.to_str().unwrap(), "--resume", sweep.to_str().unwrap(), "hydra/launcher=joblib"])
+        .args(["--", fixture(), "echo"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Another launcher is not something this tool can be.
     let out =
         sb.cmd().args(["-m", "hydra/launcher=submitit_slurm", "task=1", "--", fixture(), "echo"]).output().unwrap();

@@ -363,9 +363,10 @@ fn read_earlier(dir: &Path, base_dir: &Path) -> Result<Earlier, SetupError> {
     Ok(Earlier { dir: dir.to_path_buf(), hydra, task, subdir, records, lock })
 }
 
-/// Whether an override (as typed) sets a `hydra.*` key rather than the app's config.
+/// Whether an override (as typed) is Hydra's own (a `hydra.*` key, or a `hydra/…` group
+/// choice) rather than the app's config.
 fn is_hydra(o: &Override) -> bool {
-    o.key == "hydra" || o.key.starts_with("hydra.")
+    o.key == "hydra" || o.key.starts_with("hydra.") || o.key.starts_with("hydra/")
 }
 
 impl PreparedSweep {
@@ -419,7 +420,10 @@ impl PreparedSweep {
                         "`{text}`: orchestrator is a joblib launcher, it cannot run jobs through `{value}`\n  = help: drop it, or use hydra/launcher=joblib"
                     )));
                 }
-                hydra_groups.push(text.clone());
+                // Given again on resume, it is the sweep's already.
+                if !hydra_groups.contains(text) {
+                    hydra_groups.push(text.clone());
+                }
                 continue;
             }
             if is_hydra(&o) {
