@@ -45,7 +45,7 @@ command -v parallel >/dev/null || apt_install parallel
 /usr/bin/time --version 2>&1 | grep -q GNU || apt_install time
 parallel --version 2>/dev/null | grep -q 'GNU parallel' || die "'parallel' is not GNU parallel"
 ensure_orchestrator
-cc -O2 -o "$WORK/floor" "$REPO/bench/floor.c"
+cc -O2 -pthread -o "$WORK/floor" "$REPO/bench/floor.c"
 seq "$N" >"$WORK/input"
 
 # check_bytes TOOL FILE...: the files hold N x SIZE bytes in all.

@@ -7,6 +7,11 @@
 #                 jobs (`true task=N`, Hydra style) and xargs -n1 (`true N`) run. It matters:
 #                 coreutils' `true` with exactly one argument sets up the locale to check for
 #                 --help/--version, about 0.2 ms of CPU per process here.
+#   floor_threads bench/floor.c -T: one thread per slot, each starting a child and waiting
+#                 for that one. Faster than `floor` on 2 cores (the kernel wakes the
+#                 waiting thread on the CPU its child just left, which starts the next child
+#                 there at once): the lowest any launcher can go here. Information only;
+#                 the ratios are to `floor` and `floor_arg`.
 #   xargs         xargs -P2 -n1 true          (input: seq N)
 #   parallel      parallel --will-cite -j2 true   (input: seq N)
 #   orchestrator  orchestrator run --multirun task=1..N ... -- true, writing its full
@@ -88,6 +93,10 @@ bench_floor_arg() {
     run_timed floor_arg "$WORK/floor" -n "$N" -P "$SLOTS" -- true task=1 </dev/null
 }
 
+bench_floor_threads() {
+    run_timed floor_threads "$WORK/floor" -T -n "$N" -P "$SLOTS" -- true </dev/null
+}
+
 bench_xargs() {
     run_timed xargs xargs -P "$SLOTS" -n 1 true <"$WORK/input"
 }
@@ -132,7 +141,7 @@ bench_orchestrator_tmpfs() {
 
 load_before=$(cut -d ' ' -f 1-3 /proc/loadavg) # before any build of ours
 ensure_peers
-tools=(floor floor_arg xargs rust_parallel parallel)
+tools=(floor floor_arg floor_threads xargs rust_parallel parallel)
 if [[ $SKIP_ORCH == 1 ]]; then
     log "SKIP_ORCH=1: orchestrator left out"
 else
@@ -147,7 +156,7 @@ else
     fi
 fi
 
-cc -O2 -o "$WORK/floor" "$REPO/bench/floor.c"
+cc -O2 -pthread -o "$WORK/floor" "$REPO/bench/floor.c"
 seq "$N" >"$WORK/input"
 
 run_reps "${tools[@]}"
@@ -155,6 +164,7 @@ run_reps "${tools[@]}"
 declare -A command_of=(
     [floor]="floor -n $N -P $SLOTS -- true"
     [floor_arg]="floor -n $N -P $SLOTS -- true task=1"
+    [floor_threads]="floor -T -n $N -P $SLOTS -- true"
     [xargs]="seq $N \\| xargs -P$SLOTS -n1 true"
     [rust_parallel]="seq $N \\| rust-parallel -j$SLOTS true"
     [parallel]="seq $N \\| parallel --will-cite -j$SLOTS true"
@@ -168,7 +178,7 @@ read -r floor_arg_median _ <<<"$(stats floor_arg)"
 version_of() {
     local v
     case $1 in
-    floor | floor_arg) v="cc $(cc -dumpversion)" ;;
+    floor | floor_arg | floor_threads) v="cc $(cc -dumpversion)" ;;
     xargs) v=$(xargs --version | awk 'NR == 1 { print "findutils " $NF }') ;;
     parallel) v=$(parallel --version | awk 'NR == 1 { print $NF }') ;;
     rust_parallel) v=$("$RUST_PARALLEL" --version | awk 'NR == 1 { print $NF }') ;;
