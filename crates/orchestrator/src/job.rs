@@ -35,6 +35,7 @@ pub struct JobSpec {
     /// Named byte values for the job (library use). Each reaches the child as a file listed
     /// in `ORCHESTRATOR_ARGS`: the shared spill (one file per distinct content) when bigger
     /// than the runner's `max_nbytes`, else a file of the job's own, removed when it ends.
+    /// Names must differ within a job; a job with two of one name does not start.
     pub payloads: Vec<Payload>,
     /// Files the job's own process writes, in order, between its start and the program's
     /// (a sweep's `.hydra/*.yaml`). Each file's directory is made first if it is missing

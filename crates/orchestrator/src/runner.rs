@@ -710,6 +710,10 @@ fn place_payloads(spec: &JobSpec, ctx: &Ctx) -> Result<Placed, crate::spill::Spi
     if spec.payloads.is_empty() {
         return Ok(Placed::default());
     }
+    let mut names = HashSet::new();
+    if let Some(p) = spec.payloads.iter().find(|p| !names.insert(p.name.as_str())) {
+        return Err(SpillError::DuplicateName(p.name.clone()));
+    }
     let store = ctx.spill.get_or_init(|| match &ctx.opts.spill {
         Some(s) => Ok(s.clone()),
         None => {

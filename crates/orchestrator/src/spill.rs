@@ -34,6 +34,10 @@ pub enum SpillError {
         /// Bytes free.
         free: u64,
     },
+    /// Two payloads of one job have the same name: `ORCHESTRATOR_ARGS` maps names to files,
+    /// so one of them would never reach the job.
+    #[error("two payloads are named {0:?}: each payload of a job needs a name of its own")]
+    DuplicateName(String),
     /// Reading the source or writing the spill file failed.
     #[error("cannot spill to {path}: {source}")]
     Io {

@@ -390,6 +390,31 @@ async fn payloads_with_similar_names_get_files_of_their_own() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn two_payloads_of_one_name_are_refused_before_the_job_starts() {
+    // ORCHESTRATOR_ARGS maps names to files: the second would hide the first.
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = RunOptions::new(1);
+    opts.temp_folder = Some(dir.path().join("tf"));
+    let marker = dir.path().join("ran");
+    let mut job = sh(0, dir.path(), &format!("touch {}", marker.display()));
+    job.payloads = vec![
+        orchestrator::Payload::new("data", b"first".to_vec()),
+        orchestrator::Payload::new("data", b"second".to_vec()),
+    ];
+    let (_tx, rx) = watch::channel(Stop::None);
+    let (summary, _) = run_all(opts, vec![job], rx).await;
+    assert_eq!(summary.failures.len(), 1);
+    match &summary.failures[0].outcome {
+        Outcome::SpawnFailed { error } => assert!(error.contains(r#"two payloads are named "data""#), "{error}"),
+        other => panic!("expected SpawnFailed, got {other:?}"),
+    }
+    assert!(!marker.exists(), "the job must not have run");
+    // Nothing was placed: no payload file is left in temp_folder.
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("tf")).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(left.iter().all(|e| e.path().is_dir()), "{left:?}");
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn limits_too_large_for_memory_or_the_clock_mean_no_limit() {
     // n_jobs of usize::MAX makes no slot list; a timeout or grace of Duration::MAX is never.
     let dir = tempfile::tempdir().unwrap();
