@@ -173,6 +173,23 @@ pub fn load_config_str(text: &str, origin: &Path) -> Result<LoadedConfig, Config
             err.with_help("the config is YAML: `key: value` pairs, nested by indentation with spaces")
         })?
     };
+    let mut root = root;
+    if let Err((path, found)) = apply_merge_keys(&mut root, &mut Vec::new()) {
+        let dotted = path.join(".");
+        let (line, column) = match locate_key(text, &path.iter().map(String::as_str).collect::<Vec<_>>()) {
+            Some((line, column, _)) => (Some(line), Some(column)),
+            None => (None, None),
+        };
+        let mut err = ConfigError::new(
+            ConfigErrorKind::InvalidValue,
+            format!("`<<` in `{dotted}` merges {found}: a merge key takes a mapping or a list of mappings"),
+            Origin::File { path: origin.to_path_buf(), line, column },
+        );
+        if let Some(l) = line {
+            err.set_snippet(text.lines().nth(l - 1).map(str::to_string));
+        }
+        return Err(err.with_help("write `<<: *anchor` with an anchor on a mapping, or `<<: [*a, *b]`"));
+    }
     let root = match root {
         Value::Null => Value::Mapping(Mapping::new()),
         Value::Mapping(m) => Value::Mapping(m),
@@ -188,6 +205,57 @@ pub fn load_config_str(text: &str, origin: &Path) -> Result<LoadedConfig, Config
     let loaded = LoadedConfig { path: origin.to_path_buf(), text: text.to_string(), root };
     loaded.resolve(&HashMap::new())?;
     Ok(loaded)
+}
+
+/// Apply YAML merge keys (`<<: *base`, `<<: [*a, *b]`) as PyYAML (6.0.3 and later) does for
+/// Hydra: the merged pairs come first, in the listed order, an earlier mapping winning a key
+/// two of them hold, and the mapping's own keys override them in place. Nested merges are applied first. On a `<<` whose value is
+/// not a mapping or a list of mappings, the path of the mapping holding it and what it held.
+fn apply_merge_keys(value: &mut Value, path: &mut Vec<String>) -> Result<(), (Vec<String>, &'static str)> {
+    match value {
+        Value::Mapping(map) => {
+            for (k, v) in map.iter_mut() {
+                path.push(k.as_str().map_or_else(|| crate::launcher::python_str(k), str::to_string));
+                apply_merge_keys(v, path)?;
+                path.pop();
+            }
+            let Some(merge) = map.remove("<<") else { return Ok(()) };
+            let sources = match merge {
+                Value::Mapping(m) => vec![m],
+                Value::Sequence(items) => {
+                    let mut maps = Vec::with_capacity(items.len());
+                    for item in items {
+                        match item {
+                            Value::Mapping(m) => maps.push(m),
+                            other => return Err((path.clone(), kind_name(&other))),
+                        }
+                    }
+                    maps
+                }
+                other => return Err((path.clone(), kind_name(&other))),
+            };
+            let mut merged = Mapping::new();
+            for (k, v) in sources.into_iter().flatten() {
+                if !merged.contains_key(&k) {
+                    merged.insert(k, v);
+                }
+            }
+            for (k, v) in std::mem::take(map) {
+                merged.insert(k, v);
+            }
+            *map = merged;
+        }
+        Value::Sequence(items) => {
+            for (i, v) in items.iter_mut().enumerate() {
+                path.push(i.to_string());
+                apply_merge_keys(v, path)?;
+                path.pop();
+            }
+        }
+        Value::Tagged(t) => apply_merge_keys(&mut t.value, path)?,
+        _ => {}
+    }
+    Ok(())
 }
 
 fn strip_location(msg: &str) -> String {

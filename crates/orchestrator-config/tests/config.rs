@@ -148,3 +148,71 @@ fn a_float_max_nbytes_is_cut_to_its_integer_part_as_hydra_does() {
     let e = load_config_str("hydra:\n  launcher:\n    max_nbytes: -1.5\n", Path::new("t.yaml")).unwrap_err();
     assert!(e.to_string().contains("invalid max_nbytes"), "{e}");
 }
+
+#[test]
+fn merge_keys_are_applied_as_hydra_s_pyyaml_does() {
+    // The expected text is what `OmegaConf.to_yaml(OmegaConf.load(...))` printed for this
+    // file (hydra-core 1.3, PyYAML 6.0.4): merged pairs first, in the listed order, an
+    // earlier mapping winning; the mapping's own keys override in place.
+    let text = "\
+a: &a
+  x: 1
+  y: 2
+b: &b
+  y: 20
+  z: 30
+one:
+  w: 0
+  <<: *a
+  x: 10
+two:
+  <<: [*a, *b]
+  q: 5
+nested:
+  inner:
+    <<: *b
+    z: 31
+lst:
+  - <<: *a
+    k: 1
+";
+    let r = load_config_str(text, Path::new("m.yaml")).unwrap().resolve(&Default::default()).unwrap();
+    let shown = serde_yaml::to_string(&r.app).unwrap();
+    let expected = "\
+a:
+  x: 1
+  y: 2
+b:
+  y: 20
+  z: 30
+one:
+  x: 10
+  y: 2
+  w: 0
+two:
+  x: 1
+  y: 2
+  z: 30
+  q: 5
+nested:
+  inner:
+    y: 20
+    z: 31
+lst:
+- x: 1
+  y: 2
+  k: 1
+";
+    assert_eq!(shown, expected);
+}
+
+#[test]
+fn a_merge_key_on_a_scalar_is_a_config_error_with_its_place() {
+    let text = "base: 1\nderived:\n  <<: 3\n  y: 2\n";
+    let e = load_config_str(text, Path::new("m.yaml")).unwrap_err();
+    assert_eq!(e.kind(), ConfigErrorKind::InvalidValue);
+    assert!(e.to_string().contains("`<<` in `derived` merges an integer"), "{e}");
+    assert_eq!(e.origin(), &Origin::File { path: "m.yaml".into(), line: Some(2), column: Some(1) });
+    let e = load_config_str("d:\n  <<: [{a: 1}, 2]\n", Path::new("m.yaml")).unwrap_err();
+    assert!(e.to_string().contains("`<<` in `d` merges an integer"), "{e}");
+}
