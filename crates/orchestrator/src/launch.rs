@@ -681,8 +681,10 @@ fn yaml_scalar(s: &str) -> Option<std::borrow::Cow<'_, str>> {
 
 /// Whether a YAML 1.1 reader (PyYAML, so OmegaConf and every Hydra app) would read `s`,
 /// written plain, as something other than this string: `yes`/`no`/`on`/`off`, `1_000`,
-/// `12:30` (sexagesimal), dates. serde_yaml follows YAML 1.2 and writes those plain; Hydra's
-/// own files quote them. (What YAML 1.2 misreads too, serde_yaml quotes already.)
+/// `12:30` (sexagesimal), dates; or whether OmegaConf's writer quotes it anyway (`y`/`n`, and
+/// the words Python's `float()` takes: `inf`, `nan`). serde_yaml follows YAML 1.2 and writes
+/// those plain; Hydra's own files quote them. (What YAML 1.2 misreads too, serde_yaml quotes
+/// already.)
 fn yaml11_misreads(s: &str) -> bool {
     // Single quotes cannot hold line breaks or control characters: serde_yaml's escapes do,
     // and a quoted or block string reads as a string in YAML 1.1 as well.
@@ -691,6 +693,10 @@ fn yaml11_misreads(s: &str) -> bool {
     }
     // PyYAML's `value` and `merge` tags.
     if s == "=" || s == "<<" {
+        return true;
+    }
+    // OmegaConf's YAML_BOOL_TYPES holds these four besides PyYAML's booleans.
+    if matches!(s, "y" | "Y" | "n" | "N") {
         return true;
     }
     const BOOLS: [&str; 6] = ["yes", "no", "on", "off", "true", "false"];
@@ -702,9 +708,18 @@ fn yaml11_misreads(s: &str) -> bool {
     }
     let t = s.strip_prefix(['+', '-']).unwrap_or(s);
     let b = t.as_bytes();
+    // OmegaConf quotes what `float()` reads: `inf`, `-Infinity`, `NaN` in any case.
+    if ["inf", "infinity", "nan"].iter().any(|w| t.eq_ignore_ascii_case(w)) {
+        return true;
+    }
     let number_like = |x: &str| !x.is_empty() && x.bytes().all(|c| c.is_ascii_alphanumeric() || b"_.:".contains(&c));
-    // Numbers with `_` or `:` (1_000, 0x_1F, 1:20, 1_0.5): only YAML 1.1 reads them as numbers.
-    if b.first().is_some_and(u8::is_ascii_digit) && (t.contains('_') || t.contains(':')) && number_like(t) {
+    // Numbers with `_` or `:` (1_000, 0x_1F, 1:20, 1_0.5, .5_0): only YAML 1.1 reads them as
+    // numbers.
+    let digit_first = match b {
+        [b'.', d, ..] | [d, ..] => d.is_ascii_digit(),
+        [] => false,
+    };
+    if digit_first && (t.contains('_') || t.contains(':')) && number_like(t) {
         return true;
     }
     // Timestamps: 2001-12-14, and anything longer that starts like one.
@@ -1111,11 +1126,31 @@ mod tests {
 
     #[test]
     fn strings_a_yaml_1_1_reader_would_misread_are_quoted() {
-        for s in ["yes", "No", "ON", "off", "1_000", "12:30", "-1:20", "0x_1F", "2001-12-14", "2001-1-2 10:00"] {
+        // As `OmegaConf.to_yaml` writes them (hydra-core 1.3, omegaconf 2.3.1).
+        for s in [
+            "yes",
+            "No",
+            "ON",
+            "off",
+            "1_000",
+            "12:30",
+            "-1:20",
+            "0x_1F",
+            "2001-12-14",
+            "2001-1-2 10:00",
+            "y",
+            "N",
+            "inf",
+            "-Infinity",
+            "+nan",
+            "NaN",
+            "iNf",
+            ".5_0",
+        ] {
             assert!(yaml11_misreads(s), "{s}");
             assert_eq!(yaml_scalar(s).as_deref(), Some(single_quoted(s).as_str()), "{s}");
         }
-        for s in ["y", "n", "yEs", "task", "a=1", "12-30", "1.5", "2001-12", "v1_000", "x:1", ""] {
+        for s in ["yEs", "task", "a=1", "12-30", "1.5", "2001-12", "v1_000", "x:1", "", "_1", "nana", "infinit", "yy"] {
             assert!(!yaml11_misreads(s), "{s}");
         }
         assert_eq!(yaml_scalar("=").as_deref(), Some("'='"), "PyYAML's value tag");
