@@ -68,7 +68,8 @@ fn three_keys_leftmost_slowest_and_argv_contract() {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     assert_eq!(env["OMP_NUM_THREADS"], (cpus / 2).max(1).to_string());
     let config = std::fs::read_to_string(sweep.join("5/.hydra/config.yaml")).unwrap();
-    assert_eq!(config, "db:\n  driver: sqlite\na: y\nb: 1\n");
+    // `y` quoted, as OmegaConf writes it.
+    assert_eq!(config, "db:\n  driver: sqlite\na: 'y'\nb: 1\n");
 }
 
 #[test]
@@ -470,7 +471,8 @@ fn override_dirname_leaves_out_exclude_keys_and_uses_the_configured_separators()
             "{FAST}  sweep:\n    subdir: ${{hydra.job.override_dirname}}\n  job:\n    config:\n      override_dirname:\n        exclude_keys: [seed]\n        item_sep: '__'\n"
         ),
     );
-    let args = ["-c", cfg.to_str().unwrap(), "-m", "--quiet", "task=1,2", "seed=7", "+lr=0.1"];
+    // `seed` leaves out `+seed=7` too: Hydra matches the key without its prefix.
+    let args = ["-c", cfg.to_str().unwrap(), "-m", "--quiet", "task=1,2", "+seed=7", "+lr=0.1"];
     sb.cmd().args(args).args(["--", fixture(), "echo"]).assert().success();
     let sweep = sb.sweep_dir();
     let mut dirs: Vec<String> = std::fs::read_dir(&sweep)
@@ -484,7 +486,7 @@ fn override_dirname_leaves_out_exclude_keys_and_uses_the_configured_separators()
     let hydra = std::fs::read_to_string(sweep.join("+lr=0.1__task=1/.hydra/hydra.yaml")).unwrap();
     assert!(
         hydra.contains(
-            "      override_dirname:\n        kv_sep: =\n        item_sep: __\n        exclude_keys:\n        - seed\n"
+            "      override_dirname:\n        kv_sep: '='\n        item_sep: __\n        exclude_keys:\n        - seed\n"
         ),
         "{hydra}"
     );

@@ -72,12 +72,13 @@ pub struct ResolvedOverride {
 }
 
 impl ResolvedOverride {
-    /// Hydra's override string: `task=1`, `+extra=1`, `++lr=0.5`, `~name`, `name='a,b'`.
+    /// Hydra's override string, as its sweeper writes it for a job: `task=1`, `+extra=1`,
+    /// `++lr=0.5`, `flag=True`, `name='a,b'`, and `~name=null` for a delete without value.
     pub fn display(&self) -> String {
         let prefix = self.kind.prefix();
         match &self.value {
             Some(v) => format!("{prefix}{}={}", self.key, v.to_override_string()),
-            None => format!("{prefix}{}", self.key),
+            None => format!("{prefix}{}=null", self.key),
         }
     }
 }
@@ -533,14 +534,14 @@ mod tests {
         assert_eq!(
             lines(&p),
             [
-                "#0 : a=1 fixed=x b=x +c=true",
-                "#1 : a=1 fixed=x b=x +c=false",
-                "#2 : a=1 fixed=x b=y +c=true",
-                "#3 : a=1 fixed=x b=y +c=false",
-                "#4 : a=2 fixed=x b=x +c=true",
-                "#5 : a=2 fixed=x b=x +c=false",
-                "#6 : a=2 fixed=x b=y +c=true",
-                "#7 : a=2 fixed=x b=y +c=false",
+                "#0 : a=1 fixed=x b=x +c=True",
+                "#1 : a=1 fixed=x b=x +c=False",
+                "#2 : a=1 fixed=x b=y +c=True",
+                "#3 : a=1 fixed=x b=y +c=False",
+                "#4 : a=2 fixed=x b=x +c=True",
+                "#5 : a=2 fixed=x b=x +c=False",
+                "#6 : a=2 fixed=x b=y +c=True",
+                "#7 : a=2 fixed=x b=y +c=False",
             ]
         );
     }
@@ -549,7 +550,7 @@ mod tests {
     fn no_sweep_is_one_job() {
         let p = plan(&["a=1", "~b", "++c=[1,2]"]);
         assert_eq!((p.len(), p.is_sweep(), p.is_empty()), (1, false, false));
-        assert_eq!(lines(&p), ["#0 : a=1 ~b ++c=[1,2]"]);
+        assert_eq!(lines(&p), ["#0 : a=1 ~b=null ++c=[1,2]"]);
         let p = plan(&[]);
         assert_eq!(p.len(), 1);
         assert_eq!(p.job(0).map(|j| j.items.len()), Some(0));
@@ -559,9 +560,12 @@ mod tests {
 
     #[test]
     fn duplicate_key_keeps_first_position() {
-        let p = plan(&["task=1,2", "lr=0.1", "task=7,8,9", "~task"]);
-        assert_eq!(lines(&p), ["#0 : task=7 lr=0.1 ~task", "#1 : task=8 lr=0.1 ~task", "#2 : task=9 lr=0.1 ~task",]);
-        assert_eq!(p.sweep_overrides(), ["task=1,2", "lr=0.1", "task=7,8,9", "~task"]);
+        let p = plan(&["task=1,2", "lr=0.1", "task=7,8,9", "~task=null"]);
+        assert_eq!(
+            lines(&p),
+            ["#0 : task=7 lr=0.1 ~task=null", "#1 : task=8 lr=0.1 ~task=null", "#2 : task=9 lr=0.1 ~task=null",]
+        );
+        assert_eq!(p.sweep_overrides(), ["task=1,2", "lr=0.1", "task=7,8,9", "~task=null"]);
     }
 
     #[test]
@@ -619,7 +623,7 @@ mod tests {
         assert_eq!(r(OverrideKind::Change, Some(Element::Int(1))).display(), "k=1");
         assert_eq!(r(OverrideKind::Add, Some(Element::Int(1))).display(), "+k=1");
         assert_eq!(r(OverrideKind::ForceAdd, Some(Element::Float(0.5))).display(), "++k=0.5");
-        assert_eq!(r(OverrideKind::Delete, None).display(), "~k");
+        assert_eq!(r(OverrideKind::Delete, None).display(), "~k=null");
         assert_eq!(r(OverrideKind::Delete, Some(Element::Int(2))).display(), "~k=2");
         let quoted = Element::Str { value: "a,b".into(), quote: Some('\'') };
         assert_eq!(r(OverrideKind::Change, Some(quoted)).display(), "k='a,b'");

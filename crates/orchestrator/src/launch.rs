@@ -387,8 +387,8 @@ impl SweepLayout {
         let rendered = match self.hydra_text.get() {
             Some(r) => r,
             None => {
-                let shared = serde_yaml::to_string(&hydra_doc(self.hydra_static()))?;
-                let own = serde_yaml::to_string(&hydra_doc(self.hydra_keys_of(PerJob::markers())))?;
+                let shared = yaml_general(&hydra_doc(self.hydra_static()))?;
+                let own = yaml_general(&hydra_doc(self.hydra_keys_of(PerJob::markers())))?;
                 self.hydra_text.get_or_init(|| HydraText { shared, own: PerJobTemplate::parse(&own) })
             }
         };
@@ -399,7 +399,7 @@ impl SweepLayout {
             Some(own) => text.push_str(&own),
             None => {
                 // A value the template cannot take (a multi-line string, no overrides).
-                let own = serde_yaml::to_string(&hydra_doc(self.hydra_per_job(Some(job), Some(dir))))?;
+                let own = yaml_general(&hydra_doc(self.hydra_per_job(Some(job), Some(dir))))?;
                 text.push_str(own.strip_prefix("hydra:\n").unwrap_or(&own));
             }
         }
@@ -642,7 +642,7 @@ fn overrides_yaml(items: &[String]) -> Result<String, serde_yaml::Error> {
             }
             None => {
                 let list = Value::Sequence(items.iter().map(|s| Value::String(s.clone())).collect());
-                return serde_yaml::to_string(&list);
+                return yaml_general(&list);
             }
         }
     }
@@ -712,7 +712,7 @@ fn yaml11_misreads(s: &str) -> bool {
     if ["inf", "infinity", "nan"].iter().any(|w| t.eq_ignore_ascii_case(w)) {
         return true;
     }
-    let number_like = |x: &str| !x.is_empty() && x.bytes().all(|c| c.is_ascii_alphanumeric() || b"_.:".contains(&c));
+    let number_like = |x: &str| !x.is_empty() && x.bytes().all(|c| c.is_ascii_alphanumeric() || b"_.:+-".contains(&c));
     // Numbers with `_` or `:` (1_000, 0x_1F, 1:20, 1_0.5, .5_0): only YAML 1.1 reads them as
     // numbers.
     let digit_first = match b {
@@ -728,6 +728,20 @@ fn yaml11_misreads(s: &str) -> bool {
         && b[4] == b'-'
         && b[5].is_ascii_digit()
         && (b[6] == b'-' || (b[6].is_ascii_digit() && b[7] == b'-'))
+}
+
+/// A float as PyYAML (so Hydra) writes it: Python's `repr`, with `.0` put before an exponent
+/// that has no `.` (`1.0e-06`, not `1e-06`, which a YAML 1.1 reader takes for a string), and
+/// `.inf`/`.nan`.
+fn pyyaml_float(f: f64) -> String {
+    if f.is_nan() {
+        return ".nan".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { ".inf" } else { "-.inf" }.into();
+    }
+    let repr = orchestrator_config::grammar::python_float_repr(f);
+    if !repr.contains('.') && repr.contains('e') { repr.replacen('e', ".0e", 1) } else { repr }
 }
 
 fn single_quoted(s: &str) -> String {
@@ -748,6 +762,13 @@ fn yaml_general(value: &Value) -> Result<String, serde_yaml::Error> {
     fn swap(v: &Value, marks: &mut Vec<String>, stem: &str) -> Value {
         match v {
             Value::String(s) => mark(s, marks, stem),
+            Value::Number(n) if n.is_f64() => match n.as_f64() {
+                Some(f) => {
+                    marks.push(pyyaml_float(f));
+                    Value::String(format!("{stem}{}x", marks.len() - 1))
+                }
+                None => v.clone(),
+            },
             Value::Sequence(items) => Value::Sequence(items.iter().map(|i| swap(i, marks, stem)).collect()),
             Value::Mapping(m) => Value::Mapping(
                 m.iter()
@@ -766,6 +787,7 @@ fn yaml_general(value: &Value) -> Result<String, serde_yaml::Error> {
     fn any_misread(v: &Value) -> bool {
         match v {
             Value::String(s) => yaml11_misreads(s),
+            Value::Number(n) => n.as_f64().is_some_and(|f| n.is_f64() && pyyaml_float(f) != n.to_string()),
             Value::Sequence(items) => items.iter().any(any_misread),
             Value::Mapping(m) => m.iter().any(|(k, v)| any_misread(k) || any_misread(v)),
             _ => false,
@@ -823,11 +845,9 @@ pub fn override_dirname(items: &[ResolvedOverride], how: &orchestrator_config::O
     // values too.
     let mut lines: Vec<String> = items
         .iter()
-        // Hydra matches the key with its prefix (`+seed`), as its get_key_element() gives it.
-        .filter(|o| {
-            !o.key.starts_with("hydra.")
-                && !how.exclude_keys.iter().any(|k| k.strip_prefix(o.kind.prefix()) == Some(o.key.as_str()))
-        })
+        // Hydra matches the key without its prefix (`seed` leaves out `+seed=1`): its
+        // get_overrides_dirname tests `override.key_or_group`.
+        .filter(|o| !o.key.starts_with("hydra.") && !how.exclude_keys.iter().any(|k| *k == o.key))
         .map(|o| o.display())
         .collect();
     lines.sort();
@@ -1031,10 +1051,11 @@ mod tests {
         let items = &plan.job(0).unwrap().items;
         let mut how = orchestrator_config::OverrideDirname::default();
         assert_eq!(override_dirname(items, &how), "+zz=1,lr2=1,lr=1,task=2");
-        // Matched with the prefix, as Hydra's get_key_element() gives it: `zz` is not `+zz`.
-        how.exclude_keys = vec!["zz".into()];
+        // Matched without the prefix, as Hydra's `override.key_or_group` (hydra-core 1.3.8):
+        // `zz` leaves out `+zz=1`, and `+zz` matches nothing.
+        how.exclude_keys = vec!["+zz".into()];
         assert_eq!(override_dirname(items, &how), "+zz=1,lr2=1,lr=1,task=2");
-        how.exclude_keys = vec!["lr".into(), "+zz".into()];
+        how.exclude_keys = vec!["lr".into(), "zz".into()];
         how.kv_sep = ":".into();
         how.item_sep = "/".into();
         assert_eq!(override_dirname(items, &how), "lr2:1/task:2");
@@ -1089,10 +1110,10 @@ mod tests {
             let job = prepared.plan.job(n).unwrap();
             let display: Vec<String> = job.items.iter().map(|o| o.display()).collect();
             let list = Value::Sequence(display.iter().map(|s| Value::String(s.clone())).collect());
-            assert_eq!(overrides_yaml(&display).unwrap(), serde_yaml::to_string(&list).unwrap());
+            assert_eq!(overrides_yaml(&display).unwrap(), yaml_general(&list).unwrap());
             let dirs = std::iter::once(layout.abs_dir.join(n.to_string())).chain(odd_dirs.iter().map(PathBuf::from));
             for dir in dirs {
-                let whole = serde_yaml::to_string(&hydra_doc(match layout.hydra_node(Some(&job), Some(&dir)) {
+                let whole = yaml_general(&hydra_doc(match layout.hydra_node(Some(&job), Some(&dir)) {
                     Value::Mapping(m) => m,
                     _ => unreachable!(),
                 }))
@@ -1121,6 +1142,34 @@ mod tests {
         for w in words {
             let expected = yaml_general(&Value::String(w.to_string())).unwrap();
             assert_eq!(yaml_scalar(w).map(|s| format!("{s}\n")), Some(expected), "{w}");
+        }
+    }
+
+    #[test]
+    fn floats_are_written_as_pyyaml_writes_them() {
+        // What `yaml.safe_dump` writes for each (PyYAML 6.0.4): `1e-06` would read back as a
+        // string there.
+        let cases = [
+            (1e-6, "1.0e-06"),
+            (1e16, "1.0e+16"),
+            (1.5e300, "1.5e+300"),
+            (1e15, "1000000000000000.0"),
+            (0.1, "0.1"),
+            (100.0, "100.0"),
+            (-0.0, "-0.0"),
+            (f64::INFINITY, ".inf"),
+            (f64::NEG_INFINITY, "-.inf"),
+            (f64::NAN, ".nan"),
+        ];
+        for (f, text) in cases {
+            assert_eq!(pyyaml_float(f), text, "{f}");
+            let v: Value =
+                serde_yaml::from_str(&format!("lr: {f:e}\nl: [{f:e}]\n").replace("NaN", ".nan").replace("inf", ".inf"))
+                    .unwrap();
+            assert_eq!(yaml_text(&v).unwrap(), format!("lr: {text}\nl:\n- {text}\n"), "{f}");
+        }
+        for s in ["685.230_15e+03", "1_0.5e-3"] {
+            assert!(yaml11_misreads(s), "{s}");
         }
     }
 

@@ -176,7 +176,8 @@ fn simple_choice_sweeps() {
     assert_eq!(values(r#"name="x y",z\,w"#), [Element::Str { value: "x y".into(), quote: Some('"') }, s("z,w"),]);
     assert_eq!(shown("+extra=1,2"), ["+extra=1", "+extra=2"]);
     assert_eq!(shown("++lr=0.5,0.6"), ["++lr=0.5", "++lr=0.6"]);
-    assert_eq!(shown("~name"), ["~name"]);
+    // As Hydra's sweeper writes a delete without value.
+    assert_eq!(shown("~name"), ["~name=null"]);
     assert_eq!(shown("task=choice(1,2)"), ["task=1", "task=2"]);
 }
 
@@ -246,7 +247,7 @@ fn sort_and_shuffle() {
     assert_eq!(shown("task=sort(range(1,4),reverse=true)"), ["task=3", "task=2", "task=1"]);
     assert_eq!(shown("task=sort(5..1)"), ["task=1", "task=2", "task=3", "task=4", "task=5"]);
     assert_eq!(shown("x=sort(b,a,c)"), ["x=a", "x=b", "x=c"]);
-    assert_eq!(shown("x=sort(2.5,1,true)"), ["x=1", "x=true", "x=2.5"]);
+    assert_eq!(shown("x=sort(2.5,1,true)"), ["x=1", "x=True", "x=2.5"]);
     assert_eq!(elem("x=sort([3,1,2])"), elem("x=[1,2,3]"));
     assert_eq!(shown("x=sort(choice(2,1))"), ["x=1", "x=2"]);
     let mut got: Vec<String> = shown("task=shuffle(1,2,3,4,5)");
@@ -301,7 +302,7 @@ fn casts() {
     assert_eq!(values("x=str(range(1,3))")[0].to_yaml(), "1");
     // Several values are a choice of them, each cast; `value=` is the keyword form.
     assert_eq!(shown("x=str(1,2)"), ["x='1'", "x='2'"]);
-    assert_eq!(shown("x=bool(true,0)"), ["x=true", "x=false"]);
+    assert_eq!(shown("x=bool(true,0)"), ["x=True", "x=False"]);
     assert_eq!(shown("x=float(1,2)"), ["x=1.0", "x=2.0"]);
     assert_eq!(elem("x=int(value=3.5)"), Element::Int(3));
     assert!(parse_override("x=int(1,value=2)").is_err(), "both forms at once");
@@ -339,7 +340,8 @@ fn display_strings() {
         ("x=1e-5", "x=1e-05"),
         ("x=1E3", "x=1000.0"),
         ("x=0.0", "x=0.0"),
-        ("x=TRUE", "x=true"),
+        ("x=TRUE", "x=True"),
+        ("x=[true,False]", "x=[True,False]"),
         ("x=NULL", "x=null"),
         ("x=[a, b]", "x=[a,b]"),
         ("x={a: 1, b: x y}", r"x={a:1,b:x\ y}"),

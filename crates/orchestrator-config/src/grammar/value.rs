@@ -262,7 +262,9 @@ impl Element {
     fn render(&self, top_level: bool) -> String {
         match self {
             Element::Null => "null".into(),
-            Element::Bool(b) => b.to_string(),
+            // Python's str(), as Hydra's sweeper writes every value: `True`, `1e-05`.
+            Element::Bool(true) => "True".into(),
+            Element::Bool(false) => "False".into(),
             Element::Int(i) => i.to_string(),
             Element::Float(f) => python_float_repr(*f),
             Element::Str { value, quote: Some(q) } => with_quotes(value, *q),
