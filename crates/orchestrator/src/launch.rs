@@ -847,7 +847,7 @@ pub fn override_dirname(items: &[ResolvedOverride], how: &orchestrator_config::O
         .iter()
         // Hydra matches the key without its prefix (`seed` leaves out `+seed=1`): its
         // get_overrides_dirname tests `override.key_or_group`.
-        .filter(|o| !o.key.starts_with("hydra.") && !how.exclude_keys.iter().any(|k| *k == o.key))
+        .filter(|o| !o.key.starts_with("hydra.") && !how.exclude_keys.contains(&o.key))
         .map(|o| o.display())
         .collect();
     lines.sort();
