@@ -504,7 +504,8 @@ fn hydra_launcher_joblib_is_recorded_not_passed_to_the_app() {
     let config = std::fs::read_to_string(job.join(".hydra/config.yaml")).unwrap();
     assert!(!config.contains("launcher"), "{config}");
     let hydra = std::fs::read_to_string(job.join(".hydra/hydra.yaml")).unwrap();
-    assert!(hydra.contains("    - hydra.mode=MULTIRUN\n    - hydra/launcher=joblib\n"), "{hydra}");
+    // In the command line's order, then `hydra.mode=`, as hydra-core 1.3.8 lists them.
+    assert!(hydra.contains("    - hydra/launcher=joblib\n    - hydra.mode=MULTIRUN\n"), "{hydra}");
     // Typed again on resume, it is a Hydra setting, not a change of the sweep (and is
     // recorded once).
     let sweep = sb.sweep_dir();
@@ -541,4 +542,43 @@ fn resume_refuses_a_config_that_would_move_the_jobs_dirs() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("its journal has job #0 in") && stderr.contains("puts it in `task-1`"), "{stderr}");
     assert!(!dir.join("task-2").exists());
+}
+
+#[test]
+fn multirun_yaml_holds_the_config_with_the_fixed_overrides_and_the_sweep_as_hydra_writes_it() {
+    // What hydra-core 1.3.8 writes for the same config and overrides: the app config with the
+    // overrides that are not sweeps applied, the sweeper's params, override_dirname sorted
+    // and without exclude_keys, `hydra.mode=` after the command line's hydra overrides.
+    let sb = Sandbox::new();
+    let cfg = sb.write(
+        "c.yaml",
+        &format!(
+            "a:\n  b: 0\n  c: 5\nx: {{}}\nz: 9\n{FAST}  sweeper:\n    params:\n      q: 1,2\n  job:\n    config:\n      override_dirname:\n        exclude_keys: [seed]\n"
+        ),
+    );
+    let args = ["-c", cfg.to_str().unwrap(), "-m", "--quiet", "a.b=1,2", "+x.y=2", "++z=3", "~a.c", "seed=1"];
+    sb.cmd().args(args).args(["hydra.sweep.dir=out", "--", fixture(), "echo"]).assert().success();
+    let multirun: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(sb.path().join("out/multirun.yaml")).unwrap()).unwrap();
+    let app: serde_yaml::Value = serde_yaml::from_str("a: {b: 0}\nx: {y: 2}\nz: 3\nseed: 1\n").unwrap();
+    for key in ["a", "x", "z", "seed"] {
+        assert_eq!(multirun[key], app[key], "{key}");
+    }
+    assert_eq!(multirun["hydra"]["sweeper"]["params"]["q"], "1,2");
+    assert_eq!(multirun["hydra"]["job"]["override_dirname"], "++z=3,+x.y=2,a.b=1,2,~a.c");
+    let hydra_overrides: Vec<String> = serde_yaml::from_value(multirun["hydra"]["overrides"]["hydra"].clone()).unwrap();
+    assert_eq!(hydra_overrides, ["hydra.sweep.dir=out", "hydra.mode=MULTIRUN"]);
+    // A second sweep into the same dir gets `out_1`, and its files say so.
+    sb.cmd()
+        .args(["-c", cfg.to_str().unwrap(), "-m", "--quiet", "a.b=3", "hydra.sweep.dir=out"])
+        .args(["--", fixture(), "echo"])
+        .assert()
+        .success();
+    let again: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(sb.path().join("out_1/multirun.yaml")).unwrap()).unwrap();
+    assert_eq!(again["hydra"]["sweep"]["dir"], "out_1");
+    let job: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(sb.path().join("out_1/0/.hydra/hydra.yaml")).unwrap()).unwrap();
+    assert_eq!(job["hydra"]["sweep"]["dir"], "out_1");
+    assert_eq!(job["hydra"]["runtime"]["output_dir"], sb.path().join("out_1/0").to_str().unwrap());
 }

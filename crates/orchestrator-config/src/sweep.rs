@@ -314,6 +314,17 @@ impl SweepPlan {
         (0..self.len).filter_map(move |n| self.job(n))
     }
 
+    /// The overrides that are not sweeps (one value for every job), in order.
+    pub fn fixed(&self) -> Vec<ResolvedOverride> {
+        self.entries
+            .iter()
+            .filter_map(|e| match &e.slot {
+                Slot::Fixed(v) => Some(ResolvedOverride { kind: e.kind, key: e.key.clone(), value: v.clone() }),
+                Slot::Swept { .. } => None,
+            })
+            .collect()
+    }
+
     /// Every override as the user wrote it, in command-line order (for `multirun.yaml`).
     pub fn sweep_overrides(&self) -> Vec<String> {
         self.inputs.clone()

@@ -79,6 +79,8 @@ pub struct SweepLayout {
     pub hydra_overrides: Vec<String>,
     /// The sweep's overrides as written (for `multirun.yaml`).
     pub sweep_overrides: Vec<String>,
+    /// Its overrides that are not sweeps, applied to the app config in `multirun.yaml`.
+    pub fixed: Vec<ResolvedOverride>,
     /// `false` for a single run (no `--multirun`): the job runs in the sweep dir itself.
     pub multirun: bool,
     /// Start time, for `${now:...}`.
@@ -165,14 +167,21 @@ impl SweepLayout {
             let mut name = self.dir.file_name().map(|f| f.to_os_string()).unwrap_or_default();
             name.push(&suffix);
             self.dir = self.dir.with_file_name(name);
+            // The files say where this sweep is, not the taken dir its template named.
+            self.resolved.hydra.sweep_dir = self.dir.display().to_string();
         }
         self.abs_dir = candidate;
         let multirun = self.abs_dir.join(if self.multirun { "multirun.yaml" } else { ".hydra/multirun.yaml" });
         if !self.multirun {
             std::fs::create_dir_all(self.abs_dir.join(".hydra")).map_err(io_err(&self.abs_dir))?;
         }
-        let mut root = match &self.resolved.app {
-            Value::Mapping(m) => m.clone(),
+        // Hydra's multirun.yaml holds the app config with the overrides that are not sweeps.
+        let app = self.compose(&JobOverrides { num: 0, items: self.fixed.clone() }).unwrap_or_else(|e| {
+            tracing::debug!("multirun.yaml keeps the config without its fixed overrides: {e}");
+            self.resolved.app.clone()
+        });
+        let mut root = match app {
+            Value::Mapping(m) => m,
             _ => Mapping::new(),
         };
         let hydra = self.hydra_node(None, None);
@@ -421,7 +430,8 @@ impl SweepLayout {
         let mut sweeper = Mapping::new();
         sweeper.insert("_target_".into(), "hydra._internal.core_plugins.basic_sweeper.BasicSweeper".into());
         sweeper.insert("max_batch_size".into(), Value::Null);
-        sweeper.insert("params".into(), Value::Null);
+        // As the config gives them (Hydra records them even though its sweeper applied them).
+        sweeper.insert("params".into(), lookup(&r.root, "hydra.sweeper.params").unwrap_or(Value::Null));
         m.insert("sweeper".into(), Value::Mapping(sweeper));
         m.insert("mode".into(), if self.multirun { "MULTIRUN" } else { "RUN" }.into());
         m.insert("output_subdir".into(), ".hydra".into());
@@ -438,7 +448,7 @@ impl SweepLayout {
             },
             override_dirname: match job {
                 Some(j) => override_dirname(&j.items, &self.resolved.hydra.override_dirname),
-                None => self.sweep_overrides.join(","),
+                None => typed_override_dirname(&self.sweep_overrides, &self.resolved.hydra.override_dirname),
             }
             .into(),
             id: job.map(|j| Value::String(self.job_id(j.num))).unwrap_or_else(unknown),
@@ -452,9 +462,9 @@ impl SweepLayout {
         let r = &self.resolved;
         let mut m = Mapping::new();
         let mut overrides = Mapping::new();
-        let mut hydra_list =
-            vec![Value::String(format!("hydra.mode={}", if self.multirun { "MULTIRUN" } else { "RUN" }))];
-        hydra_list.extend(self.hydra_overrides.iter().map(|s| Value::String(s.clone())));
+        // Hydra adds `hydra.mode=` after the command line's own.
+        let mut hydra_list: Vec<Value> = self.hydra_overrides.iter().map(|s| Value::String(s.clone())).collect();
+        hydra_list.push(Value::String(format!("hydra.mode={}", if self.multirun { "MULTIRUN" } else { "RUN" })));
         overrides.insert("hydra".into(), Value::Sequence(hydra_list));
         overrides.insert("task".into(), Value::Sequence(values.task));
         m.insert("overrides".into(), Value::Mapping(overrides));
@@ -851,6 +861,26 @@ pub fn override_dirname(items: &[ResolvedOverride], how: &orchestrator_config::O
         .map(|o| o.display())
         .collect();
     lines.sort();
+    let joined = lines.join(&how.item_sep);
+    if how.kv_sep == "=" { joined } else { joined.replace('=', &how.kv_sep) }
+}
+
+/// `override_dirname` of the overrides as typed (the sweep's, for `multirun.yaml`): the
+/// same rules as for a job's, on the typed text (`a=1,2`).
+fn typed_override_dirname(typed: &[String], how: &orchestrator_config::OverrideDirname) -> String {
+    let key_of = |line: &str| {
+        let line = line.trim_start_matches(['+', '~']);
+        line.split_once('=').map_or(line, |(k, _)| k).to_string()
+    };
+    let mut lines: Vec<&str> = typed
+        .iter()
+        .map(String::as_str)
+        .filter(|l| {
+            let key = key_of(l);
+            !key.starts_with("hydra.") && !how.exclude_keys.contains(&key)
+        })
+        .collect();
+    lines.sort_unstable();
     let joined = lines.join(&how.item_sep);
     if how.kv_sep == "=" { joined } else { joined.replace('=', &how.kv_sep) }
 }

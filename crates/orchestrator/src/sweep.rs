@@ -542,6 +542,7 @@ impl PreparedSweep {
             hydra_overrides: hydra_texts,
             // As typed on the command line (multirun.yaml's `task` list, as Hydra writes it).
             sweep_overrides: plan.sweep_overrides().split_off(n_params),
+            fixed: plan.fixed(),
             multirun,
             started,
             n_jobs,
