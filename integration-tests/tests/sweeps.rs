@@ -582,3 +582,25 @@ fn multirun_yaml_holds_the_config_with_the_fixed_overrides_and_the_sweep_as_hydr
     assert_eq!(job["hydra"]["sweep"]["dir"], "out_1");
     assert_eq!(job["hydra"]["runtime"]["output_dir"], sb.path().join("out_1/0").to_str().unwrap());
 }
+
+#[test]
+fn hydra_launcher_n_jobs_works_with_the_seed_s_params_form_too() {
+    // The current plugin's spelling, on the seed's `class`/`params` file.
+    let sb = Sandbox::new();
+    let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/joblib.yaml");
+    let out = sb
+        .cmd()
+        .args(["-c", seed.to_str().unwrap(), "-m", "task=1,2", "hydra.launcher.n_jobs=1", "--", fixture(), "echo"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Joblib.Parallel(n_jobs=1,"), "{stdout}");
+    // A key the launcher does not have is still an error.
+    let out = sb
+        .cmd()
+        .args(["-c", seed.to_str().unwrap(), "-m", "task=1", "hydra.launcher.n_job=1", "--", fixture(), "echo"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

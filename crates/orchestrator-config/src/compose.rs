@@ -292,7 +292,13 @@ fn apply_one(config: &mut Value, item: &ResolvedOverride) -> Result<(), ComposeE
         other => return Err(not_container(other)),
     };
     match (item.kind, slot) {
-        (OverrideKind::Add, Some(_)) => Err(ComposeError::AlreadyExists { key: key.to_string() }),
+        // Hydra's rule: `+` may also set a key whose value is null, and merge a dict or list
+        // into what is there.
+        (OverrideKind::Add, Some(existing))
+            if !existing.is_null() && !matches!(new_value, Value::Mapping(_) | Value::Sequence(_)) =>
+        {
+            Err(ComposeError::AlreadyExists { key: key.to_string() })
+        }
         (_, Some(existing)) => {
             merge_into(existing, new_value);
             Ok(())
@@ -355,6 +361,12 @@ mod tests {
         );
         assert_eq!(apply("task: 1", &["++task=2"]).unwrap(), yaml("task: 2"));
         assert_eq!(apply("{}", &["++a.b=2"]).unwrap(), yaml("a: {b: 2}"));
+        // As hydra-core 1.3's `+`: a null may be set, a dict is merged, a list replaces.
+        assert_eq!(apply("nul: null", &["+nul=5"]).unwrap(), yaml("nul: 5"));
+        assert_eq!(apply("d: {j: two}", &["+d={k:9}"]).unwrap(), yaml("d: {j: two, k: 9}"));
+        assert_eq!(apply("a: {b: {c: 0}}", &["+a.b={q:1}"]).unwrap(), yaml("a: {b: {c: 0, q: 1}}"));
+        assert_eq!(apply("task: 1", &["+task=[1]"]).unwrap(), yaml("task: [1]"));
+        assert!(apply("d: {k: 1}", &["+d=2"]).is_err());
     }
 
     #[test]

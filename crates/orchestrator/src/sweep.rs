@@ -698,8 +698,24 @@ fn resolve_with_overrides(
     loaded: &LoadedConfig,
     overrides: &[Override],
 ) -> Result<(orchestrator_config::ResolvedConfig, Vec<String>, Value), SetupError> {
+    // `hydra.launcher.n_jobs=2` is how the current plugin's users write it: with the seed's
+    // `class`/`params` form it means `hydra.launcher.params.joblib.n_jobs`.
+    let params_form = loaded.root.get("hydra").and_then(|h| h.get("launcher")).and_then(|l| l.get("params")).is_some();
+    let overrides: Vec<Override> = overrides
+        .iter()
+        .cloned()
+        .map(|mut o| {
+            if params_form
+                && let Some(k) = o.key.strip_prefix("hydra.launcher.")
+                && orchestrator_config::launcher::JOBLIB_KEYS.contains(&k)
+            {
+                o.key = format!("hydra.launcher.params.joblib.{k}");
+            }
+            o
+        })
+        .collect();
     let plan =
-        SweepPlan::new(overrides.to_vec(), &SweepContext { config_dir: None, cwd: PathBuf::from("."), seed: None })?;
+        SweepPlan::new(overrides.clone(), &SweepContext { config_dir: None, cwd: PathBuf::from("."), seed: None })?;
     let mut root = loaded.root.clone();
     let mut overridden = HashMap::new();
     let mut texts = Vec::new();

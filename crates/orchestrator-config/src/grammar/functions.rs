@@ -19,7 +19,14 @@ pub(crate) fn is_known(name: &str) -> bool {
 }
 
 /// Evaluates `name(args)`; `column` is where the name starts.
-pub(crate) fn call(name: &str, column: usize, args: Vec<Arg>) -> Result<Val, PErr> {
+pub(crate) fn call(name: &str, column: usize, mut args: Vec<Arg>) -> Result<Val, PErr> {
+    // A quoted argument reaches the function as plain text, as in Hydra: `choice('a,b',c)`
+    // gives the jobs `a\,b` and `c`, not `'a,b'` (a list's items keep their quotes).
+    for arg in &mut args {
+        if let Val::Elem(Element::Str { quote, .. }) = &mut arg.value {
+            *quote = None;
+        }
+    }
     match name {
         "choice" => choice(column, args),
         "range" => range(column, args),

@@ -140,7 +140,28 @@ fn interpolations() {
     assert_eq!(elem("x=${a.${b}}"), Element::Interpolation("${a.${b}}".into()));
     assert_eq!(elem("x=run_${seed}"), s("run_${seed}"));
     assert_eq!(elem("x=${lr}").to_yaml(), "${lr}");
-    assert_eq!(shown("name=${lr},plain"), ["name=${lr}", "name=plain"]);
+    // Escaped as hydra-core 1.3's sweeper writes them; read back, the text is the same.
+    assert_eq!(shown("name=${lr},plain"), [r"name=$\{lr\}", "name=plain"]);
+    assert_eq!(shown("x=${oc.env:HOME,/x}"), [r"x=$\{oc.env\:HOME\,/x\}"]);
+    assert_eq!(shown("x=[${lr}]"), [r"x=[$\{lr\}]"]);
+    assert_eq!(elem(r"x=$\{lr\}").to_yaml(), "${lr}");
+}
+
+#[test]
+fn quoted_arguments_of_functions_lose_their_quotes_as_in_hydra() {
+    // What hydra-core 1.3.2 writes in each job's overrides.yaml.
+    assert_eq!(shown("task=choice('a,b',c)"), [r"task=a\,b", "task=c"]);
+    assert_eq!(
+        shown("task=choice('a b','a=b','(x)','a:b')"),
+        [r"task=a\ b", r"task=a\=b", r"task=\(x\)", r"task=a\:b"]
+    );
+    assert_eq!(shown("task=sort('b,c',a)"), ["task=a", r"task=b\,c"]);
+    assert_eq!(shown("task=choice('')"), ["task="]);
+    // A plain comma list keeps them, and so do a list's items.
+    assert_eq!(shown("name='a,b',c"), ["name='a,b'", "name=c"]);
+    assert_eq!(shown("x=choice(['a,b'])"), ["x=['a,b']"]);
+    // The value keeps its type: a string that reads as a number stays quoted.
+    assert_eq!(shown("x=choice('1',2)"), ["x='1'", "x=2"]);
 }
 
 #[test]

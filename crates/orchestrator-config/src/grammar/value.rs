@@ -278,7 +278,9 @@ impl Element {
                     with_quotes(value, '\'')
                 }
             }
-            Element::Interpolation(text) => text.clone(),
+            // Escaped as Hydra's sweeper writes any string: `$\{x\}`, which a Hydra app
+            // reads back as the text `${x}`.
+            Element::Interpolation(text) => escape_unquoted(text),
             Element::List(items) => {
                 let parts: Vec<String> = items.iter().map(|e| e.render(false)).collect();
                 format!("[{}]", parts.join(","))
