@@ -604,3 +604,49 @@ fn hydra_launcher_n_jobs_works_with_the_seed_s_params_form_too() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn output_subdir_moves_or_drops_the_per_job_files_as_in_hydra() {
+    let sb = Sandbox::new();
+    // null: no per-job YAML at all, and no ORCHESTRATOR_CONFIG to point at one.
+    let cfg = sb.write("c.yaml", &format!("{FAST}  output_subdir: null\n"));
+    sb.cmd()
+        .args(["-c", cfg.to_str().unwrap(), "-m", "--quiet", "a=1", "hydra.sweep.dir=none"])
+        .args(["--", fixture(), "echo"])
+        .assert()
+        .success();
+    let job = sb.path().join("none/0");
+    let mut names: Vec<String> =
+        std::fs::read_dir(&job).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["echo.txt", "fixture.log"]);
+    let echo = std::fs::read_to_string(job.join("echo.txt")).unwrap();
+    let env: serde_json::Value = serde_json::from_str(echo.lines().nth(1).unwrap()).unwrap();
+    assert!(env.get("ORCHESTRATOR_CONFIG").is_none(), "{env}");
+    let multirun: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(sb.path().join("none/multirun.yaml")).unwrap()).unwrap();
+    assert!(multirun["hydra"]["output_subdir"].is_null());
+    // Another name: the files go there, and the records say so.
+    sb.cmd()
+        .args(["-c", cfg.to_str().unwrap(), "-m", "--quiet", "a=1", "hydra.output_subdir=meta", "hydra.sweep.dir=meta"])
+        .args(["--", fixture(), "echo"])
+        .assert()
+        .success();
+    let hydra: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(sb.path().join("meta/0/meta/hydra.yaml")).unwrap()).unwrap();
+    assert_eq!(hydra["hydra"]["output_subdir"], "meta");
+    assert!(sb.path().join("meta/0/meta/config.yaml").is_file());
+    assert!(!sb.path().join("meta/0/.hydra").exists());
+    // A path out of the job's dir is a config error; nothing is created.
+    for bad in ["hydra.output_subdir=/tmp/x", "hydra.output_subdir=../x", "hydra.output_subdir="] {
+        let out = sb
+            .cmd()
+            .args(["-c", cfg.to_str().unwrap(), "-m", "a=1", bad, "hydra.sweep.dir=bad"])
+            .args(["--", fixture(), "echo"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("hydra.output_subdir must be a relative path"), "{bad}");
+        assert!(!sb.path().join("bad").exists(), "{bad}");
+    }
+}

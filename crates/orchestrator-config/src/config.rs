@@ -33,12 +33,11 @@ const HYDRA_PASSIVE_KEYS: &[&str] = &[
     "mode",
     "searchpath",
     "callbacks",
-    "output_subdir",
     "overrides",
     "runtime",
     "verbose",
 ];
-const HYDRA_KEYS: &[&str] = &["launcher", "sweep", "job"];
+const HYDRA_KEYS: &[&str] = &["launcher", "sweep", "job", "output_subdir"];
 const JOB_KEYS: &[&str] = &["name", "chdir", "env_set", "config"];
 const DIRNAME_KEYS: &[&str] = &["kv_sep", "item_sep", "exclude_keys"];
 const SWEEP_KEYS: &[&str] = &["dir", "subdir"];
@@ -88,6 +87,9 @@ pub struct HydraSettings {
     pub env_set: Vec<(String, String)>,
     /// `hydra.job.config.override_dirname`: how `${hydra.job.override_dirname}` is made.
     pub override_dirname: OverrideDirname,
+    /// `hydra.output_subdir`: where in a job's dir its `config.yaml`, `overrides.yaml` and
+    /// `hydra.yaml` go (`.hydra`); `None` (null in the config) writes none of them.
+    pub output_subdir: Option<String>,
 }
 
 /// Hydra's `hydra.job.config.override_dirname`.
@@ -117,6 +119,7 @@ impl Default for HydraSettings {
             chdir: false,
             env_set: Vec::new(),
             override_dirname: OverrideDirname::default(),
+            output_subdir: Some(".hydra".into()),
         }
     }
 }
@@ -409,6 +412,24 @@ fn resolve(root: &Value, origin: &dyn Fn(&[&str]) -> Origin) -> Result<ResolvedC
                             }
                         }
                     }
+                }
+                "output_subdir" => {
+                    let p = ["hydra", "output_subdir"];
+                    hydra.output_subdir = if is_null(v) {
+                        None
+                    } else {
+                        let sub = expect_str(v, &p, origin)?;
+                        let path = Path::new(&sub);
+                        let inside = path.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+                        if sub.is_empty() || !inside {
+                            return Err(invalid(
+                                &p,
+                                origin,
+                                "hydra.output_subdir must be a relative path inside the job's dir (e.g. .hydra), or null for no per-job files",
+                            ));
+                        }
+                        Some(sub)
+                    };
                 }
                 k if HYDRA_PASSIVE_KEYS.contains(&k) => {}
                 other => {

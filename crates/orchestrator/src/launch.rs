@@ -171,10 +171,16 @@ impl SweepLayout {
             self.resolved.hydra.sweep_dir = self.dir.display().to_string();
         }
         self.abs_dir = candidate;
-        let multirun = self.abs_dir.join(if self.multirun { "multirun.yaml" } else { ".hydra/multirun.yaml" });
-        if !self.multirun {
-            std::fs::create_dir_all(self.abs_dir.join(".hydra")).map_err(io_err(&self.abs_dir))?;
-        }
+        // A single run keeps its copy with the job's files (none without an output_subdir).
+        let multirun = match (&self.resolved.hydra.output_subdir, self.multirun) {
+            (_, true) => Some(self.abs_dir.join("multirun.yaml")),
+            (Some(sub), false) => {
+                let hydra_dir = self.abs_dir.join(sub);
+                std::fs::create_dir_all(&hydra_dir).map_err(io_err(&hydra_dir))?;
+                Some(hydra_dir.join("multirun.yaml"))
+            }
+            (None, false) => None,
+        };
         // Hydra's multirun.yaml holds the app config with the overrides that are not sweeps.
         let app = self.compose(&JobOverrides { num: 0, items: self.fixed.clone() }).unwrap_or_else(|e| {
             tracing::debug!("multirun.yaml keeps the config without its fixed overrides: {e}");
@@ -190,7 +196,9 @@ impl SweepLayout {
         for (k, v) in std::mem::take(&mut root) {
             doc.insert(k, v);
         }
-        write_yaml(&multirun, &Value::Mapping(doc))?;
+        if let Some(path) = multirun {
+            write_yaml(&path, &Value::Mapping(doc))?;
+        }
         Ok(())
     }
 
@@ -255,7 +263,7 @@ impl SweepLayout {
         let sub = self.subdir(job, &config)?;
         let dir = if sub.is_empty() { self.abs_dir.clone() } else { self.abs_dir.join(&sub) };
         let rel_dir = if sub.is_empty() { self.dir.clone() } else { self.dir.join(&sub) };
-        let hydra_dir = dir.join(".hydra");
+        let hydra_dir = self.resolved.hydra.output_subdir.as_ref().map(|sub| dir.join(sub));
         // The job's own process makes its dir, its log and `.hydra` as it starts (see
         // `JobSpec::files`): creating them was most of this thread's work per job. Only the
         // levels above a nested subdir template (`${a}/${b}`) are made here.
@@ -288,14 +296,16 @@ impl SweepLayout {
             large.apply_to_config(&mut config, &overridden, &mut args_json);
         }
         // Rendered here, written by the job's process (see above).
-        let config_path = hydra_dir.join("config.yaml");
-        let overrides_path = hydra_dir.join("overrides.yaml");
-        let hydra_path = hydra_dir.join("hydra.yaml");
-        spec.files = vec![
-            JobFile::new(&config_path, render(&config_path, yaml_text(&config))?),
-            JobFile::new(&overrides_path, render(&overrides_path, overrides_yaml(display))?),
-            JobFile::new(&hydra_path, render(&hydra_path, self.hydra_yaml(job, &dir))?),
-        ];
+        let config_path = hydra_dir.as_ref().map(|d| d.join("config.yaml"));
+        if let (Some(hydra_dir), Some(config_path)) = (&hydra_dir, &config_path) {
+            let overrides_path = hydra_dir.join("overrides.yaml");
+            let hydra_path = hydra_dir.join("hydra.yaml");
+            spec.files = vec![
+                JobFile::new(config_path, render(config_path, yaml_text(&config))?),
+                JobFile::new(&overrides_path, render(&overrides_path, overrides_yaml(display))?),
+                JobFile::new(&hydra_path, render(&hydra_path, self.hydra_yaml(job, &dir))?),
+            ];
+        }
 
         let (program, args) = self.argv(&replaced, &config, &dir, &argv_items);
         spec.program = program;
@@ -316,16 +326,16 @@ impl SweepLayout {
             })
             .collect();
         let env = [
-            ("ORCHESTRATOR_JOB_NUM", job.num.to_string()),
-            ("ORCHESTRATOR_JOB_ID", spec.id.clone()),
-            ("ORCHESTRATOR_JOB_NAME", self.job_name.clone()),
-            ("ORCHESTRATOR_JOB_DIR", dir.display().to_string()),
-            ("ORCHESTRATOR_SWEEP_DIR", self.abs_dir.display().to_string()),
-            ("ORCHESTRATOR_CONFIG", config_path.display().to_string()),
-            ("ORCHESTRATOR_OVERRIDES", serde_json::Value::Object(overrides_json).to_string()),
-            ("ORCHESTRATOR_N_JOBS", self.n_jobs.to_string()),
+            ("ORCHESTRATOR_JOB_NUM", Some(job.num.to_string())),
+            ("ORCHESTRATOR_JOB_ID", Some(spec.id.clone())),
+            ("ORCHESTRATOR_JOB_NAME", Some(self.job_name.clone())),
+            ("ORCHESTRATOR_JOB_DIR", Some(dir.display().to_string())),
+            ("ORCHESTRATOR_SWEEP_DIR", Some(self.abs_dir.display().to_string())),
+            ("ORCHESTRATOR_CONFIG", config_path.map(|p| p.display().to_string())),
+            ("ORCHESTRATOR_OVERRIDES", Some(serde_json::Value::Object(overrides_json).to_string())),
+            ("ORCHESTRATOR_N_JOBS", Some(self.n_jobs.to_string())),
         ];
-        spec.env = env.into_iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect();
+        spec.env = env.into_iter().filter_map(|(k, v)| Some((OsString::from(k), OsString::from(v?)))).collect();
         if !args_json.is_empty() {
             spec.env.push(("ORCHESTRATOR_ARGS".into(), serde_json::Value::Object(args_json).to_string().into()));
         }
@@ -434,7 +444,7 @@ impl SweepLayout {
         sweeper.insert("params".into(), lookup(&r.root, "hydra.sweeper.params").unwrap_or(Value::Null));
         m.insert("sweeper".into(), Value::Mapping(sweeper));
         m.insert("mode".into(), if self.multirun { "MULTIRUN" } else { "RUN" }.into());
-        m.insert("output_subdir".into(), ".hydra".into());
+        m.insert("output_subdir".into(), r.hydra.output_subdir.clone().map_or(Value::Null, Value::String));
         m
     }
 
