@@ -177,6 +177,7 @@ pub fn load_config_str(text: &str, origin: &Path) -> Result<LoadedConfig, Config
         })?
     };
     let mut root = root;
+    crate::yaml11::retype(text, &mut root);
     if let Err((path, found)) = apply_merge_keys(&mut root, &mut Vec::new()) {
         let dotted = path.join(".");
         let (line, column) = match locate_key(text, &path.iter().map(String::as_str).collect::<Vec<_>>()) {
