@@ -90,6 +90,28 @@ fn check_seed_sweep(sb: &Sandbox, app: &[&str]) {
         assert_eq!(hydra["hydra"]["job"]["num"], serde_yaml::Value::from(i as u64));
         assert_eq!(hydra["hydra"]["job"]["id"].as_str(), Some(format!("my_app_{i}").as_str()));
         assert_eq!(hydra["hydra"]["job"]["override_dirname"].as_str(), Some(format!("task={}", i + 1).as_str()));
+        assert_eq!(hydra["hydra"]["runtime"]["choices"]["hydra/launcher"], "joblib");
+        // The keys in Hydra's order (hydra-core 1.3.8's hydra.yaml, less its logging and help
+        // blocks).
+        let keys: Vec<&str> = hydra["hydra"].as_mapping().unwrap().keys().filter_map(|k| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "run",
+                "sweep",
+                "launcher",
+                "sweeper",
+                "env",
+                "mode",
+                "searchpath",
+                "callbacks",
+                "output_subdir",
+                "overrides",
+                "job",
+                "runtime",
+                "verbose"
+            ]
+        );
         let log = std::fs::read_to_string(dir.join("my_app.log")).unwrap();
         assert_eq!(r["log"].as_str().unwrap(), rel.join(i.to_string()).join("my_app.log").to_str().unwrap());
         let log_lines: Vec<&str> = log.lines().collect();

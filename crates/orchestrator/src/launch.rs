@@ -443,7 +443,10 @@ impl SweepLayout {
         // As the config gives them (Hydra records them even though its sweeper applied them).
         sweeper.insert("params".into(), lookup(&r.root, "hydra.sweeper.params").unwrap_or(Value::Null));
         m.insert("sweeper".into(), Value::Mapping(sweeper));
+        m.insert("env".into(), Value::Mapping(Mapping::new()));
         m.insert("mode".into(), if self.multirun { "MULTIRUN" } else { "RUN" }.into());
+        m.insert("searchpath".into(), Value::Sequence(Vec::new()));
+        m.insert("callbacks".into(), Value::Mapping(Mapping::new()));
         m.insert("output_subdir".into(), r.hydra.output_subdir.clone().map_or(Value::Null, Value::String));
         m
     }
@@ -508,7 +511,24 @@ impl SweepLayout {
         let cwd = CWD.get_or_init(|| std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default());
         runtime.insert("cwd".into(), cwd.clone().into());
         runtime.insert("output_dir".into(), values.output_dir);
+        // The config groups Hydra's own config was composed from, as it records them.
+        let mut choices = Mapping::new();
+        for (group, choice) in [
+            ("hydra/env", Some("default")),
+            ("hydra/callbacks", None),
+            ("hydra/job_logging", Some("default")),
+            ("hydra/hydra_logging", Some("default")),
+            ("hydra/hydra_help", Some("default")),
+            ("hydra/help", Some("default")),
+            ("hydra/sweeper", Some("basic")),
+            ("hydra/launcher", Some("joblib")),
+            ("hydra/output", Some("default")),
+        ] {
+            choices.insert(group.into(), choice.map_or(Value::Null, Value::from));
+        }
+        runtime.insert("choices".into(), Value::Mapping(choices));
         m.insert("runtime".into(), Value::Mapping(runtime));
+        m.insert("verbose".into(), Value::Bool(false));
         m
     }
 
