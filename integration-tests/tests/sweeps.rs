@@ -650,3 +650,25 @@ fn output_subdir_moves_or_drops_the_per_job_files_as_in_hydra() {
         assert!(!sb.path().join("bad").exists(), "{bad}");
     }
 }
+
+#[test]
+fn hydra_yaml_types_the_launcher_keys_as_the_plugin_does() {
+    // JoblibLauncherConf: `timeout: Optional[float]`, `batch_size: str`, ...
+    let sb = Sandbox::new();
+    let cfg = sb.write(
+        "c.yaml",
+        "hydra:\n  launcher:\n    _target_: hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher\n    timeout: 30\n    batch_size: 8\n    pre_dispatch: 4\n",
+    );
+    sb.cmd()
+        .args(["-c", cfg.to_str().unwrap(), "-m", "--quiet", "a=1", "hydra.sweep.dir=o"])
+        .args(["--", fixture(), "echo"])
+        .assert()
+        .success();
+    let hydra: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(sb.path().join("o/0/.hydra/hydra.yaml")).unwrap()).unwrap();
+    let launcher = &hydra["hydra"]["launcher"];
+    assert_eq!(launcher["timeout"], serde_yaml::Value::from(30.0));
+    assert_eq!(launcher["batch_size"], "8");
+    assert_eq!(launcher["pre_dispatch"], "4");
+    assert_eq!(launcher["n_jobs"], -1);
+}

@@ -545,6 +545,15 @@ impl SweepLayout {
         for (k, shown) in &self.resolved.launcher.banner {
             let v = source.and_then(|s| s.get(k.as_str())).cloned().unwrap_or_else(|| default_value(shown));
             let v = if matches!(&v, Value::String(s) if s == "None") { Value::Null } else { v };
+            // Typed as the plugin's JoblibLauncherConf types them: `timeout: 30` is the float
+            // 30.0, `batch_size: 8` the string '8'.
+            let v = match (k.as_str(), v) {
+                ("timeout", Value::Number(n)) if !n.is_f64() => n.as_f64().map_or(Value::Number(n), Value::from),
+                ("prefer" | "pre_dispatch" | "batch_size" | "max_nbytes" | "mmap_mode", Value::Number(n)) => {
+                    Value::String(scalar_text(&Value::Number(n)))
+                }
+                (_, v) => v,
+            };
             m.insert(k.clone().into(), v);
         }
         Value::Mapping(m)
