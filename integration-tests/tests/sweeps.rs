@@ -671,4 +671,6 @@ fn hydra_yaml_types_the_launcher_keys_as_the_plugin_does() {
     assert_eq!(launcher["batch_size"], "8");
     assert_eq!(launcher["pre_dispatch"], "4");
     assert_eq!(launcher["n_jobs"], -1);
+    // hydra.job.chdir is null unless given, as Hydra writes it.
+    assert!(hydra["hydra"]["job"]["chdir"].is_null());
 }

@@ -483,7 +483,12 @@ impl SweepLayout {
         m.insert("overrides".into(), Value::Mapping(overrides));
         let mut jobm = Mapping::new();
         jobm.insert("name".into(), self.job_name.clone().into());
-        jobm.insert("chdir".into(), Value::Bool(r.hydra.chdir));
+        // null unless given, as Hydra records it.
+        let chdir = match lookup(&r.root, "hydra.job.chdir") {
+            Some(Value::Bool(b)) => Value::Bool(b),
+            _ => Value::Null,
+        };
+        jobm.insert("chdir".into(), chdir);
         jobm.insert("override_dirname".into(), values.override_dirname);
         jobm.insert("id".into(), values.id);
         jobm.insert("num".into(), values.num);
