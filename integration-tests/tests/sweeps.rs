@@ -553,7 +553,7 @@ fn multirun_yaml_holds_the_config_with_the_fixed_overrides_and_the_sweep_as_hydr
     let cfg = sb.write(
         "c.yaml",
         &format!(
-            "a:\n  b: 0\n  c: 5\nx: {{}}\nz: 9\n{FAST}  sweeper:\n    params:\n      q: 1,2\n  job:\n    config:\n      override_dirname:\n        exclude_keys: [seed]\n"
+            "a:\n  b: 0\n  c: 5\nx: {{}}\nz: 9\nw: 0\n{FAST}  sweeper:\n    params:\n      q: 1,2\n      w: 7\n  job:\n    config:\n      override_dirname:\n        exclude_keys: [seed]\n"
         ),
     );
     let args = ["-c", cfg.to_str().unwrap(), "-m", "--quiet", "a.b=1,2", "+x.y=2", "++z=3", "~a.c", "seed=1"];
@@ -564,7 +564,11 @@ fn multirun_yaml_holds_the_config_with_the_fixed_overrides_and_the_sweep_as_hydr
     for key in ["a", "x", "z", "seed"] {
         assert_eq!(multirun[key], app[key], "{key}");
     }
+    // The sweeper's params, fixed or not, are the sweeper's: not applied here, and recorded
+    // as strings.
+    assert_eq!(multirun["w"], 0);
     assert_eq!(multirun["hydra"]["sweeper"]["params"]["q"], "1,2");
+    assert_eq!(multirun["hydra"]["sweeper"]["params"]["w"], "7");
     assert_eq!(multirun["hydra"]["job"]["override_dirname"], "++z=3,+x.y=2,a.b=1,2,~a.c");
     let hydra_overrides: Vec<String> = serde_yaml::from_value(multirun["hydra"]["overrides"]["hydra"].clone()).unwrap();
     assert_eq!(hydra_overrides, ["hydra.sweep.dir=out", "hydra.mode=MULTIRUN"]);
@@ -673,4 +677,30 @@ fn hydra_yaml_types_the_launcher_keys_as_the_plugin_does() {
     assert_eq!(launcher["n_jobs"], -1);
     // hydra.job.chdir is null unless given, as Hydra writes it.
     assert!(hydra["hydra"]["job"]["chdir"].is_null());
+}
+
+#[test]
+fn resume_reads_a_journal_that_shows_the_jobs_in_an_earlier_version_s_words() {
+    // Versions before 2026-11-25 wrote `flag=true` and `~b` where Hydra (and now this one)
+    // writes `flag=True` and `~b=null`: the same jobs.
+    let sb = Sandbox::new();
+    let cfg = sb.write("c.yaml", &format!("b: 1\n{FAST}"));
+    let cfg = cfg.to_str().unwrap();
+    sb.cmd()
+        .args(["-c", cfg, "-m", "--quiet", "task=1,2", "flag=true", "~b", "--", fixture(), "fail-on", "2"])
+        .assert()
+        .code(1);
+    let sweep = sb.sweep_dir();
+    let jsonl = sweep.join("jobs.jsonl");
+    let text = std::fs::read_to_string(&jsonl).unwrap();
+    assert!(text.contains(r#""flag=True","~b=null""#), "{text}");
+    std::fs::write(&jsonl, text.replace("flag=True", "flag=true").replace("~b=null", "~b")).unwrap();
+    let out = sb
+        .cmd()
+        .args(["-c", cfg, "--resume", sweep.to_str().unwrap(), "--", fixture(), "fail-on", "99"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("1 of 2 jobs already succeeded"), "{stdout}");
 }

@@ -294,8 +294,11 @@ fn apply_one(config: &mut Value, item: &ResolvedOverride) -> Result<(), ComposeE
     match (item.kind, slot) {
         // Hydra's rule: `+` may also set a key whose value is null, and merge a dict or list
         // into what is there.
+        // (`???`, OmegaConf's missing value, counts as null there too.)
         (OverrideKind::Add, Some(existing))
-            if !existing.is_null() && !matches!(new_value, Value::Mapping(_) | Value::Sequence(_)) =>
+            if !existing.is_null()
+                && existing.as_str() != Some("???")
+                && !matches!(new_value, Value::Mapping(_) | Value::Sequence(_)) =>
         {
             Err(ComposeError::AlreadyExists { key: key.to_string() })
         }
@@ -363,6 +366,7 @@ mod tests {
         assert_eq!(apply("{}", &["++a.b=2"]).unwrap(), yaml("a: {b: 2}"));
         // As hydra-core 1.3's `+`: a null may be set, a dict is merged, a list replaces.
         assert_eq!(apply("nul: null", &["+nul=5"]).unwrap(), yaml("nul: 5"));
+        assert_eq!(apply("k: ???", &["+k=5"]).unwrap(), yaml("k: 5"));
         assert_eq!(apply("d: {j: two}", &["+d={k:9}"]).unwrap(), yaml("d: {j: two, k: 9}"));
         assert_eq!(apply("a: {b: {c: 0}}", &["+a.b={q:1}"]).unwrap(), yaml("a: {b: {c: 0, q: 1}}"));
         assert_eq!(apply("task: 1", &["+task=[1]"]).unwrap(), yaml("task: [1]"));

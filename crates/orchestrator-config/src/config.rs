@@ -179,14 +179,16 @@ pub fn load_config_str(text: &str, origin: &Path) -> Result<LoadedConfig, Config
     let mut root = root;
     crate::yaml11::retype(text, &mut root);
     if let Err((path, found)) = apply_merge_keys(&mut root, &mut Vec::new()) {
-        let dotted = path.join(".");
-        let (line, column) = match locate_key(text, &path.iter().map(String::as_str).collect::<Vec<_>>()) {
+        let place = if path.is_empty() { "at the top level".to_string() } else { format!("in `{}`", path.join(".")) };
+        // The `<<` key itself.
+        let at: Vec<&str> = path.iter().map(String::as_str).chain(std::iter::once("<<")).collect();
+        let (line, column) = match locate_key(text, &at) {
             Some((line, column, _)) => (Some(line), Some(column)),
             None => (None, None),
         };
         let mut err = ConfigError::new(
             ConfigErrorKind::InvalidValue,
-            format!("`<<` in `{dotted}` merges {found}: a merge key takes a mapping or a list of mappings"),
+            format!("`<<` {place} merges {found}: a merge key takes a mapping or a list of mappings"),
             Origin::File { path: origin.to_path_buf(), line, column },
         );
         if let Some(l) = line {
@@ -397,8 +399,12 @@ fn resolve(root: &Value, origin: &dyn Fn(&[&str]) -> Origin) -> Result<ResolvedC
                                         }
                                         let val = match ev {
                                             Value::String(s) => s.clone(),
-                                            Value::Number(n) => n.to_string(),
-                                            Value::Bool(b) => b.to_string(),
+                                            Value::Number(n) => match n.as_f64() {
+                                                Some(f) if n.is_f64() => crate::grammar::python_float_repr(f),
+                                                _ => n.to_string(),
+                                            },
+                                            // Python's str(), as Hydra sets it: `on` is `True`.
+                                            Value::Bool(b) => if *b { "True" } else { "False" }.to_string(),
                                             _ => {
                                                 return Err(invalid(
                                                     &p,

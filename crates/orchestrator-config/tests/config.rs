@@ -214,7 +214,18 @@ fn a_merge_key_on_a_scalar_is_a_config_error_with_its_place() {
     let e = load_config_str(text, Path::new("m.yaml")).unwrap_err();
     assert_eq!(e.kind(), ConfigErrorKind::InvalidValue);
     assert!(e.to_string().contains("`<<` in `derived` merges an integer"), "{e}");
-    assert_eq!(e.origin(), &Origin::File { path: "m.yaml".into(), line: Some(2), column: Some(1) });
+    assert_eq!(e.origin(), &Origin::File { path: "m.yaml".into(), line: Some(3), column: Some(3) });
     let e = load_config_str("d:\n  <<: [{a: 1}, 2]\n", Path::new("m.yaml")).unwrap_err();
     assert!(e.to_string().contains("`<<` in `d` merges an integer"), "{e}");
+    let e = load_config_str("<<: 3\na: 1\n", Path::new("m.yaml")).unwrap_err();
+    assert!(e.to_string().contains("`<<` at the top level merges an integer"), "{e}");
+    assert_eq!(e.origin(), &Origin::File { path: "m.yaml".into(), line: Some(1), column: Some(1) });
+}
+
+#[test]
+fn env_set_values_are_python_strings_as_hydra_sets_them() {
+    let text = "hydra:\n  job:\n    env_set:\n      A: on\n      B: false\n      C: 1.0e3\n      D: 7\n      E: text\n      F: 1.0e-06\n";
+    let r = load_config_str(text, Path::new("e.yaml")).unwrap().resolve(&Default::default()).unwrap();
+    let got: Vec<(&str, &str)> = r.hydra.env_set.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(got, [("A", "True"), ("B", "False"), ("C", "1000.0"), ("D", "7"), ("E", "text"), ("F", "1e-06")]);
 }

@@ -56,13 +56,15 @@ impl JobContext {
 }
 
 /// `key=value` arguments as pairs, in order; other arguments are skipped. A leading `+`,
-/// `++` is dropped from the key, as the override only says how the key was added.
+/// `++` is dropped from the key, as the override only says how the key was added; a delete
+/// (`~key=null`) is skipped. Values are the text Hydra's sweeper writes: `True`/`False` for
+/// booleans, `1e-05` for small floats.
 pub fn overrides_from_args<I: IntoIterator<Item = String>>(args: I) -> Vec<(String, String)> {
     args.into_iter()
         .filter_map(|a| {
             let (k, v) = a.split_once('=')?;
             let k = k.trim_start_matches('+');
-            (!k.is_empty() && !k.starts_with('-')).then(|| (k.to_string(), v.to_string()))
+            (!k.is_empty() && !k.starts_with('-') && !k.starts_with('~')).then(|| (k.to_string(), v.to_string()))
         })
         .collect()
 }
@@ -255,7 +257,7 @@ mod tests {
 
     #[test]
     fn parses_hydra_style_args() {
-        let got = overrides_from_args(["task=3", "--flag", "+extra=a=b", "plain"].map(String::from));
+        let got = overrides_from_args(["task=3", "--flag", "+extra=a=b", "plain", "~gone=null"].map(String::from));
         assert_eq!(got, vec![("task".into(), "3".into()), ("extra".into(), "a=b".into())]);
     }
 }

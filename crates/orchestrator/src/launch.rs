@@ -440,8 +440,23 @@ impl SweepLayout {
         let mut sweeper = Mapping::new();
         sweeper.insert("_target_".into(), "hydra._internal.core_plugins.basic_sweeper.BasicSweeper".into());
         sweeper.insert("max_batch_size".into(), Value::Null);
-        // As the config gives them (Hydra records them even though its sweeper applied them).
-        sweeper.insert("params".into(), lookup(&r.root, "hydra.sweeper.params").unwrap_or(Value::Null));
+        // As the config gives them, each as a string (the sweeper's `Dict[str, str]`).
+        let params = match lookup(&r.root, "hydra.sweeper.params") {
+            Some(Value::Mapping(m)) => Value::Mapping(
+                m.into_iter()
+                    .map(|(k, v)| {
+                        let v = match v {
+                            Value::Bool(b) => Value::String(if b { "True" } else { "False" }.into()),
+                            Value::Number(_) => Value::String(scalar_text(&v)),
+                            other => other,
+                        };
+                        (k, v)
+                    })
+                    .collect(),
+            ),
+            other => other.unwrap_or(Value::Null),
+        };
+        sweeper.insert("params".into(), params);
         m.insert("sweeper".into(), Value::Mapping(sweeper));
         m.insert("env".into(), Value::Mapping(Mapping::new()));
         m.insert("mode".into(), if self.multirun { "MULTIRUN" } else { "RUN" }.into());

@@ -463,6 +463,10 @@ impl PreparedSweep {
                 )));
             }
         }
+        // The command line's own (kind, key)s: multirun.yaml applies those that are not
+        // sweeps, never the sweeper's params (Hydra's sweeper adds them later).
+        let typed_keys: Vec<(OverrideKind, String)> =
+            app_overrides[n_params..].iter().map(|o| (o.kind, o.key.clone())).collect();
         // `+`, `++` and `~` can fail for some values and not others (`a=1,2 '~a=2'`).
         let per_value_risk = app_overrides.iter().any(|o| o.kind != OverrideKind::Change);
         let plan = SweepPlan::new(app_overrides, &ctx)?;
@@ -542,7 +546,7 @@ impl PreparedSweep {
             hydra_overrides: hydra_texts,
             // As typed on the command line (multirun.yaml's `task` list, as Hydra writes it).
             sweep_overrides: plan.sweep_overrides().split_off(n_params),
-            fixed: plan.fixed(),
+            fixed: plan.fixed().into_iter().filter(|f| typed_keys.contains(&(f.kind, f.key.clone()))).collect(),
             multirun,
             started,
             n_jobs,
@@ -644,6 +648,22 @@ fn sweeper_params(root: &Value) -> Result<Vec<Override>, SetupError> {
 
 /// A resumed sweep must expand to the jobs its journal recorded, under the same dir names.
 /// Returns the numbers of the jobs that succeeded.
+/// A recorded override as this version shows it; as recorded if it does not read as one value.
+fn normalized(recorded: &str) -> String {
+    use orchestrator_config::grammar::{OverrideValue, parse_override};
+    match parse_override(recorded) {
+        Ok(o) => {
+            let value = match o.value {
+                None => None,
+                Some(OverrideValue::Element(e)) => Some(e),
+                Some(_) => return recorded.to_string(),
+            };
+            orchestrator_config::sweep::ResolvedOverride { kind: o.kind, key: o.key, value }.display()
+        }
+        Err(_) => recorded.to_string(),
+    }
+}
+
 fn check_earlier_jobs(e: &Earlier, plan: &SweepPlan, layout: &SweepLayout) -> Result<HashSet<u64>, SetupError> {
     let invalid = |why: String| SetupError::Invalid(format!("cannot resume {}: {why}", e.dir.display()));
     if let Some(old) = &e.subdir
@@ -658,18 +678,21 @@ fn check_earlier_jobs(e: &Earlier, plan: &SweepPlan, layout: &SweepLayout) -> Re
     // By job number, so that the error names the first job that differs.
     let mut records: Vec<&(u64, Vec<String>, bool, Option<String>)> = e.records.iter().collect();
     records.sort_by_key(|r| r.0);
-    for (num, overrides, succeeded, dir) in records {
+    for (num, recorded, succeeded, dir) in records {
         let job = plan.job(*num);
         let now: Option<Vec<String>> =
             job.as_ref().map(|j| j.items.iter().map(orchestrator_config::sweep::ResolvedOverride::display).collect());
-        if now.as_ref() != Some(overrides) {
+        // Read back and shown again: a journal written by an earlier version shows the same
+        // job in other words (`flag=true`, `~b` where this one writes `flag=True`, `~b=null`).
+        let overrides: Vec<String> = recorded.iter().map(|o| normalized(o)).collect();
+        if now.as_ref() != Some(&overrides) {
             let now = match &now {
                 Some(o) => format!("makes job #{num} `{}`", o.join(" ")),
                 None => format!("has no job #{num}"),
             };
             return Err(invalid(format!(
                 "its journal has job #{num} as `{}`, but the sweep now {now}\n  = help: resuming needs the same jobs in the same order; shuffle() and glob() (over files that changed) do not expand the same way twice, so start a new sweep",
-                overrides.join(" ")
+                recorded.join(" ")
             )));
         }
         // The same dir, too: a subdir made of values (`${name}`, override_dirname's settings)

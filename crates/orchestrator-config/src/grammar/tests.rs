@@ -145,6 +145,11 @@ fn interpolations() {
     assert_eq!(shown("x=${oc.env:HOME,/x}"), [r"x=$\{oc.env\:HOME\,/x\}"]);
     assert_eq!(shown("x=[${lr}]"), [r"x=[$\{lr\}]"]);
     assert_eq!(elem(r"x=$\{lr\}").to_yaml(), "${lr}");
+    // With a quote inside, escaping would make text no Hydra app can parse: kept as written,
+    // which reads back the same.
+    let quoted = "out=${oc.env:DATA,'/tmp'}";
+    assert_eq!(shown(quoted), [quoted]);
+    assert_eq!(elem(&shown(quoted)[0]), elem(quoted));
 }
 
 #[test]

@@ -279,7 +279,9 @@ impl Element {
                 }
             }
             // Escaped as Hydra's sweeper writes any string: `$\{x\}`, which a Hydra app
-            // reads back as the text `${x}`.
+            // reads back as the text `${x}`. Not when it holds a quote: escaped, that no longer
+            // parses (Hydra's own sweeper breaks `${oc.env:A,'/tmp'}` so), and as written it does.
+            Element::Interpolation(text) if text.contains(['\'', '"']) => text.clone(),
             Element::Interpolation(text) => escape_unquoted(text),
             Element::List(items) => {
                 let parts: Vec<String> = items.iter().map(|e| e.render(false)).collect();
