@@ -607,6 +607,8 @@ fn hydra_launcher_n_jobs_works_with_the_seed_s_params_form_too() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("did you mean `n_jobs`?") && stderr.contains("hydra.launcher.n_job=1"), "{stderr}");
 }
 
 #[test]

@@ -730,7 +730,9 @@ fn resolve_with_overrides(
         .map(|mut o| {
             if params_form
                 && let Some(k) = o.key.strip_prefix("hydra.launcher.")
-                && orchestrator_config::launcher::JOBLIB_KEYS.contains(&k)
+                // Any other key too, so that a misspelt one is checked (with a suggestion)
+                // against joblib's keys.
+                && !["class", "params", "orchestrator"].iter().any(|own| k == *own || k.starts_with(&format!("{own}.")))
             {
                 o.key = format!("hydra.launcher.params.joblib.{k}");
             }
