@@ -19,6 +19,13 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
 }
 
+/// A YAML file the run wrote, parsed.
+pub fn read_yaml(path: impl AsRef<Path>) -> serde_yaml::Value {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
+}
+
 /// A config with two slots and a short grace period, for fast tests.
 pub const FAST: &str = "hydra:\n  launcher:\n    class: hydra_plugins.joblib_launcher.JoblibLauncher\n    params:\n      joblib:\n        n_jobs: 2\n        timeout: None\n    orchestrator:\n      grace_period: 0.5s\n";
 

@@ -85,8 +85,7 @@ fn check_seed_sweep(sb: &Sandbox, app: &[&str]) {
         assert!(r["start"].as_str().unwrap().ends_with('Z'));
         assert_eq!(std::fs::read_to_string(dir.join(".hydra/config.yaml")).unwrap(), format!("task: {}\n", i + 1));
         assert_eq!(std::fs::read_to_string(dir.join(".hydra/overrides.yaml")).unwrap(), format!("- task={}\n", i + 1));
-        let hydra: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(dir.join(".hydra/hydra.yaml")).unwrap()).unwrap();
+        let hydra: serde_yaml::Value = read_yaml(dir.join(".hydra/hydra.yaml"));
         assert_eq!(hydra["hydra"]["job"]["num"], serde_yaml::Value::from(i as u64));
         assert_eq!(hydra["hydra"]["job"]["id"].as_str(), Some(format!("my_app_{i}").as_str()));
         assert_eq!(hydra["hydra"]["job"]["override_dirname"].as_str(), Some(format!("task={}", i + 1).as_str()));

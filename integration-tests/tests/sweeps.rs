@@ -558,8 +558,7 @@ fn multirun_yaml_holds_the_config_with_the_fixed_overrides_and_the_sweep_as_hydr
     );
     let args = ["-c", cfg.to_str().unwrap(), "-m", "--quiet", "a.b=1,2", "+x.y=2", "++z=3", "~a.c", "seed=1"];
     sb.cmd().args(args).args(["hydra.sweep.dir=out", "--", fixture(), "echo"]).assert().success();
-    let multirun: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(sb.path().join("out/multirun.yaml")).unwrap()).unwrap();
+    let multirun: serde_yaml::Value = read_yaml(sb.path().join("out/multirun.yaml"));
     let app: serde_yaml::Value = serde_yaml::from_str("a: {b: 0}\nx: {y: 2}\nz: 3\nseed: 1\n").unwrap();
     for key in ["a", "x", "z", "seed"] {
         assert_eq!(multirun[key], app[key], "{key}");
@@ -578,11 +577,9 @@ fn multirun_yaml_holds_the_config_with_the_fixed_overrides_and_the_sweep_as_hydr
         .args(["--", fixture(), "echo"])
         .assert()
         .success();
-    let again: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(sb.path().join("out_1/multirun.yaml")).unwrap()).unwrap();
+    let again: serde_yaml::Value = read_yaml(sb.path().join("out_1/multirun.yaml"));
     assert_eq!(again["hydra"]["sweep"]["dir"], "out_1");
-    let job: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(sb.path().join("out_1/0/.hydra/hydra.yaml")).unwrap()).unwrap();
+    let job: serde_yaml::Value = read_yaml(sb.path().join("out_1/0/.hydra/hydra.yaml"));
     assert_eq!(job["hydra"]["sweep"]["dir"], "out_1");
     assert_eq!(job["hydra"]["runtime"]["output_dir"], sb.path().join("out_1/0").to_str().unwrap());
 }
@@ -629,8 +626,7 @@ fn output_subdir_moves_or_drops_the_per_job_files_as_in_hydra() {
     let echo = std::fs::read_to_string(job.join("echo.txt")).unwrap();
     let env: serde_json::Value = serde_json::from_str(echo.lines().nth(1).unwrap()).unwrap();
     assert!(env.get("ORCHESTRATOR_CONFIG").is_none(), "{env}");
-    let multirun: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(sb.path().join("none/multirun.yaml")).unwrap()).unwrap();
+    let multirun: serde_yaml::Value = read_yaml(sb.path().join("none/multirun.yaml"));
     assert!(multirun["hydra"]["output_subdir"].is_null());
     // Another name: the files go there, and the records say so.
     sb.cmd()
@@ -638,8 +634,7 @@ fn output_subdir_moves_or_drops_the_per_job_files_as_in_hydra() {
         .args(["--", fixture(), "echo"])
         .assert()
         .success();
-    let hydra: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(sb.path().join("meta/0/meta/hydra.yaml")).unwrap()).unwrap();
+    let hydra: serde_yaml::Value = read_yaml(sb.path().join("meta/0/meta/hydra.yaml"));
     assert_eq!(hydra["hydra"]["output_subdir"], "meta");
     assert!(sb.path().join("meta/0/meta/config.yaml").is_file());
     assert!(!sb.path().join("meta/0/.hydra").exists());
@@ -670,8 +665,7 @@ fn hydra_yaml_types_the_launcher_keys_as_the_plugin_does() {
         .args(["--", fixture(), "echo"])
         .assert()
         .success();
-    let hydra: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(sb.path().join("o/0/.hydra/hydra.yaml")).unwrap()).unwrap();
+    let hydra: serde_yaml::Value = read_yaml(sb.path().join("o/0/.hydra/hydra.yaml"));
     let launcher = &hydra["hydra"]["launcher"];
     assert_eq!(launcher["timeout"], serde_yaml::Value::from(30.0));
     assert_eq!(launcher["batch_size"], "8");
