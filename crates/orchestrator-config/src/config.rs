@@ -397,15 +397,10 @@ fn resolve(root: &Value, origin: &dyn Fn(&[&str]) -> Origin) -> Result<ResolvedC
                                                 ),
                                             ));
                                         }
-                                        let val = match ev {
-                                            Value::String(s) => s.clone(),
-                                            Value::Number(n) => match n.as_f64() {
-                                                Some(f) if n.is_f64() => crate::grammar::python_float_repr(f),
-                                                _ => n.to_string(),
-                                            },
-                                            // Python's str(), as Hydra sets it: `on` is `True`.
-                                            Value::Bool(b) => if *b { "True" } else { "False" }.to_string(),
-                                            _ => {
+                                        // Python's str(), as Hydra sets it: `on` is `True`.
+                                        let val = match crate::launcher::python_scalar_str(ev) {
+                                            Some(text) => text,
+                                            None => {
                                                 return Err(invalid(
                                                     &p,
                                                     origin,

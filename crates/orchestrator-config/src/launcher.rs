@@ -246,6 +246,20 @@ pub(crate) fn python_str(v: &Value) -> String {
     }
 }
 
+/// Python's `str()` of a scalar, as Hydra's string fields take one (`True`, `1e-06`, `7`,
+/// text as it is); `None` for null and collections.
+pub fn python_scalar_str(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(if *b { "True" } else { "False" }.to_string()),
+        Value::Number(n) => Some(match n.as_f64() {
+            Some(f) if n.is_f64() => crate::grammar::python_float_repr(f),
+            _ => n.to_string(),
+        }),
+        _ => None,
+    }
+}
+
 fn show(v: &Value) -> String {
     match v {
         Value::String(s) => format!("`{s}`"),

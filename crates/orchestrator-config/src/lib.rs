@@ -10,7 +10,7 @@ pub mod grammar;
 pub mod launcher;
 mod locate;
 pub mod sweep;
-mod yaml11;
+pub mod yaml11;
 
 pub use config::{
     DEFAULT_SWEEP_DIR, DEFAULT_SWEEP_SUBDIR, HydraSettings, JOBLIB_CLASSES, LauncherForm, LoadedConfig,

@@ -124,10 +124,10 @@ pub(crate) fn pyyaml_scalar(s: &str) -> Option<Value> {
     if matches!(s, "" | "~" | "null" | "Null" | "NULL") {
         return Some(Value::Null);
     }
-    let first = s.chars().next()?;
-    if "yYnNtTfFoO".contains(first) && BOOL.is_match(s) {
-        return Some(Value::Bool(matches!(s.as_bytes()[0], b'y' | b'Y' | b't' | b'T') || s.eq_ignore_ascii_case("on")));
+    if let Some(b) = pyyaml_bool(s) {
+        return Some(Value::Bool(b));
     }
+    let first = s.chars().next()?;
     if "-+0123456789.".contains(first) {
         // The resolvers for a first character are tried in order: PyYAML's float, its int,
         // then OmegaConf's float.
@@ -142,6 +142,13 @@ pub(crate) fn pyyaml_scalar(s: &str) -> Option<Value> {
         }
     }
     Some(Value::String(s.to_string()))
+}
+
+/// The boolean PyYAML reads a plain scalar as (`yes`, `Off`, `TRUE`...), if it reads one.
+pub fn pyyaml_bool(s: &str) -> Option<bool> {
+    let first = s.chars().next()?;
+    ("yYnNtTfFoO".contains(first) && BOOL.is_match(s))
+        .then(|| matches!(s.as_bytes()[0], b'y' | b'Y' | b't' | b'T') || s.eq_ignore_ascii_case("on"))
 }
 
 /// PyYAML's `construct_yaml_int`.

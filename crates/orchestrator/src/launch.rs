@@ -445,12 +445,8 @@ impl SweepLayout {
             Some(Value::Mapping(m)) => Value::Mapping(
                 m.into_iter()
                     .map(|(k, v)| {
-                        let v = match v {
-                            Value::Bool(b) => Value::String(if b { "True" } else { "False" }.into()),
-                            Value::Number(_) => Value::String(scalar_text(&v)),
-                            other => other,
-                        };
-                        (k, v)
+                        let text = orchestrator_config::launcher::python_scalar_str(&v);
+                        (k, text.map_or(v, Value::String))
                     })
                     .collect(),
             ),
@@ -569,8 +565,8 @@ impl SweepLayout {
             // 30.0, `batch_size: 8` the string '8'.
             let v = match (k.as_str(), v) {
                 ("timeout", Value::Number(n)) if !n.is_f64() => n.as_f64().map_or(Value::Number(n), Value::from),
-                ("prefer" | "pre_dispatch" | "batch_size" | "max_nbytes" | "mmap_mode", Value::Number(n)) => {
-                    Value::String(scalar_text(&Value::Number(n)))
+                ("prefer" | "pre_dispatch" | "batch_size" | "max_nbytes" | "mmap_mode", v @ Value::Number(_)) => {
+                    orchestrator_config::launcher::python_scalar_str(&v).map_or(v, Value::String)
                 }
                 (_, v) => v,
             };
@@ -768,11 +764,7 @@ fn yaml11_misreads(s: &str) -> bool {
     if matches!(s, "y" | "Y" | "n" | "N") {
         return true;
     }
-    const BOOLS: [&str; 6] = ["yes", "no", "on", "off", "true", "false"];
-    // Each spelled all lower, all upper or capitalized (`yes`, `YES`, `Yes`), as PyYAML's rule.
-    if let Some(w) = BOOLS.iter().find(|w| w.eq_ignore_ascii_case(s))
-        && (s == *w || s.bytes().all(|c| c.is_ascii_uppercase()) || s.get(1..) == w.get(1..))
-    {
+    if orchestrator_config::yaml11::pyyaml_bool(s).is_some() {
         return true;
     }
     let t = s.strip_prefix(['+', '-']).unwrap_or(s);
@@ -909,35 +901,29 @@ fn launcher_params(root: &Value) -> Option<&Mapping> {
 /// Hydra's `override_dirname`: the job's override lines but the excluded keys', sorted,
 /// joined by `item_sep`, and every `=` in the result made `kv_sep`.
 pub fn override_dirname(items: &[ResolvedOverride], how: &orchestrator_config::OverrideDirname) -> String {
-    // Hydra's get_overrides_dirname sorts the whole lines, `+`/`~` prefixes included
-    // (`+zz=1` before `task=2`, `lr2=1` before `lr=1`), and replaces `=` everywhere, in
-    // values too.
-    let mut lines: Vec<String> = items
-        .iter()
-        // Hydra matches the key without its prefix (`seed` leaves out `+seed=1`): its
-        // get_overrides_dirname tests `override.key_or_group`.
-        .filter(|o| !o.key.starts_with("hydra.") && !how.exclude_keys.contains(&o.key))
-        .map(|o| o.display())
-        .collect();
-    lines.sort();
-    let joined = lines.join(&how.item_sep);
-    if how.kv_sep == "=" { joined } else { joined.replace('=', &how.kv_sep) }
+    dirname_of(items.iter().map(|o| (o.key.as_str(), o.display())), how)
 }
 
 /// `override_dirname` of the overrides as typed (the sweep's, for `multirun.yaml`): the
 /// same rules as for a job's, on the typed text (`a=1,2`).
 fn typed_override_dirname(typed: &[String], how: &orchestrator_config::OverrideDirname) -> String {
-    let key_of = |line: &str| {
-        let line = line.trim_start_matches(['+', '~']);
-        line.split_once('=').map_or(line, |(k, _)| k).to_string()
-    };
-    let mut lines: Vec<&str> = typed
-        .iter()
-        .map(String::as_str)
-        .filter(|l| {
-            let key = key_of(l);
-            !key.starts_with("hydra.") && !how.exclude_keys.contains(&key)
-        })
+    fn key_of(line: &str) -> &str {
+        line.trim_start_matches(['+', '~']).split('=').next().unwrap_or_default()
+    }
+    dirname_of(typed.iter().map(|l| (key_of(l), l.clone())), how)
+}
+
+/// Hydra's get_overrides_dirname over `(key, line)` pairs: it leaves out the lines whose key,
+/// without its `+`/`~` prefix (`override.key_or_group`), is in `exclude_keys` (`seed` leaves
+/// out `+seed=1`), sorts the whole lines, prefixes included (`+zz=1` before `task=2`, `lr2=1`
+/// before `lr=1`), and replaces `=` everywhere, in values too.
+fn dirname_of<'a>(
+    lines: impl Iterator<Item = (&'a str, String)>,
+    how: &orchestrator_config::OverrideDirname,
+) -> String {
+    let mut lines: Vec<String> = lines
+        .filter(|(key, _)| !key.starts_with("hydra.") && !how.exclude_keys.iter().any(|k| k == key))
+        .map(|(_, line)| line)
         .collect();
     lines.sort_unstable();
     let joined = lines.join(&how.item_sep);
