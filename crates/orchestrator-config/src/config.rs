@@ -161,7 +161,7 @@ pub fn load_config_str(text: &str, origin: &Path) -> Result<LoadedConfig, Config
     } else {
         serde_yaml::from_str(text).map_err(|e| {
             let loc = e.location();
-            let mut err = ConfigError::new(
+            ConfigError::new(
                 ConfigErrorKind::Syntax,
                 format!("invalid YAML: {}", strip_location(&e.to_string())),
                 Origin::File {
@@ -169,11 +169,9 @@ pub fn load_config_str(text: &str, origin: &Path) -> Result<LoadedConfig, Config
                     line: loc.as_ref().map(|l| l.line()),
                     column: loc.as_ref().map(|l| l.column()),
                 },
-            );
-            if let Some(l) = loc {
-                err.set_snippet(text.lines().nth(l.line().saturating_sub(1)).map(str::to_string));
-            }
-            err.with_help("the config is YAML: `key: value` pairs, nested by indentation with spaces")
+            )
+            .with_snippet_from(text)
+            .with_help("the config is YAML: `key: value` pairs, nested by indentation with spaces")
         })?
     };
     let mut root = root;
@@ -186,15 +184,13 @@ pub fn load_config_str(text: &str, origin: &Path) -> Result<LoadedConfig, Config
             Some((line, column, _)) => (Some(line), Some(column)),
             None => (None, None),
         };
-        let mut err = ConfigError::new(
+        return Err(ConfigError::new(
             ConfigErrorKind::InvalidValue,
             format!("`<<` {place} merges {found}: a merge key takes a mapping or a list of mappings"),
             Origin::File { path: origin.to_path_buf(), line, column },
-        );
-        if let Some(l) = line {
-            err.set_snippet(text.lines().nth(l - 1).map(str::to_string));
-        }
-        return Err(err.with_help("write `<<: *anchor` with an anchor on a mapping, or `<<: [*a, *b]`"));
+        )
+        .with_snippet_from(text)
+        .with_help("write `<<: *anchor` with an anchor on a mapping, or `<<: [*a, *b]`"));
     }
     let root = match root {
         Value::Null => Value::Mapping(Mapping::new()),
@@ -215,8 +211,9 @@ pub fn load_config_str(text: &str, origin: &Path) -> Result<LoadedConfig, Config
 
 /// Apply YAML merge keys (`<<: *base`, `<<: [*a, *b]`) as PyYAML (6.0.3 and later) does for
 /// Hydra: the merged pairs come first, in the listed order, an earlier mapping winning a key
-/// two of them hold, and the mapping's own keys override them in place. Nested merges are applied first. On a `<<` whose value is
-/// not a mapping or a list of mappings, the path of the mapping holding it and what it held.
+/// two of them hold, and the mapping's own keys override them in place. Nested merges are
+/// applied first. On a `<<` whose value is not a mapping or a list of mappings, the path of
+/// the mapping holding it and what it held.
 fn apply_merge_keys(value: &mut Value, path: &mut Vec<String>) -> Result<(), (Vec<String>, &'static str)> {
     match value {
         Value::Mapping(map) => {
@@ -299,14 +296,7 @@ impl LoadedConfig {
                 None => Origin::File { path: self.path.clone(), line: None, column: None },
             }
         };
-        let with_snippet = |mut e: ConfigError| -> ConfigError {
-            if let Origin::File { line: Some(l), .. } = e.origin() {
-                let snippet = self.text.lines().nth(l - 1).map(str::to_string);
-                e.set_snippet(snippet);
-            }
-            e
-        };
-        resolve(root, &origin).map_err(with_snippet)
+        resolve(root, &origin).map_err(|e| e.with_snippet_from(&self.text))
     }
 }
 

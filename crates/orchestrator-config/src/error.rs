@@ -82,8 +82,12 @@ impl ConfigError {
         self
     }
 
-    pub(crate) fn set_snippet(&mut self, snippet: Option<String>) {
-        self.0.snippet = snippet;
+    /// With the line of `text` its origin points at as the snippet (if it points at one).
+    pub(crate) fn with_snippet_from(mut self, text: &str) -> Self {
+        if let Origin::File { line: Some(l), .. } = self.origin() {
+            self.0.snippet = l.checked_sub(1).and_then(|i| text.lines().nth(i)).map(str::to_string);
+        }
+        self
     }
 
     /// The kind of problem.

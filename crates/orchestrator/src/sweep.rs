@@ -646,8 +646,6 @@ fn sweeper_params(root: &Value) -> Result<Vec<Override>, SetupError> {
         .collect()
 }
 
-/// A resumed sweep must expand to the jobs its journal recorded, under the same dir names.
-/// Returns the numbers of the jobs that succeeded.
 /// A recorded override as this version shows it; as recorded if it does not read as one value.
 fn normalized(recorded: &str) -> String {
     use orchestrator_config::grammar::{OverrideValue, parse_override};
@@ -664,6 +662,8 @@ fn normalized(recorded: &str) -> String {
     }
 }
 
+/// A resumed sweep must expand to the jobs its journal recorded, under the same dir names.
+/// Returns the numbers of the jobs that succeeded.
 fn check_earlier_jobs(e: &Earlier, plan: &SweepPlan, layout: &SweepLayout) -> Result<HashSet<u64>, SetupError> {
     let invalid = |why: String| SetupError::Invalid(format!("cannot resume {}: {why}", e.dir.display()));
     if let Some(old) = &e.subdir
@@ -732,7 +732,7 @@ fn resolve_with_overrides(
                 && let Some(k) = o.key.strip_prefix("hydra.launcher.")
                 // Any other key too, so that a misspelt one is checked (with a suggestion)
                 // against joblib's keys.
-                && !["class", "params", "orchestrator"].iter().any(|own| k == *own || k.starts_with(&format!("{own}.")))
+                && !["class", "params", "orchestrator"].contains(&k.split('.').next().unwrap_or_default())
             {
                 o.key = format!("hydra.launcher.params.joblib.{k}");
             }
