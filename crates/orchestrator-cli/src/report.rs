@@ -84,6 +84,9 @@ pub struct Display {
     pub bar: bool,
 }
 
+/// How long the reporter lets events gather after showing some.
+const REPORT_TICK: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Print events until the channel closes.
 pub async fn consume(mode: Mode, display: Display, mut events: mpsc::Receiver<Event>) {
     let mut r = Reporter::new(mode, display);
@@ -95,6 +98,10 @@ pub async fn consume(mode: Mode, display: Display, mut events: mpsc::Receiver<Ev
             next = events.try_recv().ok();
         }
         r.flush();
+        // At most one wake-up of this thread per tick, however fast jobs end: with tiny jobs
+        // on a busy machine, waking for each event took CPU time from the jobs (2,000 `true`
+        // on 2 cores: 2-3% of the run). A human does not see 10 ms.
+        tokio::time::sleep(REPORT_TICK).await;
     }
     r.finish();
 }

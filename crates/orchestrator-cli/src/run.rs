@@ -61,8 +61,6 @@ pub fn main(args: RunArgs) -> u8 {
 async fn execute(mut prepared: PreparedSweep, mode: Mode, display: report::Display) -> u8 {
     let total = prepared.total();
     prepared.options.forward_output = mode != Mode::Quiet;
-    // This runtime is current-thread and runs nothing but the sweep and its reporter.
-    prepared.prepare_on_runtime = true;
     let (stop_tx, stop_rx) = watch::channel(Stop::None);
     let first_signal = match crate::signals::install(stop_tx.clone()) {
         Ok(rx) => rx,

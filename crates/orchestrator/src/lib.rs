@@ -22,5 +22,5 @@ pub mod temp;
 pub use event::Event;
 pub use job::{JobFile, JobRecord, JobSpec, Outcome, Payload, StopReason, Stream};
 pub use journal::Journal;
-pub use runner::{RunOptions, RunSummary, Stop, Submission, run};
+pub use runner::{JobSource, RunOptions, RunSummary, Stop, Submission, run};
 pub use supervisor::{JobError, JobHandle, Supervisor, SupervisorError};

@@ -1,7 +1,9 @@
 //! The supervisor loop: `n_jobs` slots, one process group per job, timeouts, stop requests.
 //!
-//! The dispatcher owns the slots and the halt policy; each job runs in its own task that
-//! owns its process and reports a [`JobRecord`]. Nothing is shared but the reaper's lock.
+//! Each slot is a task that takes jobs from the [`JobSource`] one after another, on one of a
+//! few threads of the runner's own; each job runs in its own task that owns its process and
+//! reports a [`JobRecord`]. The caller's task only forwards stop requests and waits for the
+//! slots. Shared between threads: the reaper's lock, the summary, the journal.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr, OsString};
@@ -9,6 +11,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -244,6 +247,7 @@ impl Reaper {
         let mut state = self.lock();
         let child = sys::spawn(req)?;
         state.spawners.add_current_thread();
+        state.spawners.add_main_thread();
         state.leaders.insert(child.pid);
         state.groups.insert(child.pid);
         Ok(child)
@@ -301,20 +305,239 @@ struct Ctx {
     programs: Mutex<HashMap<OsString, PathBuf>>,
     /// Where payloads are spilled, made on first need.
     spill: std::sync::OnceLock<Result<Arc<crate::spill::SpillStore>, String>>,
-    /// A job whose processes are all gone hands its slot back here, before it writes its
-    /// log, journal line and events (see `run_job`).
-    slot_freed: mpsc::UnboundedSender<tokio::task::Id>,
     /// Journal appends that failed, and the first error.
     journal_errors: Mutex<(u64, Option<String>)>,
 }
 
-/// Run the jobs received on `jobs` until the channel closes or a stop request ends the run.
+/// Where the runner's slots take their jobs from.
+#[non_exhaustive]
+pub enum JobSource {
+    /// Jobs sent by a caller (the [`Supervisor`](crate::Supervisor)); the run ends when the
+    /// channel closes.
+    Channel(mpsc::Receiver<Submission>),
+    /// Jobs made on demand, by the slot that will run each one, on its own thread, just
+    /// before it starts; the run ends at the first `None`.
+    Lazy(Box<dyn FnMut() -> Option<Submission> + Send>),
+}
+
+impl From<mpsc::Receiver<Submission>> for JobSource {
+    fn from(rx: mpsc::Receiver<Submission>) -> Self {
+        JobSource::Channel(rx)
+    }
+}
+
+impl std::fmt::Debug for JobSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JobSource::Channel(_) => "JobSource::Channel",
+            JobSource::Lazy(_) => "JobSource::Lazy",
+        })
+    }
+}
+
+/// The source, shared by the slots.
+enum Source {
+    Channel(tokio::sync::Mutex<mpsc::Receiver<Submission>>),
+    Lazy(Mutex<Box<dyn FnMut() -> Option<Submission> + Send>>),
+}
+
+impl Source {
+    /// The next job, or `None` when there is none or a stop came first.
+    async fn next(&self, stop: &mut watch::Receiver<Stop>) -> Option<Submission> {
+        match self {
+            Source::Channel(rx) => tokio::select! {
+                biased;
+                () = stopped(stop) => None,
+                sub = async { rx.lock().await.recv().await } => sub,
+            },
+            Source::Lazy(make) => (make.lock().unwrap_or_else(|e| e.into_inner()))(),
+        }
+    }
+}
+
+/// Resolves once a stop is requested.
+async fn stopped(stop: &mut watch::Receiver<Stop>) {
+    while *stop.borrow_and_update() == Stop::None {
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// The slots of one run. Each slot is a task that takes a job, runs it, and takes the next,
+/// on one of a few threads of our own (one per CPU at most), each with its own event loop:
+/// a job's end wakes the thread of its slot, which starts the slot's next job at once,
+/// without a round trip through a central dispatcher. On 2 cores with tiny jobs that
+/// round trip (a second wake-up per job, on whichever CPU) was a tenth of the run time.
+struct Slots {
+    source: Source,
+    workers: Vec<tokio::runtime::Handle>,
+    tracker: tokio_util::task::TaskTracker,
+    n_jobs: usize,
+    /// Slots made so far; a new one is made when all are busy (n_jobs can be huge, and
+    /// only as many slots as jobs ever run at once are made).
+    made: AtomicUsize,
+    busy: AtomicUsize,
+    /// The source said it has no more jobs.
+    exhausted: std::sync::atomic::AtomicBool,
+    halt: HaltPolicy,
+    summary: Mutex<RunSummary>,
+    stop: watch::Sender<Stop>,
+}
+
+impl Slots {
+    fn add_slot(self: &Arc<Self>, slot: usize, ctx: &Arc<Ctx>) {
+        let worker = &self.workers[slot % self.workers.len()];
+        self.tracker.spawn_on(slot_loop(slot, self.clone(), ctx.clone()), worker);
+    }
+
+    /// A slot took a job: if no slot is left waiting for the next one, make one.
+    fn took_job(self: &Arc<Self>, ctx: &Arc<Ctx>) {
+        let busy = self.busy.fetch_add(1, Ordering::AcqRel) + 1;
+        let made = self.made.load(Ordering::Acquire);
+        if busy >= made
+            && made < self.n_jobs
+            && self.made.compare_exchange(made, made + 1, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        {
+            self.add_slot(made, ctx);
+        }
+    }
+
+    /// A slot saw a stop before the source ran dry: jobs were left unstarted.
+    fn stopped_early(&self) {
+        if !self.exhausted.load(Ordering::Acquire) {
+            self.summary.lock().unwrap_or_else(|e| e.into_inner()).stopped_early = true;
+        }
+    }
+
+    fn account(&self, record: JobRecord) {
+        let mut summary = self.summary.lock().unwrap_or_else(|e| e.into_inner());
+        summary.finished += 1;
+        if record.outcome.is_success() {
+            summary.succeeded += 1;
+            return;
+        }
+        if !matches!(record.outcome, Outcome::Stopped { .. }) {
+            match self.halt {
+                HaltPolicy::Soon => self.stop.send_modify(|s| *s = (*s).max(Stop::Drain)),
+                HaltPolicy::Now => self
+                    .stop
+                    .send_modify(|s| *s = (*s).max(Stop::Graceful { reason: StopReason::Halt, signal: libc::SIGTERM })),
+                _ => {}
+            }
+        }
+        summary.failures.push(record);
+    }
+}
+
+/// One slot: take a job, start it, and once its processes are gone (it hands the slot back
+/// before writing its log, journal line and events) take the next.
+async fn slot_loop(slot: usize, slots: Arc<Slots>, ctx: Arc<Ctx>) {
+    let mut stop = slots.stop.subscribe();
+    let mut jobs: JoinSet<JobRecord> = JoinSet::new();
+    let mut nums: HashMap<tokio::task::Id, u64> = HashMap::new();
+    let collect = |done: Result<(tokio::task::Id, JobRecord), tokio::task::JoinError>,
+                   nums: &mut HashMap<tokio::task::Id, u64>| {
+        let record = match done {
+            Ok((id, record)) => {
+                nums.remove(&id);
+                record
+            }
+            Err(e) => lost_record(nums.remove(&e.id()).unwrap_or(u64::MAX), slot, &e.to_string()),
+        };
+        slots.account(record);
+    };
+    loop {
+        while let Some(done) = jobs.try_join_next_with_id() {
+            collect(done, &mut nums);
+        }
+        if *stop.borrow_and_update() != Stop::None {
+            slots.stopped_early();
+            break;
+        }
+        let Some(sub) = slots.source.next(&mut stop).await else {
+            if *stop.borrow() == Stop::None {
+                slots.exhausted.store(true, Ordering::Release);
+            } else {
+                slots.stopped_early();
+            }
+            break;
+        };
+        slots.took_job(&ctx);
+        let (freed_tx, freed_rx) = oneshot::channel();
+        let num = sub.spec.num;
+        let handle = jobs.spawn(run_one(sub, slot, ctx.clone(), stop.clone(), freed_tx));
+        nums.insert(handle.id(), num);
+        let freed_early = freed_rx.await.is_ok();
+        slots.busy.fetch_sub(1, Ordering::AcqRel);
+        if !freed_early {
+            // It ended without handing the slot back (a failure under a halt policy, a
+            // timeout, a stop): its record must count before this slot goes on.
+            while let Some(done) = jobs.join_next_with_id().await {
+                collect(done, &mut nums);
+            }
+        }
+    }
+    while let Some(done) = jobs.join_next_with_id().await {
+        collect(done, &mut nums);
+    }
+}
+
+/// The slots' threads; they end when this is dropped (with the run, or its future).
+struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    _shutdown: Vec<oneshot::Sender<()>>,
+}
+
+impl Workers {
+    /// `count` threads, each with a current-thread runtime; if none can be made, the
+    /// caller's runtime does the work.
+    fn start(count: usize) -> Workers {
+        let mut workers = Workers { handles: Vec::new(), _shutdown: Vec::new() };
+        for i in 0..count {
+            let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+            let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+            let started = std::thread::Builder::new().name(format!("orchestrator-slots-{i}")).spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::warn!("cannot start a runtime for the slots: {e}");
+                        return;
+                    }
+                };
+                if handle_tx.send(rt.handle().clone()).is_ok() {
+                    // Ends when the run does; what is left on it (nothing, unless the run's
+                    // future was dropped) is dropped with it, and the reaper kills its jobs.
+                    rt.block_on(async {
+                        let _ = shutdown_rx.await;
+                    });
+                }
+            });
+            match started.ok().and_then(|_| handle_rx.recv().ok()) {
+                Some(handle) => {
+                    workers.handles.push(handle);
+                    workers._shutdown.push(shutdown_tx);
+                }
+                None => {
+                    tracing::warn!("cannot start a thread for the slots; running them on the caller's runtime");
+                    break;
+                }
+            }
+        }
+        if workers.handles.is_empty() {
+            workers.handles.push(tokio::runtime::Handle::current());
+        }
+        workers
+    }
+}
+
+/// Run the jobs from `source` until it runs dry or a stop request ends the run.
 ///
 /// Jobs that were not started because of a stop are not recorded; everything that started
 /// gets exactly one [`Event::Finished`] and one journal line.
 pub async fn run(
     opts: RunOptions,
-    mut jobs: mpsc::Receiver<Submission>,
+    source: impl Into<JobSource>,
     events: Option<mpsc::Sender<Event>>,
     mut external: watch::Receiver<Stop>,
 ) -> RunSummary {
@@ -328,7 +551,6 @@ pub async fn run(
     }
     let base_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let (shared, base_index) = shared_env(&base_env);
-    let (slot_freed, mut freed) = mpsc::unbounded_channel();
     let ctx = Arc::new(Ctx {
         thread_env: thread_env(opts.thread_limit, &base_env),
         opts,
@@ -342,104 +564,46 @@ pub async fn run(
         base_index,
         programs: Mutex::new(HashMap::new()),
         spill: std::sync::OnceLock::new(),
-        slot_freed,
         journal_errors: Mutex::new((0, None)),
     });
-    let (stop_tx, stop_rx) = watch::channel(*external.borrow());
-    // Slots handed back, and the next never-used one: no list of n_jobs entries up front
-    // (n_jobs can be huge; only as many slots as jobs ever run at once are made).
-    let mut free: Vec<usize> = Vec::new();
-    let mut fresh = 0usize;
-    let mut set: JoinSet<JobRecord> = JoinSet::new();
-    // Slot, job number, and whether the job has handed its slot back already.
-    let mut running: HashMap<tokio::task::Id, (usize, u64, bool)> = HashMap::new();
-    let mut summary = RunSummary::default();
-    let mut dispatching = true;
+    let (stop_tx, _) = watch::channel(*external.borrow());
+    let workers = Workers::start(n_jobs.min(sys::available_cpus()).max(1));
+    let slots = Arc::new(Slots {
+        source: match source.into() {
+            JobSource::Channel(rx) => Source::Channel(tokio::sync::Mutex::new(rx)),
+            JobSource::Lazy(make) => Source::Lazy(Mutex::new(make)),
+        },
+        workers: workers.handles.clone(),
+        tracker: tokio_util::task::TaskTracker::new(),
+        n_jobs,
+        made: AtomicUsize::new(1),
+        busy: AtomicUsize::new(0),
+        exhausted: std::sync::atomic::AtomicBool::new(false),
+        halt,
+        summary: Mutex::new(RunSummary::default()),
+        stop: stop_tx,
+    });
+    slots.add_slot(0, &ctx);
+    slots.tracker.close();
     let mut external_open = true;
     let mut cancel_seen = false;
     loop {
-        let current = *stop_rx.borrow();
-        if current != Stop::None && dispatching {
-            dispatching = false;
-            summary.stopped_early = true;
-        }
-        if !dispatching && set.is_empty() {
-            break;
-        }
         tokio::select! {
             biased;
             changed = external.changed(), if external_open => match changed {
                 Ok(()) => {
                     let req = *external.borrow_and_update();
-                    stop_tx.send_modify(|s| *s = (*s).max(req));
+                    slots.stop.send_modify(|s| *s = (*s).max(req));
                 }
                 Err(_) => external_open = false,
             },
             () = cancel.cancelled(), if !cancel_seen => {
                 cancel_seen = true;
-                stop_tx.send_modify(|s| {
+                slots.stop.send_modify(|s| {
                     *s = (*s).max(Stop::Graceful { reason: StopReason::Interrupted, signal: libc::SIGTERM })
                 });
             }
-            // Before `join_next`: a job sends this before it ends, and its slot must not be
-            // freed twice.
-            Some(id) = freed.recv() => {
-                if let Some((slot, _, released)) = running.get_mut(&id)
-                    && !*released
-                {
-                    *released = true;
-                    free.push(*slot);
-                }
-            }
-            Some(done) = set.join_next_with_id(), if !set.is_empty() => {
-                let (record, released) = match done {
-                    Ok((id, record)) => {
-                        let released = running.remove(&id).is_some_and(|(_, _, r)| r);
-                        (record, released)
-                    }
-                    Err(e) => {
-                        let (slot, num, released) = running.remove(&e.id()).unwrap_or((0, u64::MAX, false));
-                        (lost_record(num, slot, &e.to_string()), released)
-                    }
-                };
-                if !released {
-                    free.push(record.slot);
-                }
-                summary.finished += 1;
-                if record.outcome.is_success() {
-                    summary.succeeded += 1;
-                } else {
-                    let caused_by_stop = matches!(record.outcome, Outcome::Stopped { .. });
-                    if !caused_by_stop {
-                        match halt {
-                            HaltPolicy::Soon => stop_tx.send_modify(|s| *s = (*s).max(Stop::Drain)),
-                            HaltPolicy::Now => stop_tx.send_modify(|s| {
-                                *s = (*s).max(Stop::Graceful { reason: StopReason::Halt, signal: libc::SIGTERM })
-                            }),
-                            _ => {}
-                        }
-                    }
-                    summary.failures.push(record);
-                }
-            }
-            job = jobs.recv(), if dispatching && (!free.is_empty() || fresh < n_jobs) => match job {
-                None => dispatching = false,
-                Some(sub) => {
-                    // The lowest slot free: slot-bound settings (per-slot env) are used in order.
-                    free.sort_unstable_by(|a, b| b.cmp(a));
-                    let slot = match free.pop() {
-                        Some(slot) => slot,
-                        None => {
-                            fresh += 1;
-                            fresh - 1
-                        }
-                    };
-                    let num = sub.spec.num;
-                    let handle = set.spawn(run_one(sub, slot, ctx.clone(), stop_rx.clone()));
-                    running.insert(handle.id(), (slot, num, false));
-                }
-            },
-            else => break,
+            () = slots.tracker.wait() => break,
         }
     }
     // Whatever is still marked as ours (a job's escapee that outlived every check) ends now.
@@ -447,7 +611,9 @@ pub async fn run(
     for pid in ctx.reaper.sweep(&|entry| entry.as_encoded_bytes().starts_with(prefix.as_bytes())) {
         sys::signal_pid(pid, Signal::SIGKILL);
     }
-    summary.stop = *stop_rx.borrow();
+    drop(workers);
+    let mut summary = std::mem::take(&mut *slots.summary.lock().unwrap_or_else(|e| e.into_inner()));
+    summary.stop = *slots.stop.borrow();
     if let Some(j) = &ctx.opts.journal
         && let Err(e) = j.sync()
     {
@@ -474,9 +640,15 @@ enum EndCause {
     Stopped(StopReason),
 }
 
-async fn run_one(sub: Submission, slot: usize, ctx: Arc<Ctx>, stop: watch::Receiver<Stop>) -> JobRecord {
+async fn run_one(
+    sub: Submission,
+    slot: usize,
+    ctx: Arc<Ctx>,
+    stop: watch::Receiver<Stop>,
+    freed: oneshot::Sender<()>,
+) -> JobRecord {
     let Submission { spec, cancel, reply } = sub;
-    let record = run_job(spec, slot, &ctx, stop, cancel).await;
+    let record = run_job(spec, slot, &ctx, stop, cancel, freed).await;
     if let Some(reply) = reply {
         // The caller may have dropped its handle: nobody to tell.
         let _ = reply.send(record.clone());
@@ -490,6 +662,7 @@ async fn run_job(
     ctx: &Arc<Ctx>,
     mut stop: watch::Receiver<Stop>,
     cancel: CancellationToken,
+    freed: oneshot::Sender<()>,
 ) -> JobRecord {
     let start = Utc::now();
     let t0 = Instant::now();
@@ -626,11 +799,7 @@ async fn run_job(
     // writes its log, journal line and events (the next job's process then starts on the
     // CPU this one left, instead of after our bookkeeping). Not under a halt policy: a failure
     // of any running job must reach the runner before anything else starts.
-    if cause.is_none()
-        && record.leftover_processes == 0
-        && ctx.opts.halt == HaltPolicy::Never
-        && let Some(id) = tokio::task::try_id()
-        && ctx.slot_freed.send(id).is_ok()
+    if cause.is_none() && record.leftover_processes == 0 && ctx.opts.halt == HaltPolicy::Never && freed.send(()).is_ok()
     {
         tokio::task::yield_now().await;
     }
@@ -1109,7 +1278,6 @@ mod tests {
             own_pgid: 1,
             programs: Mutex::new(HashMap::new()),
             spill: std::sync::OnceLock::new(),
-            slot_freed: mpsc::unbounded_channel().0,
             journal_errors: Mutex::new((0, None)),
         }
     }

@@ -121,7 +121,9 @@ impl SpillStore {
             return Ok(s);
         }
         self.check_space(data.len() as u64)?;
-        let tmp = self.dir.join(format!(".tmp-{hash}"));
+        // Numbered: another thread may be storing the same content right now.
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.dir.join(format!(".tmp-{n}"));
         let mut f = create_private(&tmp)?;
         f.write_all(data).map_err(self.write_err(&tmp, data.len() as u64)).inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
@@ -310,6 +312,24 @@ mod tests {
     }
 
     #[test]
+    fn threads_storing_the_same_content_at_once_share_one_file() {
+        let folder = tempfile::tempdir().unwrap();
+        let store = SpillStore::create(folder.path(), Some(MmapMode::R)).unwrap();
+        let data = vec![7u8; 1 << 20];
+        let stored: Vec<Spilled> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..8).map(|_| s.spawn(|| store.put_bytes(&data, false).unwrap())).collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        assert!(stored.iter().all(|s| *s == stored[0]));
+        let files: Vec<_> = std::fs::read_dir(store.dir()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        for s in &stored {
+            store.release(&s.hash);
+        }
+        assert!(!stored[0].path.exists());
+    }
+
+    #[test]
     fn a_file_snapshot_is_streamed_and_deduplicated_with_bytes() {
         let folder = tempfile::tempdir().unwrap();
         let store = SpillStore::create(folder.path(), Some(MmapMode::RPlus)).unwrap();
@@ -344,8 +364,11 @@ mod tests {
         let store = SpillStore::create(folder.path(), None).unwrap();
         let victim = folder.path().join("victim");
         std::fs::write(&victim, b"precious").unwrap();
-        let hash = blake3::hash(b"payload").to_hex().to_string();
-        std::os::unix::fs::symlink(&victim, store.dir().join(format!(".tmp-{hash}"))).unwrap();
+        // Links at every temporary name the next writes can take (other tests take some).
+        let next = NEXT.load(std::sync::atomic::Ordering::Relaxed);
+        for n in next..next + 1000 {
+            std::os::unix::fs::symlink(&victim, store.dir().join(format!(".tmp-{n}"))).unwrap();
+        }
         assert!(store.put_bytes(b"payload", false).is_err(), "O_EXCL|O_NOFOLLOW refuses the link");
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     }

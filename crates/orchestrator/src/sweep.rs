@@ -1,5 +1,5 @@
 //! A whole sweep, as the CLI runs it: validate the config, overrides and app, lay out the
-//! Hydra tree, prepare jobs `pre_dispatch` ahead, and run them under the supervisor.
+//! Hydra tree, and run its jobs under the supervisor, each prepared as a slot takes it.
 //!
 //! [`PreparedSweep::prepare`] checks everything and creates nothing; [`PreparedSweep::start`]
 //! creates the sweep dir (or adopts it, to resume) and runs the jobs.
@@ -15,7 +15,6 @@ use orchestrator_config::grammar::{Override, OverrideError, OverrideKind, parse_
 use orchestrator_config::sweep::{SweepContext, SweepError, SweepPlan};
 use orchestrator_config::{ConfigError, LoadedConfig, load_config_str};
 use serde_yaml::Value;
-use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -23,7 +22,7 @@ use crate::args::LargeArgs;
 use crate::event::Event;
 use crate::journal::Journal;
 use crate::launch::{LayoutError, SweepLayout, job_name_for};
-use crate::runner::{RunOptions, RunSummary, Stop, run};
+use crate::runner::{JobSource, RunOptions, RunSummary, Stop, run};
 use crate::spill::SpillStore;
 use crate::temp::TempFolder;
 
@@ -119,13 +118,6 @@ pub struct PreparedSweep {
     pub file_refs: Vec<String>,
     /// Where relative paths (sweep dir, `@path` values) are taken from.
     pub base_dir: PathBuf,
-    /// Prepare jobs (their dirs and files) in a task on the calling runtime instead of on a
-    /// blocking thread. Faster on a current-thread runtime that does little else, as the
-    /// CLI's (one thread fewer competing with the jobs for the CPUs, no cross-thread
-    /// wake-up per job: 2,000 `true` jobs on 2 cores, 1.03 s -> 0.96 s), but each job's
-    /// preparation then blocks that runtime (~0.1 ms on a local disk, longer on a slow
-    /// one). Off by default; ignored on a multi-threaded runtime.
-    pub prepare_on_runtime: bool,
     /// The resumed dir's lock, taken while preparing (a fresh sweep's is taken when its dir
     /// is made).
     lock: Option<DirLock>,
@@ -166,9 +158,8 @@ impl PreparedSweep {
         })
     }
 
-    /// Create the sweep dir (or adopt it when resuming), open the journal, and run: jobs
-    /// are prepared at most `pre_dispatch` ahead of the slots, on a blocking thread (or see
-    /// [`PreparedSweep::prepare_on_runtime`]).
+    /// Create the sweep dir (or adopt it when resuming), open the journal, and run: each
+    /// job is prepared by the slot that takes it, just before it starts.
     pub fn start(
         self,
         events: Option<mpsc::Sender<Event>>,
@@ -176,17 +167,7 @@ impl PreparedSweep {
     ) -> Result<SweepRun, LayoutError> {
         let total = self.total();
         let PreparedSweep {
-            mut layout,
-            plan,
-            mut options,
-            done,
-            resuming,
-            file_refs,
-            base_dir,
-            prepare_on_runtime,
-            lock,
-            temp_folder,
-            ..
+            mut layout, plan, mut options, done, resuming, file_refs, base_dir, lock, temp_folder, ..
         } = self;
         // Snapshot `@file` arguments before anything is created: running out of space in
         // temp_folder must leave no sweep dir and start no job.
@@ -210,43 +191,26 @@ impl PreparedSweep {
         let journal_path = layout.abs_dir.join("jobs.jsonl");
         let journal = Journal::open(&journal_path).map_err(|source| LayoutError::Io { path: journal_path, source })?;
         options.journal = Some(Arc::new(journal));
-        let window = layout.resolved.launcher.pre_dispatch.resolve(options.n_jobs);
-        let ahead = window.saturating_sub(options.n_jobs).clamp(1, 4096);
-        let (job_tx, job_rx) = mpsc::channel(ahead);
         let layout = Arc::new(layout);
-        let producer = {
+        // Each job is prepared by the slot that takes it, on that slot's thread, just before
+        // it starts (so never more than `pre_dispatch` ahead): no thread hands jobs over.
+        let source = {
             let layout = layout.clone();
-            let mut stop = stop.clone();
-            if prepare_on_runtime && Handle::current().runtime_flavor() == RuntimeFlavor::CurrentThread {
-                tokio::spawn(async move {
-                    for job in plan.iter().filter(|j| !done.contains(&j.num)) {
-                        let Ok(permit) = job_tx.reserve().await else { break };
-                        // Room means a job was just taken to start: let it start before
-                        // preparing the next one on this thread.
-                        tokio::task::yield_now().await;
-                        if *stop.borrow_and_update() != Stop::None {
-                            break;
-                        }
-                        permit.send(layout.prepare(&job).into());
+            let mut next = 0u64;
+            JobSource::Lazy(Box::new(move || {
+                while next < plan.len() {
+                    let num = next;
+                    next += 1;
+                    if !done.contains(&num) {
+                        return plan.job(num).map(|job| layout.prepare(&job).into());
                     }
-                })
-            } else {
-                tokio::task::spawn_blocking(move || {
-                    for job in plan.iter().filter(|j| !done.contains(&j.num)) {
-                        if *stop.borrow_and_update() != Stop::None {
-                            break;
-                        }
-                        if job_tx.blocking_send(layout.prepare(&job).into()).is_err() {
-                            break;
-                        }
-                    }
-                })
-            }
+                }
+                None
+            }))
         };
         let keep = large.clone();
         let runner = tokio::spawn(async move {
-            let summary = run(options, job_rx, events, stop).await;
-            let _ = producer.await;
+            let summary = run(options, source, events, stop).await;
             // Spill files must outlive every job that maps them.
             drop(keep);
             drop(lock);
@@ -592,7 +556,6 @@ impl PreparedSweep {
             resuming,
             file_refs: refs,
             base_dir: cwd,
-            prepare_on_runtime: false,
             lock,
             temp_folder,
         })

@@ -89,9 +89,10 @@ pub fn group_alive(pgid: u32) -> bool {
 }
 
 /// The children of the threads that start jobs, listed by the kernel in
-/// `/proc/self/task/<tid>/children`. A child, and an orphan re-parented to us, is listed
-/// under the thread that spawned its ancestor, so those threads are the only ones worth
-/// reading. The files are kept open: read again from offset 0, a file lists its thread's
+/// `/proc/self/task/<tid>/children`. A child is listed under the thread that spawned it; an
+/// orphan re-parented to us under our first live thread, the main one (the kernel's
+/// `find_new_reaper`), so those threads are the only ones worth reading. The files are kept
+/// open: read again from offset 0, a file lists its thread's
 /// children afresh (it is a seq_file), which saves a procfs path walk per job.
 #[derive(Default)]
 pub struct ChildLists {
@@ -115,6 +116,16 @@ impl ChildLists {
             // file lists the dead thread's (no) children, so open this one's.
             Some(entry) => *entry = (tid, me, None),
             None => self.files.push((tid, me, None)),
+        }
+    }
+
+    /// Watch the main thread's children too: an orphan re-parented to us (a subreaper) goes
+    /// to our first live thread, which is the main thread, whichever thread spawned its
+    /// ancestor.
+    pub fn add_main_thread(&mut self) {
+        let pid = std::process::id() as i32;
+        if !self.files.iter().any(|(t, _, _)| *t == pid) {
+            self.files.push((pid, 0, None));
         }
     }
 
