@@ -338,7 +338,9 @@ impl std::fmt::Debug for JobSource {
 /// The source, shared by the slots.
 enum Source {
     Channel(tokio::sync::Mutex<mpsc::Receiver<Submission>>),
-    Lazy(Mutex<Box<dyn FnMut() -> Option<Submission> + Send>>),
+    // A tokio mutex: a slot waiting while another prepares its job must not block its
+    // thread, whose other slots may have output to read or timers due.
+    Lazy(tokio::sync::Mutex<Box<dyn FnMut() -> Option<Submission> + Send>>),
 }
 
 impl Source {
@@ -350,7 +352,11 @@ impl Source {
                 () = stopped(stop) => None,
                 sub = async { rx.lock().await.recv().await } => sub,
             },
-            Source::Lazy(make) => (make.lock().unwrap_or_else(|e| e.into_inner()))(),
+            Source::Lazy(make) => tokio::select! {
+                biased;
+                () = stopped(stop) => None,
+                mut make = make.lock() => (*make)(),
+            },
         }
     }
 }
@@ -463,6 +469,14 @@ async fn slot_loop(slot: usize, slots: Arc<Slots>, ctx: Arc<Ctx>) {
             }
             break;
         };
+        // A stop (or another slot's failure under a halt policy) may have come while this
+        // slot waited for the job or prepared it: then the job never starts (a caller
+        // waiting on it gets `NotStarted`).
+        if *stop.borrow_and_update() != Stop::None {
+            drop(sub);
+            slots.stopped_early();
+            break;
+        }
         slots.took_job(&ctx);
         let (freed_tx, freed_rx) = oneshot::channel();
         let num = sub.spec.num;
@@ -483,17 +497,19 @@ async fn slot_loop(slot: usize, slots: Arc<Slots>, ctx: Arc<Ctx>) {
     }
 }
 
-/// The slots' threads; they end when this is dropped (with the run, or its future).
+/// The slots' threads. Dropping this (at the run's end, or with its future) ends them and
+/// waits for them: by then every task they ran is dropped, so the reaper's last owner is the
+/// run's, whose drop kills whatever jobs are left before the process can go on (and exit).
 struct Workers {
     handles: Vec<tokio::runtime::Handle>,
-    _shutdown: Vec<oneshot::Sender<()>>,
+    threads: Vec<(oneshot::Sender<()>, std::thread::JoinHandle<()>)>,
 }
 
 impl Workers {
     /// `count` threads, each with a current-thread runtime; if none can be made, the
     /// caller's runtime does the work.
     fn start(count: usize) -> Workers {
-        let mut workers = Workers { handles: Vec::new(), _shutdown: Vec::new() };
+        let mut workers = Workers { handles: Vec::new(), threads: Vec::new() };
         for i in 0..count {
             let (handle_tx, handle_rx) = std::sync::mpsc::channel();
             let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
@@ -506,17 +522,15 @@ impl Workers {
                     }
                 };
                 if handle_tx.send(rt.handle().clone()).is_ok() {
-                    // Ends when the run does; what is left on it (nothing, unless the run's
-                    // future was dropped) is dropped with it, and the reaper kills its jobs.
                     rt.block_on(async {
                         let _ = shutdown_rx.await;
                     });
                 }
             });
-            match started.ok().and_then(|_| handle_rx.recv().ok()) {
-                Some(handle) => {
+            match started.ok().and_then(|thread| Some((handle_rx.recv().ok()?, thread))) {
+                Some((handle, thread)) => {
                     workers.handles.push(handle);
-                    workers._shutdown.push(shutdown_tx);
+                    workers.threads.push((shutdown_tx, thread));
                 }
                 None => {
                     tracing::warn!("cannot start a thread for the slots; running them on the caller's runtime");
@@ -528,6 +542,24 @@ impl Workers {
             workers.handles.push(tokio::runtime::Handle::current());
         }
         workers
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        // Every thread is told first, so that they wind down together.
+        let threads: Vec<_> = self
+            .threads
+            .drain(..)
+            .map(|(shutdown, thread)| {
+                drop(shutdown);
+                thread
+            })
+            .collect();
+        for thread in threads {
+            // A panic there was already reported on stderr; nothing more to do with it.
+            let _ = thread.join();
+        }
     }
 }
 
@@ -571,7 +603,7 @@ pub async fn run(
     let slots = Arc::new(Slots {
         source: match source.into() {
             JobSource::Channel(rx) => Source::Channel(tokio::sync::Mutex::new(rx)),
-            JobSource::Lazy(make) => Source::Lazy(Mutex::new(make)),
+            JobSource::Lazy(make) => Source::Lazy(tokio::sync::Mutex::new(make)),
         },
         workers: workers.handles.clone(),
         tracker: tokio_util::task::TaskTracker::new(),

@@ -201,8 +201,10 @@ impl PreparedSweep {
                 while next < plan.len() {
                     let num = next;
                     next += 1;
-                    if !done.contains(&num) {
-                        return plan.job(num).map(|job| layout.prepare(&job).into());
+                    if !done.contains(&num)
+                        && let Some(job) = plan.job(num)
+                    {
+                        return Some(layout.prepare(&job).into());
                     }
                 }
                 None

@@ -259,8 +259,24 @@ fn a_runtime_dropped_under_running_jobs_takes_their_processes_with_it() {
     });
     let job_pids = wait_for_pids(&pids, 2);
     drop(rt);
+    // Not "eventually": by the time the drop returns, SIGKILL is on its way to every
+    // process of the job (a program that exits right after would not wait for it).
+    for &pid in &job_pids {
+        assert!(killed_or_gone(pid), "pid {pid} was not sent SIGKILL before the runtime's drop returned");
+    }
     assert_all_gone(&job_pids);
     drop((sup, events, job));
+}
+
+/// Whether `pid` is gone, dead, or has a SIGKILL pending.
+fn killed_or_gone(pid: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return true };
+    let field = |name: &str| {
+        status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).unwrap_or_default()
+    };
+    let state = field("State:");
+    let pending = |name: &str| u64::from_str_radix(&field(name), 16).unwrap_or(0) & (1 << (libc::SIGKILL - 1)) != 0;
+    state.starts_with('Z') || state.starts_with('X') || pending("SigPnd:") || pending("ShdPnd:")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
