@@ -150,27 +150,31 @@ fn children_die_with_a_killed_supervisor() {
     kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
     let _ = child.wait();
     let sweep = sb.sweep_dir();
-    // The leaders die by the parent-death signal. Their forked children are not covered by
-    // it (they ignore SIGTERM and their parent was the leader): check the leaders only,
-    // and clean up the rest so the machine stays tidy.
+    // The leaders die by the parent-death signal; their forked children, which ignore
+    // SIGTERM and whose parent was the leader, by the watchdog.
     let pids = recorded_pids(&sweep);
-    let leaders: Vec<u32> = std::fs::read_dir(&sweep)
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("pids")).ok())
-        .filter_map(|t| t.lines().next().and_then(|l| l.parse().ok()))
-        .collect();
-    assert_eq!(leaders.len(), 2);
-    let result = std::panic::catch_unwind(|| assert_no_survivors(&leaders));
-    for p in pids {
-        let _ = kill(Pid::from_raw(p as i32), Signal::SIGKILL);
-    }
-    result.unwrap();
+    assert_eq!(pids.len(), 4, "{pids:?}");
+    assert_no_survivors(&pids);
     // The journal stays valid JSON lines even though the supervisor died mid-run.
     let text = std::fs::read_to_string(sweep.join("jobs.jsonl")).unwrap();
     for line in text.lines() {
         serde_json::from_str::<serde_json::Value>(line).unwrap();
     }
+}
+
+#[test]
+fn escaped_sessions_die_with_a_killed_supervisor() {
+    let sb = Sandbox::new();
+    let cfg = sb.write("c.yaml", FAST);
+    let mut child =
+        sb.spawn(&["-c", cfg.to_str().unwrap(), "-m", "--quiet", "task=1,2", "--", fixture(), "setsid-hang"]);
+    // Per job: the leader, a child that called setsid, and its child; all ignore SIGTERM.
+    wait_for(20, "jobs to start", || sb.sweep_dirs().first().map(|s| recorded_pids(s).len() >= 6).unwrap_or(false));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    let _ = child.wait();
+    let pids = recorded_pids(&sb.sweep_dir());
+    assert_eq!(pids.len(), 6, "{pids:?}");
+    assert_no_survivors(&pids);
 }
 
 #[test]

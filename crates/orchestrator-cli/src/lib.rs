@@ -5,6 +5,7 @@ mod cli;
 mod report;
 mod run;
 mod signals;
+mod watchdog;
 
 use std::process::ExitCode;
 
@@ -28,7 +29,11 @@ pub mod exit {
 
 /// Parse the process arguments, run, and return the exit code.
 pub fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == watchdog::ARG) {
+        return ExitCode::from(watchdog::main(&argv[2..]));
+    }
+    let args = cli::Cli::parse_from(argv);
     init_logging();
     match args.command {
         cli::Command::Run(run_args) => ExitCode::from(run::main(run_args)),

@@ -48,6 +48,17 @@ pub fn main(args: RunArgs) -> u8 {
             && std::io::IsTerminal::is_terminal(&std::io::stderr())
             && std::env::var_os("TERM").is_some_and(|t| t != "dumb"),
     };
+    // The input is valid and jobs are about to start: from here on, if this process dies
+    // without ending them, the watchdog does.
+    let _watchdog = match crate::watchdog::Watchdog::start() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(
+                "cannot start the watchdog ({e}): if this process is killed, what its jobs forked may outlive them"
+            );
+            None
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -34,6 +34,13 @@ use crate::sys;
 /// came from, so a daemonised grandchild is still ended with its job.
 pub const JOB_KEY_VAR: &str = "ORCHESTRATOR_JOB_KEY";
 
+/// The start of the [`JOB_KEY_VAR`] entry (`NAME=value`) in the environment of every process
+/// of every job started by the supervisor with process id `pid`: a watchdog that outlives the
+/// supervisor finds what is left of its jobs by it.
+pub fn job_marker_prefix(pid: u32) -> String {
+    format!("{JOB_KEY_VAR}={pid}-")
+}
+
 /// Thread-count variables that numeric libraries read; set per job as joblib's loky does.
 pub const THREAD_VARS: &[&str] = &[
     "OMP_NUM_THREADS",
@@ -589,6 +596,7 @@ pub async fn run(
         reaper: Reaper::default(),
         events,
         clock: Clock::new(),
+        // Starts with our pid (see `job_marker_prefix`); the time tells runs of one process apart.
         run_key: format!("{}-{}", std::process::id(), Utc::now().timestamp_nanos_opt().unwrap_or(0)),
         own_pgid: sys::own_pgid(),
         path_var: path_var(&base_env),

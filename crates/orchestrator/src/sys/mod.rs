@@ -200,6 +200,33 @@ pub fn live_group_members(pgid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// SIGKILL every process whose environment has an entry starting with `marker` (found by
+/// scanning `/proc`; zombies have none), and the process group of each one that leads its
+/// own (a job's leader, a `setsid` escapee), which takes members that cleared their
+/// environment with it. Never this process or its group. Returns how many it found.
+pub fn kill_marked(marker: &[u8]) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let me = std::process::id();
+    let my_group = own_pgid();
+    let mut found = 0;
+    for pid in dir.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())) {
+        if pid == me || !environ_matches(pid, &|entry| entry.as_encoded_bytes().starts_with(marker)) {
+            continue;
+        }
+        found += 1;
+        signal_pid(pid, Signal::SIGKILL);
+        if let Some((_, pgid)) = proc_state(pid)
+            && pgid == pid
+            && pgid != my_group
+        {
+            signal_group(pgid, Signal::SIGKILL);
+        }
+    }
+    found
+}
+
 /// The process group of this process.
 pub fn own_pgid() -> u32 {
     nix::unistd::getpgrp().as_raw() as u32
