@@ -178,6 +178,22 @@ fn escaped_sessions_die_with_a_killed_supervisor() {
 }
 
 #[test]
+fn a_job_member_without_the_marker_dies_with_a_killed_supervisor() {
+    let sb = Sandbox::new();
+    let cfg = sb.write("c.yaml", FAST);
+    // `env -i` clears the marker: that process is found through its group, which a marked
+    // sibling is still in.
+    let script = r#"trap '' TERM; env -i sleep 300 & echo $! >> "$ORCHESTRATOR_JOB_DIR/pids"; sleep 301 & echo $! >> "$ORCHESTRATOR_JOB_DIR/pids"; wait"#;
+    let mut child = sb.spawn(&["-c", cfg.to_str().unwrap(), "-m", "--quiet", "task=1,2", "--", "sh", "-c", script]);
+    wait_for(20, "jobs to start", || sb.sweep_dirs().first().map(|s| recorded_pids(s).len() >= 4).unwrap_or(false));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    let _ = child.wait();
+    let pids = recorded_pids(&sb.sweep_dir());
+    assert_eq!(pids.len(), 4, "{pids:?}");
+    assert_no_survivors(&pids);
+}
+
+#[test]
 fn a_second_ctrl_c_kills_at_once() {
     let sb = Sandbox::new();
     // A long grace period: only the second signal can make this quick.

@@ -50,7 +50,7 @@ pub fn main(args: RunArgs) -> u8 {
     };
     // The input is valid and jobs are about to start: from here on, if this process dies
     // without ending them, the watchdog does.
-    let _watchdog = match crate::watchdog::Watchdog::start() {
+    let watchdog = match crate::watchdog::Watchdog::start() {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!(
@@ -66,7 +66,13 @@ pub fn main(args: RunArgs) -> u8 {
             return exit::INTERNAL;
         }
     };
-    runtime.block_on(execute(prepared, mode, display))
+    let code = runtime.block_on(execute(prepared, mode, display));
+    // Every job has ended: what the runner stopped, it has waited for.
+    drop(runtime);
+    if let Some(w) = watchdog {
+        w.finish();
+    }
+    code
 }
 
 async fn execute(mut prepared: PreparedSweep, mode: Mode, display: report::Display) -> u8 {

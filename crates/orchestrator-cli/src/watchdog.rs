@@ -5,16 +5,17 @@
 //! process group, or escaped with `setsid`) would live on. So before the first job starts,
 //! the supervisor starts its own binary again as a watchdog, in a process group of its own
 //! (a terminal's Ctrl-C does not reach it), holding the read end of a pipe whose write end
-//! only the supervisor has. However the supervisor ends, the kernel closes that end; the
-//! watchdog then kills every process carrying the supervisor's job marker, and the groups
-//! they lead. After a normal run there is nothing left to find, and it just exits. It costs
-//! one process start per run and nothing per job.
+//! only the supervisor has. If the supervisor ends without saying it is done, the kernel
+//! closes that end; the watchdog then kills every process carrying the supervisor's job
+//! marker, and their process groups. A run that ends normally (the runner has ended every
+//! job) says so, and the watchdog exits at once. It costs one process start per run and
+//! nothing per job.
 
 use std::ffi::OsString;
-use std::io::Read;
-use std::os::fd::OwnedFd;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::{SigHandler, Signal, signal};
@@ -22,35 +23,93 @@ use nix::sys::signal::{SigHandler, Signal, signal};
 /// The first argument that makes the binary a watchdog (not a user-facing subcommand).
 pub const ARG: &str = "__watchdog";
 
-/// Keeps the watchdog waiting; dropping it (or the process ending) lets it look.
+/// What the supervisor writes when its run ended normally.
+const DONE: u8 = b'D';
+/// What the watchdog writes back once it is running.
+const READY: u8 = b'R';
+/// How long a new watchdog may take to say it runs.
+const START_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A running watchdog. Dropped without [`Watchdog::finish`] (a panic), it looks for jobs'
+/// processes left behind, as if the supervisor had died.
 #[derive(Debug)]
 pub struct Watchdog {
-    _alive: OwnedFd,
+    alive: Option<std::fs::File>,
+    child: Child,
 }
 
 impl Watchdog {
     /// Start a watchdog for the jobs this process will start.
-    pub fn start() -> std::io::Result<Watchdog> {
-        // Both ends close-on-exec: no job may hold the write end, or the watchdog would
-        // wait for it too.
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        Command::new("/proc/self/exe")
+    pub fn start() -> Result<Watchdog, String> {
+        // Every end close-on-exec: no job may hold the write end, or the watchdog would wait
+        // for it too.
+        let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
+        let (alive_r, alive_w) = nix::unistd::pipe2(cloexec).map_err(|e| e.to_string())?;
+        let (ready_r, ready_w) = nix::unistd::pipe2(cloexec).map_err(|e| e.to_string())?;
+        let mut child = Command::new("/proc/self/exe")
             .arg0("orchestrator-watchdog")
             .arg(ARG)
             .arg(std::process::id().to_string())
-            .stdin(Stdio::from(read))
-            .stdout(Stdio::null())
+            .arg(orchestrator::sys::own_pgid().to_string())
+            .stdin(Stdio::from(alive_r))
+            .stdout(Stdio::from(ready_w))
             .stderr(Stdio::null())
             .current_dir("/")
+            // Not marked as one of our jobs' processes: a run this one is a job of must not
+            // take the watchdog for a leftover of that job (and kill it before it is done).
+            .env_remove(orchestrator::runner::JOB_KEY_VAR)
             .process_group(0)
-            .spawn()?;
-        Ok(Watchdog { _alive: write })
+            .spawn()
+            .map_err(|e| format!("cannot start /proc/self/exe: {e}"))?;
+        // `/proc/self/exe` is not always this program (run through the dynamic loader, or an
+        // emulator): only a watchdog that answers counts.
+        if let Err(e) = wait_ready(ready_r) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        Ok(Watchdog { alive: Some(std::fs::File::from(alive_w)), child })
+    }
+
+    /// The run ended normally: the watchdog exits without looking.
+    pub fn finish(mut self) {
+        if let Some(mut alive) = self.alive.take() {
+            let _ = alive.write_all(&[DONE]);
+        }
+        // Reaped here, or it would stay a zombie under a run this one is a job of.
+        let _ = self.child.wait();
     }
 }
 
-/// The watchdog's life: `args` are the process's arguments after [`ARG`].
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // Closing our end without DONE makes it look; not waited for.
+        drop(self.alive.take());
+    }
+}
+
+fn wait_ready(ready: OwnedFd) -> Result<(), String> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let timeout = PollTimeout::try_from(START_TIMEOUT).unwrap_or(PollTimeout::MAX);
+    let mut fds = [PollFd::new(ready.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, timeout) {
+        Ok(0) => return Err(format!("it did not answer within {}s", START_TIMEOUT.as_secs())),
+        Ok(_) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let mut byte = [0u8; 1];
+    match std::fs::File::from(ready).read(&mut byte) {
+        Ok(1) if byte[0] == READY => Ok(()),
+        Ok(_) => Err("/proc/self/exe is not orchestrator (started through a loader or an emulator?)".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The watchdog's life: `args` are the process's arguments after [`ARG`]: the supervisor's
+/// pid and process group.
 pub fn main(args: &[OsString]) -> u8 {
-    let Some(pid) = args.first().and_then(|a| a.to_str()).and_then(|a| a.parse::<u32>().ok()) else {
+    let number = |i: usize| args.get(i).and_then(|a| a.to_str()).and_then(|a| a.parse::<u32>().ok());
+    let (Some(pid), Some(group)) = (number(0), number(1)) else {
         return crate::exit::USAGE;
     };
     // Only the supervisor's end matters; signals meant for the terminal's jobs do not.
@@ -58,11 +117,19 @@ pub fn main(args: &[OsString]) -> u8 {
         // SAFETY: SIG_IGN installs no handler code.
         let _ = unsafe { signal(sig, SigHandler::SigIgn) };
     }
+    // Its name in `ps` and `top` (the program is `/proc/self/exe`, which they show as `exe`).
+    let _ = nix::sys::prctl::set_name(c"orch-watchdog");
+    let mut stdout = std::io::stdout().lock();
+    if stdout.write_all(&[READY]).and_then(|()| stdout.flush()).is_err() {
+        return crate::exit::INTERNAL;
+    }
+    drop(stdout);
     let mut stdin = std::io::stdin().lock();
     let mut buf = [0u8; 64];
     loop {
         match stdin.read(&mut buf) {
             Ok(0) => break,
+            Ok(n) if buf[..n].contains(&DONE) => return 0,
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => break,
@@ -71,7 +138,7 @@ pub fn main(args: &[OsString]) -> u8 {
     let marker = orchestrator::runner::job_marker_prefix(pid);
     // Again until a pass finds nothing: a process may fork between our reads.
     for _ in 0..50 {
-        if orchestrator::sys::kill_marked(marker.as_bytes()) == 0 {
+        if orchestrator::sys::kill_marked(marker.as_bytes(), &[group]) == 0 {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -323,7 +323,9 @@ pub enum JobSource {
     /// channel closes.
     Channel(mpsc::Receiver<Submission>),
     /// Jobs made on demand, by the slot that will run each one, on its own thread, just
-    /// before it starts; the run ends at the first `None`.
+    /// before it starts; the run ends at the first `None`. The closure must not block (on a
+    /// channel, say): it holds up its thread's other slots meanwhile, and dropping the run
+    /// waits for it.
     Lazy(Box<dyn FnMut() -> Option<Submission> + Send>),
 }
 

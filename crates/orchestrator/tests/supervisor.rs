@@ -80,12 +80,37 @@ async fn cancelling_one_job_leaves_the_others_running() {
     );
     assert!(short1.wait().await.unwrap().outcome.is_success());
     assert!(short2.wait().await.unwrap().outcome.is_success());
-    // Cancelled before it starts: it never runs.
-    let queued = sup.submit(sh(dir.path(), "never", "touch never-ran")).await.unwrap();
+    // Cancelled before it starts: it never runs. The slots run on threads of their own and
+    // take a job as soon as it is submitted, so all three are kept busy until it is
+    // cancelled, or it could start before `cancel` is called.
+    let go = dir.path().join("go");
+    let wait_for_go = format!("echo up > {0}/up-$$; while [ ! -e {0}/go ]; do sleep 0.02; done", dir.path().display());
+    let mut busy = Vec::new();
+    for i in 0..3 {
+        busy.push(sup.submit(sh(dir.path(), &format!("busy{i}"), &wait_for_go)).await.unwrap());
+    }
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("up-"))
+        .count()
+        < 3
+    {
+        assert!(std::time::Instant::now() < until, "the busy jobs never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let never = dir.path().join("never-ran");
+    let queued = sup.submit(sh(dir.path(), "never", &format!("touch {}", never.display()))).await.unwrap();
     queued.cancel();
+    std::fs::write(&go, "").unwrap();
     let r = queued.wait().await.unwrap();
     assert_eq!(r.pid, None);
     assert_eq!(r.outcome.status(), "cancelled");
+    for h in busy {
+        assert!(h.wait().await.unwrap().outcome.is_success());
+    }
+    assert!(!never.exists());
     sup.drain(Duration::from_secs(5)).await.unwrap();
 }
 

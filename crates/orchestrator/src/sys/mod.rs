@@ -201,10 +201,11 @@ pub fn live_group_members(pgid: u32) -> Vec<u32> {
 }
 
 /// SIGKILL every process whose environment has an entry starting with `marker` (found by
-/// scanning `/proc`; zombies have none), and the process group of each one that leads its
-/// own (a job's leader, a `setsid` escapee), which takes members that cleared their
-/// environment with it. Never this process or its group. Returns how many it found.
-pub fn kill_marked(marker: &[u8]) -> usize {
+/// scanning `/proc`; zombies have none), and the process group each one is in (a job's
+/// group, or one it made with `setsid`), which takes the members that cleared their
+/// environment with it. Never this process, nor the groups in `spare` (the supervisor's:
+/// a job may have joined it). Returns how many marked processes it found.
+pub fn kill_marked(marker: &[u8], spare: &[u32]) -> usize {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0;
     };
@@ -218,8 +219,9 @@ pub fn kill_marked(marker: &[u8]) -> usize {
         found += 1;
         signal_pid(pid, Signal::SIGKILL);
         if let Some((_, pgid)) = proc_state(pid)
-            && pgid == pid
             && pgid != my_group
+            && pgid > 1
+            && !spare.contains(&pgid)
         {
             signal_group(pgid, Signal::SIGKILL);
         }
