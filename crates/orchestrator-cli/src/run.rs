@@ -59,6 +59,9 @@ pub fn main(args: RunArgs) -> u8 {
             None
         }
     };
+    // Our child, but not a job's: the reaper need not look at it each time a job ends.
+    let mut prepared = prepared;
+    prepared.options.foreign_children.extend(watchdog.as_ref().map(|w| w.pid()));
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

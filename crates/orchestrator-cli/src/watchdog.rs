@@ -71,6 +71,11 @@ impl Watchdog {
         Ok(Watchdog { alive: Some(std::fs::File::from(alive_w)), child })
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The run ended normally: the watchdog exits without looking.
     pub fn finish(mut self) {
         if let Some(mut alive) = self.alive.take() {

@@ -123,6 +123,11 @@ pub struct RunOptions {
     /// Make this process a child subreaper (process-wide, and not undone), so that jobs'
     /// daemonised grandchildren are re-parented here and ended with their job.
     pub subreaper: bool,
+    /// Children of this process that are not jobs' (the CLI's watchdog, say): the reaper,
+    /// which otherwise reads the state and environment of every child that is not a job's
+    /// leader each time a job ends, never looks at them. Each must stay unreaped for as
+    /// long as the run lasts, so that its pid cannot be reused meanwhile.
+    pub foreign_children: Vec<u32>,
 }
 
 impl RunOptions {
@@ -142,6 +147,7 @@ impl RunOptions {
             temp_folder: None,
             spill: None,
             subreaper: true,
+            foreign_children: Vec::new(),
         }
     }
 }
@@ -216,6 +222,8 @@ pub struct RunSummary {
 #[derive(Default)]
 struct Reaper {
     state: Mutex<ReaperState>,
+    /// See [`RunOptions::foreign_children`].
+    foreign: HashSet<u32>,
 }
 
 #[derive(Default)]
@@ -273,7 +281,7 @@ impl Reaper {
         let mut state = self.lock();
         let mut live = Vec::new();
         for pid in state.spawners.read() {
-            if state.leaders.contains(&pid) {
+            if state.leaders.contains(&pid) || self.foreign.contains(&pid) {
                 continue;
             }
             match sys::proc_state(pid) {
@@ -592,10 +600,11 @@ pub async fn run(
     }
     let base_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let (shared, base_index) = shared_env(&base_env);
+    let foreign = opts.foreign_children.iter().copied().collect();
     let ctx = Arc::new(Ctx {
         thread_env: thread_env(opts.thread_limit, &base_env),
         opts,
-        reaper: Reaper::default(),
+        reaper: Reaper { state: Mutex::default(), foreign },
         events,
         clock: Clock::new(),
         // Starts with our pid (see `job_marker_prefix`); the time tells runs of one process apart.
