@@ -140,21 +140,30 @@ fn sigquit_forwards_kills_and_exits_131() {
     interrupt_with(Signal::SIGQUIT, 131);
 }
 
-#[test]
-fn children_die_with_a_killed_supervisor() {
+/// Run `task=1,2` of `job` (the program and its arguments), SIGKILL the supervisor once the
+/// jobs have written `pids` process ids into their dirs, and check that none survives.
+/// Returns the sandbox and its sweep dir.
+fn kill_the_supervisor_of(job: &[&str], pids: usize) -> (Sandbox, std::path::PathBuf) {
     let sb = Sandbox::new();
     let cfg = sb.write("c.yaml", FAST);
-    let mut child =
-        sb.spawn(&["-c", cfg.to_str().unwrap(), "-m", "--quiet", "task=1,2", "--", fixture(), "hang-ignore-term"]);
-    wait_for(20, "jobs to start", || sb.sweep_dirs().first().map(|s| recorded_pids(s).len() >= 4).unwrap_or(false));
+    let mut args = vec!["-c", cfg.to_str().unwrap(), "-m", "--quiet", "task=1,2", "--"];
+    args.extend_from_slice(job);
+    let mut child = sb.spawn(&args);
+    wait_for(20, "jobs to start", || sb.sweep_dirs().first().map(|s| recorded_pids(s).len() >= pids).unwrap_or(false));
     kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
     let _ = child.wait();
     let sweep = sb.sweep_dir();
+    let recorded = recorded_pids(&sweep);
+    assert_eq!(recorded.len(), pids, "{recorded:?}");
+    assert_no_survivors(&recorded);
+    (sb, sweep)
+}
+
+#[test]
+fn children_die_with_a_killed_supervisor() {
     // The leaders die by the parent-death signal; their forked children, which ignore
     // SIGTERM and whose parent was the leader, by the watchdog.
-    let pids = recorded_pids(&sweep);
-    assert_eq!(pids.len(), 4, "{pids:?}");
-    assert_no_survivors(&pids);
+    let (_sb, sweep) = kill_the_supervisor_of(&[fixture(), "hang-ignore-term"], 4);
     // The journal stays valid JSON lines even though the supervisor died mid-run.
     let text = std::fs::read_to_string(sweep.join("jobs.jsonl")).unwrap();
     for line in text.lines() {
@@ -164,33 +173,16 @@ fn children_die_with_a_killed_supervisor() {
 
 #[test]
 fn escaped_sessions_die_with_a_killed_supervisor() {
-    let sb = Sandbox::new();
-    let cfg = sb.write("c.yaml", FAST);
-    let mut child =
-        sb.spawn(&["-c", cfg.to_str().unwrap(), "-m", "--quiet", "task=1,2", "--", fixture(), "setsid-hang"]);
     // Per job: the leader, a child that called setsid, and its child; all ignore SIGTERM.
-    wait_for(20, "jobs to start", || sb.sweep_dirs().first().map(|s| recorded_pids(s).len() >= 6).unwrap_or(false));
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
-    let _ = child.wait();
-    let pids = recorded_pids(&sb.sweep_dir());
-    assert_eq!(pids.len(), 6, "{pids:?}");
-    assert_no_survivors(&pids);
+    kill_the_supervisor_of(&[fixture(), "setsid-hang"], 6);
 }
 
 #[test]
 fn a_job_member_without_the_marker_dies_with_a_killed_supervisor() {
-    let sb = Sandbox::new();
-    let cfg = sb.write("c.yaml", FAST);
     // `env -i` clears the marker: that process is found through its group, which a marked
     // sibling is still in.
     let script = r#"trap '' TERM; env -i sleep 300 & echo $! >> "$ORCHESTRATOR_JOB_DIR/pids"; sleep 301 & echo $! >> "$ORCHESTRATOR_JOB_DIR/pids"; wait"#;
-    let mut child = sb.spawn(&["-c", cfg.to_str().unwrap(), "-m", "--quiet", "task=1,2", "--", "sh", "-c", script]);
-    wait_for(20, "jobs to start", || sb.sweep_dirs().first().map(|s| recorded_pids(s).len() >= 4).unwrap_or(false));
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
-    let _ = child.wait();
-    let pids = recorded_pids(&sb.sweep_dir());
-    assert_eq!(pids.len(), 4, "{pids:?}");
-    assert_no_survivors(&pids);
+    kill_the_supervisor_of(&["sh", "-c", script], 4);
 }
 
 #[test]
