@@ -233,17 +233,10 @@ pub(crate) fn is_null(v: &Value) -> bool {
 
 /// Python's `str()` of a YAML value, for the `Joblib.Parallel(...)` banner.
 pub(crate) fn python_str(v: &Value) -> String {
-    match v {
-        v if is_null(v) => "None".into(),
-        Value::Bool(true) => "True".into(),
-        Value::Bool(false) => "False".into(),
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if n.is_f64() && f.is_finite() && f.fract() == 0.0 => format!("{f:.1}"),
-            _ => n.to_string(),
-        },
-        Value::String(s) => s.clone(),
-        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+    if is_null(v) {
+        return "None".into();
     }
+    python_scalar_str(v).unwrap_or_else(|| serde_yaml::to_string(v).unwrap_or_default().trim().to_string())
 }
 
 /// Python's `str()` of a scalar, as Hydra's string fields take one (`True`, `1e-06`, `7`,
@@ -666,5 +659,8 @@ mod tests {
         assert_eq!(python_str(&Value::Null), "None");
         assert_eq!(python_str(&serde_yaml::from_str::<Value>("2.0").unwrap()), "2.0");
         assert_eq!(python_str(&serde_yaml::from_str::<Value>("-1").unwrap()), "-1");
+        // Python's float repr, as the scalars' str() everywhere else.
+        assert_eq!(python_str(&serde_yaml::from_str::<Value>("1.0e-06").unwrap()), "1e-06");
+        assert_eq!(python_str(&serde_yaml::from_str::<Value>("1.0e+20").unwrap()), "1e+20");
     }
 }
