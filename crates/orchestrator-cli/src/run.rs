@@ -32,7 +32,7 @@ pub fn main(args: RunArgs) -> u8 {
     let mut request = SweepRequest::new(config, args.overrides.clone(), args.app.clone(), base_dir);
     request.multirun = args.multirun;
     request.resume = args.resume.clone();
-    let prepared = match PreparedSweep::prepare(&request) {
+    let mut prepared = match PreparedSweep::prepare(&request) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
@@ -60,7 +60,6 @@ pub fn main(args: RunArgs) -> u8 {
         }
     };
     // Our child, but not a job's: the reaper need not look at it each time a job ends.
-    let mut prepared = prepared;
     prepared.options.foreign_children.extend(watchdog.as_ref().map(|w| w.pid()));
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

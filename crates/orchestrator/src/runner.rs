@@ -219,7 +219,6 @@ pub struct RunSummary {
 
 /// Tracks which of our children belong to jobs, so that reaping adopted orphans never
 /// steals the exit status of a job leader or of a child the embedding program owns.
-#[derive(Default)]
 struct Reaper {
     state: Mutex<ReaperState>,
     /// See [`RunOptions::foreign_children`].
@@ -252,6 +251,13 @@ impl Drop for Reaper {
 }
 
 impl Reaper {
+    /// A reaper that also watches the main thread's children, where orphans go.
+    fn new(foreign: HashSet<u32>) -> Reaper {
+        let mut state = ReaperState::default();
+        state.spawners.add_main_thread();
+        Reaper { state: Mutex::new(state), foreign }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ReaperState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -262,7 +268,6 @@ impl Reaper {
         let mut state = self.lock();
         let child = sys::spawn(req)?;
         state.spawners.add_current_thread();
-        state.spawners.add_main_thread();
         state.leaders.insert(child.pid);
         state.groups.insert(child.pid);
         Ok(child)
@@ -403,7 +408,6 @@ struct Slots {
     busy: AtomicUsize,
     /// The source said it has no more jobs.
     exhausted: std::sync::atomic::AtomicBool,
-    halt: HaltPolicy,
     summary: Mutex<RunSummary>,
     stop: watch::Sender<Stop>,
 }
@@ -433,7 +437,7 @@ impl Slots {
         }
     }
 
-    fn account(&self, record: JobRecord) {
+    fn account(&self, record: JobRecord, halt: HaltPolicy) {
         let mut summary = self.summary.lock().unwrap_or_else(|e| e.into_inner());
         summary.finished += 1;
         if record.outcome.is_success() {
@@ -441,7 +445,7 @@ impl Slots {
             return;
         }
         if !matches!(record.outcome, Outcome::Stopped { .. }) {
-            match self.halt {
+            match halt {
                 HaltPolicy::Soon => self.stop.send_modify(|s| *s = (*s).max(Stop::Drain)),
                 HaltPolicy::Now => self
                     .stop
@@ -468,7 +472,7 @@ async fn slot_loop(slot: usize, slots: Arc<Slots>, ctx: Arc<Ctx>) {
             }
             Err(e) => lost_record(nums.remove(&e.id()).unwrap_or(u64::MAX), slot, &e.to_string()),
         };
-        slots.account(record);
+        slots.account(record, ctx.opts.halt);
     };
     loop {
         while let Some(done) = jobs.try_join_next_with_id() {
@@ -592,7 +596,6 @@ pub async fn run(
 ) -> RunSummary {
     let cancel = opts.cancel.clone();
     let n_jobs = opts.n_jobs.max(1);
-    let halt = opts.halt;
     if opts.subreaper
         && let Err(e) = sys::set_child_subreaper()
     {
@@ -604,7 +607,7 @@ pub async fn run(
     let ctx = Arc::new(Ctx {
         thread_env: thread_env(opts.thread_limit, &base_env),
         opts,
-        reaper: Reaper { state: Mutex::default(), foreign },
+        reaper: Reaper::new(foreign),
         events,
         clock: Clock::new(),
         // Starts with our pid (see `job_marker_prefix`); the time tells runs of one process apart.
@@ -630,7 +633,6 @@ pub async fn run(
         made: AtomicUsize::new(1),
         busy: AtomicUsize::new(0),
         exhausted: std::sync::atomic::AtomicBool::new(false),
-        halt,
         summary: Mutex::new(RunSummary::default()),
         stop: stop_tx,
     });
@@ -1322,7 +1324,7 @@ mod tests {
             base_env: shared,
             base_index,
             opts,
-            reaper: Reaper::default(),
+            reaper: Reaper::new(HashSet::new()),
             events: None,
             clock: Clock::new(),
             run_key: "k".into(),

@@ -92,8 +92,8 @@ pub fn group_alive(pgid: u32) -> bool {
 /// `/proc/self/task/<tid>/children`. A child is listed under the thread that spawned it; an
 /// orphan re-parented to us under our first live thread, the main one (the kernel's
 /// `find_new_reaper`), so those threads are the only ones worth reading. The files are kept
-/// open: read again from offset 0, a file lists its thread's
-/// children afresh (it is a seq_file), which saves a procfs path walk per job.
+/// open: read again from offset 0, a file lists its thread's children afresh (it is a
+/// seq_file), which saves a procfs path walk per job.
 #[derive(Default)]
 pub struct ChildLists {
     /// Per thread: its tid, a number telling it from an earlier thread with the same tid,
@@ -189,13 +189,18 @@ pub fn environ_matches(pid: u32, pred: &dyn Fn(&OsStr) -> bool) -> bool {
     }
 }
 
+/// Every process id in `/proc` (none if it cannot be read).
+fn all_pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+}
+
 /// Live (not zombie) members of process group `pgid`, found by scanning `/proc`.
 pub fn live_group_members(pgid: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+    all_pids()
         .filter(|pid| matches!(proc_state(*pid), Some((state, g)) if g == pgid && state != 'Z' && state != 'X'))
         .collect()
 }
@@ -206,13 +211,10 @@ pub fn live_group_members(pgid: u32) -> Vec<u32> {
 /// environment with it. Never this process, nor the groups in `spare` (the supervisor's:
 /// a job may have joined it). Returns how many marked processes it found.
 pub fn kill_marked(marker: &[u8], spare: &[u32]) -> usize {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
     let me = std::process::id();
     let my_group = own_pgid();
     let mut found = 0;
-    for pid in dir.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())) {
+    for pid in all_pids() {
         if pid == me || !environ_matches(pid, &|entry| entry.as_encoded_bytes().starts_with(marker)) {
             continue;
         }
