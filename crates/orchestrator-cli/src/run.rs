@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use orchestrator::Stop;
-use orchestrator::sweep::{ConfigInput, PreparedSweep, SweepRequest};
+use orchestrator_hydra::sweep::{ConfigInput, PreparedSweep, SweepRequest};
 use tokio::sync::{mpsc, watch};
 
 use crate::cli::RunArgs;

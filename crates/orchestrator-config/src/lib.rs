@@ -7,10 +7,12 @@ mod config;
 mod error;
 pub mod expr;
 pub mod grammar;
+pub mod interp;
 pub mod launcher;
 mod locate;
 pub mod sweep;
 pub mod yaml11;
+pub mod yaml_out;
 
 pub use config::{
     DEFAULT_SWEEP_DIR, DEFAULT_SWEEP_SUBDIR, HydraSettings, JOBLIB_CLASSES, LauncherForm, LoadedConfig,

@@ -6,16 +6,13 @@
 //! through a [`tokio::sync::watch`] channel.
 #![deny(missing_docs)]
 
-pub mod args;
 pub mod event;
 pub mod job;
 pub mod journal;
-pub mod launch;
 mod output;
 pub mod runner;
 pub mod spill;
 pub mod supervisor;
-pub mod sweep;
 pub mod sys;
 pub mod temp;
 
@@ -24,3 +21,4 @@ pub use job::{JobFile, JobRecord, JobSpec, Outcome, Payload, StopReason, Stream}
 pub use journal::Journal;
 pub use runner::{JobSource, RunOptions, RunSummary, Stop, Submission, run};
 pub use supervisor::{JobError, JobHandle, Supervisor, SupervisorError};
+pub use sys::available_cpus;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use nix::sys::signal::Signal;
-use orchestrator_config::{Backend, HaltPolicy, LauncherConfig, SlotValue};
+use orchestrator_config::{HaltPolicy, SlotValue};
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -149,50 +149,6 @@ impl RunOptions {
             subreaper: true,
             foreign_children: Vec::new(),
         }
-    }
-}
-
-impl RunOptions {
-    /// Options from a launcher config: `n_jobs` resolved against the CPUs this process may
-    /// use (`sequential` forces 1), grace period, halt policy, per-slot environment, and
-    /// loky's thread limit (`cpus / n_jobs`, at least 1).
-    ///
-    /// Fails when a per-slot list has fewer values than `n_jobs`.
-    pub fn from_launcher(launcher: &LauncherConfig) -> Result<RunOptions, String> {
-        let cpus = sys::available_cpus();
-        let n_jobs = if launcher.backend == Some(Backend::Sequential) { 1 } else { launcher.n_jobs.resolve(cpus) };
-        let mut options = RunOptions::new(n_jobs);
-        options.grace = launcher.grace_period;
-        options.halt = launcher.halt;
-        options.slot_env = launcher.slot_env.clone();
-        options.thread_limit = Some((cpus / n_jobs.max(1)).max(1));
-        options.max_nbytes = launcher.max_nbytes;
-        options.mmap_mode = launcher.mmap_mode;
-        options.temp_folder = launcher.temp_folder.clone();
-        for (name, value) in &options.slot_env {
-            if let SlotValue::PerSlot(list) = value
-                && list.len() < n_jobs
-            {
-                return Err(format!(
-                    "slot_env `{name}` lists {} value(s) but n_jobs is {n_jobs}: each slot needs its own value\n  = help: give at least {n_jobs} values, or lower n_jobs",
-                    list.len()
-                ));
-            }
-        }
-        Ok(options)
-    }
-
-    /// Options from a config's YAML text (the seed `joblib.yaml` format); the launcher
-    /// section is read, the rest ignored.
-    ///
-    /// ```
-    /// let opts = orchestrator::RunOptions::from_yaml("hydra:\n  launcher:\n    n_jobs: 3\n").unwrap();
-    /// assert_eq!(opts.n_jobs, 3);
-    /// ```
-    pub fn from_yaml(text: &str) -> Result<RunOptions, crate::sweep::SetupError> {
-        let loaded = orchestrator_config::load_config_str(text, std::path::Path::new("<yaml>"))?;
-        let resolved = loaded.resolve(&HashMap::new())?;
-        RunOptions::from_launcher(&resolved.launcher).map_err(crate::sweep::SetupError::Invalid)
     }
 }
 
@@ -950,7 +906,7 @@ fn place_payloads(spec: &JobSpec, ctx: &Ctx) -> Result<Placed, crate::spill::Spi
     // Own copies are numbered: two payloads of one name, or two jobs given the
     // same number, must not share a file.
     static OWN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let mode = crate::args::mode_name(ctx.opts.mmap_mode);
+    let mode = crate::spill::mode_name(ctx.opts.mmap_mode);
     let mut placed = Placed::default();
     let mut json = serde_json::Map::new();
     let mut place = |p: &crate::job::Payload, placed: &mut Placed| -> Result<(), SpillError> {
@@ -962,13 +918,13 @@ fn place_payloads(spec: &JobSpec, ctx: &Ctx) -> Result<Placed, crate::spill::Spi
         } else {
             // Not shared: the job's own copy, next to the shared ones, gone when it ends.
             let seq = OWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let name = crate::args::sanitize(&p.name);
+            let name = crate::spill::sanitize(&p.name);
             let path = store.dir().join(format!("job-{}-{}-{seq}-{name}", ctx.run_key, spec.num));
             std::fs::write(&path, &p.bytes).map_err(|source| SpillError::Io { path: path.clone(), source })?;
             placed.own.push(path.clone());
             (path, false)
         };
-        let info = crate::args::ArgInfo { path, mode, size, shared };
+        let info = crate::spill::ArgInfo { path, mode, size, shared };
         json.insert(p.name.clone(), serde_json::to_value(&info).unwrap_or_default());
         Ok(())
     };

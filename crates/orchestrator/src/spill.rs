@@ -16,6 +16,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use serde::Serialize;
+
 use orchestrator_config::MmapMode;
 
 const PREFIX: &str = "orchestrator-spill-";
@@ -287,6 +289,49 @@ fn clean_stale(folder: &Path) {
             remove_tree(&e.path());
         }
     }
+}
+
+/// How a job receives one large argument (an entry of `ORCHESTRATOR_ARGS`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ArgInfo {
+    /// The file holding the value.
+    pub path: PathBuf,
+    /// How to map it: `r`, `r+`, `c`, or null (read it as a plain file).
+    pub mode: Option<&'static str>,
+    /// Its size in bytes.
+    pub size: u64,
+    /// `true` when the file is the shared spill (one file for every job using the value).
+    pub shared: bool,
+}
+
+/// `mmap_mode` as children read it in `ORCHESTRATOR_ARGS`.
+pub fn mode_name(m: Option<MmapMode>) -> Option<&'static str> {
+    match m {
+        Some(MmapMode::R) => Some("r"),
+        Some(MmapMode::RPlus) => Some("r+"),
+        Some(MmapMode::C) => Some("c"),
+        _ => None,
+    }
+}
+
+/// A key as a file name: `[A-Za-z0-9._-]` as is, any other byte as `%XX`, so that two keys
+/// never share a name (`db@pkg` and `db_pkg` did when both became `db_pkg`).
+pub fn sanitize(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    // File names stop at 255 bytes: a long one keeps its start and a hash of the whole key.
+    if out.len() > 200 {
+        out.truncate(160);
+        out.push('-');
+        out.push_str(&blake3::hash(key.as_bytes()).to_hex()[..32]);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -18,13 +18,13 @@ use serde_yaml::Value;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use orchestrator::journal::Journal;
+use orchestrator::spill::SpillStore;
+use orchestrator::temp::TempFolder;
+use orchestrator::{Event, JobSource, RunOptions, RunSummary, Stop, run};
+
 use crate::args::LargeArgs;
-use crate::event::Event;
-use crate::journal::Journal;
-use crate::launch::{LayoutError, SweepLayout, job_name_for};
-use crate::runner::{JobSource, RunOptions, RunSummary, Stop, run};
-use crate::spill::SpillStore;
-use crate::temp::TempFolder;
+use crate::layout::{LayoutError, SweepLayout, job_name_for};
 
 /// Where the config comes from.
 #[derive(Debug, Clone)]
@@ -93,7 +93,10 @@ pub enum SetupError {
     /// Composing the jobs or naming their dirs.
     #[error(transparent)]
     Layout(#[from] LayoutError),
-    /// Anything else about the request (the app, resume, slot values).
+    /// The launcher's values as run options (slot values).
+    #[error(transparent)]
+    Options(#[from] crate::options::OptionsError),
+    /// Anything else about the request (the app, resume).
     #[error("{0}")]
     Invalid(String),
 }
@@ -310,7 +313,7 @@ fn read_earlier(dir: &Path, base_dir: &Path) -> Result<Earlier, SetupError> {
     // Before the journal is read: a run still writing it would change what it says.
     let lock = DirLock::take(&path, dir).map_err(invalid)?;
     let journal = path.join("jobs.jsonl");
-    let records = match crate::journal::read_journal(&journal) {
+    let records = match orchestrator::journal::read_journal(&journal) {
         Ok(records) => records
             .iter()
             .filter_map(|r| {
@@ -449,10 +452,10 @@ impl PreparedSweep {
         check_program(&args.app)?;
 
         let launcher = &resolved.launcher;
-        let options = RunOptions::from_launcher(launcher).map_err(SetupError::Invalid)?;
+        let options = crate::options::run_options(launcher)?;
         // Checked now whenever a value may spill: found out at the first spill, it would fail
         // jobs one by one in a sweep dir made for nothing.
-        let temp_folder = crate::temp::resolve_temp_folder(launcher.temp_folder.as_deref(), &cwd);
+        let temp_folder = orchestrator::temp::resolve_temp_folder(launcher.temp_folder.as_deref(), &cwd);
         if launcher.max_nbytes.is_some() {
             temp_folder.check().map_err(SetupError::Invalid)?;
         }
@@ -596,7 +599,7 @@ fn sweeper_params(root: &Value) -> Result<Vec<Override>, SetupError> {
             let value = match v {
                 Value::String(s) => s.clone(),
                 Value::Null => "null".into(),
-                Value::Bool(_) | Value::Number(_) => crate::launch::scalar_text(v),
+                Value::Bool(_) | Value::Number(_) => orchestrator_config::interp::scalar_text(v),
                 // Hydra writes `f"{k}={v}"`: a list is one value, a list.
                 Value::Sequence(_) => serde_json::to_string(v).unwrap_or_default(),
                 _ => {

@@ -11,15 +11,13 @@
 //! of the file do not change the jobs.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
+use orchestrator::spill::{ArgInfo, SpillError, SpillStore, Spilled, mode_name, sanitize};
+use orchestrator::temp::TempFolder;
 use orchestrator_config::MmapMode;
 use orchestrator_config::grammar::{Element, Override, OverrideValue, Sweep};
-use serde::Serialize;
-
-use crate::spill::{SpillError, SpillStore, Spilled};
-use crate::temp::TempFolder;
 
 /// Longest value passed inline in argv: Linux refuses a single argument over 128 KiB
 /// (`MAX_ARG_STRLEN`), key and `=` included.
@@ -45,29 +43,6 @@ fn inline_cost(text: &str) -> usize {
 
 /// Largest file held in memory for per-job copies; bigger ones are copied from the snapshot.
 const IN_MEMORY_MAX: u64 = 16 << 20;
-
-/// How a job receives one large argument (an entry of `ORCHESTRATOR_ARGS`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ArgInfo {
-    /// The file holding the value.
-    pub path: PathBuf,
-    /// How to map it: `r`, `r+`, `c`, or null (read it as a plain file).
-    pub mode: Option<&'static str>,
-    /// Its size in bytes.
-    pub size: u64,
-    /// `true` when the file is the shared spill (one file for every job using the value).
-    pub shared: bool,
-}
-
-/// `mmap_mode` as children read it in `ORCHESTRATOR_ARGS`.
-pub(crate) fn mode_name(m: Option<MmapMode>) -> Option<&'static str> {
-    match m {
-        Some(MmapMode::R) => Some("r"),
-        Some(MmapMode::RPlus) => Some("r+"),
-        Some(MmapMode::C) => Some("c"),
-        _ => None,
-    }
-}
 
 #[derive(Debug)]
 enum Snapshot {
@@ -318,26 +293,6 @@ fn lookup_mut<'a>(v: &'a mut serde_yaml::Value, dotted: &str) -> Option<&'a mut 
         };
     }
     Some(cur)
-}
-
-/// A key as a file name: `[A-Za-z0-9._-]` as is, any other byte as `%XX`, so that two keys
-/// never share a name (`db@pkg` and `db_pkg` did when both became `db_pkg`).
-pub(crate) fn sanitize(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    for b in key.bytes() {
-        if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    // File names stop at 255 bytes: a long one keeps its start and a hash of the whole key.
-    if out.len() > 200 {
-        out.truncate(160);
-        out.push('-');
-        out.push_str(&blake3::hash(key.as_bytes()).to_hex()[..32]);
-    }
-    out
 }
 
 #[cfg(test)]

@@ -1,13 +1,13 @@
 //! What the supervisor spends per job before starting it: composing its config, rendering
 //! its three YAML files (the job's own process writes them) and creating its directory
-//! (`cargo bench -p orchestrator --bench prepare`).
+//! (`cargo bench -p orchestrator-hydra --bench prepare`).
 //!
 //! The directories go under `$TMPDIR`; run it on the filesystem the sweeps use.
 
 use std::path::PathBuf;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use orchestrator::sweep::{ConfigInput, PreparedSweep, SweepRequest};
+use orchestrator_hydra::sweep::{ConfigInput, PreparedSweep, SweepRequest};
 
 fn seed_sweep(base: PathBuf) -> PreparedSweep {
     let seed = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/joblib.yaml");
