@@ -5,7 +5,6 @@ mod cli;
 mod report;
 mod run;
 mod signals;
-mod watchdog;
 
 use std::process::ExitCode;
 
@@ -29,11 +28,11 @@ pub mod exit {
 
 /// Parse the process arguments, run, and return the exit code.
 pub fn main() -> ExitCode {
-    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if argv.get(1).is_some_and(|a| a == watchdog::ARG) {
-        return ExitCode::from(watchdog::main(&argv[2..]));
+    // A run's watchdog is this binary started again (see `orchestrator::watchdog`).
+    if let Some(code) = orchestrator::watchdog::serve_if_requested() {
+        return ExitCode::from(code);
     }
-    let args = cli::Cli::parse_from(argv);
+    let args = cli::Cli::parse();
     init_logging();
     match args.command {
         cli::Command::Run(run_args) => ExitCode::from(run::main(run_args)),

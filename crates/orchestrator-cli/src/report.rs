@@ -5,8 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::Local;
-use orchestrator::{Event, JobRecord, RunSummary, Stream};
-use serde_json::json;
+use orchestrator::job::signal_name;
+use orchestrator::{Event, JobRecord, RunInfo, Stop, StopReason, Stream};
+use orchestrator_hydra::sweep::LISTED_MAX;
 use tokio::sync::mpsc;
 
 /// How the console shows a sweep.
@@ -25,57 +26,9 @@ pub fn hydra_prefix() -> String {
     format!("[{}][HYDRA]", Local::now().format("%Y-%m-%d %H:%M:%S,%3f"))
 }
 
-/// What the header says about the sweep.
-pub struct Header<'a> {
-    pub banner: &'a str,
-    pub n_jobs_total: u64,
-    pub sweep_dir: &'a Path,
-    pub jobs: &'a mut dyn Iterator<Item = (u64, String)>,
-    pub listed_max: u64,
-}
-
-pub fn header(mode: Mode, h: Header<'_>) {
-    let mut out = io::stdout().lock();
-    match mode {
-        Mode::Plain => {
-            let p = hydra_prefix();
-            let _ = writeln!(out, "{p} {} is launching {} jobs", h.banner, h.n_jobs_total);
-            let _ = writeln!(out, "{p} Launching jobs, sweep output dir : {}", h.sweep_dir.display());
-            for (num, overrides) in h.jobs.take(h.listed_max as usize) {
-                let _ = writeln!(out, "{p} \t#{num} : {overrides}");
-            }
-            if h.n_jobs_total > h.listed_max {
-                let _ = writeln!(out, "{p} \t... {} more jobs", h.n_jobs_total - h.listed_max);
-            }
-        }
-        Mode::Json => {
-            let v = json!({"event": "sweep_started", "jobs": h.n_jobs_total, "sweep_dir": h.sweep_dir.display().to_string(), "launcher": h.banner});
-            let _ = writeln!(out, "{v}");
-        }
-        Mode::Quiet => {}
-    }
-    let _ = out.flush();
-}
-
-/// The line that says a sweep is being resumed.
-pub fn resuming(mode: Mode, dir: &Path, done: u64, total: u64) {
-    match mode {
-        Mode::Plain => {
-            println!("{} Resuming sweep {}: {done} of {total} jobs already succeeded", hydra_prefix(), dir.display())
-        }
-        Mode::Json => println!(
-            "{}",
-            json!({"event": "sweep_resumed", "sweep_dir": dir.display().to_string(), "already_succeeded": done, "jobs": total})
-        ),
-        Mode::Quiet => {}
-    }
-}
-
 /// How the console follows the run, besides the mode.
 #[derive(Debug, Clone, Copy)]
 pub struct Display {
-    /// Jobs that will run.
-    pub total: u64,
     /// joblib's verbosity level: progress lines (`[Parallel(n_jobs=2)]: Done 3 out of 5 …`).
     pub verbose: u32,
     /// Resolved `n_jobs`, for the progress lines.
@@ -128,33 +81,66 @@ struct Reporter {
     /// Job in each busy slot. By slot, not by count: a slot can take its next job before
     /// the previous one's `Finished` arrives.
     running: std::collections::HashMap<usize, u64>,
+    /// Jobs the run will start.
+    total: u64,
     done: u64,
-    failed: u64,
+    /// Records of the jobs that did not succeed, for the summary.
+    failures: Vec<JobRecord>,
 }
 
 impl Reporter {
     fn new(mode: Mode, display: Display) -> Self {
-        let bar = (display.bar && mode == Mode::Plain).then(|| {
-            let bar =
-                indicatif::ProgressBar::with_draw_target(Some(display.total), indicatif::ProgressDrawTarget::stderr());
-            let style = indicatif::ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:30}] {pos}/{len} jobs {msg} ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> ");
-            bar.set_style(style);
-            bar
-        });
         Reporter {
             mode,
             display,
             out: io::BufWriter::with_capacity(64 * 1024, io::stdout()),
-            bar,
+            bar: None,
             started: std::time::Instant::now(),
+            total: 0,
             running: std::collections::HashMap::new(),
             done: 0,
-            failed: 0,
+            failures: Vec::new(),
         }
+    }
+
+    /// The progress bar, drawn on stderr when it is a terminal.
+    fn start_bar(&mut self) {
+        if !(self.display.bar && self.mode == Mode::Plain) {
+            return;
+        }
+        let bar = indicatif::ProgressBar::with_draw_target(Some(self.total), indicatif::ProgressDrawTarget::stderr());
+        let style =
+            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} jobs {msg} ETA {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> ");
+        bar.set_style(style);
+        self.bar = Some(bar);
+    }
+
+    /// Hydra's header: the launcher, the sweep dir, one line per job (up to
+    /// [`LISTED_MAX`]); a resumed sweep says so first.
+    fn header(&mut self, info: &RunInfo) {
+        self.total = info.total.unwrap_or(0);
+        self.started = std::time::Instant::now();
+        if self.mode == Mode::Plain {
+            let p = hydra_prefix();
+            let dir = info.dir.as_deref().unwrap_or(Path::new("")).display().to_string();
+            let out = &mut self.out;
+            if let Some((done, all)) = info.resumed {
+                let _ = writeln!(out, "{p} Resuming sweep {dir}: {done} of {all} jobs already succeeded");
+            }
+            let _ = writeln!(out, "{p} {} is launching {} jobs", info.label, self.total);
+            let _ = writeln!(out, "{p} Launching jobs, sweep output dir : {dir}");
+            for (num, overrides) in &info.listed {
+                let _ = writeln!(out, "{p} \t#{num} : {overrides}");
+            }
+            let listed = info.listed.len() as u64;
+            if self.total > listed && listed == LISTED_MAX as u64 {
+                let _ = writeln!(out, "{p} \t... {} more jobs", self.total - listed);
+            }
+            let _ = out.flush();
+        }
+        self.start_bar();
     }
 
     /// Write a line above the progress bar, if there is one, without tearing it.
@@ -184,12 +170,55 @@ impl Reporter {
 
     fn show(&mut self, ev: &Event) {
         if self.mode == Mode::Json {
-            if let Some(v) = ev.to_json() {
+            if let Ok(v) = serde_json::to_string(ev) {
                 let _ = writeln!(self.out, "{v}");
+            }
+            if let Event::RunStarted(info) = ev {
+                self.total = info.total.unwrap_or(0);
             }
             return;
         }
         match ev {
+            Event::RunStarted(info) => self.header(info),
+            Event::Retrying { num, attempt, outcome, delay } => {
+                let line = format!(
+                    "{} \t#{num} : attempt {attempt} {}; retrying in {}",
+                    hydra_prefix(),
+                    outcome.describe(),
+                    orchestrator::job::humanize(*delay)
+                );
+                self.print(Stream::Stderr, line.as_bytes());
+            }
+            Event::Stopping { request } if self.mode == Mode::Plain => {
+                let what = match request {
+                    Stop::Drain => "starting no new job after a failure (halt: soon)".to_string(),
+                    Stop::Graceful { reason: StopReason::Halt, .. } => {
+                        "ending the running jobs after a failure (halt: now)".to_string()
+                    }
+                    Stop::Graceful { signal, .. } => format!(
+                        "{} sent to the running jobs, SIGKILL after the grace period; a second signal kills them at once",
+                        signal_name(*signal)
+                    ),
+                    _ => "killing the running jobs".to_string(),
+                };
+                let line = format!("{} stopping: {what}", hydra_prefix());
+                self.print(Stream::Stderr, line.as_bytes());
+            }
+            Event::RunFinished { finished, succeeded, total, dir, interrupted_by, duration, .. } => {
+                self.flush();
+                if let Some(bar) = self.bar.take() {
+                    bar.finish_and_clear();
+                }
+                let end = End {
+                    finished: *finished,
+                    succeeded: *succeeded,
+                    total: total.unwrap_or(*finished),
+                    elapsed: *duration,
+                    sweep_dir: dir.as_deref().unwrap_or(Path::new("")),
+                    stopped_by: *interrupted_by,
+                };
+                summary(self.mode, &end, &mut self.failures);
+            }
             Event::Started { num, slot, .. } => {
                 self.running.insert(*slot, *num);
             }
@@ -200,7 +229,7 @@ impl Reporter {
                 }
                 self.done += 1;
                 if !rec.outcome.is_success() {
-                    self.failed += 1;
+                    self.failures.push((**rec).clone());
                     let line = format!(
                         "{} \t#{} : {} {}, log: {}",
                         hydra_prefix(),
@@ -217,7 +246,7 @@ impl Reporter {
         }
         if let Some(bar) = &self.bar {
             bar.set_position(self.done);
-            bar.set_message(format!("({} running, {} failed)", self.running.len(), self.failed));
+            bar.set_message(format!("({} running, {} failed)", self.running.len(), self.failures.len()));
         }
     }
 
@@ -228,7 +257,7 @@ impl Reporter {
         if verbose == 0 {
             return;
         }
-        let (done, total) = (self.done, self.display.total);
+        let (done, total) = (self.done, self.total);
         let elapsed = self.started.elapsed().as_secs_f64();
         let msg = if done >= total {
             format!("Done {done:3} out of {total:3} | elapsed: {} finished", short_time(elapsed))
@@ -275,20 +304,21 @@ fn short_time(t: f64) -> String {
     if t > 60.0 { format!("{:4.1}min", t / 60.0) } else { format!(" {t:5.1}s") }
 }
 
+/// What the summary says about the run's end.
+struct End<'a> {
+    finished: u64,
+    succeeded: u64,
+    total: u64,
+    elapsed: Duration,
+    sweep_dir: &'a Path,
+    stopped_by: Option<i32>,
+}
+
 /// The last lines: counts, time, and every failed job with its log.
-pub fn summary(mode: Mode, s: &RunSummary, total: u64, elapsed: Duration, sweep_dir: &Path, stopped_by: Option<i32>) {
-    let not_started = total.saturating_sub(s.finished);
-    let failed = s.failures.len();
-    if mode == Mode::Json {
-        let v = json!({
-            "event": "sweep_finished", "jobs": total, "succeeded": s.succeeded, "failed": failed,
-            "not_started": not_started, "duration_s": elapsed.as_secs_f64(),
-            "sweep_dir": sweep_dir.display().to_string(),
-            "interrupted_by": stopped_by.map(orchestrator::job::signal_name),
-        });
-        println!("{v}");
-        return;
-    }
+fn summary(mode: Mode, s: &End<'_>, failures: &mut [JobRecord]) {
+    let not_started = s.total.saturating_sub(s.finished);
+    let failed = failures.len();
+    let total = s.total;
     let p = hydra_prefix();
     let mut line = format!("{p} {} of {total} jobs succeeded", s.succeeded);
     if failed > 0 {
@@ -297,16 +327,15 @@ pub fn summary(mode: Mode, s: &RunSummary, total: u64, elapsed: Duration, sweep_
     if not_started > 0 {
         line.push_str(&format!(", {not_started} not started"));
     }
-    line.push_str(&format!(" in {:.2}s; output in {}", elapsed.as_secs_f64(), sweep_dir.display()));
-    if let Some(sig) = stopped_by {
-        line.push_str(&format!(" (stopped by {})", orchestrator::job::signal_name(sig)));
+    line.push_str(&format!(" in {:.2}s; output in {}", s.elapsed.as_secs_f64(), s.sweep_dir.display()));
+    if let Some(sig) = s.stopped_by {
+        line.push_str(&format!(" (stopped by {})", signal_name(sig)));
     }
     let mut err = io::stderr().lock();
-    if failed > 0 || stopped_by.is_some() {
+    if failed > 0 || s.stopped_by.is_some() {
         let _ = writeln!(err, "{line}");
-        let mut sorted: Vec<&JobRecord> = s.failures.iter().collect();
-        sorted.sort_by_key(|r| r.num);
-        for r in sorted.iter().take(50) {
+        failures.sort_by_key(|r| r.num);
+        for r in failures.iter().take(50) {
             let _ = writeln!(
                 err,
                 "{p} \t#{} : {} -> {}; log: {}",
@@ -316,16 +345,18 @@ pub fn summary(mode: Mode, s: &RunSummary, total: u64, elapsed: Duration, sweep_
                 shown_log(&r.log)
             );
         }
-        if sorted.len() > 50 {
+        if failures.len() > 50 {
             let _ = writeln!(
                 err,
                 "{p} \t... and {} more; see {}",
-                sorted.len() - 50,
-                sweep_dir.join("jobs.jsonl").display()
+                failures.len() - 50,
+                s.sweep_dir.join("jobs.jsonl").display()
             );
         }
     } else if mode == Mode::Plain {
-        println!("{line}");
+        let mut out = io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
     } else {
         let _ = writeln!(err, "{line}");
     }

@@ -1,14 +1,12 @@
 //! `orchestrator run`: turn the arguments into a sweep request, run it, report.
 
-use std::time::Instant;
-
 use orchestrator::Stop;
 use orchestrator_hydra::sweep::{ConfigInput, PreparedSweep, SweepRequest};
 use tokio::sync::{mpsc, watch};
 
 use crate::cli::RunArgs;
 use crate::exit;
-use crate::report::{self, Header, Mode};
+use crate::report::{self, Mode};
 
 pub fn main(args: RunArgs) -> u8 {
     let mode = if args.json {
@@ -41,7 +39,6 @@ pub fn main(args: RunArgs) -> u8 {
     };
     let launcher_verbose = prepared.layout.resolved.launcher.verbose;
     let display = report::Display {
-        total: prepared.total(),
         verbose: if args.verbose { launcher_verbose.max(11) } else { launcher_verbose },
         n_jobs: prepared.options.n_jobs,
         bar: !args.no_progress
@@ -49,18 +46,8 @@ pub fn main(args: RunArgs) -> u8 {
             && std::env::var_os("TERM").is_some_and(|t| t != "dumb"),
     };
     // The input is valid and jobs are about to start: from here on, if this process dies
-    // without ending them, the watchdog does.
-    let watchdog = match crate::watchdog::Watchdog::start() {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(
-                "cannot start the watchdog ({e}): if this process is killed, what its jobs forked may outlive them"
-            );
-            None
-        }
-    };
-    // Our child, but not a job's: the reaper need not look at it each time a job ends.
-    prepared.options.foreign_children.extend(watchdog.as_ref().map(|w| w.pid()));
+    // without ending them, the watchdog does (the run starts it; see `crate::main`).
+    prepared.options.watchdog = true;
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -71,9 +58,6 @@ pub fn main(args: RunArgs) -> u8 {
     let code = runtime.block_on(execute(prepared, mode, display));
     // Every job has ended: what the runner stopped, it has waited for.
     drop(runtime);
-    if let Some(w) = watchdog {
-        w.finish();
-    }
     code
 }
 
@@ -88,9 +72,6 @@ async fn execute(mut prepared: PreparedSweep, mode: Mode, display: report::Displ
             return exit::INTERNAL;
         }
     };
-    let resuming = prepared.resuming.then(|| (prepared.plan.len() - total, prepared.plan.len()));
-    let banner = prepared.banner.clone();
-    let listed: Vec<(u64, String)> = prepared.listed().take(1000).collect();
     let (ev_tx, ev_rx) = mpsc::channel(4096);
     let run = match prepared.start(Some(ev_tx), stop_rx) {
         Ok(run) => run,
@@ -106,25 +87,12 @@ async fn execute(mut prepared: PreparedSweep, mode: Mode, display: report::Displ
         };
         eprintln!("{} temp_folder: {where_} ({})", report::hydra_prefix(), run.temp_folder.reason);
     }
-    if let Some((done, all)) = resuming {
-        report::resuming(mode, &run.dir, done, all);
-    }
-    report::header(
-        mode,
-        Header {
-            banner: &banner,
-            n_jobs_total: total,
-            sweep_dir: &run.dir,
-            jobs: &mut listed.into_iter(),
-            listed_max: 1000,
-        },
-    );
+    // Everything from here on (the header, the jobs' lines, the summary) comes from the
+    // run's events.
     let reporter = tokio::spawn(report::consume(mode, display, ev_rx));
-    let t0 = Instant::now();
     let summary = run.done.await.unwrap_or_default();
     let _ = reporter.await;
     let stopped_by = *first_signal.borrow();
-    report::summary(mode, &summary, total, t0.elapsed(), &run.dir, stopped_by);
     if let Some(error) = &summary.journal_error {
         eprintln!(
             "{} error: {} write(s) to the journal failed, the first: {error}\n  = help: the jobs whose records are missing would run again on --resume",

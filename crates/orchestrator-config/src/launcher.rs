@@ -109,6 +109,35 @@ pub enum HaltPolicy {
     Now,
 }
 
+/// Which endings of an attempt are tried again when `retries` allows (never a user's stop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetryOn {
+    /// A non-zero exit code.
+    pub failed: bool,
+    /// Ran past its timeout.
+    pub timed_out: bool,
+    /// Killed by a signal it did not get from the supervisor (a crash, the OOM killer).
+    pub signaled: bool,
+    /// Could not be started (a missing program stays missing: off by default).
+    pub spawn_failed: bool,
+}
+
+impl Default for RetryOn {
+    fn default() -> Self {
+        RetryOn { failed: true, timed_out: true, signaled: true, spawn_failed: false }
+    }
+}
+
+/// The words `retry_on` takes.
+pub const RETRY_ON_WORDS: &[&str] = &["failed", "timed_out", "signaled", "spawn_failed"];
+
+/// Default first delay before a retry; it doubles per attempt up to [`MAX_RETRY_DELAY`].
+pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// The cap on the doubling retry delay.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
+
 /// A per-slot environment value: a template with `{slot}`, or a list handed out by slot.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -161,6 +190,12 @@ pub struct LauncherConfig {
     pub halt: HaltPolicy,
     /// Environment values handed out per slot (e.g. `CUDA_VISIBLE_DEVICES`).
     pub slot_env: Vec<(String, SlotValue)>,
+    /// How many times a job is tried again after an attempt that ended as `retry_on` says.
+    pub retries: u32,
+    /// The delay before the first retry; doubled for each later one, up to [`MAX_RETRY_DELAY`].
+    pub retry_delay: Duration,
+    /// Which endings are retried.
+    pub retry_on: RetryOn,
     /// The joblib parameters as `key=value` in the order written, for the launch banner.
     pub banner: Vec<(String, String)>,
 }
@@ -182,6 +217,9 @@ impl Default for LauncherConfig {
             grace_period: DEFAULT_GRACE,
             halt: HaltPolicy::Never,
             slot_env: Vec::new(),
+            retries: 0,
+            retry_delay: DEFAULT_RETRY_DELAY,
+            retry_on: RetryOn::default(),
             banner: JOBLIB_KEYS.iter().map(|k| (k.to_string(), default_banner(k).to_string())).collect(),
         }
     }
@@ -206,7 +244,7 @@ pub const JOBLIB_KEYS: &[&str] = &[
 ];
 
 /// orchestrator's own launcher settings, under `hydra.launcher.orchestrator`.
-pub const ORCHESTRATOR_KEYS: &[&str] = &["grace_period", "halt", "slot_env"];
+pub const ORCHESTRATOR_KEYS: &[&str] = &["grace_period", "halt", "slot_env", "retries", "retry_delay", "retry_on"];
 
 fn default_banner(key: &str) -> &'static str {
     match key {
@@ -347,6 +385,9 @@ impl Reader<'_> {
                     }
                 }
                 "slot_env" => cfg.slot_env = self.slot_env(p, v)?,
+                "retries" => cfg.retries = self.retries(p, v)?,
+                "retry_delay" => cfg.retry_delay = self.duration(p, v, false)?.unwrap_or(Duration::ZERO),
+                "retry_on" => cfg.retry_on = self.retry_on(p, v)?,
                 other => {
                     let help = match did_you_mean(other, ORCHESTRATOR_KEYS) {
                         Some(s) => format!("did you mean `{s}`? known keys: {}", ORCHESTRATOR_KEYS.join(", ")),
@@ -357,6 +398,50 @@ impl Reader<'_> {
             }
         }
         Ok(())
+    }
+
+    fn retries(&self, p: &[&str], v: &Value) -> Result<u32, ConfigError> {
+        let help = "a whole number of retries, 0 (the default) to 1000";
+        if is_null(v) {
+            return Ok(0);
+        }
+        match v.as_u64() {
+            Some(n) if n <= 1000 => Ok(n as u32),
+            _ => Err(self.invalid(p, format!("invalid retries {}", show(v)), help)),
+        }
+    }
+
+    fn retry_on(&self, p: &[&str], v: &Value) -> Result<RetryOn, ConfigError> {
+        let help = format!(
+            "a list of endings to retry, from: {} (default: failed, timed_out, signaled; a stop is never retried)",
+            RETRY_ON_WORDS.join(", ")
+        );
+        if is_null(v) {
+            return Ok(RetryOn::default());
+        }
+        let words: Vec<&Value> = match v {
+            Value::Sequence(items) => items.iter().collect(),
+            Value::String(_) => vec![v],
+            _ => return Err(self.invalid(p, format!("invalid retry_on {}", show(v)), &help)),
+        };
+        let mut on = RetryOn { failed: false, timed_out: false, signaled: false, spawn_failed: false };
+        for w in words {
+            match w.as_str() {
+                Some("failed") => on.failed = true,
+                Some("timed_out") => on.timed_out = true,
+                Some("signaled") => on.signaled = true,
+                Some("spawn_failed") => on.spawn_failed = true,
+                _ => {
+                    let word = show(w);
+                    let help = match w.as_str().and_then(|s| did_you_mean(s, RETRY_ON_WORDS)) {
+                        Some(s) => format!("did you mean `{s}`? {help}"),
+                        None => help.clone(),
+                    };
+                    return Err(self.invalid(p, format!("invalid retry_on value {word}"), &help));
+                }
+            }
+        }
+        Ok(on)
     }
 
     fn n_jobs(&self, p: &[&str], v: &Value) -> Result<Option<i64>, ConfigError> {

@@ -19,4 +19,6 @@ pub use config::{
     OverrideDirname, ResolvedConfig, load_config_file, load_config_str,
 };
 pub use error::{ConfigError, ConfigErrorKind, Origin};
-pub use launcher::{Backend, BatchSize, HaltPolicy, LauncherConfig, MmapMode, NJobs, PreDispatch, Prefer, SlotValue};
+pub use launcher::{
+    Backend, BatchSize, HaltPolicy, LauncherConfig, MmapMode, NJobs, PreDispatch, Prefer, RetryOn, SlotValue,
+};

@@ -22,6 +22,7 @@ use orchestrator_config::interp::{
 };
 use orchestrator_config::yaml_out::{overrides_yaml, yaml_general, yaml_scalar, yaml_text};
 use orchestrator_config::{JOBLIB_CLASSES, LauncherForm, ResolvedConfig};
+use orchestrator_worker::env;
 use serde_yaml::{Mapping, Value};
 
 use crate::args::LargeArgs;
@@ -330,18 +331,18 @@ impl SweepLayout {
             })
             .collect();
         let env = [
-            ("ORCHESTRATOR_JOB_NUM", Some(job.num.to_string())),
-            ("ORCHESTRATOR_JOB_ID", Some(spec.id.clone())),
-            ("ORCHESTRATOR_JOB_NAME", Some(self.job_name.clone())),
-            ("ORCHESTRATOR_JOB_DIR", Some(dir.display().to_string())),
-            ("ORCHESTRATOR_SWEEP_DIR", Some(self.abs_dir.display().to_string())),
-            ("ORCHESTRATOR_CONFIG", config_path.map(|p| p.display().to_string())),
-            ("ORCHESTRATOR_OVERRIDES", Some(serde_json::Value::Object(overrides_json).to_string())),
-            ("ORCHESTRATOR_N_JOBS", Some(self.n_jobs.to_string())),
+            (env::JOB_NUM, Some(job.num.to_string())),
+            (env::JOB_ID, Some(spec.id.clone())),
+            (env::JOB_NAME, Some(self.job_name.clone())),
+            (env::JOB_DIR, Some(dir.display().to_string())),
+            (env::SWEEP_DIR, Some(self.abs_dir.display().to_string())),
+            (env::CONFIG, config_path.map(|p| p.display().to_string())),
+            (env::OVERRIDES, Some(serde_json::Value::Object(overrides_json).to_string())),
+            (env::N_JOBS, Some(self.n_jobs.to_string())),
         ];
         spec.env = env.into_iter().filter_map(|(k, v)| Some((OsString::from(k), OsString::from(v?)))).collect();
         if !args_json.is_empty() {
-            spec.env.push(("ORCHESTRATOR_ARGS".into(), serde_json::Value::Object(args_json).to_string().into()));
+            spec.env.push((env::ARGS.into(), serde_json::Value::Object(args_json).to_string().into()));
         }
         for (k, v) in &self.resolved.hydra.env_set {
             spec.env.push((k.into(), v.into()));

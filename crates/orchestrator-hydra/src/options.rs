@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use orchestrator::RunOptions;
+use orchestrator::{RetryPolicy, RunOptions};
 use orchestrator_config::{Backend, ConfigError, LauncherConfig, SlotValue};
 
 /// Why a launcher config cannot be run.
@@ -43,6 +43,9 @@ pub fn run_options(launcher: &LauncherConfig) -> Result<RunOptions, OptionsError
     options.max_nbytes = launcher.max_nbytes;
     options.mmap_mode = launcher.mmap_mode;
     options.temp_folder = launcher.temp_folder.clone();
+    let mut retry = RetryPolicy::new(launcher.retries, launcher.retry_delay);
+    retry.on = launcher.retry_on;
+    options.retry = retry;
     for (name, value) in &options.slot_env {
         if let SlotValue::PerSlot(list) = value
             && list.len() < n_jobs

@@ -18,7 +18,8 @@ use serde_yaml::Value;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use orchestrator::journal::Journal;
+use orchestrator::JobStatus;
+use orchestrator::journal::{Journal, JournalRecord};
 use orchestrator::spill::SpillStore;
 use orchestrator::temp::TempFolder;
 use orchestrator::{Event, JobSource, RunOptions, RunSummary, Stop, run};
@@ -147,6 +148,9 @@ pub struct SweepRun {
     pub spill: Option<Arc<SpillStore>>,
 }
 
+/// How many jobs [`orchestrator::RunInfo::listed`] names (a header lists them).
+pub const LISTED_MAX: usize = 1000;
+
 impl PreparedSweep {
     /// Jobs that will run (all of them, or the unfinished ones when resuming).
     pub fn total(&self) -> u64 {
@@ -169,9 +173,26 @@ impl PreparedSweep {
         stop: watch::Receiver<Stop>,
     ) -> Result<SweepRun, LayoutError> {
         let total = self.total();
+        let listed: Vec<(u64, String)> = self.listed().take(LISTED_MAX).collect();
         let PreparedSweep {
-            mut layout, plan, mut options, done, resuming, file_refs, base_dir, lock, temp_folder, ..
+            mut layout,
+            plan,
+            mut options,
+            done,
+            resuming,
+            file_refs,
+            base_dir,
+            lock,
+            temp_folder,
+            banner,
+            ..
         } = self;
+        let mut info = orchestrator::RunInfo::new(banner);
+        info.total = Some(total);
+        info.dir = Some(layout.dir.clone());
+        info.listed = listed;
+        info.resumed = resuming.then(|| (plan.len() - total, plan.len()));
+        options.info = info;
         // Snapshot `@file` arguments before anything is created: running out of space in
         // temp_folder must leave no sweep dir and start no job.
         let launcher = &layout.resolved.launcher;
@@ -243,7 +264,7 @@ struct Earlier {
     /// `hydra.sweep.subdir` as the sweep had it.
     subdir: Option<String>,
     /// Every readable record: job number, overrides, whether it succeeded, its dir.
-    records: Vec<(u64, Vec<String>, bool, Option<String>)>,
+    records: Vec<JournalRecord>,
     lock: Option<DirLock>,
 }
 
@@ -314,18 +335,7 @@ fn read_earlier(dir: &Path, base_dir: &Path) -> Result<Earlier, SetupError> {
     let lock = DirLock::take(&path, dir).map_err(invalid)?;
     let journal = path.join("jobs.jsonl");
     let records = match orchestrator::journal::read_journal(&journal) {
-        Ok(records) => records
-            .iter()
-            .filter_map(|r| {
-                let num = r["num"].as_u64()?;
-                let overrides = r["overrides"]
-                    .as_array()?
-                    .iter()
-                    .map(|o| o.as_str().map(str::to_string))
-                    .collect::<Option<Vec<_>>>()?;
-                Some((num, overrides, r["status"] == "succeeded", r["dir"].as_str().map(str::to_string)))
-            })
-            .collect(),
+        Ok(records) => records,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(invalid(format!("cannot read {}: {e}", journal.display()))),
     };
@@ -644,9 +654,10 @@ fn check_earlier_jobs(e: &Earlier, plan: &SweepPlan, layout: &SweepLayout) -> Re
     }
     let mut done = HashSet::new();
     // By job number, so that the error names the first job that differs.
-    let mut records: Vec<&(u64, Vec<String>, bool, Option<String>)> = e.records.iter().collect();
-    records.sort_by_key(|r| r.0);
-    for (num, recorded, succeeded, dir) in records {
+    let mut records: Vec<&JournalRecord> = e.records.iter().collect();
+    records.sort_by_key(|r| r.num);
+    for r in records {
+        let (num, recorded, dir) = (&r.num, &r.overrides, &r.dir);
         let job = plan.job(*num);
         let now: Option<Vec<String>> =
             job.as_ref().map(|j| j.items.iter().map(orchestrator_config::sweep::ResolvedOverride::display).collect());
@@ -670,13 +681,13 @@ fn check_earlier_jobs(e: &Earlier, plan: &SweepPlan, layout: &SweepLayout) -> Re
                 .compose(&job)
                 .and_then(|config| layout.subdir(&job, &config))
                 .map_err(|e| invalid(e.to_string()))?;
-            if !sub.is_empty() && !Path::new(dir).ends_with(&sub) {
+            if !sub.is_empty() && !Path::new(dir.as_ref()).ends_with(&sub) {
                 return Err(invalid(format!(
                     "its journal has job #{num} in `{dir}`, but this config puts it in `{sub}`\n  = help: resume with the sweep's config (-c), so that every job keeps its dir"
                 )));
             }
         }
-        if *succeeded {
+        if r.status == JobStatus::Succeeded {
             done.insert(*num);
         }
     }

@@ -8,6 +8,35 @@
 //! to `temp_folder`), memory-mapped with the sweep's `mmap_mode`.
 #![deny(missing_docs)]
 
+/// The names of the environment variables orchestrator sets for every job: the child
+/// contract, shared by the supervisor (which sets them) and this crate (which reads them).
+pub mod env {
+    /// Job number, 0..N-1.
+    pub const JOB_NUM: &str = "ORCHESTRATOR_JOB_NUM";
+    /// `<name>_<num>`.
+    pub const JOB_ID: &str = "ORCHESTRATOR_JOB_ID";
+    /// The job name.
+    pub const JOB_NAME: &str = "ORCHESTRATOR_JOB_NAME";
+    /// Absolute path of the job dir.
+    pub const JOB_DIR: &str = "ORCHESTRATOR_JOB_DIR";
+    /// Absolute path of the sweep dir.
+    pub const SWEEP_DIR: &str = "ORCHESTRATOR_SWEEP_DIR";
+    /// Absolute path of the job's `.hydra/config.yaml`.
+    pub const CONFIG: &str = "ORCHESTRATOR_CONFIG";
+    /// The job's overrides as a JSON object.
+    pub const OVERRIDES: &str = "ORCHESTRATOR_OVERRIDES";
+    /// Slot number, 0..n_jobs-1.
+    pub const SLOT: &str = "ORCHESTRATOR_SLOT";
+    /// The resolved `n_jobs`.
+    pub const N_JOBS: &str = "ORCHESTRATOR_N_JOBS";
+    /// The arguments passed as files, a JSON object by key.
+    pub const ARGS: &str = "ORCHESTRATOR_ARGS";
+    /// The supervisor's private marker, to find a job's escaped descendants.
+    pub const JOB_KEY: &str = "ORCHESTRATOR_JOB_KEY";
+    /// Which attempt of the job this is (1 for the first; set when retries are on).
+    pub const ATTEMPT: &str = "ORCHESTRATOR_ATTEMPT";
+}
+
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -39,13 +68,13 @@ impl JobContext {
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok();
         JobContext {
-            num: var("ORCHESTRATOR_JOB_NUM").and_then(|v| v.parse().ok()),
-            id: var("ORCHESTRATOR_JOB_ID"),
-            dir: var("ORCHESTRATOR_JOB_DIR").map(PathBuf::from),
-            sweep_dir: var("ORCHESTRATOR_SWEEP_DIR").map(PathBuf::from),
-            slot: var("ORCHESTRATOR_SLOT").and_then(|v| v.parse().ok()),
-            config: var("ORCHESTRATOR_CONFIG").map(PathBuf::from),
-            overrides_json: var("ORCHESTRATOR_OVERRIDES"),
+            num: var(env::JOB_NUM).and_then(|v| v.parse().ok()),
+            id: var(env::JOB_ID),
+            dir: var(env::JOB_DIR).map(PathBuf::from),
+            sweep_dir: var(env::SWEEP_DIR).map(PathBuf::from),
+            slot: var(env::SLOT).and_then(|v| v.parse().ok()),
+            config: var(env::CONFIG).map(PathBuf::from),
+            overrides_json: var(env::OVERRIDES),
         }
     }
 
@@ -109,7 +138,7 @@ pub struct ArgFile {
 
 /// The arguments this job received as files, by key (from `ORCHESTRATOR_ARGS`).
 pub fn arg_files() -> HashMap<String, ArgFile> {
-    let Some(text) = std::env::var_os("ORCHESTRATOR_ARGS") else { return HashMap::new() };
+    let Some(text) = std::env::var_os(env::ARGS) else { return HashMap::new() };
     let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(&text.to_string_lossy()) else {
         return HashMap::new();
     };

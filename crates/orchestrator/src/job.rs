@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything needed to start one job.
 #[derive(Debug, Clone, Default)]
@@ -103,7 +103,7 @@ impl Payload {
 }
 
 /// Which output stream a line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum Stream {
@@ -124,7 +124,7 @@ impl Stream {
 }
 
 /// Why a job was stopped by the supervisor rather than ending on its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum StopReason {
@@ -177,6 +177,54 @@ pub enum Outcome {
         /// The operating system's reason.
         error: String,
     },
+    /// The supervisor lost track of it (its task panicked, its process could not be waited
+    /// for): how it ended is unknown.
+    Lost {
+        /// What happened.
+        error: String,
+    },
+}
+
+/// A job's status word, as `jobs.jsonl` writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum JobStatus {
+    /// Exit code 0.
+    Succeeded,
+    /// A non-zero exit code.
+    Failed,
+    /// Killed by a signal it did not get from us.
+    Signaled,
+    /// Ran past its timeout.
+    TimedOut,
+    /// Stopped after another job failed (halt policy `now`).
+    Halted,
+    /// Cancelled through its handle.
+    Cancelled,
+    /// Stopped by Ctrl-C, SIGTERM or a cancelled run.
+    Interrupted,
+    /// Could not be started.
+    SpawnFailed,
+    /// The supervisor lost track of it.
+    Lost,
+}
+
+impl JobStatus {
+    /// The word (`succeeded`, `timed_out`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Signaled => "signaled",
+            JobStatus::TimedOut => "timed_out",
+            JobStatus::Halted => "halted",
+            JobStatus::Cancelled => "cancelled",
+            JobStatus::Interrupted => "interrupted",
+            JobStatus::SpawnFailed => "spawn_failed",
+            JobStatus::Lost => "lost",
+        }
+    }
 }
 
 impl Outcome {
@@ -185,17 +233,31 @@ impl Outcome {
         matches!(self, Outcome::Succeeded)
     }
 
-    /// Short status word used in the journal and summaries.
-    pub fn status(&self) -> &'static str {
+    /// The status word used in the journal and summaries.
+    pub fn job_status(&self) -> JobStatus {
         match self {
-            Outcome::Succeeded => "succeeded",
-            Outcome::Failed { .. } => "failed",
-            Outcome::Signaled { .. } => "signaled",
-            Outcome::TimedOut { .. } => "timed_out",
-            Outcome::Stopped { reason: StopReason::Halt, .. } => "halted",
-            Outcome::Stopped { reason: StopReason::Cancelled, .. } => "cancelled",
-            Outcome::Stopped { .. } => "interrupted",
-            Outcome::SpawnFailed { .. } => "spawn_failed",
+            Outcome::Succeeded => JobStatus::Succeeded,
+            Outcome::Failed { .. } => JobStatus::Failed,
+            Outcome::Signaled { .. } => JobStatus::Signaled,
+            Outcome::TimedOut { .. } => JobStatus::TimedOut,
+            Outcome::Stopped { reason: StopReason::Halt, .. } => JobStatus::Halted,
+            Outcome::Stopped { reason: StopReason::Cancelled, .. } => JobStatus::Cancelled,
+            Outcome::Stopped { .. } => JobStatus::Interrupted,
+            Outcome::SpawnFailed { .. } => JobStatus::SpawnFailed,
+            Outcome::Lost { .. } => JobStatus::Lost,
+        }
+    }
+
+    /// [`Outcome::job_status`] as its word.
+    pub fn status(&self) -> &'static str {
+        self.job_status().as_str()
+    }
+
+    /// The error text of an outcome that has one (could not start, lost).
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            Outcome::SpawnFailed { error } | Outcome::Lost { error } => Some(error),
+            _ => None,
         }
     }
 
@@ -245,6 +307,7 @@ impl Outcome {
             }
             Outcome::Stopped { code, signal, .. } => format!("interrupted, {}", how(*code, *signal)),
             Outcome::SpawnFailed { error } => format!("could not start: {error}"),
+            Outcome::Lost { error } => format!("lost: {error}"),
         }
     }
 }
@@ -254,7 +317,8 @@ pub fn signal_name(sig: i32) -> String {
     nix::sys::signal::Signal::try_from(sig).map(|s| s.as_str().to_string()).unwrap_or_else(|_| format!("signal {sig}"))
 }
 
-pub(crate) fn humanize(d: Duration) -> String {
+/// `2s`, `1.500s`.
+pub fn humanize(d: Duration) -> String {
     let secs = d.as_secs_f64();
     if secs.fract() == 0.0 { format!("{secs:.0}s") } else { format!("{secs:.3}s") }
 }
@@ -297,48 +361,68 @@ pub struct JobRecord {
     pub log: PathBuf,
     /// The job's directory.
     pub dir: Option<PathBuf>,
+    /// How many attempts it had (1 without retries).
+    pub attempts: u32,
+    /// How each attempt before the last ended, in order.
+    pub earlier_attempts: Vec<AttemptRecord>,
 }
 
-#[derive(Serialize)]
-pub(crate) struct JournalLine<'a> {
-    num: u64,
-    id: &'a str,
-    status: &'static str,
-    overrides: &'a [String],
-    exit_code: Option<i32>,
-    signal: Option<String>,
-    timed_out: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<&'a str>,
-    pid: Option<u32>,
-    slot: usize,
-    start: String,
-    end: String,
-    duration_s: f64,
-    cpu_user_s: f64,
-    cpu_sys_s: f64,
-    max_rss_kib: u64,
-    stdout_bytes: u64,
-    stderr_bytes: u64,
-    leftover_processes: u32,
-    log: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dir: Option<String>,
+/// How one attempt of a job that was tried again ended (an entry of a record's
+/// `earlier_attempts`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct AttemptRecord {
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// How it ended.
+    pub status: JobStatus,
+    /// Its exit code, if it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, by name.
+    pub signal: Option<String>,
+    /// Why it could not start, or was lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When it started.
+    pub start: String,
+    /// Its wall time, seconds.
+    pub duration_s: f64,
+}
+
+impl AttemptRecord {
+    /// The record of attempt `attempt`, which ended as `outcome`.
+    pub fn new(attempt: u32, outcome: &Outcome, start: DateTime<Utc>, duration: Duration) -> Self {
+        AttemptRecord {
+            attempt,
+            status: outcome.job_status(),
+            exit_code: outcome.exit_code(),
+            signal: outcome.signal().map(signal_name),
+            error: outcome.error().map(str::to_owned),
+            start: start.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            duration_s: micros(duration.as_secs_f64()),
+        }
+    }
+}
+
+fn micros(secs: f64) -> f64 {
+    (secs * 1e6).round() / 1e6
 }
 
 impl JobRecord {
-    /// A record of a job that has not run yet (outcome `Succeeded` until told otherwise).
-    pub fn new(num: u64, id: String, slot: usize, start: DateTime<Utc>) -> Self {
+    /// The record of a job that ended as `outcome` without running (it could not be
+    /// prepared, or was cancelled first): no process, no output, ended now.
+    pub fn unstarted(num: u64, id: String, slot: usize, start: DateTime<Utc>, outcome: Outcome) -> Self {
+        let end = Utc::now();
         JobRecord {
             num,
             id,
             overrides: Vec::new(),
-            outcome: Outcome::Succeeded,
+            outcome,
             pid: None,
             slot,
             start,
-            end: start,
-            duration: Duration::ZERO,
+            end,
+            duration: (end - start).to_std().unwrap_or_default(),
             user_cpu: 0.0,
             sys_cpu: 0.0,
             max_rss_kib: 0,
@@ -347,10 +431,21 @@ impl JobRecord {
             leftover_processes: 0,
             log: PathBuf::new(),
             dir: None,
+            attempts: 0,
+            earlier_attempts: Vec::new(),
         }
     }
 
-    /// The record as one line of JSON (no trailing newline).
+    /// [`JobRecord::unstarted`] for `spec`: its id, overrides, log and dir.
+    pub fn unstarted_spec(spec: &JobSpec, slot: usize, start: DateTime<Utc>, outcome: Outcome) -> Self {
+        let mut record = JobRecord::unstarted(spec.num, spec.id.clone(), slot, start, outcome);
+        record.overrides = spec.overrides.clone();
+        record.log = spec.log_path.clone();
+        record.dir = spec.dir.clone();
+        record
+    }
+
+    /// The record as one line of JSON (no trailing newline): its `jobs.jsonl` line.
     pub fn to_json(&self) -> String {
         serde_json::to_string(&self.journal_line()).unwrap_or_default()
     }
@@ -360,32 +455,40 @@ impl JobRecord {
         serde_json::to_value(self.journal_line()).unwrap_or_default()
     }
 
-    fn journal_line(&self) -> JournalLine<'_> {
-        JournalLine {
+    /// The record as its journal line.
+    pub fn journal_line(&self) -> crate::journal::JournalLine<'_> {
+        use std::borrow::Cow;
+        crate::journal::JournalLine {
             num: self.num,
-            id: &self.id,
-            status: self.outcome.status(),
-            overrides: &self.overrides,
+            id: Cow::Borrowed(&self.id),
+            status: self.outcome.job_status(),
+            overrides: Cow::Borrowed(&self.overrides),
             exit_code: self.outcome.exit_code(),
             signal: self.outcome.signal().map(signal_name),
             timed_out: matches!(self.outcome, Outcome::TimedOut { .. }),
-            error: match &self.outcome {
-                Outcome::SpawnFailed { error } => Some(error),
-                _ => None,
-            },
+            error: self.outcome.error().map(Cow::Borrowed),
             pid: self.pid,
             slot: self.slot,
             start: self.start.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             end: self.end.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            duration_s: (self.duration.as_secs_f64() * 1e6).round() / 1e6,
-            cpu_user_s: (self.user_cpu * 1e6).round() / 1e6,
-            cpu_sys_s: (self.sys_cpu * 1e6).round() / 1e6,
+            duration_s: micros(self.duration.as_secs_f64()),
+            cpu_user_s: micros(self.user_cpu),
+            cpu_sys_s: micros(self.sys_cpu),
             max_rss_kib: self.max_rss_kib,
             stdout_bytes: self.stdout_bytes,
             stderr_bytes: self.stderr_bytes,
             leftover_processes: self.leftover_processes,
-            log: self.log.display().to_string(),
-            dir: self.dir.as_ref().map(|d| d.display().to_string()),
+            log: self.log.to_string_lossy(),
+            dir: self.dir.as_ref().map(|d| d.to_string_lossy()),
+            attempts: self.attempts,
+            earlier_attempts: Cow::Borrowed(&self.earlier_attempts),
         }
+    }
+}
+
+impl Serialize for JobRecord {
+    /// As its journal line.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.journal_line().serialize(serializer)
     }
 }

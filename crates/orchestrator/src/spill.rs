@@ -274,7 +274,7 @@ fn remove_tree(dir: &Path) {
 fn clean_stale(folder: &Path) {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(folder) else { return };
-    let me = crate::sys::getuid();
+    let me = crate::backend::local::sys::getuid();
     for e in entries.flatten() {
         let name = e.file_name();
         let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else { continue };

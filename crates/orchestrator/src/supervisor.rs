@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::event::Event;
 use crate::job::{JobRecord, JobSpec, StopReason};
-use crate::runner::{RunOptions, RunSummary, Stop, Submission, run};
+use crate::runner::{RunOptions, RunSummary, Stop, Submission, run_announced};
 
 /// Capacity of the event stream; past it, the runner waits for the consumer (output lines
 /// are still written to the job's log first, so nothing is lost, only delayed).
@@ -129,7 +129,9 @@ impl Supervisor {
         // cancel the caller's token, which other code may share.
         let cancel = opts.cancel.child_token();
         opts.cancel = cancel.clone();
-        let runner = tokio::spawn(run(opts, jobs_rx, Some(events_tx.clone()), stop_rx));
+        // First of the events, before any job's `Queued`: the channel is empty, so it fits.
+        let _ = events_tx.try_send(crate::runner::run_started(&opts));
+        let runner = tokio::spawn(run_announced(opts, jobs_rx, Some(events_tx.clone()), stop_rx));
         let inner = Inner {
             jobs: jobs_tx,
             events: events_tx,

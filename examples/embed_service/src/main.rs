@@ -156,8 +156,14 @@ async fn create(State(app): State<App>, body: Bytes) -> Response {
     // Follow the run: keep per-job outcomes and fan events out to SSE clients.
     let follower = app.clone();
     tokio::spawn(async move {
+        // The run's own last event, sent once the sweep's state is known.
+        let mut last = None;
         while let Some(ev) = ev_rx.recv().await {
-            let Some(value) = ev.to_json() else { continue };
+            let value = ev.to_json();
+            if matches!(ev, Event::RunFinished { .. }) {
+                last = Some(value);
+                continue;
+            }
             if let Event::Finished(rec) = &ev
                 && let Some(s) = follower.lock().get_mut(&id)
             {
@@ -176,10 +182,11 @@ async fn create(State(app): State<App>, body: Bytes) -> Response {
         // Ended first: a client subscribing now gets the ended sweep's event instead of a live
         // stream that would miss this one.
         follower.finish(id, state);
-        let _ = bcast.send(
-            json!({"event": "sweep_finished", "state": state, "succeeded": summary.succeeded, "failed": summary.failures.len()})
-                .to_string(),
-        );
+        let mut last = last.unwrap_or_else(|| json!({"event": "sweep_finished"}));
+        if let Some(fields) = last.as_object_mut() {
+            fields.insert("state".into(), json!(state));
+        }
+        let _ = bcast.send(last.to_string());
     });
     (StatusCode::CREATED, axum::Json(body)).into_response()
 }

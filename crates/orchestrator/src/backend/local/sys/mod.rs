@@ -4,7 +4,7 @@
 
 mod spawn;
 
-pub use spawn::{Env, ExecFailure, ExecWatch, SetupStep, SpawnRequest, Spawned, cstring, resolve_program, spawn};
+pub use spawn::{Env, ExecWatch, SetupStep, SpawnRequest, Spawned, cstring, resolve_program, spawn};
 
 use std::ffi::OsStr;
 use std::io;

@@ -10,6 +10,10 @@
 //! marker, and their process groups. A run that ends normally (the runner has ended every
 //! job) says so, and the watchdog exits at once. It costs one process start per run and
 //! nothing per job.
+//!
+//! A program that embeds the runtime gets one with [`RunOptions::watchdog`](crate::RunOptions::watchdog),
+//! provided it calls [`serve_if_requested`] first thing in `main`: the watchdog is that same
+//! program started again with [`ARG`].
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -19,6 +23,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::{SigHandler, Signal, signal};
+
+use super::sys;
 
 /// The first argument that makes the binary a watchdog (not a user-facing subcommand).
 pub const ARG: &str = "__watchdog";
@@ -50,14 +56,14 @@ impl Watchdog {
             .arg0("orchestrator-watchdog")
             .arg(ARG)
             .arg(std::process::id().to_string())
-            .arg(orchestrator::sys::own_pgid().to_string())
+            .arg(sys::own_pgid().to_string())
             .stdin(Stdio::from(alive_r))
             .stdout(Stdio::from(ready_w))
             .stderr(Stdio::null())
             .current_dir("/")
             // Not marked as one of our jobs' processes: a run this one is a job of must not
             // take the watchdog for a leftover of that job (and kill it before it is done).
-            .env_remove(orchestrator::runner::JOB_KEY_VAR)
+            .env_remove(super::JOB_KEY_VAR)
             .process_group(0)
             .spawn()
             .map_err(|e| format!("cannot start /proc/self/exe: {e}"))?;
@@ -110,12 +116,24 @@ fn wait_ready(ready: OwnedFd) -> Result<(), String> {
     }
 }
 
+/// If this process was started as a watchdog (its first argument is [`ARG`]), be one and
+/// return the exit code to end with; `None` otherwise. Call it first thing in `main` of a
+/// program that runs jobs with [`RunOptions::watchdog`](crate::RunOptions::watchdog) on.
+pub fn serve_if_requested() -> Option<u8> {
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|a| a == ARG) {
+        let rest: Vec<OsString> = args.collect();
+        return Some(main(&rest));
+    }
+    None
+}
+
 /// The watchdog's life: `args` are the process's arguments after [`ARG`]: the supervisor's
 /// pid and process group.
-pub fn main(args: &[OsString]) -> u8 {
+fn main(args: &[OsString]) -> u8 {
     let number = |i: usize| args.get(i).and_then(|a| a.to_str()).and_then(|a| a.parse::<u32>().ok());
     let (Some(pid), Some(group)) = (number(0), number(1)) else {
-        return crate::exit::USAGE;
+        return 2;
     };
     // Only the supervisor's end matters; signals meant for the terminal's jobs do not.
     for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGPIPE] {
@@ -126,7 +144,7 @@ pub fn main(args: &[OsString]) -> u8 {
     let _ = nix::sys::prctl::set_name(c"orch-watchdog");
     let mut stdout = std::io::stdout().lock();
     if stdout.write_all(&[READY]).and_then(|()| stdout.flush()).is_err() {
-        return crate::exit::INTERNAL;
+        return 3;
     }
     drop(stdout);
     let mut stdin = std::io::stdin().lock();
@@ -140,10 +158,10 @@ pub fn main(args: &[OsString]) -> u8 {
             Err(_) => break,
         }
     }
-    let marker = orchestrator::runner::job_marker_prefix(pid);
+    let marker = super::job_marker_prefix(pid);
     // Again until a pass finds nothing: a process may fork between our reads.
     for _ in 0..50 {
-        if orchestrator::sys::kill_marked(marker.as_bytes(), &[group]) == 0 {
+        if sys::kill_marked(marker.as_bytes(), &[group]) == 0 {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -1,0 +1,219 @@
+//! The execution-backend seam: where one attempt of a job runs.
+//!
+//! The scheduler (`runner`: slots, stop escalation, halt policy, retries, journal, events)
+//! drives every backend through [`Backend`] and [`Attempt`] and never sees a pid: it asks a
+//! backend to start an attempt, waits for its end, asks it to end early with a signal (and
+//! later to kill it), lets it clean up what the job left behind, and takes its output
+//! totals and its log for the end record. Everything about *how* a job runs lives behind
+//! this seam:
+//!
+//! - [`local`]: one process group per job on this machine (the vfork spawn, subreaper and
+//!   marker hunting, pidfd/wait4, output pumps, the environment, payload files, the watchdog);
+//! - [`fake`] (tests, feature `test-util`): scripted attempts on tokio's clock, for
+//!   deterministic lifecycle tests without processes or sleeps.
+//!
+//! A backend declares what it can do in [`Capabilities`], so that the layers above can ask
+//! (e.g. whether a job's files can be written on its node before its program starts) instead
+//! of assuming the local machine.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::event::Event;
+use crate::job::{JobFile, JobSpec};
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod fake;
+pub mod local;
+
+/// A boxed future, as the seam's methods return (one allocation per call: a few per job).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a backend can do, for the layers that prepare jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// [`JobSpec::files`] are written by the job's own process (on its node) before its
+    /// program starts; otherwise they must already be on a filesystem the job can read.
+    pub writes_files_before_exec: bool,
+    /// Attempts run on this machine: a pid means something here, and `/dev/shm` is shared
+    /// with the jobs.
+    pub local_processes: bool,
+    /// [`Attempt::signal`] delivers any signal (otherwise only a request to end).
+    pub forwards_signals: bool,
+}
+
+/// Everything a backend needs to start one attempt.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct StartRequest<'a> {
+    /// The job.
+    pub job: &'a JobSpec,
+    /// Its files for this attempt (the job's own `files`, taken out of it: a retry gets a
+    /// copy).
+    pub files: Vec<JobFile>,
+    /// The slot it runs in (0..n_jobs-1).
+    pub slot: usize,
+    /// 1 for the first attempt, 2 for the first retry, ...
+    pub attempt: u32,
+    /// Where the job's output lines go as [`Event::Output`], if they are forwarded.
+    pub output: Option<mpsc::Sender<Event>>,
+}
+
+/// An attempt that never ran its program. Its note is already in the job's log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+#[non_exhaustive]
+pub struct StartError {
+    /// What went wrong, for the record and the console.
+    pub message: String,
+}
+
+impl StartError {
+    /// An error saying `message`.
+    pub fn new(message: impl Into<String>) -> Self {
+        StartError { message: message.into() }
+    }
+}
+
+/// The backend lost track of a running attempt (its process could not be waited for, the
+/// cluster forgot the task): the job's fate is unknown.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+#[non_exhaustive]
+pub struct LostError {
+    /// What happened.
+    pub message: String,
+}
+
+impl LostError {
+    /// An error saying `message`.
+    pub fn new(message: impl Into<String>) -> Self {
+        LostError { message: message.into() }
+    }
+}
+
+/// How an attempt's main process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal ended it.
+    Signal {
+        /// The signal number.
+        signal: i32,
+        /// Whether it dumped core.
+        core_dumped: bool,
+    },
+}
+
+/// Resources an attempt used, as far as the backend can tell.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Usage {
+    /// User CPU seconds.
+    pub user_cpu: f64,
+    /// System CPU seconds.
+    pub sys_cpu: f64,
+    /// Peak resident memory in KiB.
+    pub max_rss_kib: u64,
+}
+
+/// An attempt's end, as [`Attempt::wait`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct Exit {
+    /// How it ended.
+    pub status: ExitStatus,
+    /// What it used.
+    pub usage: Usage,
+}
+
+impl Exit {
+    /// An exit with `status` and no usage figures.
+    pub fn new(status: ExitStatus) -> Self {
+        Exit { status, usage: Usage::default() }
+    }
+}
+
+/// A job's log, for the supervisor's own notes (start, retries, the end record) beside the
+/// lines the job wrote.
+pub trait JobLog: Send {
+    /// Append one note, stamped as the backend stamps the job's lines.
+    fn note(&mut self, text: &str);
+
+    /// Write out everything (notes may be held until then, so that a quiet job's log is
+    /// written in one go).
+    fn close(self: Box<Self>);
+}
+
+/// What is left of an attempt once it has ended: its log and its output totals.
+#[non_exhaustive]
+pub struct Collected {
+    /// The job's log, to add the end record to (written out when dropped).
+    pub log: Box<dyn JobLog>,
+    /// Bytes the attempt wrote to stdout.
+    pub stdout_bytes: u64,
+    /// Bytes it wrote to stderr.
+    pub stderr_bytes: u64,
+    /// Set when the attempt's process existed but never ran the program (its set-up or
+    /// exec failed): the attempt counts as not started.
+    pub start_error: Option<String>,
+}
+
+impl std::fmt::Debug for Collected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collected")
+            .field("stdout_bytes", &self.stdout_bytes)
+            .field("stderr_bytes", &self.stderr_bytes)
+            .field("start_error", &self.start_error)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One running attempt of a job.
+pub trait Attempt: Send {
+    /// The process id of its leader, where that means something to the caller (a local
+    /// process); a detail for records and events, never used by the scheduler.
+    fn pid(&self) -> Option<u32> {
+        None
+    }
+
+    /// Resolves when the attempt's main process has ended. Cancel-safe: the scheduler drops
+    /// the future to handle a timer or a stop, and calls again.
+    fn wait(&mut self) -> BoxFuture<'_, Result<Exit, LostError>>;
+
+    /// Deliver `signal` to the whole attempt (its process group, its escaped descendants;
+    /// on a cluster, the task). SIGKILL ends it for sure.
+    fn signal(&mut self, signal: i32);
+
+    /// After [`Attempt::wait`]: end whatever the attempt left running, SIGTERM first and
+    /// SIGKILL after `grace` (at once when `grace` is zero). Returns how many processes it
+    /// found. The attempt's resources are free when this returns.
+    fn clean_up(&mut self, grace: Duration) -> BoxFuture<'_, u32>;
+
+    /// Its output totals and its log, once every process is gone (`job` is the attempt's
+    /// job, for messages).
+    fn collect<'a>(self: Box<Self>, job: &'a JobSpec) -> BoxFuture<'a, Collected>;
+}
+
+/// Where jobs run. One backend serves a whole run, from every slot's thread at once.
+pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
+    /// A short name (`local`, `slurm`, `fake`), for messages.
+    fn name(&self) -> &'static str;
+
+    /// What it can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Start one attempt. An error means the program never ran; the backend has written
+    /// why into the job's log.
+    fn start<'a>(&'a self, req: StartRequest<'a>) -> BoxFuture<'a, Result<Box<dyn Attempt>, StartError>>;
+
+    /// The run is over: end anything of its jobs still running anywhere (escapees that
+    /// outlived every per-job check).
+    fn run_ended(&self) {}
+}

@@ -1,0 +1,302 @@
+//! One job, from its slot to its record: its attempts one after another (a retry after the
+//! policy's delay), the end record in its log, one journal line and one
+//! [`Event::Finished`].
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::attempt::{self, Exited};
+use super::{RunOptions, RunSummary, Stop, Submission};
+use crate::backend::{Backend, JobLog, StartRequest, Usage};
+use crate::event::Event;
+use crate::job::{AttemptRecord, JobRecord, JobSpec, Outcome, StopReason};
+
+/// What every job of a run shares.
+pub(crate) struct Ctx {
+    pub(crate) opts: RunOptions,
+    backend: Arc<dyn Backend>,
+    events: Option<tokio::sync::mpsc::Sender<crate::event::Event>>,
+    /// Journal appends that failed, and the first error.
+    journal_errors: Mutex<(u64, Option<String>)>,
+}
+
+impl Ctx {
+    pub(crate) fn new(
+        opts: RunOptions,
+        backend: Arc<dyn Backend>,
+        events: Option<tokio::sync::mpsc::Sender<crate::event::Event>>,
+    ) -> Ctx {
+        Ctx { opts, backend, events, journal_errors: Mutex::new((0, None)) }
+    }
+
+    /// A job's record did not reach the journal: said at once, and counted for the summary.
+    fn journal_failed(&self, error: String) {
+        tracing::error!("{error}");
+        let mut errors = self.journal_errors.lock().unwrap_or_else(|e| e.into_inner());
+        errors.0 += 1;
+        errors.1.get_or_insert(error);
+    }
+
+    /// The run is over: the journal is synced, and its errors go into the summary.
+    pub(crate) fn finish(&self, summary: &mut RunSummary) {
+        if let Some(j) = &self.opts.journal
+            && let Err(e) = j.sync()
+        {
+            self.journal_failed(format!("cannot sync {}: {e}", j.path().display()));
+        }
+        (summary.journal_errors, summary.journal_error) =
+            std::mem::take(&mut *self.journal_errors.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    async fn send(&self, event: Event) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(event).await;
+        }
+    }
+}
+
+/// The record of a job whose task was lost (it panicked): its fate is unknown.
+pub(crate) fn lost_record(num: u64, slot: usize, why: &str) -> JobRecord {
+    let now = Utc::now();
+    JobRecord::unstarted(
+        num,
+        num.to_string(),
+        slot,
+        now,
+        Outcome::Lost { error: format!("supervisor task failed: {why}") },
+    )
+}
+
+/// Run one job in `slot`, reply to its submitter, and return its record. `freed` is sent as
+/// soon as the slot can take its next job: once the job's last attempt has no process left
+/// (before its log, journal line and events are written), when nothing else has to happen
+/// first.
+pub(crate) async fn run_unit(
+    sub: Submission,
+    slot: usize,
+    ctx: Arc<Ctx>,
+    stop: watch::Receiver<Stop>,
+    freed: oneshot::Sender<()>,
+) -> JobRecord {
+    let Submission { spec, cancel, reply } = sub;
+    let record = run_job(spec, slot, &ctx, stop, cancel, freed).await;
+    if let Some(reply) = reply {
+        // The caller may have dropped its handle: nobody to tell.
+        let _ = reply.send(record.clone());
+    }
+    record
+}
+
+/// How one attempt ended, with what it left.
+struct AttemptEnd {
+    outcome: Outcome,
+    pid: Option<u32>,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    /// When its last process was gone.
+    ended: Instant,
+    duration: Duration,
+    usage: Usage,
+    stdout_bytes: u64,
+    stderr_bytes: u64,
+    leftovers: u32,
+    /// The job's log, to add the end record to; `None` when the backend could not start the
+    /// attempt (it wrote why itself).
+    log: Option<Box<dyn JobLog>>,
+}
+
+async fn run_job(
+    mut spec: JobSpec,
+    slot: usize,
+    ctx: &Ctx,
+    mut stop: watch::Receiver<Stop>,
+    cancel: CancellationToken,
+    freed: oneshot::Sender<()>,
+) -> JobRecord {
+    let start = Utc::now();
+    let t0 = Instant::now();
+    if let Some(error) = spec.setup_error.take() {
+        return publish(ctx, JobRecord::unstarted_spec(&spec, slot, start, Outcome::SpawnFailed { error })).await;
+    }
+    if cancel.is_cancelled() {
+        let outcome = Outcome::Stopped { reason: StopReason::Cancelled, code: None, signal: None };
+        return publish(ctx, JobRecord::unstarted_spec(&spec, slot, start, outcome)).await;
+    }
+    let policy = ctx.opts.retry;
+    let mut files = std::mem::take(&mut spec.files);
+    let mut freed = Some(freed);
+    let mut earlier: Vec<AttemptRecord> = Vec::new();
+    let mut number = 1;
+    loop {
+        let last = number >= policy.max_attempts();
+        // The last attempt takes the files; an earlier one a copy (only with retries on).
+        let files = if last { std::mem::take(&mut files) } else { files.clone() };
+        let mut end =
+            run_attempt(&spec, files, slot, number, ctx, &mut stop, &cancel, if last { freed.take() } else { None })
+                .await;
+        let stopping = *stop.borrow() != Stop::None || cancel.is_cancelled();
+        if !last && !stopping && policy.retries_after(&end.outcome) {
+            let delay = policy.delay_before(number);
+            if let Some(log) = end.log.as_mut() {
+                log.note(&format!(
+                    "attempt {number} of {}: {} after {}; retrying in {}",
+                    policy.max_attempts(),
+                    end.outcome.describe(),
+                    precise(end.duration),
+                    crate::job::humanize(delay)
+                ));
+            }
+            if let Some(log) = end.log.take() {
+                log.close();
+            }
+            let record = AttemptRecord::new(number, &end.outcome, end.start, end.duration);
+            ctx.send(Event::Retrying { num: spec.num, attempt: number, outcome: end.outcome.clone(), delay }).await;
+            earlier.push(record);
+            // A stop during the delay ends the job with the attempt that was to be retried.
+            let interrupted = tokio::select! {
+                () = tokio::time::sleep(delay) => false,
+                () = super::stopped(&mut stop) => true,
+                () = cancel.cancelled() => true,
+            };
+            if !interrupted {
+                number += 1;
+                continue;
+            }
+            earlier.pop();
+        }
+        let mut note = format!("{} after {}", end.outcome.describe(), precise(end.duration));
+        if end.leftovers > 0 {
+            note.push_str(&format!("; ended {} leftover process(es) of the job", end.leftovers));
+        }
+        if number > 1 {
+            note = format!("attempt {number} of {}: {note}", policy.max_attempts());
+        }
+        if let Some(mut log) = end.log.take() {
+            log.note(&note);
+            log.close();
+        }
+        let record = JobRecord {
+            num: spec.num,
+            id: spec.id.clone(),
+            overrides: std::mem::take(&mut spec.overrides),
+            outcome: end.outcome,
+            pid: end.pid,
+            slot,
+            start,
+            end: end.end,
+            duration: end.ended - t0,
+            user_cpu: end.usage.user_cpu,
+            sys_cpu: end.usage.sys_cpu,
+            max_rss_kib: end.usage.max_rss_kib,
+            stdout_bytes: end.stdout_bytes,
+            stderr_bytes: end.stderr_bytes,
+            leftover_processes: end.leftovers,
+            log: std::mem::take(&mut spec.log_path),
+            dir: spec.dir.take(),
+            attempts: number,
+            earlier_attempts: earlier,
+        };
+        return publish(ctx, record).await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_attempt(
+    spec: &JobSpec,
+    files: Vec<crate::job::JobFile>,
+    slot: usize,
+    number: u32,
+    ctx: &Ctx,
+    stop: &mut watch::Receiver<Stop>,
+    cancel: &CancellationToken,
+    freed: Option<oneshot::Sender<()>>,
+) -> AttemptEnd {
+    let start = Utc::now();
+    let t0 = Instant::now();
+    let output = if ctx.opts.forward_output { ctx.events.clone() } else { None };
+    let req = StartRequest { job: spec, files, slot, attempt: number, output };
+    let mut attempt = match ctx.backend.start(req).await {
+        Ok(a) => a,
+        Err(e) => {
+            return AttemptEnd {
+                outcome: Outcome::SpawnFailed { error: e.message },
+                pid: None,
+                start,
+                end: Utc::now(),
+                ended: Instant::now(),
+                duration: t0.elapsed(),
+                usage: Usage::default(),
+                stdout_bytes: 0,
+                stderr_bytes: 0,
+                leftovers: 0,
+                log: None,
+            };
+        }
+    };
+    let pid = attempt.pid();
+    ctx.send(Event::Started { num: spec.num, pid, slot, at: start, attempt: number }).await;
+    let grace = ctx.opts.grace;
+    let exited: Exited = attempt::drive(&mut *attempt, spec.timeout, grace, stop, cancel).await;
+    let immediate = *stop.borrow() == Stop::Immediate;
+    let leftovers = attempt.clean_up(if immediate { Duration::ZERO } else { grace }).await;
+    // The job ends when its last process is gone; the bookkeeping below is ours.
+    let end = Utc::now();
+    let ended = Instant::now();
+    let duration = ended - t0;
+    // Every process of the job is gone: its slot can take the next job now, while this one
+    // writes its log, journal line and events (the next job's process then starts on the
+    // CPU this one left, instead of after our bookkeeping). Not under a halt policy: a
+    // failure of any running job must reach the runner before anything else starts.
+    if exited.cause.is_none()
+        && leftovers == 0
+        && ctx.opts.halt == orchestrator_config::HaltPolicy::Never
+        && let Some(freed) = freed
+        && freed.send(()).is_ok()
+    {
+        tokio::task::yield_now().await;
+    }
+    let outcome = exited.outcome(spec.timeout);
+    let usage = exited.exit.as_ref().map(|e| e.usage).unwrap_or_default();
+    let collected = attempt.collect(spec).await;
+    // A process that never ran the program (its set-up or exec failed) did not start.
+    let outcome = match (&exited.exit, collected.start_error) {
+        (Ok(_), Some(error)) => Outcome::SpawnFailed { error },
+        _ => outcome,
+    };
+    AttemptEnd {
+        outcome,
+        pid,
+        start,
+        end,
+        ended,
+        duration,
+        usage,
+        stdout_bytes: collected.stdout_bytes,
+        stderr_bytes: collected.stderr_bytes,
+        leftovers,
+        log: Some(collected.log),
+    }
+}
+
+fn precise(d: Duration) -> String {
+    format!("{:.3}s", d.as_secs_f64())
+}
+
+/// Append the final record to the journal and send it as [`Event::Finished`].
+async fn publish(ctx: &Ctx, record: JobRecord) -> JobRecord {
+    if let Some(j) = &ctx.opts.journal
+        && let Err(e) = j.append(&record)
+    {
+        ctx.journal_failed(format!("cannot append job #{}'s record to {}: {e}", record.num, j.path().display()));
+    }
+    if let Some(tx) = &ctx.events {
+        let _ = tx.send(Event::Finished(Box::new(record.clone()))).await;
+    }
+    record
+}
