@@ -94,6 +94,9 @@ pub enum SetupError {
     /// Composing the jobs or naming their dirs.
     #[error(transparent)]
     Layout(#[from] LayoutError),
+    /// A `temp_folder` that cannot hold spill files.
+    #[error(transparent)]
+    TempFolder(#[from] orchestrator::temp::TempFolderError),
     /// The launcher's values as run options (slot values).
     #[error(transparent)]
     Options(#[from] crate::options::OptionsError),
@@ -467,7 +470,7 @@ impl PreparedSweep {
         // jobs one by one in a sweep dir made for nothing.
         let temp_folder = orchestrator::temp::resolve_temp_folder(launcher.temp_folder.as_deref(), &cwd);
         if launcher.max_nbytes.is_some() {
-            temp_folder.check().map_err(SetupError::Invalid)?;
+            temp_folder.check()?;
         }
         let n_jobs = options.n_jobs;
         let total = plan.len();

@@ -46,6 +46,8 @@ pub struct JobSpec {
     /// rendered):
     /// the job is recorded as not started, with this reason.
     pub setup_error: Option<String>,
+    /// This job's retries, instead of the run's [`RunOptions::retry`](crate::RunOptions::retry).
+    pub retry: Option<crate::retry::RetryPolicy>,
 }
 
 impl JobSpec {

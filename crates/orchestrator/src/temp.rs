@@ -27,11 +27,27 @@ pub fn resolve_temp_folder(configured: Option<&Path>, base_dir: &Path) -> TempFo
     folder
 }
 
+/// A `temp_folder` that cannot hold spill files.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "temp_folder {} ({reason}) cannot hold spill files: {why}\n  = help: set temp_folder (or JOBLIB_TEMP_FOLDER) to a writable directory, or None for /dev/shm or the system temp dir",
+    path.display()
+)]
+#[non_exhaustive]
+pub struct TempFolderError {
+    /// The folder.
+    pub path: PathBuf,
+    /// Where it came from.
+    pub reason: String,
+    /// What is wrong with it.
+    pub why: String,
+}
+
 impl TempFolder {
     /// Whether spill files can go here: a writable directory, or one that does not exist yet
     /// (it is made on the first spill, as joblib's `makedirs` does). Says why not, and where
     /// the folder came from.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), TempFolderError> {
         let why = match std::fs::metadata(&self.path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => e.to_string(),
@@ -41,11 +57,7 @@ impl TempFolder {
                 Err(e) => format!("it is not writable ({e})"),
             },
         };
-        Err(format!(
-            "temp_folder {} ({}) cannot hold spill files: {why}\n  = help: set temp_folder (or JOBLIB_TEMP_FOLDER) to a writable directory, or None for /dev/shm or the system temp dir",
-            self.path.display(),
-            self.reason
-        ))
+        Err(TempFolderError { path: self.path.clone(), reason: self.reason.clone(), why })
     }
 }
 

@@ -335,3 +335,16 @@ fn stop_requests_escalate_by_order() {
     assert!(Stop::None < Stop::Drain && Stop::Drain < graceful && graceful < Stop::Immediate);
     assert_eq!(Stop::Drain.max(graceful), graceful);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_jobs_own_retry_policy_wins_over_the_runs() {
+    let backend = FakeBackend::new(|_, attempt| Script::exits(if attempt < 2 { 1 } else { 0 }, S));
+    let mut spec = job(0);
+    spec.retry = Some(RetryPolicy::new(1, Duration::ZERO));
+    let (_, events) = run_jobs(options(1, &backend), vec![spec.into(), job(1).into()], no_stop()).await;
+    let records = finished(&events);
+    assert_eq!(
+        records.iter().map(|r| (r.outcome.status(), r.attempts)).collect::<Vec<_>>(),
+        [("succeeded", 2), ("failed", 1)]
+    );
+}

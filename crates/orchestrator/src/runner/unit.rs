@@ -128,7 +128,7 @@ async fn run_job(
         let outcome = Outcome::Stopped { reason: StopReason::Cancelled, code: None, signal: None };
         return publish(ctx, JobRecord::unstarted_spec(&spec, slot, start, outcome)).await;
     }
-    let policy = ctx.opts.retry;
+    let policy = spec.retry.unwrap_or(ctx.opts.retry);
     let mut files = std::mem::take(&mut spec.files);
     let mut freed = Some(freed);
     let mut earlier: Vec<AttemptRecord> = Vec::new();

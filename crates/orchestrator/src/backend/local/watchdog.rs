@@ -36,6 +36,23 @@ const READY: u8 = b'R';
 /// How long a new watchdog may take to say it runs.
 const START_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why a watchdog could not be started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WatchdogError {
+    /// A pipe or the process could not be made.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// It started but did not answer as a watchdog.
+    #[error("{0}")]
+    NoAnswer(String),
+}
+
 /// A running watchdog. Dropped without [`Watchdog::finish`] (a panic), it looks for jobs'
 /// processes left behind, as if the supervisor had died.
 #[derive(Debug)]
@@ -46,12 +63,13 @@ pub struct Watchdog {
 
 impl Watchdog {
     /// Start a watchdog for the jobs this process will start.
-    pub fn start() -> Result<Watchdog, String> {
+    pub fn start() -> Result<Watchdog, WatchdogError> {
         // Every end close-on-exec: no job may hold the write end, or the watchdog would wait
         // for it too.
         let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
-        let (alive_r, alive_w) = nix::unistd::pipe2(cloexec).map_err(|e| e.to_string())?;
-        let (ready_r, ready_w) = nix::unistd::pipe2(cloexec).map_err(|e| e.to_string())?;
+        let pipe = |e: nix::errno::Errno| WatchdogError::Io { what: "cannot make a pipe", source: e.into() };
+        let (alive_r, alive_w) = nix::unistd::pipe2(cloexec).map_err(pipe)?;
+        let (ready_r, ready_w) = nix::unistd::pipe2(cloexec).map_err(pipe)?;
         let mut child = Command::new("/proc/self/exe")
             .arg0("orchestrator-watchdog")
             .arg(ARG)
@@ -66,13 +84,13 @@ impl Watchdog {
             .env_remove(super::JOB_KEY_VAR)
             .process_group(0)
             .spawn()
-            .map_err(|e| format!("cannot start /proc/self/exe: {e}"))?;
+            .map_err(|source| WatchdogError::Io { what: "cannot start /proc/self/exe", source })?;
         // `/proc/self/exe` is not always this program (run through the dynamic loader, or an
         // emulator): only a watchdog that answers counts.
         if let Err(e) = wait_ready(ready_r) {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(e);
+            return Err(WatchdogError::NoAnswer(e));
         }
         Ok(Watchdog { alive: Some(std::fs::File::from(alive_w)), child })
     }
