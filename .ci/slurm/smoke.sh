@@ -87,7 +87,13 @@ if [[ "$(scontrol show config)" == *accounting_storage/slurmdbd* ]]; then
         sleep 0.2
     done
     check "sacct: array tasks with states and exit codes" test "$(wc -w <<<"$got")" = 6 -a -z "${got##*"${a}_3|FAILED|4:0"*}"
-    got=$(sacct -n -X -P -j "$c" -o JobID,State 2>/dev/null | sort | tr '\n' ' ')
+    # Right after scancel sacct can show one transient record for the whole array
+    # ("<id>|CANCELLED by 0") before the per-task records: retry for a while.
+    for _ in $(seq 50); do
+        got=$(sacct -n -X -P -j "$c" -o JobID,State 2>/dev/null | sort | tr '\n' ' ')
+        [[ "$got" == *"${c}_0|CANCELLED"* ]] && break
+        sleep 0.2
+    done
     check "sacct: cancelled tasks are CANCELLED" test -z "${got##*"${c}_0|CANCELLED"*}"
 else
     out=$(sacct -n -X -P -j "$a" 2>&1)

@@ -13,6 +13,9 @@
 #                           Changing it on a running cluster restarts slurmctld and slurmd with the
 #                           new config (jobs survive: their state is in StateSaveLocation and
 #                           their processes under slurmstepd), and stops/starts slurmdbd+mariadb.
+#   SLURM_CI_MEMKILL=0      1: JobAcctGatherParams=OverMemoryKill: a job whose RSS (sampled every
+#                           10 s) exceeds its --mem is killed (state FAILED, ExitCode 0:9). 0: memory
+#                           is not enforced at all (task/none, no cgroups). Never OUT_OF_MEMORY here.
 #   SLURM_CI_TIMEOUT=60     seconds to wait for each daemon and for the idle node
 #   SLURM_CI_FORCE=0        1: overwrite an /etc/slurm/slurm.conf this script did not write
 #
@@ -24,11 +27,14 @@ trap '' PIPE # a closed log pipe (start.sh | head) must not kill us half-way
 ACCOUNTING=${SLURM_CI_ACCOUNTING:-1}
 TIMEOUT=${SLURM_CI_TIMEOUT:-60}
 FORCE=${SLURM_CI_FORCE:-0}
-case "$ACCOUNTING" in 0 | 1) ;; *)
-    echo "SLURM_CI_ACCOUNTING must be 0 or 1, not '$ACCOUNTING'" >&2
-    exit 2
-    ;;
-esac
+MEMKILL=${SLURM_CI_MEMKILL:-0}
+for knob in "SLURM_CI_ACCOUNTING=$ACCOUNTING" "SLURM_CI_MEMKILL=$MEMKILL"; do
+    case "${knob#*=}" in 0 | 1) ;; *)
+        echo "${knob%%=*} must be 0 or 1, not '${knob#*=}'" >&2
+        exit 2
+        ;;
+    esac
+done
 
 RUN=/run/orchestrator-slurm # our pid files: what stop.sh may stop
 CONF=/etc/slurm/slurm.conf
@@ -162,15 +168,18 @@ CONF
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=6819
-JobAcctGatherType=jobacct_gather/linux
-JobAcctGatherFrequency=10
 CONF
     else
-        cat <<CONF
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
-CONF
+        echo "AccountingStorageType=accounting_storage/none"
     fi
+    # Sampling the jobs' processes feeds sacct's MaxRSS etc., and is what OverMemoryKill uses.
+    if [ "$ACCOUNTING" = 1 ] || [ "$MEMKILL" = 1 ]; then
+        echo "JobAcctGatherType=jobacct_gather/linux"
+        echo "JobAcctGatherFrequency=10"
+    else
+        echo "JobAcctGatherType=jobacct_gather/none"
+    fi
+    if [ "$MEMKILL" = 1 ]; then echo "JobAcctGatherParams=OverMemoryKill"; fi
     cat <<CONF
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
@@ -303,4 +312,4 @@ until node_ready 2>/dev/null; do
     [ "$(date +%s)" -lt "$end" ] || die "node $NODE not idle after ${TIMEOUT}s (state: ${st:-?}); see $LOGDIR"
     sleep 0.2
 done
-log "ready: partition debug, node $NODE is $(node_state) ($CPUS CPUs, $MEM MB), accounting=$ACCOUNTING"
+log "ready: partition debug, node $NODE is $(node_state) ($CPUS CPUs, $MEM MB), accounting=$ACCOUNTING, memkill=$MEMKILL"
