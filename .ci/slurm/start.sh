@@ -248,26 +248,27 @@ fi
 # ---------------------------------------------------------------- mariadb + slurmdbd
 if [ "$ACCOUNTING" = 1 ]; then
     db_ok() { mariadb-admin --socket="$DB_SOCK" ping; }
+    # Checked even when slurmdbd runs (a 12 ms ping): slurmdbd without its database is no use.
+    if db_ok >/dev/null 2>&1; then
+        log "mariadb already answering"
+    else
+        install -d -m 0755 -o mysql -g mysql /run/mysqld
+        if [ ! -d /var/lib/mysql/mysql ]; then
+            mariadb-install-db --user=mysql --datadir=/var/lib/mysql \
+                --auth-root-authentication-method=socket >/dev/null
+        fi
+        # No networking: slurmdbd talks to it over the unix socket.
+        nohup /usr/sbin/mariadbd --user=mysql --skip-networking --socket="$DB_SOCK" \
+            --pid-file=/run/mysqld/mysqld.pid --innodb-lock-wait-timeout=900 \
+            >>"$LOGDIR/mariadb.log" 2>&1 </dev/null &
+        echo $! >"$RUN/mariadbd.pid"
+        wait_for "$TIMEOUT" mariadb db_ok
+        log "mariadb started (pid $(<"$RUN/mariadbd.pid"))"
+    fi
     if alive slurmdbd; then
-        # Fast path: a running slurmdbd means its database was set up by an earlier run.
+        # A running slurmdbd means an earlier run set up its database and user.
         log "slurmdbd already running"
     else
-        if db_ok >/dev/null 2>&1; then
-            log "mariadb already answering"
-        else
-            install -d -m 0755 -o mysql -g mysql /run/mysqld
-            if [ ! -d /var/lib/mysql/mysql ]; then
-                mariadb-install-db --user=mysql --datadir=/var/lib/mysql \
-                    --auth-root-authentication-method=socket >/dev/null
-            fi
-            # No networking: slurmdbd talks to it over the unix socket.
-            nohup /usr/sbin/mariadbd --user=mysql --skip-networking --socket="$DB_SOCK" \
-                --pid-file=/run/mysqld/mysqld.pid --innodb-lock-wait-timeout=900 \
-                >>"$LOGDIR/mariadb.log" 2>&1 </dev/null &
-            echo $! >"$RUN/mariadbd.pid"
-            wait_for "$TIMEOUT" mariadb db_ok
-            log "mariadb started (pid $(<"$RUN/mariadbd.pid"))"
-        fi
         # slurmdbd runs as SlurmUser=slurm and logs in by unix socket as that user.
         mariadb --socket="$DB_SOCK" -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
             CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED VIA unix_socket;
