@@ -8,18 +8,22 @@
 //! escapees that carry its marker (the supervisor is a child subreaper, so they come back to
 //! it). Each job's processes are also the watchdog's to kill if the supervisor dies.
 
+mod diagnose;
+mod env;
+mod leftovers;
+mod payload;
 mod reaper;
 pub(crate) mod sys;
 pub mod watchdog;
 
-use std::collections::{HashMap, HashSet};
-use std::ffi::{CString, OsStr, OsString};
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use nix::sys::signal::Signal;
@@ -29,6 +33,10 @@ use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use self::diagnose::{argv_text, not_started_note, spawn_error};
+pub use self::env::THREAD_VARS;
+use self::leftovers::{end_leftovers, signal_tree};
+use self::payload::{Placed, place_payloads};
 use self::reaper::Reaper;
 use super::{
     Attempt, Backend, BoxFuture, Capabilities, Collected, Exit, ExitStatus, JobLog, LostError, StartError,
@@ -49,17 +57,6 @@ pub fn job_marker_prefix(pid: u32) -> String {
     format!("{JOB_KEY_VAR}={pid}-")
 }
 
-/// Thread-count variables that numeric libraries read; set per job as joblib's loky does.
-pub const THREAD_VARS: &[&str] = &[
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "BLIS_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-    "NUMBA_NUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-];
-
 /// Jobs as process groups on this machine (the default backend).
 pub struct LocalBackend {
     ctx: Arc<Ctx>,
@@ -78,16 +75,8 @@ struct Ctx {
     clock: Clock,
     run_key: String,
     own_pgid: u32,
-    /// Our environment when the run started, as the `NAME=value` C strings every job
-    /// starts from (made once, shared by every job).
-    base_env: Arc<[CString]>,
-    /// Indices in `base_env` of each name in it (an environment can hold a name twice, and
-    /// `getenv` would see the first).
-    base_index: HashMap<OsString, Vec<usize>>,
-    /// `PATH` in that environment, for looking up programs.
-    path_var: Option<OsString>,
-    /// The thread-count variables to add to every job (those not in `base_env`).
-    thread_env: Vec<(OsString, OsString)>,
+    /// The environment every job starts from.
+    env: env::BaseEnv,
     /// `PATH` lookups already done.
     programs: Mutex<HashMap<OsString, PathBuf>>,
     /// Where payloads are spilled, made on first need.
@@ -120,12 +109,11 @@ impl LocalBackend {
             None
         };
         let base_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-        let (shared, base_index) = shared_env(&base_env);
         // Our children that are not jobs': the reaper need not look at them each time a job ends.
         let foreign = opts.foreign_children.iter().copied().chain(watchdog.as_ref().map(|w| w.pid())).collect();
         LocalBackend {
             ctx: Arc::new(Ctx {
-                thread_env: thread_env(opts.thread_limit, &base_env),
+                env: env::BaseEnv::new(&base_env, opts.thread_limit),
                 opts: opts.clone(),
                 reaper: Reaper::new(foreign),
                 clock: Clock::new(),
@@ -133,9 +121,6 @@ impl LocalBackend {
                 // process apart.
                 run_key: format!("{}-{}", std::process::id(), Utc::now().timestamp_nanos_opt().unwrap_or(0)),
                 own_pgid: sys::own_pgid(),
-                path_var: path_var(&base_env),
-                base_env: shared,
-                base_index,
                 programs: Mutex::new(HashMap::new()),
                 spill: std::sync::OnceLock::new(),
                 watchdog: Mutex::new(watchdog),
@@ -167,7 +152,7 @@ impl LocalBackend {
             if req.attempt > 1 {
                 extra.push((OsString::from(contract::ATTEMPT), OsString::from(req.attempt.to_string())));
             }
-            let env = job_env(spec, req.slot, ctx, &marker, extra)?;
+            let env = ctx.env.for_job(spec, req.slot, &ctx.opts.slot_env, &marker, extra)?;
             let setup = setup_steps(&spec.log_path, req.files)?;
             ctx.reaper.spawn(sys::SpawnRequest { program: &program, argv: &argv, env, cwd: spec.cwd.as_deref(), setup })
         });
@@ -367,7 +352,7 @@ impl Ctx {
         if let Some(p) = cache.get(program) {
             return Ok(p.clone());
         }
-        let resolved = sys::resolve_program(program, self.path_var.as_deref())?;
+        let resolved = sys::resolve_program(program, self.env.path.as_deref())?;
         cache.insert(program.to_os_string(), resolved.clone());
         Ok(resolved)
     }
@@ -377,64 +362,6 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// End whatever the job left behind: its process group and adopted orphans carrying its
-/// marker. TERM first, SIGKILL after `grace`. Returns how many processes it found.
-async fn end_leftovers(ctx: &Ctx, pgid: u32, marker: &OsStr, grace: Duration) -> u32 {
-    let mut seen: HashSet<u32> = HashSet::new();
-    let mut termed = false;
-    let started = Instant::now();
-    let hard_stop = grace.saturating_add(Duration::from_secs(3));
-    loop {
-        let orphans = ctx.reaper.sweep(&|e| e == marker);
-        let group = if sys::group_alive(pgid) { sys::live_group_members(pgid) } else { Vec::new() };
-        if orphans.is_empty() && group.is_empty() {
-            break;
-        }
-        seen.extend(orphans.iter().copied());
-        seen.extend(group.iter().copied());
-        for pid in &orphans {
-            // A `setsid` escapee's own group goes down with it; count its members too.
-            if let Some((_, own)) = sys::proc_state(*pid)
-                && own == *pid
-                && own != ctx.own_pgid
-            {
-                seen.extend(sys::live_group_members(own));
-            }
-        }
-        let sig = if !termed && !grace.is_zero() {
-            Some(Signal::SIGTERM)
-        } else if started.elapsed() >= grace {
-            Some(Signal::SIGKILL)
-        } else {
-            None
-        };
-        if let Some(sig) = sig {
-            termed = true;
-            sys::signal_group(pgid, sig);
-            for pid in &orphans {
-                signal_tree(*pid, sig, ctx.own_pgid);
-            }
-        }
-        if started.elapsed() > hard_stop {
-            tracing::warn!("processes of job group {pgid} survived SIGKILL: {group:?} {orphans:?}");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    seen.len() as u32
-}
-
-/// Signal an adopted process and, if it leads its own group (a `setsid` escapee), the group.
-fn signal_tree(pid: u32, sig: Signal, own_pgid: u32) {
-    sys::signal_pid(pid, sig);
-    if let Some((_, pgid)) = sys::proc_state(pid)
-        && pgid == pid
-        && pgid != own_pgid
-    {
-        sys::signal_group(pgid, sig);
     }
 }
 
@@ -456,16 +383,6 @@ async fn wait_exit(pidfd: Option<&AsyncFd<OwnedFd>>, pid: u32) -> io::Result<sys
             }
         }
     }
-}
-
-/// loky's thread limits, for the variables the user did not set.
-fn thread_env(limit: Option<usize>, base_env: &[(OsString, OsString)]) -> Vec<(OsString, OsString)> {
-    let Some(n) = limit else { return Vec::new() };
-    THREAD_VARS
-        .iter()
-        .filter(|var| !base_env.iter().any(|(k, _)| k == *var))
-        .map(|var| (OsString::from(var), OsString::from(n.to_string())))
-        .collect()
 }
 
 /// What the job's process does before it runs the program: create its log (one that exists,
@@ -492,211 +409,6 @@ fn setup_steps(log: &std::path::Path, files: Vec<crate::job::JobFile>) -> io::Re
     Ok(steps)
 }
 
-/// The first `PATH` in `env`, as `getenv` would find it.
-fn path_var(env: &[(OsString, OsString)]) -> Option<OsString> {
-    env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone())
-}
-
-/// `base` as `NAME=value` C strings, and the index of each name among them.
-fn shared_env(base: &[(OsString, OsString)]) -> (Arc<[CString]>, HashMap<OsString, Vec<usize>>) {
-    let mut entries = Vec::with_capacity(base.len());
-    let mut index: HashMap<OsString, Vec<usize>> = HashMap::with_capacity(base.len());
-    for (k, v) in base {
-        // Our own environment cannot hold a NUL byte; skip rather than trust that.
-        if let Ok(c) = CString::new(env_entry(k, v)) {
-            index.entry(k.clone()).or_default().push(entries.len());
-            entries.push(c);
-        }
-    }
-    (entries.into(), index)
-}
-
-/// The job's environment: ours, then (each replacing an inherited value of the same name)
-/// loky's thread limits the user did not set, the slot's values, the job's own variables,
-/// its marker and `extra`.
-fn job_env(
-    spec: &JobSpec,
-    slot: usize,
-    ctx: &Ctx,
-    marker: &OsStr,
-    extra: Vec<(OsString, OsString)>,
-) -> io::Result<sys::Env> {
-    use std::borrow::Cow;
-    // Borrowed where possible: this runs for every job, between a slot freeing and the next
-    // job's clone.
-    let mut overlay: Vec<(&OsStr, Cow<'_, OsStr>)> = Vec::with_capacity(ctx.thread_env.len() + spec.env.len() + 4);
-    for (var, value) in &ctx.thread_env {
-        if !spec.env.iter().any(|(k, _)| k == var) {
-            overlay.push((var, Cow::Borrowed(value)));
-        }
-    }
-    overlay.push((OsStr::new(contract::SLOT), Cow::Owned(slot.to_string().into())));
-    for (name, value) in &ctx.opts.slot_env {
-        overlay.push((OsStr::new(name), Cow::Owned(value.for_slot(slot).into())));
-    }
-    // A name with `=` (or none) would set another variable than the one asked for.
-    if let Some((bad, _)) = spec.env.iter().find(|(k, _)| k.is_empty() || k.as_bytes().contains(&b'=')) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("environment variable name `{}` is empty or contains `=`", bad.to_string_lossy()),
-        ));
-    }
-    overlay.extend(spec.env.iter().map(|(k, v)| (k.as_os_str(), Cow::Borrowed(v.as_os_str()))));
-    if let Some((k, v)) = marker.to_str().and_then(|m| m.split_once('=')) {
-        overlay.push((OsStr::new(k), Cow::Borrowed(OsStr::new(v))));
-    }
-    for (k, v) in &extra {
-        overlay.push((k, Cow::Borrowed(v)));
-    }
-    let replaced: Vec<usize> = overlay.iter().filter_map(|(k, _)| ctx.base_index.get(*k)).flatten().copied().collect();
-    let mut own = Vec::with_capacity(overlay.len());
-    // Later overlay entries win: emit only the last value of each name.
-    for (i, (k, v)) in overlay.iter().enumerate() {
-        if !overlay[i + 1..].iter().any(|(k2, _)| k2 == k) {
-            own.push(sys::cstring(env_entry(k, v))?);
-        }
-    }
-    Ok(sys::Env::new(ctx.base_env.clone(), replaced, own))
-}
-
-fn env_entry(name: &OsStr, value: &OsStr) -> Vec<u8> {
-    // Room for the `=` and the C string's NUL.
-    let mut e = Vec::with_capacity(name.len() + value.len() + 2);
-    e.extend_from_slice(name.as_bytes());
-    e.push(b'=');
-    e.extend_from_slice(value.as_bytes());
-    e
-}
-
-/// The log's note for a job whose program never ran: our spawn failed, or the child's set-up
-/// or exec did.
-fn not_started_note(spec: &JobSpec, error: &str) -> String {
-    format!("could not start {}: {error}", spec.program.to_string_lossy())
-}
-
-fn spawn_error(spec: &JobSpec, e: &io::Error) -> String {
-    match e.raw_os_error() {
-        Some(libc::E2BIG) => format!("{e}: {}", too_big(spec)),
-        Some(libc::ENOENT) if spec.cwd.as_ref().is_some_and(|d| !d.is_dir()) => {
-            format!(
-                "working directory {} does not exist",
-                spec.cwd.as_ref().map(|d| d.display().to_string()).unwrap_or_default()
-            )
-        }
-        _ => e.to_string(),
-    }
-}
-
-/// Which of Linux's two limits an `execve` that failed with E2BIG went over: 128 KiB for
-/// one argument or environment string, or `ARG_MAX` for all of them together.
-fn too_big(spec: &JobSpec) -> String {
-    const ONE: usize = 128 * 1024;
-    let head = |s: &OsStr| s.to_string_lossy().chars().take(40).collect::<String>();
-    if let Some(a) = spec.args.iter().find(|a| a.len() >= ONE) {
-        return format!("argument `{}...` is {} bytes, over the 128 KiB one argument may hold", head(a), a.len());
-    }
-    if let Some((k, v)) = spec.env.iter().find(|(k, v)| k.len() + v.len() + 1 >= ONE) {
-        return format!(
-            "environment variable {} is {} bytes, over the 128 KiB one may hold",
-            k.to_string_lossy(),
-            k.len() + v.len() + 1
-        );
-    }
-    let strings = |it: &mut dyn Iterator<Item = usize>| it.map(|n| n + 1 + std::mem::size_of::<usize>()).sum::<usize>();
-    let argv = strings(&mut spec.args.iter().map(|a| a.len()));
-    let env = strings(&mut std::env::vars_os().chain(spec.env.iter().cloned()).map(|(k, v)| k.len() + v.len() + 1));
-    let limit = nix::unistd::sysconf(nix::unistd::SysconfVar::ARG_MAX).ok().flatten().unwrap_or(0);
-    format!(
-        "the arguments ({argv} bytes) and the environment (about {env} bytes) are over what a program may get in all (ARG_MAX, {limit} bytes here); pass big values as files (`key=@path`, or a lower max_nbytes)"
-    )
-}
-
-fn argv_text(spec: &JobSpec) -> String {
-    let mut s = spec.program.to_string_lossy().into_owned();
-    for a in &spec.args {
-        s.push(' ');
-        s.push_str(&a.to_string_lossy());
-    }
-    s
-}
-
-/// Payload files handed to one job, released when it ends.
-#[derive(Default)]
-struct Placed {
-    json: Option<String>,
-    shared: Vec<String>,
-    own: Vec<PathBuf>,
-}
-
-impl Placed {
-    fn release(self, ctx: &Ctx) {
-        if let Some(Ok(store)) = ctx.spill.get() {
-            for h in &self.shared {
-                store.release(h);
-            }
-        }
-        for f in &self.own {
-            let _ = std::fs::remove_file(f);
-        }
-    }
-}
-
-fn place_payloads(spec: &JobSpec, ctx: &Ctx) -> Result<Placed, crate::spill::SpillError> {
-    use crate::spill::{SpillError, SpillStore};
-    if spec.payloads.is_empty() {
-        return Ok(Placed::default());
-    }
-    let mut names = HashSet::new();
-    if let Some(p) = spec.payloads.iter().find(|p| !names.insert(p.name.as_str())) {
-        return Err(SpillError::DuplicateName(p.name.clone()));
-    }
-    let store = ctx.spill.get_or_init(|| match &ctx.opts.spill {
-        Some(s) => Ok(s.clone()),
-        None => {
-            let here = std::env::current_dir().unwrap_or_default();
-            let folder = crate::temp::resolve_temp_folder(ctx.opts.temp_folder.as_deref(), &here);
-            SpillStore::create(&folder.path, ctx.opts.mmap_mode).map(Arc::new).map_err(|e| e.to_string())
-        }
-    });
-    let store = store
-        .as_ref()
-        .map_err(|e| SpillError::Io { path: PathBuf::from("temp_folder"), source: io::Error::other(e.clone()) })?;
-    // Own copies are numbered: two payloads of one name, or two jobs given the
-    // same number, must not share a file.
-    static OWN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let mode = crate::spill::mode_name(ctx.opts.mmap_mode);
-    let mut placed = Placed::default();
-    let mut json = serde_json::Map::new();
-    let mut place = |p: &crate::job::Payload, placed: &mut Placed| -> Result<(), SpillError> {
-        let size = p.bytes.len() as u64;
-        let (path, shared) = if ctx.opts.max_nbytes.is_some_and(|m| size > m) {
-            let s = store.put_bytes(&p.bytes, false)?;
-            placed.shared.push(s.hash);
-            (s.path, true)
-        } else {
-            // Not shared: the job's own copy, next to the shared ones, gone when it ends.
-            let seq = OWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let name = crate::spill::sanitize(&p.name);
-            let path = store.dir().join(format!("job-{}-{}-{seq}-{name}", ctx.run_key, spec.num));
-            std::fs::write(&path, &p.bytes).map_err(|source| SpillError::Io { path: path.clone(), source })?;
-            placed.own.push(path.clone());
-            (path, false)
-        };
-        let info = crate::spill::ArgInfo { path, mode, size, shared };
-        json.insert(p.name.clone(), serde_json::to_value(&info).unwrap_or_default());
-        Ok(())
-    };
-    for p in &spec.payloads {
-        if let Err(e) = place(p, &mut placed) {
-            // What was placed before the failure is handed back now, not at the sweep's end.
-            placed.release(ctx);
-            return Err(e);
-        }
-    }
-    placed.json = Some(serde_json::Value::Object(json).to_string());
-    Ok(placed)
-}
-
 /// What the pump hands back, and its panic if it had one (then the log is opened again for
 /// the end record).
 fn pump_output(
@@ -709,68 +421,6 @@ fn pump_output(
             let mut log = LogWriter::deferred(spec.log_path.clone(), Clock::new());
             log.allow_open();
             (log, output::Captured::default(), Some(e))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use orchestrator_config::SlotValue;
-
-    fn ctx(base: &[(&str, &str)], opts: RunOptions) -> Ctx {
-        let base_env: Vec<(OsString, OsString)> =
-            base.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect();
-        let (shared, base_index) = shared_env(&base_env);
-        Ctx {
-            thread_env: thread_env(opts.thread_limit, &base_env),
-            path_var: path_var(&base_env),
-            base_env: shared,
-            base_index,
-            opts,
-            reaper: Reaper::new(HashSet::new()),
-            clock: Clock::new(),
-            run_key: "k".into(),
-            own_pgid: 1,
-            programs: Mutex::new(HashMap::new()),
-            spill: std::sync::OnceLock::new(),
-            watchdog: Mutex::new(None),
-        }
-    }
-
-    #[test]
-    fn job_env_layers_in_order_and_respects_user_thread_settings() {
-        let mut opts = RunOptions::new(2);
-        opts.thread_limit = Some(3);
-        opts.slot_env = vec![("GPU".into(), SlotValue::PerSlot(vec!["4".into(), "5".into()]))];
-        // An environment can hold a name twice: both copies give way to the slot's value.
-        let ctx = ctx(&[("PATH", "/bin"), ("GPU", "older"), ("OMP_NUM_THREADS", "8"), ("GPU", "old")], opts);
-        let mut spec = JobSpec::new(0, "x", vec![], "l");
-        spec.env = vec![("MKL_NUM_THREADS".into(), "1".into()), ("A".into(), "1".into()), ("A".into(), "2".into())];
-        let extra = vec![("ORCHESTRATOR_ARGS".into(), "{}".into())];
-        let env = job_env(&spec, 1, &ctx, OsStr::new("ORCHESTRATOR_JOB_KEY=k.0"), extra).unwrap();
-        let env: Vec<String> = env.entries().map(|e| e.to_str().unwrap().to_owned()).collect();
-        let get = |k: &str| env.iter().filter(|e| e.starts_with(&format!("{k}="))).cloned().collect::<Vec<_>>();
-        assert_eq!(get("PATH"), ["PATH=/bin"]);
-        assert_eq!(get("OMP_NUM_THREADS"), ["OMP_NUM_THREADS=8"], "inherited setting wins");
-        assert_eq!(get("MKL_NUM_THREADS"), ["MKL_NUM_THREADS=1"], "job setting wins");
-        assert_eq!(get("OPENBLAS_NUM_THREADS"), ["OPENBLAS_NUM_THREADS=3"]);
-        assert_eq!(get("GPU"), ["GPU=5"], "slot value replaces the inherited one");
-        assert_eq!(get("A"), ["A=2"], "the last value of a name wins");
-        assert_eq!(get("ORCHESTRATOR_SLOT"), ["ORCHESTRATOR_SLOT=1"]);
-        assert_eq!(get("ORCHESTRATOR_JOB_KEY"), ["ORCHESTRATOR_JOB_KEY=k.0"]);
-        assert_eq!(get("ORCHESTRATOR_ARGS"), ["ORCHESTRATOR_ARGS={}"]);
-    }
-
-    #[test]
-    fn an_environment_name_with_an_equals_sign_is_refused() {
-        let ctx = ctx(&[("PATH", "/bin")], RunOptions::new(1));
-        for name in ["A=B", ""] {
-            let mut spec = JobSpec::new(0, "x", vec![], "l");
-            spec.env = vec![(name.into(), "x".into())];
-            let e = job_env(&spec, 0, &ctx, OsStr::new("K=k.0"), Vec::new()).err().expect("refused");
-            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
-            assert!(e.to_string().contains("is empty or contains `=`"), "{e}");
         }
     }
 }
