@@ -196,6 +196,9 @@ pub struct LauncherConfig {
     pub retry_delay: Duration,
     /// Which endings are retried.
     pub retry_on: RetryOn,
+    /// Whether the app is a Hydra app (`@hydra.main`): each job then runs in its own Hydra
+    /// run dir, which Hydra fills itself. `None` = find out from the app's script.
+    pub hydra_app: Option<bool>,
     /// The joblib parameters as `key=value` in the order written, for the launch banner.
     pub banner: Vec<(String, String)>,
 }
@@ -220,6 +223,7 @@ impl Default for LauncherConfig {
             retries: 0,
             retry_delay: DEFAULT_RETRY_DELAY,
             retry_on: RetryOn::default(),
+            hydra_app: None,
             banner: JOBLIB_KEYS.iter().map(|k| (k.to_string(), default_banner(k).to_string())).collect(),
         }
     }
@@ -244,7 +248,8 @@ pub const JOBLIB_KEYS: &[&str] = &[
 ];
 
 /// orchestrator's own launcher settings, under `hydra.launcher.orchestrator`.
-pub const ORCHESTRATOR_KEYS: &[&str] = &["grace_period", "halt", "slot_env", "retries", "retry_delay", "retry_on"];
+pub const ORCHESTRATOR_KEYS: &[&str] =
+    &["grace_period", "halt", "slot_env", "retries", "retry_delay", "retry_on", "hydra_app"];
 
 fn default_banner(key: &str) -> &'static str {
     match key {
@@ -388,6 +393,20 @@ impl Reader<'_> {
                 "retries" => cfg.retries = self.retries(p, v)?,
                 "retry_delay" => cfg.retry_delay = self.duration(p, v, false)?.unwrap_or(Duration::ZERO),
                 "retry_on" => cfg.retry_on = self.retry_on(p, v)?,
+                "hydra_app" => {
+                    cfg.hydra_app = match v {
+                        _ if is_null(v) => None,
+                        Value::Bool(b) => Some(*b),
+                        Value::String(s) if s == "auto" => None,
+                        _ => {
+                            return Err(self.invalid(
+                                p,
+                                format!("invalid hydra_app {}", show(v)),
+                                "true (the app is a Hydra app), false (a plain program), or auto (look for hydra.main in its script; the default)",
+                            ));
+                        }
+                    }
+                }
                 other => {
                     let help = match did_you_mean(other, ORCHESTRATOR_KEYS) {
                         Some(s) => format!("did you mean `{s}`? known keys: {}", ORCHESTRATOR_KEYS.join(", ")),

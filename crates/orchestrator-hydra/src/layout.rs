@@ -80,6 +80,11 @@ pub struct SweepLayout {
     pub command: Vec<OsString>,
     /// Whether the command has placeholders (then overrides are not appended).
     pub placeholders: bool,
+    /// Whether the app is a Hydra app: each job then gets its own Hydra run dir (its job dir,
+    /// with `hydra.run.dir`, `hydra.job.num` and `hydra.job.id` appended to its overrides), where
+    /// Hydra writes `.hydra/` and its log itself; ours goes beside them as
+    /// `<name>_orchestrator.log`.
+    pub hydra_app: bool,
     /// Overrides of `hydra.*` keys, as written (for `hydra.yaml`).
     pub hydra_overrides: Vec<String>,
     /// The sweep's overrides as written (for `multirun.yaml`).
@@ -96,6 +101,37 @@ pub struct SweepLayout {
     pub large: Option<Arc<LargeArgs>>,
     /// Every job's `hydra.yaml` but for the job's own values, rendered on first use.
     pub(crate) hydra_text: std::sync::OnceLock<HydraText>,
+}
+
+/// Whether `command` runs a Hydra app: a Python script (`python x.py`, or a script run
+/// directly) whose text uses `hydra.main`. Relative paths are taken from `base_dir`.
+pub fn is_hydra_app(command: &[OsString], base_dir: &Path) -> bool {
+    let script = match command.first() {
+        Some(program) if Path::new(program).file_name().is_some_and(|n| n.to_string_lossy().starts_with("python")) => {
+            match command.iter().skip(1).find(|a| a.to_string_lossy().ends_with(".py")) {
+                Some(s) => s,
+                None => return false,
+            }
+        }
+        Some(program) if program.to_string_lossy().ends_with(".py") => program,
+        _ => return false,
+    };
+    // The start of the file is enough: `@hydra.main` stands above the task function.
+    let mut text = Vec::new();
+    let path = base_dir.join(script);
+    let read = std::fs::File::open(&path)
+        .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, 1 << 20), &mut text));
+    if read.is_err() {
+        return false;
+    }
+    let text = String::from_utf8_lossy(&text);
+    text.contains("hydra.main(") || (text.contains("from hydra import") && text.contains("main"))
+}
+
+/// `text` as one value of Hydra's override grammar: quoted, so that `=`, `,`, spaces and
+/// brackets in a path stay in it.
+fn hydra_quoted(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 /// The name Hydra would give the job: the script's stem for `python x.py`, else the program's.
@@ -269,6 +305,8 @@ impl SweepLayout {
         let dir = if sub.is_empty() { self.abs_dir.clone() } else { self.abs_dir.join(&sub) };
         let rel_dir = if sub.is_empty() { self.dir.clone() } else { self.dir.join(&sub) };
         let hydra_dir = self.resolved.hydra.output_subdir.as_ref().map(|sub| dir.join(sub));
+        // A Hydra app writes its own `.hydra/` in its run dir: ours would be written over.
+        let own_files = hydra_dir.as_ref().filter(|_| !self.hydra_app);
         // The job's own process makes its dir, its log and `.hydra` as it starts (see
         // `JobSpec::files`): creating them was most of this thread's work per job. Only the
         // levels above a nested subdir template (`${a}/${b}`) are made here.
@@ -302,7 +340,7 @@ impl SweepLayout {
         }
         // Rendered here, written by the job's process (see above).
         let config_path = hydra_dir.as_ref().map(|d| d.join("config.yaml"));
-        if let (Some(hydra_dir), Some(config_path)) = (&hydra_dir, &config_path) {
+        if let (Some(hydra_dir), Some(config_path)) = (own_files, &config_path) {
             let overrides_path = hydra_dir.join("overrides.yaml");
             let hydra_path = hydra_dir.join("hydra.yaml");
             spec.files = vec![
@@ -312,14 +350,23 @@ impl SweepLayout {
             ];
         }
 
-        let (program, args) = self.argv(&replaced, &config, &dir, &argv_items);
+        let (program, mut args) = self.argv(&replaced, &config, &dir, &argv_items);
+        // Hydra writes `<name>.log` in its run dir: the captured output goes beside it.
+        let log_name = if self.hydra_app {
+            args.push(format!("hydra.run.dir={}", hydra_quoted(&dir.to_string_lossy())).into());
+            args.push(format!("hydra.job.num={}", job.num).into());
+            args.push(format!("hydra.job.id={}", hydra_quoted(&spec.id)).into());
+            format!("{}_orchestrator.log", self.job_name)
+        } else {
+            format!("{}.log", self.job_name)
+        };
         spec.program = program;
         spec.args = args;
-        spec.log_path = rel_dir.join(format!("{}.log", self.job_name));
+        spec.log_path = rel_dir.join(&log_name);
         spec.dir = Some(rel_dir);
         if self.resolved.hydra.chdir {
             spec.cwd = Some(dir.clone());
-            spec.log_path = dir.join(format!("{}.log", self.job_name));
+            spec.log_path = dir.join(&log_name);
         }
         // As argv carries them: a value handed over as a file is its `@path` here too.
         let overrides_json: serde_json::Map<String, serde_json::Value> = replaced

@@ -517,6 +517,7 @@ impl PreparedSweep {
         };
         // `--resume .`: the cwd itself.
         let shown = if shown.as_os_str().is_empty() { PathBuf::from(".") } else { shown };
+        let hydra_app = resolved.launcher.hydra_app.unwrap_or_else(|| crate::layout::is_hydra_app(&args.app, &cwd));
         let mut layout = SweepLayout {
             dir: shown,
             abs_dir,
@@ -525,6 +526,7 @@ impl PreparedSweep {
             config_name,
             command: args.app.clone(),
             placeholders: false,
+            hydra_app,
             hydra_overrides: hydra_texts,
             // As typed on the command line (multirun.yaml's `task` list, as Hydra writes it).
             sweep_overrides: plan.sweep_overrides().split_off(n_params),

@@ -1,0 +1,110 @@
+//! A Hydra app (`@hydra.main`) as the child of `orchestrator run`: every job gets its own
+//! Hydra run dir, filled by Hydra itself, with the job's number and id. Needs a Python with
+//! hydra-core: `ORCHESTRATOR_TEST_HYDRA_PYTHON=/path/to/python cargo test -p integration-tests
+//! --test integration hydra_app -- --ignored` (`.ci/run` uses the Hydra differential's venv).
+
+use std::collections::BTreeSet;
+
+use crate::common::*;
+
+fn hydra_python() -> String {
+    std::env::var("ORCHESTRATOR_TEST_HYDRA_PYTHON").unwrap_or_else(|_| {
+        panic!("this test needs ORCHESTRATOR_TEST_HYDRA_PYTHON: a python with hydra-core installed (.ci/run sets it)")
+    })
+}
+
+#[test]
+#[ignore = "needs a Python with hydra-core (ORCHESTRATOR_TEST_HYDRA_PYTHON); .ci/run runs it"]
+fn forty_jobs_of_a_hydra_app_leave_forty_hydra_dirs_with_their_own_overrides() {
+    let sb = Sandbox::new();
+    for f in ["my_app.py", "config.yaml"] {
+        std::fs::copy(repo().join("integration-tests/fixtures/hydra_app").join(f), sb.path().join(f)).unwrap();
+    }
+    let python = hydra_python();
+    let out = sb
+        .cmd()
+        .args(["-m", "task=1..40", "hydra.launcher.n_jobs=2", "--", &python, "my_app.py"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}\n{stderr}", out.status);
+    let sweep = sb.sweep_dir();
+    // Hydra made no run dir of its own: every job ran in its job dir.
+    assert!(!sb.path().join("outputs").exists(), "a job ran in Hydra's default run dir");
+    let mut seen_tasks = BTreeSet::new();
+    for num in 0..40u64 {
+        let dir = sweep.join(num.to_string());
+        let overrides = read_yaml(dir.join(".hydra/overrides.yaml"));
+        assert_eq!(overrides, serde_yaml::from_str::<serde_yaml::Value>(&format!("- task={}", num + 1)).unwrap());
+        let config = read_yaml(dir.join(".hydra/config.yaml"));
+        seen_tasks.insert(config["task"].as_u64().unwrap());
+        // Written by Hydra: the job's number and id, and this dir as its output dir.
+        let hydra = read_yaml(dir.join(".hydra/hydra.yaml"));
+        assert_eq!(hydra["hydra"]["job"]["num"].as_u64(), Some(num));
+        assert_eq!(hydra["hydra"]["job"]["id"].as_str(), Some(format!("my_app_{num}").as_str()));
+        let output_dir = hydra["hydra"]["runtime"]["output_dir"].as_str().unwrap().to_string();
+        assert_eq!(std::fs::canonicalize(&output_dir).unwrap(), std::fs::canonicalize(&dir).unwrap());
+        // Hydra's log and ours, side by side.
+        let hydra_log = std::fs::read_to_string(dir.join("my_app.log")).unwrap();
+        assert!(hydra_log.contains(&format!("executing task {} (job {num}, id my_app_{num})", num + 1)), "{hydra_log}");
+        let ours = std::fs::read_to_string(dir.join("my_app_orchestrator.log")).unwrap();
+        assert!(ours.contains("exit code 0"), "{ours}");
+    }
+    assert_eq!(seen_tasks, (1..=40).collect());
+    let records = journal(&sweep);
+    assert_eq!(records.len(), 40);
+    assert!(records.iter().all(|r| r["status"] == "succeeded"));
+}
+
+/// Detection, without Python: two shell scripts named `.py`, one that mentions
+/// `hydra.main` (taken for a Hydra app: the Hydra overrides are appended, orchestrator writes
+/// no `.hydra` files and logs beside Hydra's log) and one that does not.
+#[test]
+fn a_script_is_a_hydra_app_when_it_uses_hydra_main() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    for (name, text) in [
+        ("plain.py", "#!/bin/sh\necho \"args: $*\"\n"),
+        ("app.py", "#!/bin/sh\n# @hydra.main(config_path=None)\necho \"args: $*\"\n"),
+    ] {
+        let p = sb.write(name, text);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let run = |script: &str, dir: &str| {
+        let out =
+            sb.cmd().args(["-m", "task=1,2", &format!("hydra.sweep.dir={dir}"), "--", script]).output().expect("run");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let plain = run("./plain.py", "plain");
+    assert!(plain.contains("args: task=2\n"), "{plain}");
+    assert!(sb.path().join("plain/1/.hydra/config.yaml").exists());
+    assert!(sb.path().join("plain/1/plain.log").exists());
+
+    let app = run("./app.py", "app");
+    let dir1 = std::fs::canonicalize(sb.path().join("app")).unwrap().join("1");
+    assert!(
+        app.contains(&format!(
+            "args: task=2 hydra.run.dir='{}' hydra.job.num=1 hydra.job.id='app_1'\n",
+            dir1.display()
+        )),
+        "{app}"
+    );
+    assert!(!sb.path().join("app/1/.hydra").exists(), "Hydra writes its own .hydra files");
+    assert!(sb.path().join("app/1/app_orchestrator.log").exists());
+
+    // Said either way in the config.
+    let forced = sb
+        .cmd()
+        .args([
+            "-m",
+            "task=1",
+            "hydra.sweep.dir=forced",
+            "hydra.launcher.orchestrator.hydra_app=false",
+            "--",
+            "./app.py",
+        ])
+        .output()
+        .expect("run");
+    assert!(String::from_utf8_lossy(&forced.stdout).contains("args: task=1\n"));
+}
