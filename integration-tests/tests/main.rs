@@ -3,6 +3,7 @@
 mod common;
 
 mod bad_input;
+mod faults;
 mod hydra_app;
 mod hygiene;
 mod output;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use chrono::Local;
 use orchestrator::job::signal_name;
 use orchestrator::{Event, JobRecord, RunInfo, Stop, StopReason, Stream};
+use orchestrator_config::escape_controls;
 use orchestrator_hydra::sweep::LISTED_MAX;
 use tokio::sync::mpsc;
 
@@ -132,7 +133,7 @@ impl Reporter {
             let _ = writeln!(out, "{p} {} is launching {} jobs", info.label, self.total);
             let _ = writeln!(out, "{p} Launching jobs, sweep output dir : {dir}");
             for (num, overrides) in &info.listed {
-                let _ = writeln!(out, "{p} \t#{num} : {overrides}");
+                let _ = writeln!(out, "{p} \t#{num} : {}", escape_controls(overrides));
             }
             let listed = info.listed.len() as u64;
             if self.total > listed && listed == LISTED_MAX as u64 {
@@ -340,7 +341,7 @@ fn summary(mode: Mode, s: &End<'_>, failures: &mut [JobRecord]) {
                 err,
                 "{p} \t#{} : {} -> {}; log: {}",
                 r.num,
-                r.overrides.join(" "),
+                escape_controls(&r.overrides.join(" ")),
                 r.outcome.describe(),
                 shown_log(&r.log)
             );

@@ -33,7 +33,8 @@ pub fn main(args: RunArgs) -> u8 {
     let mut prepared = match PreparedSweep::prepare(&request) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: {e}");
+            // The message quotes the input: its control bytes are shown escaped.
+            eprintln!("error: {}", orchestrator_config::escape_controls(&e.to_string()));
             return exit::USAGE;
         }
     };

@@ -142,20 +142,120 @@ pub struct ResolvedConfig {
 
 /// Read and parse a config file.
 pub fn load_config_file(path: &Path) -> Result<LoadedConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        let origin = Origin::File { path: path.to_path_buf(), line: None, column: None };
+    use std::io::Read;
+    let origin = || Origin::File { path: path.to_path_buf(), line: None, column: None };
+    let io_error = |e: std::io::Error| {
         let help = match e.kind() {
             std::io::ErrorKind::NotFound => "check the path given to --config",
             std::io::ErrorKind::InvalidData => "the config must be UTF-8 text",
             _ => "the config file must be a readable YAML file",
         };
-        ConfigError::new(ConfigErrorKind::Io, format!("cannot read config file: {e}"), origin).with_help(help)
+        ConfigError::new(ConfigErrorKind::Io, format!("cannot read config file: {e}"), origin()).with_help(help)
+    };
+    let too_big = || {
+        ConfigError::new(
+            ConfigErrorKind::Io,
+            format!("the config is larger than {} MiB", MAX_CONFIG_BYTES >> 20),
+            origin(),
+        )
+        .with_help("a config is a YAML file of settings; put large data in files and pass them as `key=@path`")
+    };
+    let mut bytes = Vec::new();
+    if path == Path::new("-") {
+        std::io::stdin().lock().take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes).map_err(io_error)?;
+    } else {
+        // Checked before it is opened: opening a FIFO with no writer would block, and a
+        // device (`/dev/zero`) never ends.
+        let meta = std::fs::metadata(path).map_err(io_error)?;
+        if !meta.is_file() {
+            let what = if meta.is_dir() { "a directory" } else { "not a regular file (a FIFO, socket or device)" };
+            return Err(ConfigError::new(
+                ConfigErrorKind::Io,
+                format!("cannot read config file: it is {what}"),
+                origin(),
+            )
+            .with_help("--config takes a YAML file, or - for standard input"));
+        }
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(too_big());
+        }
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
+            .map_err(io_error)?;
+    }
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_big());
+    }
+    let text = String::from_utf8(bytes).map_err(|_| {
+        io_error(std::io::Error::new(std::io::ErrorKind::InvalidData, "stream did not contain valid UTF-8"))
     })?;
     load_config_str(&text, path)
 }
 
+/// The largest config read (a file or standard input): 16 MiB.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// The deepest nesting of flow collections (`[`, `{`) accepted in a config. Checked on the
+/// text before it is parsed, in one pass: the YAML parser's own limit comes after it has
+/// spent time quadratic in the depth.
+pub const MAX_FLOW_DEPTH: usize = 64;
+
+/// Where the text first nests flow collections deeper than [`MAX_FLOW_DEPTH`], as a byte
+/// offset. Quoted scalars and comments are skipped.
+fn too_deep(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    // Whether the previous byte ends a token, so that a quote or `#` here starts one.
+    let mut at_token_start = true;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'#' if at_token_start => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'"' | b'\'' if at_token_start => {
+                i += 1;
+                while i < b.len() {
+                    match b[i] {
+                        b'\\' if c == b'"' => i += 1,
+                        b'\'' if c == b'\'' && b.get(i + 1) == Some(&b'\'') => i += 1,
+                        q if q == c => break,
+                        _ => {}
+                    }
+                    i += 1;
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Some(i);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        at_token_start = matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b':' | b',' | b'[' | b'{' | b'-');
+        i += 1;
+    }
+    None
+}
+
 /// Parse config text (`origin` names it in errors) and validate it as it stands.
 pub fn load_config_str(text: &str, origin: &Path) -> Result<LoadedConfig, ConfigError> {
+    if let Some(at) = too_deep(text) {
+        let line = text[..at].bytes().filter(|c| *c == b'\n').count() + 1;
+        let column = at - text[..at].rfind('\n').map_or(0, |n| n + 1) + 1;
+        return Err(ConfigError::new(
+            ConfigErrorKind::Syntax,
+            format!("invalid YAML: collections nested more than {MAX_FLOW_DEPTH} deep"),
+            Origin::File { path: origin.to_path_buf(), line: Some(line), column: Some(column) },
+        )
+        .with_help("a config nests a few levels of settings; this much nesting is not a config"));
+    }
     let root: Value = if text.trim().is_empty() {
         Value::Mapping(Mapping::new())
     } else {
@@ -289,10 +389,16 @@ impl LoadedConfig {
                     return Origin::Override(text.clone());
                 }
             }
-            match locate_key(&self.text, path) {
-                Some((line, column, _)) => {
-                    Origin::File { path: self.path.clone(), line: Some(line), column: Some(column) }
-                }
+            if let Some((line, column, _)) = locate_key(&self.text, path) {
+                return Origin::File { path: self.path.clone(), line: Some(line), column: Some(column) };
+            }
+            // Not in the file: an override of a key below it made it
+            // (`hydra.launcher.params.foo.bar=2` made `foo`).
+            let below = format!("{}.", path.join("."));
+            let mut made: Vec<(&String, &String)> = overridden.iter().filter(|(k, _)| k.starts_with(&below)).collect();
+            made.sort();
+            match made.first() {
+                Some((_, text)) => Origin::Override((*text).clone()),
                 None => Origin::File { path: self.path.clone(), line: None, column: None },
             }
         };

@@ -139,3 +139,21 @@ pub(crate) fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }
+
+/// `text` with its control characters (ESC, NUL, ... but for line breaks and tabs) shown as
+/// escapes (`\u{1b}`), so that a message never carries terminal escape sequences from its
+/// input to the screen.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}

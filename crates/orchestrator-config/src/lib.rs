@@ -16,9 +16,9 @@ pub mod yaml_out;
 
 pub use config::{
     DEFAULT_SWEEP_DIR, DEFAULT_SWEEP_SUBDIR, HydraSettings, JOBLIB_CLASSES, LauncherForm, LoadedConfig,
-    OverrideDirname, ResolvedConfig, load_config_file, load_config_str,
+    MAX_CONFIG_BYTES, MAX_FLOW_DEPTH, OverrideDirname, ResolvedConfig, load_config_file, load_config_str,
 };
-pub use error::{ConfigError, ConfigErrorKind, Origin};
+pub use error::{ConfigError, ConfigErrorKind, Origin, escape_controls};
 pub use launcher::{
     Backend, BatchSize, HaltPolicy, LauncherConfig, MmapMode, NJobs, PreDispatch, Prefer, RetryOn, SlotValue,
 };
