@@ -1,6 +1,7 @@
 //! Defects an independent fault run found, each kept as a test: inputs that never end or
 //! nest without end, errors that pointed at the wrong place, control bytes echoed raw.
 
+use std::path::Path;
 use std::time::Duration;
 
 use crate::common::*;
@@ -97,4 +98,53 @@ fn a_config_can_come_from_standard_input() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Joblib.Parallel(n_jobs=1,"));
     assert_eq!(journal(&sb.path().join("from_stdin")).len(), 2);
+}
+
+#[test]
+fn job_dirs_stay_inside_the_sweep_dir_and_never_coincide() {
+    let sb = Sandbox::new();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["-m", "task=1,2,1"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "true"]);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    for (extra, says) in [
+        (&["hydra.sweep.subdir=../../escape"][..], "outside the sweep dir"),
+        (&["hydra.sweep.subdir=/tmp/abs"], "outside the sweep dir"),
+        (&["hydra.sweep.subdir=${name}", "+name='../../../vv'"], "gives `../../../vv`, outside the sweep dir"),
+        (&["hydra.sweep.subdir=''"], "jobs #0 and #1 would share one dir"),
+        (&["hydra.sweep.subdir=const"], "jobs #0 and #1 would share one dir"),
+        (&["hydra.sweep.subdir=t${task}"], "jobs #0 and #2 would share one dir"),
+        (&["hydra.sweep.dir=/dev/null"], "is a file, not a directory"),
+    ] {
+        let args = run(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let err = refused(&sb, &args);
+        assert!(err.contains(says), "{extra:?}: {err}");
+    }
+    assert!(!sb.path().join("../escape").exists() && !Path::new("/dev/null_1").exists());
+    // Distinct values are fine without the job's number; going outside is fine when asked for.
+    let out = sb
+        .cmd()
+        .args(["-m", "task=1,2,3", "hydra.sweep.dir=ok", "hydra.sweep.subdir=t${task}", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(sb.path().join("ok/t3/true.log").exists());
+    let out = sb
+        .cmd()
+        .args([
+            "-m",
+            "task=1,2",
+            "hydra.sweep.dir=inner",
+            "hydra.sweep.subdir=../outer/${hydra.job.num}",
+            "hydra.launcher.orchestrator.allow_outside_sweep_dir=true",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(sb.path().join("outer/1/true.log").exists());
 }

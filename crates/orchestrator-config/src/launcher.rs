@@ -199,6 +199,8 @@ pub struct LauncherConfig {
     /// Whether the app is a Hydra app (`@hydra.main`): each job then runs in its own Hydra
     /// run dir, which Hydra fills itself. `None` = find out from the app's script.
     pub hydra_app: Option<bool>,
+    /// Let `hydra.sweep.subdir` put job dirs outside the sweep dir (an absolute path, `..`).
+    pub allow_outside_sweep_dir: bool,
     /// The joblib parameters as `key=value` in the order written, for the launch banner.
     pub banner: Vec<(String, String)>,
 }
@@ -224,6 +226,7 @@ impl Default for LauncherConfig {
             retry_delay: DEFAULT_RETRY_DELAY,
             retry_on: RetryOn::default(),
             hydra_app: None,
+            allow_outside_sweep_dir: false,
             banner: JOBLIB_KEYS.iter().map(|k| (k.to_string(), default_banner(k).to_string())).collect(),
         }
     }
@@ -249,7 +252,7 @@ pub const JOBLIB_KEYS: &[&str] = &[
 
 /// orchestrator's own launcher settings, under `hydra.launcher.orchestrator`.
 pub const ORCHESTRATOR_KEYS: &[&str] =
-    &["grace_period", "halt", "slot_env", "retries", "retry_delay", "retry_on", "hydra_app"];
+    &["grace_period", "halt", "slot_env", "retries", "retry_delay", "retry_on", "hydra_app", "allow_outside_sweep_dir"];
 
 fn default_banner(key: &str) -> &'static str {
     match key {
@@ -393,6 +396,19 @@ impl Reader<'_> {
                 "retries" => cfg.retries = self.retries(p, v)?,
                 "retry_delay" => cfg.retry_delay = self.duration(p, v, false)?.unwrap_or(Duration::ZERO),
                 "retry_on" => cfg.retry_on = self.retry_on(p, v)?,
+                "allow_outside_sweep_dir" => {
+                    cfg.allow_outside_sweep_dir = match v {
+                        _ if is_null(v) => false,
+                        Value::Bool(b) => *b,
+                        _ => {
+                            return Err(self.invalid(
+                                p,
+                                format!("invalid allow_outside_sweep_dir {}", show(v)),
+                                "true or false (the default: every job dir stays inside the sweep dir)",
+                            ));
+                        }
+                    }
+                }
                 "hydra_app" => {
                     cfg.hydra_app = match v {
                         _ if is_null(v) => None,

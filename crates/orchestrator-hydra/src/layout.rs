@@ -46,6 +46,16 @@ pub enum LayoutError {
     /// An override that cannot be applied to the app config.
     #[error("{0}")]
     Compose(String),
+    /// `hydra.sweep.subdir` puts a job's dir outside the sweep dir.
+    #[error(
+        "hydra.sweep.subdir `{template}` gives `{subdir}`, outside the sweep dir\n  = help: give a relative path without `..`, or set hydra.launcher.orchestrator.allow_outside_sweep_dir=true if that is meant"
+    )]
+    Outside {
+        /// The template.
+        template: String,
+        /// What it gave.
+        subdir: String,
+    },
     /// A large argument could not be spilled or copied.
     #[error(transparent)]
     Spill(#[from] orchestrator::spill::SpillError),
@@ -175,10 +185,16 @@ impl SweepLayout {
     }
 
     /// Check that job `num` can be composed and named, without writing anything.
-    pub fn check(&self, job: &JobOverrides) -> Result<(), LayoutError> {
+    /// Returns the job's subdir.
+    pub fn check(&self, job: &JobOverrides) -> Result<String, LayoutError> {
         let config = self.compose(job)?;
-        self.subdir(job, &config)?;
-        Ok(())
+        self.subdir(job, &config)
+    }
+
+    /// Whether every job's subdir has its number or id in it, so that no two can be the same.
+    pub fn subdirs_unique_by_template(&self) -> bool {
+        let t = &self.resolved.hydra.sweep_subdir;
+        t.contains("${hydra.job.num}") || t.contains("${hydra.job.id}")
     }
 
     /// Create the sweep dir (a fresh one: `_1`, `_2`… are added if the name is taken) and
@@ -282,6 +298,14 @@ impl SweepLayout {
             template: template.clone(),
             interpolation,
             why,
+        })
+        .and_then(|sub| {
+            let path = Path::new(&sub);
+            let leaves = path.is_absolute() || path.components().any(|c| c == std::path::Component::ParentDir);
+            if leaves && !self.resolved.launcher.allow_outside_sweep_dir {
+                return Err(LayoutError::Outside { template: template.clone(), subdir: sub });
+            }
+            Ok(sub)
         })
     }
 

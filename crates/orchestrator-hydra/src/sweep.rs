@@ -151,6 +151,10 @@ pub struct SweepRun {
     pub spill: Option<Arc<SpillStore>>,
 }
 
+/// Up to how many jobs every job is composed before anything starts (when some could fail,
+/// or share a dir).
+const CHECK_EVERY_JOB_MAX: u64 = 100_000;
+
 /// How many jobs [`orchestrator::RunInfo::listed`] names (a header lists them).
 pub const LISTED_MAX: usize = 1000;
 
@@ -509,6 +513,16 @@ impl PreparedSweep {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "config".into());
         let abs_dir = cwd.join(&dir);
+        // `hydra.sweep.dir=/dev/null` made `/dev/null_1`: a path that exists must be a dir.
+        if earlier.is_none()
+            && let Ok(meta) = std::fs::metadata(&abs_dir)
+            && !meta.is_dir()
+        {
+            let key = if multirun { "hydra.sweep.dir" } else { "hydra.run.dir" };
+            return Err(SetupError::Invalid(format!(
+                "{key} `{dir}` is a file, not a directory\n  = help: give a directory path (a new one is made), e.g. {key}=multirun/my_sweep"
+            )));
+        }
         // Paths are shown (and opened) relative to this process's cwd when they are below it,
         // as Hydra prints them; a service with another base dir gets absolute paths.
         let shown = match std::env::current_dir() {
@@ -552,11 +566,36 @@ impl PreparedSweep {
             {
                 check(&last)?;
             }
-            // The others too when some could fail, as long as that stays cheap (about 10 us
-            // a job); a bigger sweep finds out job by job, each recorded as not started.
-            if per_value_risk && total <= 100_000 {
-                for job in plan.iter().skip(1).take(total.saturating_sub(2) as usize) {
-                    check(&job)?;
+            // The others too when some could fail, or when their dirs could coincide (a
+            // subdir without the job's number), as long as that stays cheap (about 10 us a
+            // job); a bigger sweep finds out job by job, each recorded as not started.
+            let dirs_may_coincide = multirun && total > 1 && !layout.subdirs_unique_by_template();
+            if dirs_may_coincide && total > CHECK_EVERY_JOB_MAX {
+                return Err(SetupError::Invalid(format!(
+                    "hydra.sweep.subdir `{}` has no ${{hydra.job.num}}, and {total} jobs are too many to check that no two share a dir\n  = help: put ${{hydra.job.num}} (or ${{hydra.job.id}}) in hydra.sweep.subdir",
+                    layout.resolved.hydra.sweep_subdir
+                )));
+            }
+            if (per_value_risk || dirs_may_coincide) && total <= CHECK_EVERY_JOB_MAX {
+                let mut seen: HashMap<String, u64> = HashMap::new();
+                for job in plan.iter() {
+                    // Jobs 0 and N-1 were checked above; their dirs are needed here too.
+                    if !dirs_may_coincide && (job.num == 0 || job.num == total - 1) {
+                        continue;
+                    }
+                    let sub = check(&job)?;
+                    if dirs_may_coincide && let Some(first) = seen.insert(sub.clone(), job.num) {
+                        return Err(SetupError::Invalid(format!(
+                            "jobs #{first} and #{} would share one dir, {}: hydra.sweep.subdir `{}` gives both the same path, and their logs and .hydra files would mix\n  = help: put ${{hydra.job.num}} in hydra.sweep.subdir (e.g. `{}`)",
+                            job.num,
+                            layout.dir.join(&sub).display(),
+                            layout.resolved.hydra.sweep_subdir,
+                            match layout.resolved.hydra.sweep_subdir.as_str() {
+                                "" => String::from("${hydra.job.num}"),
+                                t => format!("{t}_${{hydra.job.num}}"),
+                            },
+                        )));
+                    }
                 }
             }
             layout.detect_placeholders(&job0)?;
