@@ -148,3 +148,61 @@ fn job_dirs_stay_inside_the_sweep_dir_and_never_coincide() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(sb.path().join("outer/1/true.log").exists());
 }
+
+/// Mounts a 256 KiB tmpfs; as root only, so `.ci/run` runs it with the ignored tests.
+#[test]
+#[ignore = "needs root (mounts a small tmpfs); .ci/run runs it"]
+fn a_job_whose_log_hit_a_full_disk_is_not_a_success_and_runs_again_on_resume() {
+    let sb = Sandbox::new();
+    let full = sb.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs", full.to_str().unwrap()])
+        .status()
+        .expect("mount");
+    assert!(mounted.success(), "this test needs root: it mounts a tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let guard = Unmount(full.clone());
+    // The jobs' dirs (and logs) on the small tmpfs, the journal on the sandbox's disk.
+    let common = [
+        "hydra.sweep.dir=sweep",
+        "hydra.sweep.subdir=../full/${hydra.job.num}",
+        "hydra.launcher.orchestrator.allow_outside_sweep_dir=true",
+    ];
+    // Job 0 writes 1 MiB (its log cannot hold it), job 1 ten bytes.
+    let out = sb
+        .cmd()
+        .args(["-m", "--quiet", "+bytes=1048576,10"])
+        .args(common)
+        .args(["--", fixture(), "flood", "{bytes}"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("exit code 0, but its output is lost: cannot write") && stderr.contains("No space left"),
+        "{stderr}"
+    );
+    let records = journal(&sb.path().join("sweep"));
+    assert_eq!((records[0]["status"].as_str(), records[1]["status"].as_str()), (Some("log_failed"), Some("succeeded")));
+    assert!(records[0]["error"].as_str().unwrap().contains("No space left"), "{:?}", records[0]);
+    // With room again, a resume runs job 0 only.
+    drop(guard);
+    let out = sb
+        .cmd()
+        .args(["-m", "--quiet", "--resume", "sweep", "+bytes=1048576,10"])
+        .args(common)
+        .args(["--", fixture(), "flood", "{bytes}"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let records: Vec<_> = journal(&sb.path().join("sweep"));
+    let job0: Vec<&str> = records.iter().filter(|r| r["num"] == 0).map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(job0, ["log_failed", "succeeded"]);
+    assert_eq!(records.iter().filter(|r| r["num"] == 1).count(), 1, "job 1 is not run again");
+}

@@ -229,7 +229,7 @@ impl Reporter {
                     self.running.remove(&rec.slot);
                 }
                 self.done += 1;
-                if !rec.outcome.is_success() {
+                if !rec.is_success() {
                     self.failures.push((**rec).clone());
                     let line = format!(
                         "{} \t#{} : {} {}, log: {}",
@@ -342,7 +342,7 @@ fn summary(mode: Mode, s: &End<'_>, failures: &mut [JobRecord]) {
                 "{p} \t#{} : {} -> {}; log: {}",
                 r.num,
                 escape_controls(&r.overrides.join(" ")),
-                r.outcome.describe(),
+                r.describe(),
                 shown_log(&r.log)
             );
         }

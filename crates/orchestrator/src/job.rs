@@ -204,6 +204,8 @@ pub enum JobStatus {
     Halted,
     /// Cancelled through its handle.
     Cancelled,
+    /// It ended with exit code 0, but its log could not be written: its output is lost.
+    LogFailed,
     /// Stopped by Ctrl-C, SIGTERM or a cancelled run.
     Interrupted,
     /// Could not be started.
@@ -222,6 +224,7 @@ impl JobStatus {
             JobStatus::TimedOut => "timed_out",
             JobStatus::Halted => "halted",
             JobStatus::Cancelled => "cancelled",
+            JobStatus::LogFailed => "log_failed",
             JobStatus::Interrupted => "interrupted",
             JobStatus::SpawnFailed => "spawn_failed",
             JobStatus::Lost => "lost",
@@ -367,6 +370,10 @@ pub struct JobRecord {
     pub attempts: u32,
     /// How each attempt before the last ended, in order.
     pub earlier_attempts: Vec<AttemptRecord>,
+    /// Set when the job's log could not be written (a full disk): some of its output is
+    /// lost, so the job does not count as a success (`log_failed`), and `--resume` runs it
+    /// again.
+    pub log_error: Option<String>,
 }
 
 /// How one attempt of a job that was tried again ended (an entry of a record's
@@ -435,6 +442,7 @@ impl JobRecord {
             dir: None,
             attempts: 0,
             earlier_attempts: Vec::new(),
+            log_error: None,
         }
     }
 
@@ -463,12 +471,12 @@ impl JobRecord {
         crate::journal::JournalLine {
             num: self.num,
             id: Cow::Borrowed(&self.id),
-            status: self.outcome.job_status(),
+            status: self.status(),
             overrides: Cow::Borrowed(&self.overrides),
             exit_code: self.outcome.exit_code(),
             signal: self.outcome.signal().map(signal_name),
             timed_out: matches!(self.outcome, Outcome::TimedOut { .. }),
-            error: self.outcome.error().map(Cow::Borrowed),
+            error: self.outcome.error().or(self.log_error.as_deref()).map(Cow::Borrowed),
             pid: self.pid,
             slot: self.slot,
             start: self.start.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
@@ -484,6 +492,29 @@ impl JobRecord {
             dir: self.dir.as_ref().map(|d| d.to_string_lossy()),
             attempts: self.attempts,
             earlier_attempts: Cow::Borrowed(&self.earlier_attempts),
+        }
+    }
+}
+
+impl JobRecord {
+    /// Whether the job succeeded: exit code 0, and its whole output in its log.
+    pub fn is_success(&self) -> bool {
+        self.outcome.is_success() && self.log_error.is_none()
+    }
+
+    /// The record's status word: the outcome's, or `log_failed`.
+    pub fn status(&self) -> JobStatus {
+        match (&self.outcome, &self.log_error) {
+            (Outcome::Succeeded, Some(_)) => JobStatus::LogFailed,
+            (outcome, _) => outcome.job_status(),
+        }
+    }
+
+    /// One human phrase for how it ended, its log's failure included.
+    pub fn describe(&self) -> String {
+        match &self.log_error {
+            Some(e) => format!("{}, but its output is lost: {e}", self.outcome.describe()),
+            None => self.outcome.describe(),
         }
     }
 }

@@ -72,8 +72,8 @@ pub(crate) struct LogWriter {
     path: std::path::PathBuf,
     /// Whether the file may be opened: the job's process is past its set-up (or gone).
     may_open: bool,
-    /// Whether opening or writing the file has failed already (reported once).
-    failed: bool,
+    /// The first error opening or writing the file (reported once; later records are lost).
+    failed: Option<String>,
     /// Records not yet written. It grows with what the job writes between flushes: a few
     /// hundred bytes for most jobs, up to about [`FLUSH_AT`] for one that floods its output
     /// (a fixed small buffer meant a write(2) per 8 KiB there).
@@ -102,7 +102,7 @@ impl LogWriter {
             file: None,
             path,
             may_open: false,
-            failed: false,
+            failed: None,
             buf: Vec::with_capacity(512),
             clock,
             stamp: StampCache { millis: i64::MIN, text: String::new() },
@@ -179,9 +179,14 @@ impl LogWriter {
         self.buf.clear();
     }
 
+    /// The first error writing the log, if any: records were lost.
+    pub(crate) fn error(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
     fn fail(&mut self, e: &io::Error) {
-        if !self.failed {
-            self.failed = true;
+        if self.failed.is_none() {
+            self.failed = Some(format!("cannot write {}: {e}", self.path.display()));
             tracing::error!("cannot write the job log {}: {e}; its records are lost", self.path.display());
         }
         self.buf.clear();

@@ -208,5 +208,7 @@ impl JobLog for FakeLog {
         self.notes.lock().unwrap_or_else(|e| e.into_inner()).push((self.num, text.to_string()));
     }
 
-    fn close(self: Box<Self>) {}
+    fn close(self: Box<Self>) -> Option<String> {
+        None
+    }
 }

@@ -147,8 +147,9 @@ pub trait JobLog: Send {
     fn note(&mut self, text: &str);
 
     /// Write out everything (notes may be held until then, so that a quiet job's log is
-    /// written in one go).
-    fn close(self: Box<Self>);
+    /// written in one go). Returns the first error writing the log, if any: then some of
+    /// the job's output was lost.
+    fn close(self: Box<Self>) -> Option<String>;
 }
 
 /// What is left of an attempt once it has ended: its log and its output totals.

@@ -60,7 +60,7 @@ impl Slots {
     fn account(&self, record: JobRecord, halt: HaltPolicy) {
         let mut summary = self.summary.lock().unwrap_or_else(|e| e.into_inner());
         summary.finished += 1;
-        if record.outcome.is_success() {
+        if record.is_success() {
             summary.succeeded += 1;
             return;
         }

@@ -153,7 +153,9 @@ async fn run_job(
                 ));
             }
             if let Some(log) = end.log.take() {
-                log.close();
+                // A log that failed here fails the job's next attempt's log too, or not: the
+                // record tells only of the last attempt's.
+                let _ = log.close();
             }
             let record = AttemptRecord::new(number, &end.outcome, end.start, end.duration);
             ctx.send(Event::Retrying { num: spec.num, attempt: number, outcome: end.outcome.clone(), delay }).await;
@@ -177,10 +179,10 @@ async fn run_job(
         if number > 1 {
             note = format!("attempt {number} of {}: {note}", policy.max_attempts());
         }
-        if let Some(mut log) = end.log.take() {
+        let log_error = end.log.take().and_then(|mut log| {
             log.note(&note);
-            log.close();
-        }
+            log.close()
+        });
         let record = JobRecord {
             num: spec.num,
             id: spec.id.clone(),
@@ -201,6 +203,7 @@ async fn run_job(
             dir: spec.dir.take(),
             attempts: number,
             earlier_attempts: earlier,
+            log_error,
         };
         return publish(ctx, record).await;
     }

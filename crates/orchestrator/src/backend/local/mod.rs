@@ -339,10 +339,11 @@ impl JobLog for Log {
         self.0.note(text);
     }
 
-    fn close(mut self: Box<Self>) {
+    fn close(mut self: Box<Self>) -> Option<String> {
         // The process is gone, so whatever it made of the log is there. A job that ended
         // without opening it (no output, within the first tick) gets its records in one write.
         self.0.allow_open();
+        self.0.error().map(str::to_owned)
     }
 }
 
