@@ -206,3 +206,23 @@ fn a_job_whose_log_hit_a_full_disk_is_not_a_success_and_runs_again_on_resume() {
     assert_eq!(job0, ["log_failed", "succeeded"]);
     assert_eq!(records.iter().filter(|r| r["num"] == 1).count(), 1, "job 1 is not run again");
 }
+
+#[test]
+fn a_dry_run_lists_the_jobs_and_creates_nothing() {
+    let sb = Sandbox::new();
+    let out = sb.cmd().args(["-m", "task=1..3", "lr=0.1,0.2", "--dry-run", "--", "true", "--flag"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("would launch 6 jobs") && stdout.contains("dry run: nothing is created"), "{stdout}");
+    assert!(
+        stdout.contains("#5 : task=3 lr=0.2 -> multirun/") && stdout.contains("true --flag task=3 lr=0.2"),
+        "{stdout}"
+    );
+    assert!(sb.nothing_created());
+    let out = sb.cmd().args(["-m", "task=1,2", "--dry-run", "--json", "--", "true"]).output().unwrap();
+    let jobs: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(jobs.len(), 2);
+    assert_eq!(jobs[1]["command"], serde_json::json!(["true", "task=2"]));
+    assert!(sb.nothing_created());
+}

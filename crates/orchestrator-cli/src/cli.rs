@@ -54,6 +54,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Check the config and overrides, print the jobs that would run (number, overrides,
+    /// dir, command), and stop: nothing is created and nothing runs.
+    #[arg(long)]
+    pub dry_run: bool,
+
     /// Overrides: `key=value`, `key=a,b,c`, `key=1..5`, `+key=v`, `~key`, `hydra.launcher.params.joblib.n_jobs=2`.
     #[arg(value_name = "OVERRIDE")]
     pub overrides: Vec<String>,

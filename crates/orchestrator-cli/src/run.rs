@@ -1,6 +1,7 @@
 //! `orchestrator run`: turn the arguments into a sweep request, run it, report.
 
 use orchestrator::Stop;
+use orchestrator_config::escape_controls;
 use orchestrator_hydra::sweep::{ConfigInput, PreparedSweep, SweepRequest};
 use tokio::sync::{mpsc, watch};
 
@@ -38,6 +39,9 @@ pub fn main(args: RunArgs) -> u8 {
             return exit::USAGE;
         }
     };
+    if args.dry_run {
+        return dry_run(&prepared, mode);
+    }
     let launcher_verbose = prepared.layout.resolved.launcher.verbose;
     let display = report::Display {
         verbose: if args.verbose { launcher_verbose.max(11) } else { launcher_verbose },
@@ -107,4 +111,51 @@ async fn execute(mut prepared: PreparedSweep, mode: Mode, display: report::Displ
         None if summary.failures.is_empty() && summary.finished == total && summary.journal_errors == 0 => exit::OK,
         None => exit::JOBS_FAILED,
     }
+}
+
+/// `--dry-run`: the jobs that would run, and nothing else. Exit 2 if one of them could not be
+/// prepared (it would be recorded as not started).
+fn dry_run(prepared: &PreparedSweep, mode: Mode) -> u8 {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut bad = 0u64;
+    if mode != Mode::Json {
+        let _ = writeln!(
+            out,
+            "{} {} would launch {} jobs, sweep output dir : {} (dry run: nothing is created)",
+            report::hydra_prefix(),
+            prepared.banner,
+            prepared.total(),
+            prepared.layout.dir.display()
+        );
+    }
+    for job in prepared.planned() {
+        let command: Vec<String> = job.argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        bad += u64::from(job.dir.is_err());
+        let line = match mode {
+            Mode::Json => serde_json::json!({
+                "event": "dry_run_job", "num": job.num, "overrides": job.overrides,
+                "dir": job.dir.as_ref().ok().map(|d| d.display().to_string()),
+                "error": job.dir.as_ref().err(), "command": command,
+            })
+            .to_string(),
+            _ => match &job.dir {
+                Ok(dir) => format!(
+                    "\t#{} : {} -> {}\n\t    {}",
+                    job.num,
+                    escape_controls(&job.overrides.join(" ")),
+                    dir.display(),
+                    escape_controls(&command.join(" "))
+                ),
+                Err(e) => {
+                    format!("\t#{} : {} -> cannot be prepared: {e}", job.num, escape_controls(&job.overrides.join(" ")))
+                }
+            },
+        };
+        if writeln!(out, "{line}").is_err() {
+            break; // stdout closed (`| head`): nothing more to say
+        }
+    }
+    let _ = out.flush();
+    if bad > 0 { exit::USAGE } else { exit::OK }
 }

@@ -421,6 +421,22 @@ impl SweepLayout {
         Ok(())
     }
 
+    /// Job `job`'s command line as it would run (for a dry run: large values as typed, not
+    /// spilled).
+    pub fn argv_preview(&self, job: &JobOverrides) -> Vec<OsString> {
+        let Ok(config) = self.compose(job) else { return Vec::new() };
+        let Ok(sub) = self.subdir(job, &config) else { return Vec::new() };
+        let dir = if sub.is_empty() { self.abs_dir.clone() } else { self.abs_dir.join(&sub) };
+        let display: Vec<String> = job.items.iter().map(ResolvedOverride::display).collect();
+        let (program, mut args) = self.argv(job, &config, &dir, &display);
+        if self.hydra_app {
+            args.push(format!("hydra.run.dir={}", hydra_quoted(&dir.to_string_lossy())).into());
+            args.push(format!("hydra.job.num={}", job.num).into());
+            args.push(format!("hydra.job.id={}", hydra_quoted(&self.job_id(job.num))).into());
+        }
+        std::iter::once(program).chain(args).collect()
+    }
+
     fn argv(&self, job: &JobOverrides, config: &Value, dir: &Path, display: &[String]) -> (OsString, Vec<OsString>) {
         let mut words = self.command.iter();
         let program = words.next().cloned().unwrap_or_default();

@@ -151,6 +151,21 @@ pub struct SweepRun {
     pub spill: Option<Arc<SpillStore>>,
 }
 
+/// A job as a dry run shows it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PlannedJob {
+    /// Its number.
+    pub num: u64,
+    /// Its overrides, as Hydra shows them.
+    pub overrides: Vec<String>,
+    /// Its dir, or why it could not be prepared.
+    pub dir: Result<PathBuf, String>,
+    /// Its command: the program, then its arguments (large values as they would be passed
+    /// are not spilled in a dry run: shown as typed).
+    pub argv: Vec<OsString>,
+}
+
 /// Up to how many jobs every job is composed before anything starts (when some could fail,
 /// or share a dir).
 const CHECK_EVERY_JOB_MAX: u64 = 100_000;
@@ -162,6 +177,22 @@ impl PreparedSweep {
     /// Jobs that will run (all of them, or the unfinished ones when resuming).
     pub fn total(&self) -> u64 {
         self.plan.len() - self.done.iter().filter(|n| **n < self.plan.len()).count() as u64
+    }
+
+    /// What each job that would run is, lazily, for a dry run: its number, overrides, dir
+    /// and command, or why it could not be prepared. Nothing is created.
+    pub fn planned(&self) -> impl Iterator<Item = PlannedJob> + '_ {
+        (0..self.plan.len()).filter(|n| !self.done.contains(n)).filter_map(|n| self.plan.job(n)).map(|j| {
+            let overrides = j.items.iter().map(|o| o.display()).collect();
+            let (dir, argv) = match self.layout.check(&j) {
+                Ok(sub) => {
+                    let dir = if sub.is_empty() { self.layout.dir.clone() } else { self.layout.dir.join(sub) };
+                    (Ok(dir), self.layout.argv_preview(&j))
+                }
+                Err(e) => (Err(e.to_string()), Vec::new()),
+            };
+            PlannedJob { num: j.num, overrides, dir, argv }
+        })
     }
 
     /// `(num, overrides as Hydra shows them)` of the jobs that will run, lazily.
