@@ -226,3 +226,50 @@ fn a_dry_run_lists_the_jobs_and_creates_nothing() {
     assert_eq!(jobs[1]["command"], serde_json::json!(["true", "task=2"]));
     assert!(sb.nothing_created());
 }
+
+/// The fault run's first defect: `setsid -f` daemons, with and without `env -i`, outlived
+/// their jobs (the journal said 0 leftovers), and the `env -i` ones outlived the sweep. With a
+/// cgroup per slot every one is found at its job's end and counted; without cgroups
+/// (`ORCHESTRATOR_CGROUPS=0`, as .ci/run also runs this file) the `env -i` kind is beyond
+/// reach, so only the marked kind is started.
+#[test]
+fn daemons_die_with_their_job_and_are_counted() {
+    let sb = Sandbox::new();
+    // Which mechanism this machine gives (a cgroup needs root or a delegated subtree).
+    let probe = sb.cmd().args(["-m", "--quiet", "task=1", "hydra.sweep.dir=probe", "--", "true"]).output().unwrap();
+    assert!(probe.status.success());
+    let cgroups = journal(&sb.path().join("probe"))[0]["isolation"] == "cgroup";
+    let tag = format!("orchd{}", std::process::id());
+    let script = format!(
+        "#!/bin/sh\necho \"alive before: $(pgrep -fc '^{tag}' || true)\"\n\
+         setsid -f bash -c 'exec -a {tag}m sleep 60' </dev/null >/dev/null 2>&1\n{}",
+        if cgroups {
+            format!("setsid -f env -i bash -c 'exec -a {tag}e sleep 60' </dev/null >/dev/null 2>&1\n")
+        } else {
+            String::new()
+        }
+    );
+    let path = sb.write("daemon.sh", &script);
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = sb
+        .cmd()
+        .args(["-m", "--quiet", "task=1..30", "hydra.launcher.n_jobs=1", "hydra.sweep.dir=d", "--", "./daemon.sh"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_millis(300));
+    let survivors = std::process::Command::new("pgrep").args(["-fc", &format!("^{tag}")]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&survivors.stdout).trim(), "0", "daemons outlived the sweep");
+    let records = journal(&sb.path().join("d"));
+    let expected = if cgroups { (2, "cgroup") } else { (1, "process-group") };
+    for r in &records {
+        assert_eq!(r["isolation"], expected.1, "{r}");
+        if cgroups {
+            // Exact with cgroups; markers can find a daemon still being born at the next
+            // job's end instead (then its count is 0, but it does not live on).
+            assert_eq!(r["leftover_processes"], expected.0, "{r}");
+            let log = std::fs::read_to_string(sb.path().join(format!("d/{}/daemon.log", r["num"]))).unwrap();
+            assert!(log.contains("alive before: 0"), "an earlier job's daemon was alive: {log}");
+        }
+    }
+}

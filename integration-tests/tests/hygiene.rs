@@ -204,3 +204,20 @@ fn a_second_ctrl_c_kills_at_once() {
     assert_no_survivors(&recorded_pids(&sb.sweep_dir()));
     assert!(journal(&sb.sweep_dir()).iter().all(|r| r["signal"] == "SIGKILL"));
 }
+
+#[test]
+fn an_escaped_daemon_without_the_marker_dies_with_a_killed_supervisor_where_cgroups_are() {
+    // `setsid -f env -i`: neither its group nor a marker leads to it; only its job's cgroup
+    // does, which the watchdog kills. Without cgroups this is the documented limit.
+    let probe = Sandbox::new();
+    let out = probe.cmd().args(["-m", "--quiet", "task=1", "--", "true"]).output().unwrap();
+    assert!(out.status.success());
+    if journal(&probe.sweep_dir())[0]["isolation"] != "cgroup" {
+        eprintln!(
+            "skipped: an_escaped_daemon_without_the_marker_dies_with_a_killed_supervisor_where_cgroups_are: no cgroup here (not root, or ORCHESTRATOR_CGROUPS=0)"
+        );
+        return;
+    }
+    let script = r#"setsid -f env -i sh -c 'echo $$ >> "$0/pids"; exec sleep 300' "$ORCHESTRATOR_JOB_DIR" </dev/null >/dev/null 2>&1; sleep 301 & echo $! >> "$ORCHESTRATOR_JOB_DIR/pids"; wait"#;
+    kill_the_supervisor_of(&["sh", "-c", script], 4);
+}

@@ -374,6 +374,9 @@ pub struct JobRecord {
     /// lost, so the job does not count as a success (`log_failed`), and `--resume` runs it
     /// again.
     pub log_error: Option<String>,
+    /// How the job's processes were kept together and found at its end: `cgroup` (every
+    /// process it started), `process-group` (its group, and escapees by their marker).
+    pub isolation: Option<&'static str>,
 }
 
 /// How one attempt of a job that was tried again ended (an entry of a record's
@@ -443,6 +446,7 @@ impl JobRecord {
             attempts: 0,
             earlier_attempts: Vec::new(),
             log_error: None,
+            isolation: None,
         }
     }
 
@@ -492,6 +496,7 @@ impl JobRecord {
             dir: self.dir.as_ref().map(|d| d.to_string_lossy()),
             attempts: self.attempts,
             earlier_attempts: Cow::Borrowed(&self.earlier_attempts),
+            isolation: self.isolation.map(Cow::Borrowed),
         }
     }
 }

@@ -194,6 +194,8 @@ impl Attempt for FakeAttempt {
             stdout_bytes: 0,
             stderr_bytes: 0,
             start_error: None,
+            usage: None,
+            isolation: None,
         }))
     }
 }

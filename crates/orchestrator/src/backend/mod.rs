@@ -164,6 +164,12 @@ pub struct Collected {
     /// Set when the attempt's process existed but never ran the program (its set-up or
     /// exec failed): the attempt counts as not started.
     pub start_error: Option<String>,
+    /// What the whole attempt used (every process it started), where the backend can tell
+    /// better than [`Attempt::wait`] could (a cgroup's counters).
+    pub usage: Option<Usage>,
+    /// How the attempt's processes were kept together (`cgroup`, `process-group`), for the
+    /// record.
+    pub isolation: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Collected {
@@ -172,6 +178,8 @@ impl std::fmt::Debug for Collected {
             .field("stdout_bytes", &self.stdout_bytes)
             .field("stderr_bytes", &self.stderr_bytes)
             .field("start_error", &self.start_error)
+            .field("usage", &self.usage)
+            .field("isolation", &self.isolation)
             .finish_non_exhaustive()
     }
 }

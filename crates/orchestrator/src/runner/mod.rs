@@ -105,6 +105,11 @@ pub struct RunOptions {
     /// leader each time a job ends, never looks at them. Each must stay unreaped for as
     /// long as the run lasts, so that its pid cannot be reused meanwhile.
     pub foreign_children: Vec<u32>,
+    /// Run each slot's jobs in a cgroup of their own where the kernel allows it (cgroup v2,
+    /// as root or in a delegated subtree): then a job's leftovers are found and ended
+    /// whatever they did to leave, and its CPU time is its whole tree's. On by default;
+    /// `ORCHESTRATOR_CGROUPS=0` in the environment turns it off too.
+    pub cgroups: bool,
     /// Start a watchdog process that ends what the jobs forked if this process dies
     /// without ending them (SIGKILL, a crash). The program must call
     /// [`watchdog::serve_if_requested`](crate::watchdog::serve_if_requested) first thing in
@@ -141,6 +146,7 @@ impl RunOptions {
             subreaper: true,
             foreign_children: Vec::new(),
             watchdog: false,
+            cgroups: true,
             retry: RetryPolicy::default(),
             backend: None,
             info: RunInfo::default(),

@@ -106,6 +106,7 @@ struct AttemptEnd {
     stdout_bytes: u64,
     stderr_bytes: u64,
     leftovers: u32,
+    isolation: Option<&'static str>,
     /// The job's log, to add the end record to; `None` when the backend could not start the
     /// attempt (it wrote why itself).
     log: Option<Box<dyn JobLog>>,
@@ -204,6 +205,7 @@ async fn run_job(
             attempts: number,
             earlier_attempts: earlier,
             log_error,
+            isolation: end.isolation,
         };
         return publish(ctx, record).await;
     }
@@ -238,6 +240,7 @@ async fn run_attempt(
                 stdout_bytes: 0,
                 stderr_bytes: 0,
                 leftovers: 0,
+                isolation: None,
                 log: None,
             };
         }
@@ -265,8 +268,13 @@ async fn run_attempt(
         tokio::task::yield_now().await;
     }
     let outcome = exited.outcome(spec.timeout);
-    let usage = exited.exit.as_ref().map(|e| e.usage).unwrap_or_default();
     let collected = attempt.collect(spec).await;
+    // The backend's figures for the whole tree, where it has them; the leader's otherwise.
+    let leader = exited.exit.as_ref().map(|e| e.usage).unwrap_or_default();
+    let usage = match collected.usage {
+        Some(tree) => Usage { max_rss_kib: leader.max_rss_kib.max(tree.max_rss_kib), ..tree },
+        None => leader,
+    };
     // A process that never ran the program (its set-up or exec failed) did not start.
     let outcome = match (&exited.exit, collected.start_error) {
         (Ok(_), Some(error)) => Outcome::SpawnFailed { error },
@@ -283,6 +291,7 @@ async fn run_attempt(
         stdout_bytes: collected.stdout_bytes,
         stderr_bytes: collected.stderr_bytes,
         leftovers,
+        isolation: collected.isolation,
         log: Some(collected.log),
     }
 }

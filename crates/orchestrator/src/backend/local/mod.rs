@@ -8,6 +8,7 @@
 //! escapees that carry its marker (the supervisor is a child subreaper, so they come back to
 //! it). Each job's processes are also the watchdog's to kill if the supervisor dies.
 
+mod cgroup;
 mod diagnose;
 mod env;
 mod leftovers;
@@ -35,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::diagnose::{argv_text, not_started_note, spawn_error};
 pub use self::env::THREAD_VARS;
-use self::leftovers::{end_leftovers, signal_tree};
+use self::leftovers::{end_cgroup, end_leftovers, end_strays, signal_tree};
 use self::payload::{Placed, place_payloads};
 use self::reaper::Reaper;
 use super::{
@@ -83,6 +84,11 @@ struct Ctx {
     spill: std::sync::OnceLock<Result<Arc<crate::spill::SpillStore>, String>>,
     /// The run's watchdog, if it has one; told the run is over in `run_ended`.
     watchdog: Mutex<Option<watchdog::Watchdog>>,
+    /// A cgroup per slot, where the kernel lets us make them; else why not.
+    cgroups: Result<cgroup::Cgroups, String>,
+    /// Jobs with an attempt running: a marked process of any other job of the run is a
+    /// leftover that got away from its job's end (marker mode only).
+    running: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl LocalBackend {
@@ -95,8 +101,20 @@ impl LocalBackend {
         {
             tracing::warn!("cannot become a child subreaper ({e}); daemonised grandchildren may outlive their job");
         }
+        let base_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        // Starts with our pid (see `job_marker_prefix`); the time tells runs of one process apart.
+        let run_key = format!("{}-{}", std::process::id(), Utc::now().timestamp_nanos_opt().unwrap_or(0));
+        let cgroups = if opts.cgroups {
+            cgroup::Cgroups::create(&run_key)
+        } else {
+            Err("turned off (RunOptions::cgroups)".into())
+        };
+        match &cgroups {
+            Ok(c) => tracing::debug!("jobs run in cgroups under {}", c.dir().display()),
+            Err(why) => tracing::debug!("no cgroup per job ({why}): process groups and markers only"),
+        }
         let watchdog = if opts.watchdog {
-            match watchdog::Watchdog::start() {
+            match watchdog::Watchdog::start_with(cgroups.as_ref().ok().map(|c| c.dir())) {
                 Ok(w) => Some(w),
                 Err(e) => {
                     tracing::warn!(
@@ -108,7 +126,6 @@ impl LocalBackend {
         } else {
             None
         };
-        let base_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
         // Our children that are not jobs': the reaper need not look at them each time a job ends.
         let foreign = opts.foreign_children.iter().copied().chain(watchdog.as_ref().map(|w| w.pid())).collect();
         LocalBackend {
@@ -117,14 +134,25 @@ impl LocalBackend {
                 opts: opts.clone(),
                 reaper: Reaper::new(foreign),
                 clock: Clock::new(),
-                // Starts with our pid (see `job_marker_prefix`); the time tells runs of one
-                // process apart.
-                run_key: format!("{}-{}", std::process::id(), Utc::now().timestamp_nanos_opt().unwrap_or(0)),
+                run_key,
                 own_pgid: sys::own_pgid(),
                 programs: Mutex::new(HashMap::new()),
                 spill: std::sync::OnceLock::new(),
                 watchdog: Mutex::new(watchdog),
+                cgroups,
+                running: Mutex::new(Default::default()),
             }),
+        }
+    }
+
+    /// How jobs' processes are kept together here, and why: for `--verbose`.
+    pub fn isolation(&self) -> String {
+        match &self.ctx.cgroups {
+            Ok(c) => format!(
+                "a cgroup per slot under {} (leftovers found by cgroup.procs, ended by cgroup.kill)",
+                c.dir().display()
+            ),
+            Err(why) => format!("process groups and markers (no cgroup: {why})"),
         }
     }
 
@@ -135,6 +163,16 @@ impl LocalBackend {
         // The job's process creates the log (see `setup_steps`); until it is past that, the
         // records wait in memory. On the paths where no process starts, the log is ours to make.
         let mut log = LogWriter::deferred(spec.log_path.clone(), ctx.clock);
+        let joined = match &ctx.cgroups {
+            Ok(c) => match c.join(req.slot) {
+                Ok(j) => Some(j),
+                Err(e) => {
+                    tracing::warn!("cannot make slot {}'s cgroup ({e}); job #{} runs without one", req.slot, spec.num);
+                    None
+                }
+            },
+            Err(_) => None,
+        };
         let placed = match place_payloads(spec, ctx) {
             Ok(p) => p,
             Err(e) => {
@@ -153,7 +191,11 @@ impl LocalBackend {
                 extra.push((OsString::from(contract::ATTEMPT), OsString::from(req.attempt.to_string())));
             }
             let env = ctx.env.for_job(spec, req.slot, &ctx.opts.slot_env, &marker, extra)?;
-            let setup = setup_steps(&spec.log_path, req.files)?;
+            let mut setup = setup_steps(&spec.log_path, req.files)?;
+            if let Some(j) = &joined {
+                // First: everything the job does and starts is in its cgroup.
+                setup.insert(0, sys::SetupStep::File(j.procs.clone(), b"0".to_vec()));
+            }
             ctx.reaper.spawn(sys::SpawnRequest { program: &program, argv: &argv, env, cwd: spec.cwd.as_deref(), setup })
         });
         let child = match spawned {
@@ -172,6 +214,9 @@ impl LocalBackend {
         let stderr = pipe::Receiver::from_owned_fd_unchecked(stderr).ok();
         let attempt = if req.attempt > 1 { format!(" (attempt {})", req.attempt) } else { String::new() };
         log.note(&format!("started pid {pid} in slot {}{attempt}: {}", req.slot, argv_text(spec)));
+        if joined.is_none() {
+            ctx.running.lock().unwrap_or_else(|e| e.into_inner()).insert(spec.num);
+        }
         let abandon = CancellationToken::new();
         let gate = Arc::new(output::LogGate::default());
         let pump = tokio::spawn(output::pump(spec.num, stdout, stderr, log, req.output, abandon.clone(), gate.clone()));
@@ -189,6 +234,10 @@ impl LocalBackend {
             pidfd: sys::async_pidfd(pid),
             placed,
             reaped: false,
+            slot: req.slot,
+            num: spec.num,
+            cgroup: joined.map(|j| j.dir),
+            usage: None,
         }))
     }
 }
@@ -234,6 +283,12 @@ struct LocalAttempt {
     placed: Placed,
     /// The leader has been waited for: its pid may be reused now.
     reaped: bool,
+    slot: usize,
+    num: u64,
+    /// The slot's cgroup, which holds every process of the job.
+    cgroup: Option<std::path::PathBuf>,
+    /// The whole tree's CPU time, from the cgroup, once it is empty.
+    usage: Option<Usage>,
 }
 
 impl Attempt for LocalAttempt {
@@ -275,15 +330,46 @@ impl Attempt for LocalAttempt {
         if !self.reaped {
             sys::signal_group(self.pid, sig);
         }
-        let marker = self.marker.as_os_str();
-        for orphan in self.ctx.reaper.sweep(&|e| e == marker) {
-            signal_tree(orphan, sig, self.ctx.own_pgid);
+        match &self.cgroup {
+            // Every process of the job, whatever group or environment it has now.
+            Some(dir) if sig == Signal::SIGKILL => cgroup::kill(dir),
+            Some(dir) => {
+                for pid in cgroup::members(dir) {
+                    sys::signal_pid(pid, sig);
+                }
+            }
+            None => {
+                let marker = self.marker.as_os_str();
+                for orphan in self.ctx.reaper.sweep(&|e| e == marker) {
+                    signal_tree(orphan, sig, self.ctx.own_pgid);
+                }
+            }
         }
     }
 
     fn clean_up(&mut self, grace: Duration) -> BoxFuture<'_, u32> {
         Box::pin(async move {
-            let found = end_leftovers(&self.ctx, self.pid, &self.marker, grace).await;
+            let found = match (&self.cgroup, &self.ctx.cgroups) {
+                (Some(dir), Ok(cgroups)) => {
+                    let (found, empty) = end_cgroup(&self.ctx, dir, grace).await;
+                    if empty {
+                        self.usage = cgroups.job_cpu(self.slot).map(|(user_cpu, sys_cpu)| Usage {
+                            user_cpu,
+                            sys_cpu,
+                            max_rss_kib: 0,
+                        });
+                    } else {
+                        cgroups.retire(self.slot);
+                    }
+                    found
+                }
+                _ => {
+                    let found = end_leftovers(&self.ctx, self.pid, &self.marker, grace).await;
+                    self.ctx.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.num);
+                    end_strays(&self.ctx);
+                    found
+                }
+            };
             self.ctx.reaper.release_group(self.pid);
             found
         })
@@ -291,7 +377,7 @@ impl Attempt for LocalAttempt {
 
     fn collect<'a>(self: Box<Self>, job: &'a JobSpec) -> BoxFuture<'a, Collected> {
         Box::pin(async move {
-            let LocalAttempt { ctx, pump, abandon, gate, exec, placed, .. } = *self;
+            let LocalAttempt { ctx, pump, abandon, gate, exec, placed, cgroup, usage, .. } = *self;
             // Only now: the pump, woken by this, would wake us before the next job could start.
             gate.ended();
             let mut pump = pump;
@@ -325,6 +411,8 @@ impl Attempt for LocalAttempt {
                 stdout_bytes: captured.stdout,
                 stderr_bytes: captured.stderr,
                 start_error,
+                usage,
+                isolation: Some(if cgroup.is_some() { "cgroup" } else { "process-group" }),
             }
         })
     }

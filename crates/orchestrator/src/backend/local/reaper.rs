@@ -70,14 +70,27 @@ impl Reaper {
         self.lock().leaders.remove(&pid);
     }
 
+    /// Processes of ours found some other way (a job's cgroup) than by marker: reaped once
+    /// they are dead.
+    pub(super) fn adopt(&self, pids: impl IntoIterator<Item = u32>) {
+        self.lock().adopted.extend(pids);
+    }
+
     pub(super) fn release_group(&self, pgid: u32) {
         self.lock().groups.remove(&pgid);
     }
 
     /// Reap dead orphans of our jobs; return the live ones whose environment matches `marker`.
     pub(super) fn sweep(&self, marker: &dyn Fn(&OsStr) -> bool) -> Vec<u32> {
+        self.sweep_counting(marker).0
+    }
+
+    /// [`Reaper::sweep`], and how many live children could not be told (their environment
+    /// was unreadable: in the middle of an `execve`, say).
+    pub(super) fn sweep_counting(&self, marker: &dyn Fn(&OsStr) -> bool) -> (Vec<u32>, usize) {
         let mut state = self.lock();
         let mut live = Vec::new();
+        let mut unknown = 0;
         for pid in state.spawners.read() {
             if state.leaders.contains(&pid) || self.foreign.contains(&pid) {
                 continue;
@@ -86,13 +99,17 @@ impl Reaper {
                 Some(('Z' | 'X', pgid)) if state.groups.contains(&pgid) || state.adopted.remove(&pid) => {
                     let _ = sys::try_wait4(pid);
                 }
-                Some(_) if sys::environ_matches(pid, marker) => {
-                    state.adopted.insert(pid);
-                    live.push(pid);
-                }
-                _ => {}
+                Some(('Z' | 'X', _)) | None => {}
+                Some(_) => match sys::environ_matches(pid, marker) {
+                    Some(true) => {
+                        state.adopted.insert(pid);
+                        live.push(pid);
+                    }
+                    Some(false) => {}
+                    None => unknown += 1,
+                },
             }
         }
-        live
+        (live, unknown)
     }
 }

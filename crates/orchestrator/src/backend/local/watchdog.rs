@@ -64,6 +64,12 @@ pub struct Watchdog {
 impl Watchdog {
     /// Start a watchdog for the jobs this process will start.
     pub fn start() -> Result<Watchdog, WatchdogError> {
+        Self::start_with(None)
+    }
+
+    /// A watchdog that also kills everything in the run's cgroups at `cgroups` (and removes
+    /// them) if the supervisor dies.
+    pub(crate) fn start_with(cgroups: Option<&std::path::Path>) -> Result<Watchdog, WatchdogError> {
         // Every end close-on-exec: no job may hold the write end, or the watchdog would wait
         // for it too.
         let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
@@ -75,6 +81,7 @@ impl Watchdog {
             .arg(ARG)
             .arg(std::process::id().to_string())
             .arg(sys::own_pgid().to_string())
+            .args(cgroups.map(|c| c.as_os_str().to_owned()))
             .stdin(Stdio::from(alive_r))
             .stdout(Stdio::from(ready_w))
             .stderr(Stdio::null())
@@ -179,10 +186,16 @@ fn main(args: &[OsString]) -> u8 {
     let marker = super::job_marker_prefix(pid);
     // Again until a pass finds nothing: a process may fork between our reads.
     for _ in 0..50 {
+        if let Some(dir) = args.get(2) {
+            super::cgroup::kill_tree(std::path::Path::new(dir));
+        }
         if sys::kill_marked(marker.as_bytes(), &[group]) == 0 {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(dir) = args.get(2) {
+        super::cgroup::remove_tree(std::path::Path::new(dir));
     }
     0
 }

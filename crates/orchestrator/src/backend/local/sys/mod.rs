@@ -181,11 +181,14 @@ pub fn proc_state(pid: u32) -> Option<(char, u32)> {
 }
 
 /// Whether any `NAME=value` entry of `pid`'s environment satisfies `pred`.
-pub fn environ_matches(pid: u32, pred: &dyn Fn(&OsStr) -> bool) -> bool {
+pub fn environ_matches(pid: u32, pred: &dyn Fn(&OsStr) -> bool) -> Option<bool> {
     use std::os::unix::ffi::OsStrExt;
     match std::fs::read(format!("/proc/{pid}/environ")) {
-        Ok(env) => env.split(|b| *b == 0).any(|entry| pred(OsStr::from_bytes(entry))),
-        Err(_) => false,
+        // Empty while the process is between `fork` and `execve`'s new image, or exiting:
+        // not known yet.
+        Ok(env) if env.is_empty() => None,
+        Ok(env) => Some(env.split(|b| *b == 0).any(|entry| pred(OsStr::from_bytes(entry)))),
+        Err(_) => None,
     }
 }
 
@@ -215,7 +218,7 @@ pub fn kill_marked(marker: &[u8], spare: &[u32]) -> usize {
     let my_group = own_pgid();
     let mut found = 0;
     for pid in all_pids() {
-        if pid == me || !environ_matches(pid, &|entry| entry.as_encoded_bytes().starts_with(marker)) {
+        if pid == me || environ_matches(pid, &|entry| entry.as_encoded_bytes().starts_with(marker)) != Some(true) {
             continue;
         }
         found += 1;
