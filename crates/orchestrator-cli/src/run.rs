@@ -51,8 +51,11 @@ pub fn main(args: RunArgs) -> u8 {
             && std::env::var_os("TERM").is_some_and(|t| t != "dumb"),
     };
     // The input is valid and jobs are about to start: from here on, if this process dies
-    // without ending them, the watchdog does (the run starts it; see `crate::main`).
+    // without ending them, the watchdog does (the backend starts it; see `crate::main`).
     prepared.options.watchdog = true;
+    let backend = std::sync::Arc::new(orchestrator::LocalBackend::new(&prepared.options));
+    let isolation = backend.isolation();
+    prepared.options.backend = Some(backend);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -60,13 +63,13 @@ pub fn main(args: RunArgs) -> u8 {
             return exit::INTERNAL;
         }
     };
-    let code = runtime.block_on(execute(prepared, mode, display));
+    let code = runtime.block_on(execute(prepared, mode, display, isolation));
     // Every job has ended: what the runner stopped, it has waited for.
     drop(runtime);
     code
 }
 
-async fn execute(mut prepared: PreparedSweep, mode: Mode, display: report::Display) -> u8 {
+async fn execute(mut prepared: PreparedSweep, mode: Mode, display: report::Display, isolation: String) -> u8 {
     let total = prepared.total();
     prepared.options.forward_output = mode != Mode::Quiet;
     let (stop_tx, stop_rx) = watch::channel(Stop::None);
@@ -91,6 +94,7 @@ async fn execute(mut prepared: PreparedSweep, mode: Mode, display: report::Displ
             None => format!("large arguments would be spilled under {}", run.temp_folder.path.display()),
         };
         eprintln!("{} temp_folder: {where_} ({})", report::hydra_prefix(), run.temp_folder.reason);
+        eprintln!("{} isolation: {isolation}", report::hydra_prefix());
     }
     // Everything from here on (the header, the jobs' lines, the summary) comes from the
     // run's events.
