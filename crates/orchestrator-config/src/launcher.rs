@@ -201,6 +201,12 @@ pub struct LauncherConfig {
     pub hydra_app: Option<bool>,
     /// Let `hydra.sweep.subdir` put job dirs outside the sweep dir (an absolute path, `..`).
     pub allow_outside_sweep_dir: bool,
+    /// Start no job while less memory than this is available (bytes).
+    pub min_free_memory: Option<u64>,
+    /// Start no job while the 1-minute load average is above this.
+    pub max_load: Option<f64>,
+    /// At least this long between two job starts.
+    pub start_delay: Option<Duration>,
     /// The joblib parameters as `key=value` in the order written, for the launch banner.
     pub banner: Vec<(String, String)>,
 }
@@ -227,6 +233,9 @@ impl Default for LauncherConfig {
             retry_on: RetryOn::default(),
             hydra_app: None,
             allow_outside_sweep_dir: false,
+            min_free_memory: None,
+            max_load: None,
+            start_delay: None,
             banner: JOBLIB_KEYS.iter().map(|k| (k.to_string(), default_banner(k).to_string())).collect(),
         }
     }
@@ -251,8 +260,19 @@ pub const JOBLIB_KEYS: &[&str] = &[
 ];
 
 /// orchestrator's own launcher settings, under `hydra.launcher.orchestrator`.
-pub const ORCHESTRATOR_KEYS: &[&str] =
-    &["grace_period", "halt", "slot_env", "retries", "retry_delay", "retry_on", "hydra_app", "allow_outside_sweep_dir"];
+pub const ORCHESTRATOR_KEYS: &[&str] = &[
+    "grace_period",
+    "halt",
+    "slot_env",
+    "retries",
+    "retry_delay",
+    "retry_on",
+    "hydra_app",
+    "allow_outside_sweep_dir",
+    "min_free_memory",
+    "max_load",
+    "start_delay",
+];
 
 fn default_banner(key: &str) -> &'static str {
     match key {
@@ -396,6 +416,29 @@ impl Reader<'_> {
                 "retries" => cfg.retries = self.retries(p, v)?,
                 "retry_delay" => cfg.retry_delay = self.duration(p, v, false)?.unwrap_or(Duration::ZERO),
                 "retry_on" => cfg.retry_on = self.retry_on(p, v)?,
+                "min_free_memory" => {
+                    let help = "bytes as an integer, or a number with K, M or G (1024-based: 2G), or None";
+                    cfg.min_free_memory = match v {
+                        _ if is_null(v) => None,
+                        Value::Number(n) if n.as_u64().is_some() => n.as_u64(),
+                        Value::String(t) if parse_size(t).is_some() => parse_size(t),
+                        _ => return Err(self.invalid(p, format!("invalid min_free_memory {}", show(v)), help)),
+                    }
+                }
+                "max_load" => {
+                    cfg.max_load = match v {
+                        _ if is_null(v) => None,
+                        Value::Number(n) if n.as_f64().is_some_and(|f| f > 0.0 && f.is_finite()) => n.as_f64(),
+                        _ => {
+                            return Err(self.invalid(
+                                p,
+                                format!("invalid max_load {}", show(v)),
+                                "a load average above 0 (e.g. 4 on a 4-CPU machine), or None",
+                            ));
+                        }
+                    }
+                }
+                "start_delay" => cfg.start_delay = self.duration(p, v, true)?.filter(|d| !d.is_zero()),
                 "allow_outside_sweep_dir" => {
                     cfg.allow_outside_sweep_dir = match v {
                         _ if is_null(v) => false,

@@ -46,6 +46,9 @@ pub fn run_options(launcher: &LauncherConfig) -> Result<RunOptions, OptionsError
     let mut retry = RetryPolicy::new(launcher.retries, launcher.retry_delay);
     retry.on = launcher.retry_on;
     options.retry = retry;
+    options.admission.min_free_memory = launcher.min_free_memory;
+    options.admission.max_load = launcher.max_load;
+    options.admission.start_delay = launcher.start_delay;
     for (name, value) in &options.slot_env {
         if let SlotValue::PerSlot(list) = value
             && list.len() < n_jobs

@@ -27,7 +27,7 @@ pub use event::{Event, RunInfo};
 pub use job::{AttemptRecord, JobFile, JobRecord, JobSpec, JobStatus, Outcome, Payload, StopReason, Stream};
 pub use journal::Journal;
 pub use retry::{RetryOn, RetryPolicy};
-pub use runner::{JobSource, RunOptions, RunSummary, Stop, Submission, run};
+pub use runner::{Admission, JobSource, RunOptions, RunSummary, Stop, Submission, SystemState, run};
 pub use supervisor::{JobError, JobHandle, Supervisor, SupervisorError};
 
 /// How many CPUs this process may use (its affinity mask; at least 1).

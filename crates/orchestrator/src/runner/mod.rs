@@ -8,6 +8,7 @@
 //! reports one [`JobRecord`]. The caller's task only forwards stop requests, says when the
 //! run starts stopping, and waits for the slots.
 
+mod admission;
 mod attempt;
 mod slots;
 mod unit;
@@ -21,6 +22,7 @@ use orchestrator_config::{HaltPolicy, SlotValue};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+pub use self::admission::{Admission, SystemState};
 use crate::backend::Backend;
 use crate::backend::local::LocalBackend;
 use crate::event::{Event, RunInfo};
@@ -121,6 +123,8 @@ pub struct RunOptions {
     pub backend: Option<Arc<dyn Backend>>,
     /// What the run is, for [`Event::RunStarted`] (a reporter prints its header from it).
     pub info: RunInfo,
+    /// When a job may start: free memory, load, a delay between starts (none by default).
+    pub admission: Admission,
     /// Threads of its own the run starts for its slots; `None` = one per slot up to the
     /// CPUs this process may use; `Some(0)` = none, the slots run on the caller's runtime
     /// (a test on a paused clock needs that).
@@ -151,6 +155,7 @@ impl RunOptions {
             backend: None,
             info: RunInfo::default(),
             slot_threads: None,
+            admission: Admission::default(),
         }
     }
 }
@@ -296,6 +301,7 @@ pub(crate) async fn run_announced(
         exhausted: AtomicBool::new(false),
         summary: std::sync::Mutex::new(RunSummary::default()),
         stop: stop_tx,
+        next_start: std::sync::Mutex::new(None),
     });
     slots.add_slot(0, &ctx);
     slots.tracker.close();

@@ -30,6 +30,8 @@ pub(super) struct Slots {
     pub(super) exhausted: AtomicBool,
     pub(super) summary: Mutex<RunSummary>,
     pub(super) stop: watch::Sender<Stop>,
+    /// The earliest time the next job may start (admission's `start_delay`).
+    pub(super) next_start: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Slots {
@@ -114,6 +116,11 @@ async fn slot_loop(slot: usize, slots: Arc<Slots>, ctx: Arc<Ctx>) {
         // slot waited for the job or prepared it: then the job never starts (a caller
         // waiting on it gets `NotStarted`).
         if *stop.borrow_and_update() != Stop::None {
+            drop(sub);
+            slots.stopped_early();
+            break;
+        }
+        if ctx.opts.admission.is_active() && !ctx.opts.admission.admit(&slots.next_start, &mut stop).await {
             drop(sub);
             slots.stopped_early();
             break;

@@ -348,3 +348,43 @@ async fn a_jobs_own_retry_policy_wins_over_the_runs() {
         [("succeeded", 2), ("failed", 1)]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn admission_spaces_the_starts_and_holds_jobs_while_memory_is_short() {
+    let backend = FakeBackend::new(|_, _| Script::exits(0, 10 * S));
+    let t0 = Instant::now();
+    let mut opts = options(3, &backend);
+    opts.admission.start_delay = Some(S);
+    // Short of memory for the first 5 s.
+    opts.admission.min_free_memory = Some(1 << 30);
+    opts.admission.probe = Some(Arc::new(move || {
+        let free = if Instant::now() - t0 < 5 * S { 1 << 20 } else { 2 << 30 };
+        SystemState { available_memory: Some(free), load: Some(0.5) }
+    }));
+    let (_, events) = run_jobs(opts, (0..3).map(|n| job(n).into()).collect(), no_stop()).await;
+    assert_eq!(finished(&events).len(), 3);
+    let mut starts: Vec<f64> =
+        timeline(&backend, t0).into_iter().filter(|e| e.3 == Happened::Started).map(|e| e.2).collect();
+    starts.sort_by(f64::total_cmp);
+    // Held until 5 s (checked every 0.1 s), then one a second.
+    assert_eq!(starts.len(), 3);
+    assert!((5.0..5.2).contains(&starts[0]), "{starts:?}");
+    assert_eq!([starts[1] - starts[0], starts[2] - starts[1]], [1.0, 1.0], "{starts:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_while_a_job_is_held_back_leaves_it_unstarted() {
+    let backend = FakeBackend::new(|_, _| Script::exits(0, S));
+    let mut opts = options(1, &backend);
+    opts.admission.max_load = Some(1.0);
+    opts.admission.probe = Some(Arc::new(|| SystemState { available_memory: None, load: Some(8.0) }));
+    let (stop_tx, stop_rx) = watch::channel(Stop::None);
+    tokio::spawn(async move {
+        tokio::time::sleep(3 * S).await;
+        stop_tx.send_modify(|s| *s = (*s).max(Stop::Drain));
+        std::future::pending::<()>().await;
+    });
+    let (summary, events) = run_jobs(opts, vec![job(0).into()], stop_rx).await;
+    assert!(finished(&events).is_empty() && backend.history().is_empty());
+    assert!(summary.stopped_early);
+}
