@@ -1,0 +1,271 @@
+"""What the launcher returns and how it ends jobs: return values, a raising task (picklable
+or not), a task past hydra.launcher.timeout, a task that segfaults, Ctrl-C mid-sweep (no
+process survives), the launcher's own settings (slot_env, refused values)."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, List
+
+import pytest
+import yaml
+from hydra.core.utils import JobStatus
+from hydra.test_utils.test_utils import TSweepRunner
+from omegaconf import DictConfig
+
+from hydra_plugins.orchestrator_launcher._errors import OrchestratorJobError, TaskError
+
+APPS = Path(__file__).parent / "apps"
+
+
+def sweep(runner: TSweepRunner, task: Any, tmp_path: Path, *overrides: str) -> Any:
+    return runner(
+        calling_file=None,
+        calling_module="hydra.test_utils.a_module",
+        task_function=task,
+        config_path="configs",
+        config_name="compose.yaml",
+        overrides=["hydra/launcher=orchestrator", *overrides],
+        temp_dir=tmp_path,
+    )
+
+
+def journal(sweep_dir: Path) -> List[dict]:
+    records = [json.loads(line) for line in (sweep_dir / "jobs.jsonl").read_text().splitlines()]
+    return sorted(records, key=lambda r: r["num"])
+
+
+class Point:
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+
+def returns_values(cfg: DictConfig) -> Any:
+    return {"a": cfg.a, "pid": os.getpid(), "point": Point(cfg.a * 10)}
+
+
+def test_return_values(hydra_sweep_runner: TSweepRunner, tmp_path: Path) -> None:
+    with sweep(hydra_sweep_runner, returns_values, tmp_path, "+a=1,2,3") as s:
+        rets = s.returns[0]
+        assert [r.status for r in rets] == [JobStatus.COMPLETED] * 3
+        assert [r.return_value["a"] for r in rets] == [1, 2, 3]
+        assert [r.return_value["point"].x for r in rets] == [10, 20, 30]
+        # One process per job, none of them this one.
+        pids = {r.return_value["pid"] for r in rets}
+        assert len(pids) == 3 and os.getpid() not in pids
+        assert [r.overrides for r in rets] == [["+a=1"], ["+a=2"], ["+a=3"]]
+        assert [r.hydra_cfg.hydra.job.num for r in rets] == [0, 1, 2]
+        assert [r.task_name for r in rets] == ["a_module"] * 3
+        # (the sweep runner removes its dir on exit)
+        records = journal(tmp_path)
+        assert [r["status"] for r in records] == ["succeeded"] * 3
+        assert [r["pid"] for r in records] == [r.return_value["pid"] for r in rets]
+
+
+def now_of_job(cfg: DictConfig) -> Any:
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    return {"dir": hc.sweep.dir, "output_dir": hc.runtime.output_dir, "cwd": os.getcwd()}
+
+
+def test_now_in_subdir_is_the_same_in_launcher_and_job(hydra_sweep_runner: TSweepRunner, tmp_path: Path) -> None:
+    # `${now:}` in the job's dir: the launcher (which names the capture log) and the job
+    # (where Hydra writes) resolve it to the same value, as the sweep config carries the
+    # resolver cache.
+    subdir = "hydra.sweep.subdir=${hydra.job.num}_${now:%H-%M-%S-%f}"
+    with sweep(hydra_sweep_runner, now_of_job, tmp_path, "+a=1,2", subdir) as s:
+        out = [r.return_value["output_dir"] for r in s.returns[0]]
+        records = journal(tmp_path)
+        assert len(set(out)) == 2
+        assert [r["dir"] for r in records] == out
+        for r in records:
+            assert Path(r["log"]).parent == Path(r["dir"])
+            assert Path(r["log"]).is_file() and (Path(r["dir"]) / "a_module.log").is_file()
+
+
+def raises_on_2(cfg: DictConfig) -> Any:
+    if cfg.a == 2:
+        raise ValueError(f"boom {cfg.a}")
+    return cfg.a
+
+
+def test_raising_task(hydra_sweep_runner: TSweepRunner, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="^boom 2$"):
+        with sweep(hydra_sweep_runner, raises_on_2, tmp_path, "+a=1,2,3"):
+            pass
+    records = journal(tmp_path)
+    # Every job ran (Hydra's behaviour: the sweeper raises after the batch).
+    assert [r["status"] for r in records] == ["succeeded", "failed", "succeeded"]
+    assert records[1]["exit_code"] == 1
+    # The traceback is in the job's capture log.
+    capture = Path(records[1]["log"]).read_text()
+    assert "ValueError: boom 2" in capture
+
+
+class Unpicklable(Exception):
+    def __init__(self) -> None:
+        super().__init__("holds a lock")
+        self.lock = threading.Lock()
+
+
+def raises_unpicklable(cfg: DictConfig) -> Any:
+    raise Unpicklable()
+
+
+def test_raising_task_unpicklable_exception(hydra_sweep_runner: TSweepRunner, tmp_path: Path) -> None:
+    with pytest.raises(TaskError, match=r"(?s)cannot be pickled.*Unpicklable: holds a lock"):
+        with sweep(hydra_sweep_runner, raises_unpicklable, tmp_path, "+a=1"):
+            pass
+
+
+def returns_unpicklable(cfg: DictConfig) -> Any:
+    return threading.Lock()
+
+
+def test_unpicklable_return_value(hydra_sweep_runner: TSweepRunner, tmp_path: Path) -> None:
+    with pytest.raises(TaskError, match="return value cannot be pickled"):
+        with sweep(hydra_sweep_runner, returns_unpicklable, tmp_path, "+a=1"):
+            pass
+
+
+def sleeps_on_2(cfg: DictConfig) -> Any:
+    if cfg.a == 2:
+        time.sleep(60)
+    return cfg.a
+
+
+def test_timeout(hydra_sweep_runner: TSweepRunner, tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(OrchestratorJobError, match=r"job #1 \(\+a=2\) ran past its timeout .* ended by SIGTERM"):
+        with sweep(
+            hydra_sweep_runner, sleeps_on_2, tmp_path, "+a=1,2,3", "hydra.launcher.timeout=2", "hydra.launcher.n_jobs=3"
+        ):
+            pass
+    assert time.monotonic() - t0 < 30
+    records = journal(tmp_path)
+    assert [r["status"] for r in records] == ["succeeded", "timed_out", "succeeded"]
+    assert records[1]["timed_out"] is True
+    assert 2 <= records[1]["duration_s"] < 10
+
+
+def segfaults_on_2(cfg: DictConfig) -> Any:
+    if cfg.a == 2:
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return cfg.a
+
+
+def test_segfault(hydra_sweep_runner: TSweepRunner, tmp_path: Path) -> None:
+    with pytest.raises(OrchestratorJobError, match=r"job #1 \(\+a=2\) was killed by SIGSEGV; its output is in .*a_module_orchestrator.log"):
+        with sweep(hydra_sweep_runner, segfaults_on_2, tmp_path, "+a=1,2,3"):
+            pass
+    records = journal(tmp_path)
+    assert [r["status"] for r in records] == ["succeeded", "signaled", "succeeded"]
+    assert records[1]["signal"] == "SIGSEGV"
+
+
+def slot_value(cfg: DictConfig) -> Any:
+    return os.environ.get("MY_GPU"), os.environ.get("ORCHESTRATOR_SLOT")
+
+
+def test_slot_env(hydra_sweep_runner: TSweepRunner, tmp_path: Path) -> None:
+    with sweep(
+        hydra_sweep_runner,
+        slot_value,
+        tmp_path,
+        "+a=1,2,3,4",
+        "hydra.launcher.n_jobs=2",
+        "+hydra.launcher.slot_env.MY_GPU=[g0, g1]",
+    ) as s:
+        values = [r.return_value for r in s.returns[0]]
+    assert {v[0] for v in values} <= {"g0", "g1"}
+    for gpu, slot in values:
+        assert gpu == f"g{slot}"
+
+
+def test_bad_launcher_value_is_refused(hydra_sweep_runner: TSweepRunner, tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match=r"(?s)refused the launch.*invalid halt `sometimes`.*allowed values"):
+        with sweep(hydra_sweep_runner, returns_values, tmp_path, "+a=1", "hydra.launcher.halt=sometimes"):
+            pass
+    assert not (tmp_path / "jobs.jsonl").exists()
+
+
+def test_reserved_key_is_refused(hydra_sweep_runner: TSweepRunner, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="retries=2: not implemented"):
+        with sweep(hydra_sweep_runner, returns_values, tmp_path, "+a=1", "hydra.launcher.retries=2"):
+            pass
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def descendants(pid: int) -> List[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().split(") ")[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+            if ppid == pid:
+                out.append(int(d))
+    return out + [g for c in out for g in descendants(c)]
+
+
+def test_ctrl_c_mid_sweep_leaves_no_process(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    app = subprocess.Popen(
+        [
+            sys.executable,
+            str(APPS / "sleeper.py"),
+            "--multirun",
+            "hydra/launcher=orchestrator",
+            "hydra.launcher.n_jobs=2",
+            "task=1,2,3,4",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen: List[str] = []
+    job_pids: List[int] = []
+    deadline = time.monotonic() + 60
+    assert app.stdout is not None
+    for line in app.stdout:
+        seen.append(line)
+        m = re.search(r"job pid (\d+) task", line)
+        if m:
+            job_pids.append(int(m.group(1)))
+        if len(job_pids) == 2 or time.monotonic() > deadline:
+            break
+    assert len(job_pids) == 2, "".join(seen)
+    everything = descendants(app.pid)
+    assert set(job_pids) <= set(everything)
+    t0 = time.monotonic()
+    app.send_signal(signal.SIGINT)
+    rest, _ = app.communicate(timeout=60)
+    elapsed = time.monotonic() - t0
+    # A KeyboardInterrupt ends the app as Python ends on Ctrl-C.
+    assert app.returncode != 0
+    assert elapsed < 10, elapsed
+    survivors = [p for p in everything if alive(p)]
+    assert survivors == [], (survivors, "".join(seen) + rest)
+    records = journal(sweep_dir)
+    assert [r["status"] for r in records] == ["interrupted", "interrupted"]
+    assert sorted(r["pid"] for r in records) == sorted(job_pids)
+    # The two jobs that had not started never did.
+    assert not (sweep_dir / "2").exists() and not (sweep_dir / "3").exists()
+    assert "KeyboardInterrupt" in rest
