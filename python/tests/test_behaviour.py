@@ -223,7 +223,8 @@ def descendants(pid: int) -> List[int]:
     return out + [g for c in out for g in descendants(c)]
 
 
-def test_ctrl_c_mid_sweep_leaves_no_process(tmp_path: Path) -> None:
+def start_sleepers(tmp_path: Path) -> "tuple[subprocess.Popen, List[int], List[int], List[str]]":
+    """The sleeper app, 4 jobs, 2 at a time: returns once both running jobs have logged."""
     sweep_dir = tmp_path / "sweep"
     app = subprocess.Popen(
         [
@@ -242,30 +243,53 @@ def test_ctrl_c_mid_sweep_leaves_no_process(tmp_path: Path) -> None:
     )
     seen: List[str] = []
     job_pids: List[int] = []
-    deadline = time.monotonic() + 60
     assert app.stdout is not None
     for line in app.stdout:
         seen.append(line)
         m = re.search(r"job pid (\d+) task", line)
         if m:
             job_pids.append(int(m.group(1)))
-        if len(job_pids) == 2 or time.monotonic() > deadline:
+        if len(job_pids) == 2:
             break
     assert len(job_pids) == 2, "".join(seen)
     everything = descendants(app.pid)
-    assert set(job_pids) <= set(everything)
+    # the binary, its watchdog, the two jobs
+    assert set(job_pids) <= set(everything) and len(everything) >= 3, everything
+    return app, job_pids, everything, seen
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_stopping_the_app_mid_sweep_leaves_no_process(tmp_path: Path, sig: int) -> None:
+    # Ctrl-C (or SIGTERM) reaches the app: the launcher forwards it once to the binary, which
+    # forwards it to the running jobs and starts no other; the app ends as that signal would.
+    app, job_pids, everything, seen = start_sleepers(tmp_path)
     t0 = time.monotonic()
-    app.send_signal(signal.SIGINT)
+    app.send_signal(sig)
     rest, _ = app.communicate(timeout=60)
-    elapsed = time.monotonic() - t0
-    # A KeyboardInterrupt ends the app as Python ends on Ctrl-C.
-    assert app.returncode != 0
-    assert elapsed < 10, elapsed
+    assert time.monotonic() - t0 < 10
     survivors = [p for p in everything if alive(p)]
     assert survivors == [], (survivors, "".join(seen) + rest)
+    if sig == signal.SIGINT:
+        assert app.returncode != 0 and "KeyboardInterrupt" in rest, (app.returncode, rest)
+    else:
+        assert app.returncode == -signal.SIGTERM, (app.returncode, rest)
+    sweep_dir = tmp_path / "sweep"
     records = journal(sweep_dir)
     assert [r["status"] for r in records] == ["interrupted", "interrupted"]
     assert sorted(r["pid"] for r in records) == sorted(job_pids)
     # The two jobs that had not started never did.
     assert not (sweep_dir / "2").exists() and not (sweep_dir / "3").exists()
-    assert "KeyboardInterrupt" in rest
+
+
+def test_killed_app_leaves_no_process(tmp_path: Path) -> None:
+    # SIGKILL cannot be forwarded: the binary sees its parent gone and stops the jobs.
+    app, job_pids, everything, seen = start_sleepers(tmp_path)
+    app.kill()
+    app.communicate(timeout=60)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(alive(p) for p in everything):
+        time.sleep(0.1)
+    survivors = [p for p in everything if alive(p)]
+    assert survivors == [], survivors
+    records = journal(tmp_path / "sweep")
+    assert [r["status"] for r in records] == ["interrupted", "interrupted"]
