@@ -144,14 +144,14 @@ def test_timeout(hydra_sweep_runner: TSweepRunner, tmp_path: Path) -> None:
     t0 = time.monotonic()
     with pytest.raises(OrchestratorJobError, match=r"job #1 \(\+a=2\) ran past its timeout .* ended by SIGTERM"):
         with sweep(
-            hydra_sweep_runner, sleeps_on_2, tmp_path, "+a=1,2,3", "hydra.launcher.timeout=2", "hydra.launcher.n_jobs=3"
+            hydra_sweep_runner, sleeps_on_2, tmp_path, "+a=1,2,3", "hydra.launcher.timeout=8", "hydra.launcher.n_jobs=3"
         ):
             pass
-    assert time.monotonic() - t0 < 30
+    assert time.monotonic() - t0 < 40
     records = journal(tmp_path)
     assert [r["status"] for r in records] == ["succeeded", "timed_out", "succeeded"]
     assert records[1]["timed_out"] is True
-    assert 2 <= records[1]["duration_s"] < 10
+    assert 8 <= records[1]["duration_s"] < 20
 
 
 def segfaults_on_2(cfg: DictConfig) -> Any:

@@ -13,6 +13,7 @@ interrupted).
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -96,14 +97,51 @@ def _job_dir(sweep_config: DictConfig) -> str:
         hydra_config.cfg = previous
 
 
+def compose_job(hydra_context: Any, config: DictConfig, overrides: Sequence[str], num: int) -> DictConfig:
+    """A job's sweep config, as Hydra's joblib launcher makes it in its workers."""
+    sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{num}"
+        sweep_config.hydra.job.num = num
+    return sweep_config
+
+
+_INTERPOLATION = re.compile(r"\$\{([^${}]*)\}")
+
+
+def _dir_without_composing(config: DictConfig) -> bool:
+    """Whether every job's dir is `<hydra.sweep.dir>/<num>` and its name the sweep's, as
+    they are unless the sweep dir or subdir depend on the job (Hydra's default subdir is
+    `${hydra.job.num}`). Then the job's config is composed by the job itself (in parallel,
+    as joblib's workers do) instead of here, one after the other (~0.1-0.2 s a job)."""
+    raw = OmegaConf.to_container(config.hydra.sweep, resolve=False)
+    if not isinstance(raw, dict) or raw.get("subdir") != "${hydra.job.num}":
+        return False
+    sweep_dir = raw.get("dir")
+    if not isinstance(sweep_dir, str):
+        return False
+    rest = _INTERPOLATION.sub(
+        lambda m: "" if m.group(1).startswith("now:") or m.group(1) == "hydra.job.name" else "${",
+        sweep_dir,
+    )
+    return "${" not in rest
+
+
 class _Job:
-    def __init__(self, num: int, overrides: Sequence[str], sweep_config: DictConfig) -> None:
+    def __init__(
+        self,
+        num: int,
+        overrides: Sequence[str],
+        name: str,
+        job_dir: str,
+        sweep_config: Optional[DictConfig],
+    ) -> None:
         self.num = num
         self.overrides = list(overrides)
-        self.config = sweep_config
-        self.name = str(sweep_config.hydra.job.name)
-        self.id = str(sweep_config.hydra.job.id)
-        self.dir = _job_dir(sweep_config)
+        self.config = sweep_config  # None: composed by the job
+        self.name = name
+        self.id = f"{name}_{num}"
+        self.dir = job_dir
         # Beside Hydra's own `<task>.log`, so that neither overwrites the other.
         self.log = os.path.join(self.dir, f"{self.name}_orchestrator.log")
         self.job_file = ""
@@ -136,19 +174,27 @@ def launch(
         log.info("\t#{} : {}".format(idx, " ".join(filter_overrides(overrides))))
 
     jobs: List[_Job] = []
+    compose_here = not _dir_without_composing(config)
     for idx, overrides in enumerate(job_overrides):
         num = initial_job_idx + idx
-        sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
-        with open_dict(sweep_config):
-            sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{num}"
-            sweep_config.hydra.job.num = num
-        jobs.append(_Job(num, overrides, sweep_config))
+        if compose_here:
+            # The job's dir depends on its config: compose it here to know where its
+            # capture log goes, and hand it to the job.
+            sweep_config = compose_job(hydra_context, config, overrides, num)
+            name = str(sweep_config.hydra.job.name)
+            jobs.append(_Job(num, overrides, name, _job_dir(sweep_config), sweep_config))
+        else:
+            name = str(config.hydra.job.name)
+            job_dir = os.path.abspath(os.path.join(str(config.hydra.sweep.dir), str(num)))
+            jobs.append(_Job(num, overrides, name, job_dir, None))
 
     private = tempfile.mkdtemp(prefix="orchestrator-hydra-")
     try:
         manifest = _write_job_files(private, jobs, launcher, options, sweep_dir)
         finished, stopped_by = _run(binary, manifest, len(jobs))
-        returns = [_job_return(job, finished.get(job.num), stopped_by) for job in jobs]
+        returns = [
+            _job_return(job, finished.get(job.num), stopped_by, hydra_context, config) for job in jobs
+        ]
     finally:
         shutil.rmtree(private, ignore_errors=True)
     failed = sum(1 for r in returns if r.status != JobStatus.COMPLETED)
@@ -172,6 +218,7 @@ def _write_job_files(
             {
                 "hydra_context": launcher.hydra_context,
                 "task_function": launcher.task_function,
+                "master_config": launcher.config,
                 "singleton_state": Singleton.get_state(),
             },
             f,
@@ -191,9 +238,11 @@ def _write_job_files(
                 {
                     "sys_path": sys_path,
                     "common": common,
-                    "config": cloudpickle.dumps(job.config),
+                    "config": None if job.config is None else cloudpickle.dumps(job.config),
+                    "overrides": job.overrides,
                     "num": job.num,
                     "id": job.id,
+                    "dir": job.dir,
                 },
                 f,
             )
@@ -365,7 +414,13 @@ def _describe(job: _Job, ev: Optional[Dict[str, Any]], stopped_by: Optional[int]
     return f"{where} {why}; its output is in {ev.get('log')}"
 
 
-def _job_return(job: _Job, ev: Optional[Dict[str, Any]], stopped_by: Optional[int]) -> JobReturn:
+def _job_return(
+    job: _Job,
+    ev: Optional[Dict[str, Any]],
+    stopped_by: Optional[int],
+    hydra_context: Any,
+    master: DictConfig,
+) -> JobReturn:
     import pickle
 
     if os.path.exists(job.result_file):
@@ -381,12 +436,27 @@ def _job_return(job: _Job, ev: Optional[Dict[str, Any]], stopped_by: Optional[in
             error = OrchestratorJobError(f"cannot read the result of job #{job.num}: {e!r}")
     else:
         error = OrchestratorJobError(_describe(job, ev, stopped_by))
-    task_cfg = OmegaConf.masked_copy(job.config, [k for k in job.config.keys() if k != "hydra"])
-    chdir = job.config.hydra.job.get("chdir")
+    config = job.config
+    if config is None:
+        # The job died before it could return its config: compose it as it did.
+        try:
+            config = compose_job(hydra_context, master, job.overrides, job.num)
+        except Exception:
+            config = None
+    if config is None:
+        return JobReturn(
+            overrides=job.overrides,
+            working_dir=job.dir,
+            task_name=job.name,
+            status=JobStatus.FAILED,
+            _return_value=error,
+        )
+    task_cfg = OmegaConf.masked_copy(config, [k for k in config.keys() if k != "hydra"])
+    chdir = config.hydra.job.get("chdir")
     return JobReturn(
         overrides=job.overrides,
         cfg=task_cfg,
-        hydra_cfg=OmegaConf.masked_copy(job.config, "hydra"),
+        hydra_cfg=OmegaConf.masked_copy(config, "hydra"),
         working_dir=job.dir if chdir else os.getcwd(),
         task_name=job.name,
         status=JobStatus.FAILED,

@@ -28,16 +28,18 @@ def _use_sys_path(path: List[str]) -> None:
 
 
 def load_job(job_path: str) -> Dict[str, Any]:
-    """The job file: a plain pickle of {sys_path, common, config}, where `common` names a
-    cloudpickle shared by the batch's jobs (hydra_context, task_function, singleton_state)
-    and `config` is this job's sweep config, cloudpickled."""
+    """The job file: a plain pickle of {sys_path, common, config, overrides, num, id, dir},
+    where `common` names a cloudpickle shared by the batch's jobs (hydra_context,
+    task_function, singleton_state, master_config) and `config` is this job's sweep config,
+    cloudpickled, or None when the job composes it from master_config and its overrides."""
     with open(job_path, "rb") as f:
         job = pickle.load(f)
     _use_sys_path(job["sys_path"])
     with open(job["common"], "rb") as f:
         common = pickle.load(f)
     job.update(common)
-    job["config"] = pickle.loads(job["config"])
+    if job["config"] is not None:
+        job["config"] = pickle.loads(job["config"])
     return job
 
 
@@ -53,6 +55,13 @@ def run_job_file(job_path: str, result_path: str) -> int:
         setup_globals()
         Singleton.set_state(job["singleton_state"])
         sweep_config = job["config"]
+        if sweep_config is None:
+            # Composed here, as in the joblib launcher's workers.
+            from hydra_plugins.orchestrator_launcher._core import compose_job
+
+            sweep_config = compose_job(
+                job["hydra_context"], job["master_config"], job["overrides"], job["num"]
+            )
         HydraConfig.instance().set_config(sweep_config)
         ret = run_job(
             hydra_context=job["hydra_context"],
@@ -68,6 +77,13 @@ def run_job_file(job_path: str, result_path: str) -> int:
         ret._return_value = e
         _write_result(ret, result_path)
         return FAILED_EXIT
+    output_dir = ret.hydra_cfg.hydra.runtime.output_dir if ret.hydra_cfg is not None else None
+    if output_dir is not None and os.path.abspath(output_dir) != job["dir"]:
+        print(
+            f"[orchestrator launcher] warning: Hydra put this job in {output_dir}, not in "
+            f"{job['dir']} where its capture log is",
+            file=sys.stderr,
+        )
     if ret.status == JobStatus.FAILED and isinstance(ret._return_value, BaseException):
         # In the job's capture log (and on the console) as it happens; the sweeper raises the
         # same exception in the launcher once the batch is done.
