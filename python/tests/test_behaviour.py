@@ -293,3 +293,83 @@ def test_killed_app_leaves_no_process(tmp_path: Path) -> None:
     assert survivors == [], survivors
     records = journal(tmp_path / "sweep")
     assert [r["status"] for r in records] == ["interrupted", "interrupted"]
+
+
+def sleepers_cmd(*overrides: str) -> List[str]:
+    return [
+        sys.executable,
+        str(APPS / "sleeper.py"),
+        "--multirun",
+        "hydra/launcher=orchestrator",
+        "hydra.launcher.n_jobs=2",
+        *overrides,
+    ]
+
+
+def test_second_sweep_into_a_busy_dir_is_refused(tmp_path: Path) -> None:
+    # Two sweeps given the same dir: the second is refused (the binary holds a lock on the
+    # sweep dir, as `orchestrator run` does) instead of mixing its jobs' files with the first's.
+    sweep_dir = tmp_path / "same"
+    first = subprocess.Popen(
+        sleepers_cmd("task=1,2", "sleep=4", f"hydra.sweep.dir={sweep_dir}"),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert first.stdout is not None
+    started = 0
+    for line in first.stdout:
+        started += "job pid" in line
+        if started == 2:
+            break
+    second = subprocess.run(
+        sleepers_cmd("task=3,4", "sleep=0", f"hydra.sweep.dir={sweep_dir}"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    rest, _ = first.communicate(timeout=60)
+    assert first.returncode == 0, rest
+    assert second.returncode != 0
+    assert "is in use by another orchestrator run" in second.stderr, second.stderr
+    records = journal(sweep_dir)
+    assert [(r["num"], r["overrides"], r["status"]) for r in records] == [
+        (0, ["task=1", "sleep=4"], "succeeded"),
+        (1, ["task=2", "sleep=4"], "succeeded"),
+    ]
+
+
+def test_two_sweeps_started_in_the_same_second(tmp_path: Path) -> None:
+    # Hydra names a sweep's dir after the second it started in. Two sweeps started together
+    # either got different dirs, or one of them was refused: never one dir with both's jobs.
+    procs = [
+        subprocess.Popen(
+            sleepers_cmd(f"task={a},{b}", "sleep=2"),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for a, b in ((1, 2), (3, 4))
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    codes = [p.returncode for p in procs]
+    dirs = sorted(p.parent for p in tmp_path.glob("multirun/*/*/multirun.yaml"))
+    journals = [journal(d) for d in dirs if (d / "jobs.jsonl").exists()]
+    if len(dirs) == 1:
+        assert sorted(codes) != [0, 0] and 0 in codes, (codes, outs)
+        loser = codes.index(max(codes))
+        assert "is in use by another orchestrator run" in outs[loser][1], outs[loser][1]
+        assert len(journals) == 1 and len(journals[0]) == 2
+    else:
+        assert codes == [0, 0], outs
+        assert len(journals) == 2
+    for records in journals:
+        # each journal holds one sweep's two jobs
+        assert [r["num"] for r in records] == [0, 1]
+        assert [r["overrides"] for r in records] in (
+            [["task=1", "sleep=2"], ["task=2", "sleep=2"]],
+            [["task=3", "sleep=2"], ["task=4", "sleep=2"]],
+        )

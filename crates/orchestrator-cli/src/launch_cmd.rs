@@ -49,7 +49,8 @@
 //!
 //! As `orchestrator run`: 0 all succeeded; 1 a job failed, was killed, timed out, could not
 //! start or never started, or the journal could not be written; 2 a bad manifest (nothing
-//! started, nothing created); 3 the supervisor itself failed; 128 + the signal when stopped
+//! started, nothing created), or a sweep dir another run holds (each run holds an exclusive
+//! `flock` on its sweep dir, as `orchestrator run` does); 3 the supervisor itself failed; 128 + the signal when stopped
 //! by SIGINT, SIGTERM, SIGHUP or SIGQUIT (the first one is forwarded to every job, a second
 //! one kills them). If the process that started this one goes away, the run stops as on
 //! SIGTERM, so a launcher killed outright leaves no job behind.
@@ -119,6 +120,15 @@ pub fn main(manifest: &Path) -> u8 {
         eprintln!("error: cannot create the sweep dir {}: {e}", m.sweep_dir.display());
         return exit::INTERNAL;
     }
+    // As `orchestrator run` does: one run at a time in a sweep dir (two sweeps that Hydra
+    // named alike, started in the same second, would otherwise mix their jobs' files).
+    let _lock = match lock_dir(&m.sweep_dir) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
     let journal = match Journal::open(&m.sweep_dir.join("jobs.jsonl")) {
         Ok(j) => Arc::new(j),
         Err(e) => {
@@ -150,6 +160,27 @@ pub fn main(manifest: &Path) -> u8 {
         w.finish();
     }
     code
+}
+
+/// An exclusive `flock` on the sweep dir (the lock `orchestrator run` takes), held until this
+/// process ends; `None` where the file system has no locks (with a warning).
+fn lock_dir(dir: &Path) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, String> {
+    let unlocked = |why: String| {
+        tracing::warn!("cannot lock {} ({why}): another run could use it at the same time", dir.display());
+        Ok(None)
+    };
+    let file = match std::fs::File::open(dir) {
+        Ok(f) => f,
+        Err(e) => return unlocked(e.to_string()),
+    };
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(format!(
+            "{} is in use by another orchestrator run (two sweeps given the same dir, e.g. started in the same second)\n  = help: give each sweep its own dir, e.g. hydra.sweep.dir='multirun/${{now:%Y-%m-%d}}/${{now:%H-%M-%S-%f}}'",
+            dir.display()
+        )),
+        Err((_, e)) => unlocked(e.to_string()),
+    }
 }
 
 /// Writes events as JSON lines, flushing when no other event is waiting.

@@ -297,8 +297,13 @@ class _Reader(threading.Thread):
                 kind = ev.get("event")
                 if kind == "output":
                     out = sys.stdout if ev.get("stream") == "stdout" else sys.stderr
-                    out.write(ev.get("line", "") + ("\n" if ev.get("complete", True) else ""))
-                    out.flush()
+                    try:
+                        out.write(ev.get("line", "") + ("\n" if ev.get("complete", True) else ""))
+                        out.flush()
+                    except Exception:
+                        # A closed console (`| head`) must not stop the reading: the binary
+                        # would block on a full pipe. The lines are in the capture logs.
+                        pass
                 elif kind == "job_finished":
                     self.finished[int(ev["num"])] = ev
                 elif kind in ("job_started", "job_not_started", "sweep_finished"):
@@ -318,8 +323,11 @@ class _StderrReader(threading.Thread):
     def run(self) -> None:
         for raw in self.stream:
             line = raw.decode(errors="replace")
-            sys.stderr.write(line)
-            sys.stderr.flush()
+            try:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+            except Exception:
+                pass
             self.lines.append(line)
             del self.lines[:-50]
 
