@@ -544,3 +544,48 @@ fn parse_job(i: usize, v: &Value, default_timeout: Option<Duration>) -> Result<M
         timeout,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(launcher: Value, jobs: Value) -> String {
+        json!({"sweep_dir": "s", "launcher": launcher, "jobs": jobs}).to_string()
+    }
+
+    #[test]
+    fn launcher_keys_are_read_as_a_config_file_s() {
+        let text = manifest(
+            json!({"n_jobs": 3, "timeout": 2.5, "grace_period": "1s", "halt": "soon", "slot_env": {"GPU": [0, 1, 2]}}),
+            json!([{"argv": ["true"], "log": "s/0/x.log"}, {"argv": ["true"], "log": "s/1/x.log", "timeout": null}]),
+        );
+        let m = parse(&text).unwrap();
+        assert_eq!(m.options.n_jobs, 3);
+        assert_eq!(m.options.grace, Duration::from_secs(1));
+        assert_eq!(m.jobs[0].timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(m.jobs[1].timeout, None);
+        assert_eq!((m.jobs[1].num, m.jobs[1].id.as_str()), (1, "1"));
+    }
+
+    #[test]
+    fn a_misspelt_launcher_key_gets_the_config_s_did_you_mean() {
+        let e = parse(&manifest(json!({"n_job": 2}), json!([]))).unwrap_err();
+        assert!(e.contains("unknown key `n_job`") && e.contains("did you mean `n_jobs`?"), "{e}");
+        let e = parse(&manifest(json!({"halt": "sometimes"}), json!([]))).unwrap_err();
+        assert!(e.contains("invalid halt `sometimes`"), "{e}");
+    }
+
+    #[test]
+    fn bad_jobs_are_refused() {
+        let e = parse(&manifest(json!({}), json!([{"argv": [], "log": "x"}]))).unwrap_err();
+        assert!(e.contains("jobs[0].argv"), "{e}");
+        let e = parse(&manifest(json!({}), json!([{"argv": ["true"]}]))).unwrap_err();
+        assert!(e.contains("jobs[0].log"), "{e}");
+        let e = parse(&manifest(json!({}), json!([{"argv": ["true"], "log": "x", "lgo": 1}]))).unwrap_err();
+        assert!(e.contains("did you mean `log`?"), "{e}");
+        let two = json!([{"num": 4, "argv": ["a"], "log": "x"}, {"num": 4, "argv": ["b"], "log": "y"}]);
+        assert!(parse(&manifest(json!({}), two)).unwrap_err().contains("same num 4"));
+        let t = parse(&manifest(json!({}), json!([{"argv": ["a"], "log": "x", "timeout": "1m 30s"}]))).unwrap();
+        assert_eq!(t.jobs[0].timeout, Some(Duration::from_secs(90)));
+    }
+}
