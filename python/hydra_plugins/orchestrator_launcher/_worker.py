@@ -77,7 +77,7 @@ def run_job_file(job_path: str, result_path: str) -> int:
         ret._return_value = e
         _write_result(ret, result_path)
         return FAILED_EXIT
-    output_dir = ret.hydra_cfg.hydra.runtime.output_dir if ret.hydra_cfg is not None else None
+    output_dir = _output_dir(ret)
     if output_dir is not None and os.path.abspath(output_dir) != job["dir"]:
         print(
             f"[orchestrator launcher] warning: Hydra put this job in {output_dir}, not in "
@@ -92,6 +92,16 @@ def run_job_file(job_path: str, result_path: str) -> int:
         traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
     _write_result(ret, result_path)
     return COMPLETED_EXIT if ret.status == JobStatus.COMPLETED else FAILED_EXIT
+
+
+def _output_dir(ret: Any) -> Any:
+    """Where Hydra put the job (`hydra.runtime.output_dir`, Hydra 1.2 and later)."""
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir", default=None)
+    except Exception:
+        return None
 
 
 def _dumps(ret: Any) -> bytes:
