@@ -77,6 +77,17 @@ def run_job_file(job_path: str, result_path: str) -> int:
         ret._return_value = e
         _write_result(ret, result_path)
         return FAILED_EXIT
+    try:
+        _report(ret, job)
+    except Exception:  # the result matters more than these messages
+        pass
+    _write_result(ret, result_path)
+    return COMPLETED_EXIT if ret.status == JobStatus.COMPLETED else FAILED_EXIT
+
+
+def _report(ret: Any, job: Dict[str, Any]) -> None:
+    from hydra.core.utils import JobStatus
+
     output_dir = _output_dir(ret)
     if output_dir is not None and os.path.abspath(output_dir) != job["dir"]:
         print(
@@ -90,8 +101,6 @@ def run_job_file(job_path: str, result_path: str) -> int:
         e = ret._return_value
         print(f"The task raised (overrides: {ret.overrides}):", file=sys.stderr)
         traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
-    _write_result(ret, result_path)
-    return COMPLETED_EXIT if ret.status == JobStatus.COMPLETED else FAILED_EXIT
 
 
 def _output_dir(ret: Any) -> Any:
