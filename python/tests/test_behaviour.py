@@ -201,6 +201,65 @@ def test_reserved_key_is_refused(hydra_sweep_runner: TSweepRunner, tmp_path: Pat
             pass
 
 
+class MarkCallback:
+    """A Hydra callback: on_job_* run in the job's process, on_multirun_* in the launcher's."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        Path(config.hydra.sweep.dir, "multirun_start").write_text(str(os.getpid()))
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        Path(os.environ["ORCHESTRATOR_JOB_DIR"], "job_start").write_text(str(os.getpid()))
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        Path(config.hydra.runtime.output_dir, "job_end").write_text(f"{os.getpid()} {job_return.status.name}")
+
+
+def test_callbacks_run_where_hydra_runs_them(hydra_sweep_runner: TSweepRunner, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="boom 2"):
+        with sweep(
+            hydra_sweep_runner,
+            raises_on_2,
+            tmp_path,
+            "+a=1,2",
+            "+hydra.callbacks.mark._target_=test_behaviour.MarkCallback",
+        ):
+            pass
+    assert (tmp_path / "multirun_start").read_text() == str(os.getpid())
+    records = journal(tmp_path)
+    for r, status in zip(records, ("COMPLETED", "FAILED")):
+        job_dir = Path(r["dir"])
+        assert (job_dir / "job_start").read_text() == str(r["pid"])
+        assert (job_dir / "job_end").read_text() == f"{r['pid']} {status}"
+
+
+def test_halt_now(hydra_sweep_runner: TSweepRunner, tmp_path: Path) -> None:
+    # halt=now (joblib's behaviour): the first failure ends the running jobs and starts no
+    # other; each of them gets a FAILED JobReturn that says so (the sweeper raises the first
+    # failed job's, in job order: job 0's).
+    with pytest.raises(OrchestratorJobError, match=r"job #0 \(\+a=1\) was stopped after another job failed"):
+        with sweep(
+            hydra_sweep_runner,
+            halt_app,
+            tmp_path,
+            "+a=1,2,3,4",
+            "hydra.launcher.n_jobs=2",
+            "hydra.launcher.halt=now",
+        ):
+            pass
+    statuses = {r["num"]: r["status"] for r in journal(tmp_path)}
+    assert statuses[1] == "failed"
+    assert statuses.get(0) == "halted", statuses
+    assert 2 not in statuses and 3 not in statuses, statuses
+
+
+def halt_app(cfg: DictConfig) -> Any:
+    if cfg.a == 2:
+        time.sleep(1)
+        raise ValueError("boom 2")
+    time.sleep(30)
+    return cfg.a
+
+
 def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
