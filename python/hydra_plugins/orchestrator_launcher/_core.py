@@ -33,10 +33,11 @@ from hydra.core.utils import (
     filter_overrides,
     setup_globals,
 )
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ._errors import OrchestratorJobError
 from ._find_bin import find_orchestrator_bin
+from ._worker import compose_job
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +96,6 @@ def _job_dir(sweep_config: DictConfig) -> str:
         return os.path.abspath(os.path.join(out, sub))
     finally:
         hydra_config.cfg = previous
-
-
-def compose_job(hydra_context: Any, config: DictConfig, overrides: Sequence[str], num: int) -> DictConfig:
-    """A job's sweep config, as Hydra's joblib launcher makes it in its workers."""
-    sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
-    with open_dict(sweep_config):
-        sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{num}"
-        sweep_config.hydra.job.num = num
-    return sweep_config
 
 
 _INTERPOLATION = re.compile(r"\$\{([^${}]*)\}")

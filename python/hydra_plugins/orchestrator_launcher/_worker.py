@@ -14,7 +14,7 @@ import os
 import pickle
 import sys
 import traceback
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 COMPLETED_EXIT = 0
 FAILED_EXIT = 1
@@ -43,6 +43,18 @@ def load_job(job_path: str) -> Dict[str, Any]:
     return job
 
 
+def compose_job(hydra_context: Any, config: Any, overrides: Sequence[str], num: int) -> Any:
+    """A job's sweep config, as Hydra's joblib launcher makes it in its workers (also used
+    by the launcher when it needs a job's dir before the job runs)."""
+    from omegaconf import open_dict
+
+    sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{num}"
+        sweep_config.hydra.job.num = num
+    return sweep_config
+
+
 def run_job_file(job_path: str, result_path: str) -> int:
     """Run the job described in `job_path`, write its JobReturn to `result_path`, and return
     the exit code (0 completed, 1 failed)."""
@@ -57,8 +69,6 @@ def run_job_file(job_path: str, result_path: str) -> int:
         sweep_config = job["config"]
         if sweep_config is None:
             # Composed here, as in the joblib launcher's workers.
-            from hydra_plugins.orchestrator_launcher._core import compose_job
-
             sweep_config = compose_job(
                 job["hydra_context"], job["master_config"], job["overrides"], job["num"]
             )
