@@ -19,6 +19,18 @@ pub enum Command {
     ///
     /// Example: orchestrator run --config config/joblib.yaml --multirun task=1..5 -- python3 my_app.py
     Run(RunArgs),
+
+    /// Run the jobs of a JSON manifest and stream JSON events (for launchers such as the
+    /// Hydra plugin; the manifest format is documented in `launch_cmd.rs`).
+    #[command(hide = true)]
+    Launch(LaunchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LaunchArgs {
+    /// The manifest: a JSON file, or `-` for stdin.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: PathBuf,
 }
 
 #[derive(Debug, Args)]

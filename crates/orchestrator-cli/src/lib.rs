@@ -2,6 +2,7 @@
 //! tests' build of it share every line.
 
 mod cli;
+mod launch_cmd;
 mod report;
 mod run;
 mod signals;
@@ -36,6 +37,7 @@ pub fn main() -> ExitCode {
     init_logging();
     match args.command {
         cli::Command::Run(run_args) => ExitCode::from(run::main(run_args)),
+        cli::Command::Launch(args) => ExitCode::from(launch_cmd::main(&args.manifest)),
     }
 }
 

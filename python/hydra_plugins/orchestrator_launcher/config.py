@@ -1,0 +1,58 @@
+"""The launcher's config: joblib's keys (same names, defaults and meaning, so a joblib user
+switches with `hydra/launcher=orchestrator` and keeps `hydra.launcher.n_jobs=4`), plus
+orchestrator's own."""
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class OrchestratorLauncherConf:
+    _target_: str = (
+        "hydra_plugins.orchestrator_launcher.orchestrator_launcher.OrchestratorLauncher"
+    )
+
+    # --- joblib's keys (hydra_joblib_launcher's JobLibLauncherConf) ---
+    # jobs at once; negative: CPUs + 1 + n_jobs (-1 = all the CPUs this process may use)
+    n_jobs: int = -1
+    # None, loky, multiprocessing, threading, sequential: every job is its own process
+    # whatever the backend; sequential forces n_jobs=1
+    backend: Optional[str] = None
+    # accepted for compatibility: jobs are processes either way
+    prefer: str = "processes"
+    require: Optional[str] = None
+    # joblib's progress verbosity
+    verbose: int = 0
+    # seconds, per job from its start: SIGTERM to the job's process group, SIGKILL after
+    # grace_period; the job is FAILED and the others go on
+    timeout: Optional[float] = None
+    # accepted with joblib's rules; each job is prepared just before it starts
+    pre_dispatch: str = "2*n_jobs"
+    batch_size: str = "auto"
+    temp_folder: Optional[str] = None
+    max_nbytes: Optional[str] = None
+    mmap_mode: str = "r"
+
+    # --- orchestrator's own ---
+    # time between SIGTERM (or a forwarded Ctrl-C) and SIGKILL: a duration ("5s", "500ms")
+    # or seconds
+    grace_period: Any = "5s"
+    # never (run every job, as Hydra), soon (no new job after a failure), now (also end
+    # the running ones, as joblib)
+    halt: str = "never"
+    # per-slot environment: NAME: "template with {slot}" or NAME: [v0, v1, ...]
+    # (e.g. CUDA_VISIBLE_DEVICES: [0, 1] gives each concurrent job its own GPU)
+    slot_env: Dict[str, Any] = field(default_factory=dict)
+    # reserved for later versions (a value other than the default is refused)
+    retries: int = 0
+    retry_delay: Any = None
+    warm: bool = False
+
+
+ConfigStore.instance().store(
+    group="hydra/launcher",
+    name="orchestrator",
+    node=OrchestratorLauncherConf,
+    provider="orchestrator",
+)
