@@ -196,9 +196,28 @@ def test_bad_launcher_value_is_refused(hydra_sweep_runner: TSweepRunner, tmp_pat
 
 
 def test_reserved_key_is_refused(hydra_sweep_runner: TSweepRunner, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="retries=2: not implemented"):
-        with sweep(hydra_sweep_runner, returns_values, tmp_path, "+a=1", "hydra.launcher.retries=2"):
+    with pytest.raises(ValueError, match="warm=True: not implemented"):
+        with sweep(hydra_sweep_runner, returns_values, tmp_path, "+a=1", "hydra.launcher.warm=true"):
             pass
+
+
+def fails_its_first_attempt_on_2(cfg: DictConfig) -> Any:
+    if cfg.a == 2 and os.environ.get("ORCHESTRATOR_ATTEMPT", "1") == "1":
+        raise RuntimeError("the first attempt of a=2 fails")
+    return cfg.a
+
+
+def test_retries(hydra_sweep_runner: TSweepRunner, tmp_path: Path) -> None:
+    overrides = ("+a=1,2", "hydra.launcher.retries=1", "hydra.launcher.retry_delay=0.1")
+    with sweep(hydra_sweep_runner, fails_its_first_attempt_on_2, tmp_path, *overrides) as s:
+        rets = s.returns[0]
+        assert [r.status for r in rets] == [JobStatus.COMPLETED] * 2
+        assert [r.return_value for r in rets] == [1, 2]
+        records = journal(tmp_path)
+        assert [r["attempts"] for r in records] == [1, 2]
+        assert [a["status"] for a in records[1]["earlier_attempts"]] == ["failed"]
+        log = (tmp_path / "1" / "a_module_orchestrator.log").read_text()
+        assert "the first attempt of a=2 fails" in log and "retrying in 0.100s" in log
 
 
 class MarkCallback:

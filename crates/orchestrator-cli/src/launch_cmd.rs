@@ -69,7 +69,7 @@ use tokio::sync::watch;
 use crate::exit;
 
 /// Keys that go under `hydra.launcher.orchestrator` when given flat.
-const OWN_KEYS: &[&str] = &["grace_period", "halt", "slot_env"];
+const OWN_KEYS: &[&str] = &["grace_period", "halt", "slot_env", "retries", "retry_delay", "retry_on"];
 const MANIFEST_KEYS: &[&str] = &["sweep_dir", "launcher", "jobs"];
 const JOB_KEYS: &[&str] = &["num", "id", "argv", "env", "cwd", "dir", "log", "overrides", "timeout"];
 
@@ -136,16 +136,8 @@ pub fn main(manifest: &Path) -> u8 {
             return exit::INTERNAL;
         }
     };
-    let watchdog = match crate::watchdog::Watchdog::start() {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(
-                "cannot start the watchdog ({e}): if this process is killed, what its jobs forked may outlive them"
-            );
-            None
-        }
-    };
-    m.options.foreign_children.extend(watchdog.as_ref().map(|w| w.pid()));
+    // The backend starts the run's watchdog (see `crate::main`).
+    m.options.watchdog = true;
     m.options.forward_output = true;
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -156,9 +148,6 @@ pub fn main(manifest: &Path) -> u8 {
     };
     let code = runtime.block_on(execute(m, journal));
     drop(runtime);
-    if let Some(w) = watchdog {
-        w.finish();
-    }
     code
 }
 
@@ -279,7 +268,10 @@ async fn execute(m: Manifest, journal: Arc<Journal>) -> u8 {
     let mut journal_error: Option<String> = None;
     let mut handle_event = |ev: Event, out: &mut Out| {
         let idx = match &ev {
-            Event::Queued { num } | Event::Started { num, .. } | Event::Output { num, .. } => *num,
+            Event::Queued { num }
+            | Event::Started { num, .. }
+            | Event::Output { num, .. }
+            | Event::Retrying { num, .. } => *num,
             Event::Finished(rec) => rec.num,
             _ => return,
         };
@@ -304,13 +296,12 @@ async fn execute(m: Manifest, journal: Arc<Journal>) -> u8 {
             out.emit(&v);
             return;
         }
-        if let Some(mut v) = ev.to_json() {
-            if let Some(m) = v.as_object_mut() {
-                m.insert("num".into(), json!(num));
-                m.insert("id".into(), json!(id));
-            }
-            out.emit(&v);
+        let mut v = ev.to_json();
+        if let Some(m) = v.as_object_mut() {
+            m.insert("num".into(), json!(num));
+            m.insert("id".into(), json!(id));
         }
+        out.emit(&v);
     };
     let (started, summary) = loop {
         tokio::select! {
@@ -466,7 +457,7 @@ fn launcher_options(v: &Value) -> Result<(RunOptions, Option<Duration>), String>
     let origin = Path::new("<manifest launcher>");
     let loaded = orchestrator_config::load_config_str(&text, origin).map_err(|e| e.to_string())?;
     let resolved = loaded.resolve(&HashMap::new()).map_err(|e| e.to_string())?;
-    let options = RunOptions::from_launcher(&resolved.launcher)?;
+    let options = orchestrator_hydra::run_options(&resolved.launcher).map_err(|e| e.to_string())?;
     Ok((options, resolved.launcher.timeout))
 }
 

@@ -59,9 +59,12 @@ LAUNCHER_KEYS = (
     "grace_period",
     "halt",
     "slot_env",
+    "retries",
+    "retry_delay",
+    "retry_on",
 )
 # Accepted in the config, not implemented yet: a value other than these is refused.
-RESERVED = {"retries": (0, None), "retry_delay": (None,), "warm": (False, None)}
+RESERVED = {"warm": (False, None)}
 
 
 def _plain(value: Any) -> Any:
@@ -80,6 +83,10 @@ def launcher_options(params: Dict[str, Any]) -> Dict[str, Any]:
                 f"the orchestrator launcher (leave it at {allowed[0]!r})"
             )
         params.pop(key, None)
+    # Unset: the binary's defaults (1 s doubling; failed, timed out, signaled).
+    for key in ("retry_delay", "retry_on"):
+        if params.get(key) is None:
+            params.pop(key, None)
     # Anything else goes to the binary, which refuses unknown keys with a did-you-mean.
     return params
 

@@ -2,7 +2,7 @@
 switches with `hydra/launcher=orchestrator` and keeps `hydra.launcher.n_jobs=4`), plus
 orchestrator's own."""
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -44,9 +44,17 @@ class OrchestratorLauncherConf:
     # per-slot environment: NAME: "template with {slot}" or NAME: [v0, v1, ...]
     # (e.g. CUDA_VISIBLE_DEVICES: [0, 1] gives each concurrent job its own GPU)
     slot_env: Dict[str, Any] = field(default_factory=dict)
-    # reserved for later versions (a value other than the default is refused)
+    # how many times a job is tried again after it failed, timed out or was killed by a
+    # signal (never after a stop); each attempt's lines stay in its capture log, and
+    # jobs.jsonl keeps one record with the attempts
     retries: int = 0
+    # the wait before the first retry (doubled for each later one, up to 5 minutes);
+    # None = 1s
     retry_delay: Any = None
+    # which endings are retried: failed, timed_out, signaled, spawn_failed; None = the
+    # first three
+    retry_on: Optional[List[str]] = None
+    # reserved for a later version (a value other than the default is refused)
     warm: bool = False
 
 
