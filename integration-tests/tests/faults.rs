@@ -273,3 +273,69 @@ fn daemons_die_with_their_job_and_are_counted() {
         }
     }
 }
+
+/// `orchestrator status DIR` and `orchestrator resume DIR`, with nothing else given: the
+/// sweep dir records its config and app.
+#[test]
+fn status_and_resume_need_only_the_sweep_dir() {
+    let sb = Sandbox::new();
+    // Job 2 fails until a file exists.
+    let script = sb.write("app.sh", "#!/bin/sh\n[ -e ok ] || [ \"$1\" != task=3 ]\n");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cfg = sb.write("c.yaml", FAST);
+    let out = sb
+        .cmd()
+        .args(["-c", cfg.to_str().unwrap(), "-m", "--quiet", "task=1..5", "hydra.sweep.dir=s", "--", "./app.sh"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let status = |json: bool| {
+        let mut c = assert_cmd::Command::new(orchestrator());
+        c.current_dir(sb.path()).args(["status", "s"]);
+        if json {
+            c.arg("--json");
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = status(false);
+    assert!(text.contains("finished with failures") && text.contains("4 of 5 succeeded, 1 failed"), "{text}");
+    assert!(
+        text.contains("#2 task=3: failed, exit code 1; log: s/2/app.log") && text.contains("orchestrator resume s"),
+        "{text}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    assert_eq!((v["jobs"].as_u64(), v["by_status"]["failed"].as_u64()), (Some(5), Some(1)));
+
+    // From another dir, with nothing but the sweep dir.
+    std::fs::write(sb.path().join("ok"), "").unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = assert_cmd::Command::new(orchestrator())
+        .current_dir(elsewhere.path())
+        .args(["resume", "--quiet", sb.path().join("s").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(status(false).contains("sweep s: finished\njobs: 5 of 5 succeeded"));
+    assert_eq!(journal(&sb.path().join("s")).len(), 6, "only job 2 ran again");
+
+    // Given again, the config and the app must be the sweep's.
+    let other = sb.write("other.yaml", "hydra:\n  launcher:\n    n_jobs: 1\n");
+    for (args, says) in [
+        (vec!["-c", other.to_str().unwrap()], "is not the config the sweep was started with"),
+        (vec!["--", "./other.sh"], "is not the one the sweep was started with"),
+    ] {
+        let out = assert_cmd::Command::new(orchestrator())
+            .current_dir(sb.path())
+            .args(["resume", "s"])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(says), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out =
+        assert_cmd::Command::new(orchestrator()).current_dir(sb.path()).args(["status", "nowhere"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

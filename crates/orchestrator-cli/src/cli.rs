@@ -20,10 +20,66 @@ pub enum Command {
     /// Example: orchestrator run --config config/joblib.yaml --multirun task=1..5 -- python3 my_app.py
     Run(RunArgs),
 
+    /// Run again the jobs of the sweep in DIR that have no successful record, with the config
+    /// and app command it was started with (recorded in DIR/.orchestrator/sweep.json).
+    ///
+    /// Example: orchestrator resume multirun/2026-11-24/15-41-20 hydra.launcher.timeout=600
+    Resume(ResumeArgs),
+
+    /// Show a sweep's progress: jobs by status, what is running, what failed and why.
+    Status(StatusArgs),
+
     /// Run the jobs of a JSON manifest and stream JSON events (for launchers such as the
     /// Hydra plugin; the manifest format is documented in `launch_cmd.rs`).
     #[command(hide = true)]
     Launch(LaunchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// The sweep dir.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// The config, if given again: it must be the one the sweep was started with.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print only the summary and errors.
+    #[arg(short, long, conflicts_with = "json")]
+    pub quiet: bool,
+
+    /// joblib-style progress lines for every job.
+    #[arg(short, long)]
+    pub verbose: bool,
+
+    /// Never draw the progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+
+    /// One JSON object per event on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// `hydra.*` overrides to apply after the sweep's own (a longer timeout, another n_jobs);
+    /// the sweep's own overrides, if given again, must be the same.
+    #[arg(value_name = "OVERRIDE")]
+    pub overrides: Vec<String>,
+
+    /// The app, if given again: it must be the one the sweep was started with.
+    #[arg(last = true, value_name = "APP")]
+    pub app: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The sweep dir.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// One JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

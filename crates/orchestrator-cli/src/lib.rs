@@ -4,8 +4,10 @@
 mod cli;
 mod launch_cmd;
 mod report;
+mod resume;
 mod run;
 mod signals;
+mod status;
 
 use std::process::ExitCode;
 
@@ -37,6 +39,8 @@ pub fn main() -> ExitCode {
     init_logging();
     match args.command {
         cli::Command::Run(run_args) => ExitCode::from(run::main(run_args)),
+        cli::Command::Resume(args) => ExitCode::from(resume::main(args)),
+        cli::Command::Status(args) => ExitCode::from(status::main(args)),
         cli::Command::Launch(args) => ExitCode::from(launch_cmd::main(&args.manifest)),
     }
 }

@@ -10,6 +10,12 @@ use crate::exit;
 use crate::report::{self, Mode};
 
 pub fn main(args: RunArgs) -> u8 {
+    main_with(args, None)
+}
+
+/// [`main`], with the config given as input (`orchestrator resume`: the recorded text)
+/// instead of `args.config`.
+pub fn main_with(args: RunArgs, config: Option<ConfigInput>) -> u8 {
     let mode = if args.json {
         Mode::Json
     } else if args.quiet {
@@ -24,10 +30,10 @@ pub fn main(args: RunArgs) -> u8 {
             return exit::USAGE;
         }
     };
-    let config = match &args.config {
+    let config = config.unwrap_or_else(|| match &args.config {
         Some(p) => ConfigInput::File(p.clone()),
         None => ConfigInput::Defaults,
-    };
+    });
     let mut request = SweepRequest::new(config, args.overrides.clone(), args.app.clone(), base_dir);
     request.multirun = args.multirun;
     request.resume = args.resume.clone();

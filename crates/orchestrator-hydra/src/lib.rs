@@ -8,7 +8,9 @@
 pub mod args;
 pub mod layout;
 mod options;
+pub mod record;
 pub mod sweep;
 
 pub use options::{OptionsError, options_from_yaml, run_options};
+pub use record::SweepRecord;
 pub use sweep::{ConfigInput, PreparedSweep, SetupError, SweepRequest, SweepRun};

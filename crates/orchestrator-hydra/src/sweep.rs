@@ -130,6 +130,8 @@ pub struct PreparedSweep {
     lock: Option<DirLock>,
     /// Where large values go, resolved (and checked) while preparing.
     temp_folder: TempFolder,
+    /// How this sweep was started, written into its dir (a fresh sweep's only).
+    pub record: crate::record::SweepRecord,
 }
 
 /// A started sweep.
@@ -223,6 +225,7 @@ impl PreparedSweep {
             lock,
             temp_folder,
             banner,
+            record,
             ..
         } = self;
         let mut info = orchestrator::RunInfo::new(banner);
@@ -250,6 +253,12 @@ impl PreparedSweep {
             DirLock::take(&layout.abs_dir, &layout.dir)
                 .map_err(|e| LayoutError::Io { path: layout.abs_dir.clone(), source: std::io::Error::other(e) })?
         };
+        if !resuming {
+            // The resumed sweep keeps the record it was started with.
+            record
+                .write(&layout.abs_dir)
+                .map_err(|source| LayoutError::Io { path: layout.abs_dir.join(crate::record::RECORD_FILE), source })?;
+        }
         let journal_path = layout.abs_dir.join("jobs.jsonl");
         let journal = Journal::open(&journal_path).map_err(|source| LayoutError::Io { path: journal_path, source })?;
         options.journal = Some(Arc::new(journal));
@@ -648,6 +657,18 @@ impl PreparedSweep {
             base_dir: cwd,
             lock,
             temp_folder,
+            record: crate::record::SweepRecord {
+                version: 1,
+                config: match &args.config {
+                    ConfigInput::Defaults => None,
+                    _ => Some(crate::record::RecordedConfig { path: loaded.path.clone(), text: loaded.text.clone() }),
+                },
+                overrides: args.overrides.clone(),
+                app: args.app.iter().map(|a| a.to_string_lossy().into_owned()).collect(),
+                base_dir: args.base_dir.clone(),
+                jobs: total,
+                n_jobs,
+            },
         })
     }
 }

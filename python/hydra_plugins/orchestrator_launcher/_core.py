@@ -43,26 +43,6 @@ log = logging.getLogger(__name__)
 
 WORKER_MODULE = "hydra_plugins.orchestrator_launcher._worker"
 
-# Sent to the binary as its launcher options; read there as `hydra.launcher` of a config.
-LAUNCHER_KEYS = (
-    "n_jobs",
-    "backend",
-    "prefer",
-    "require",
-    "verbose",
-    "timeout",
-    "pre_dispatch",
-    "batch_size",
-    "temp_folder",
-    "max_nbytes",
-    "mmap_mode",
-    "grace_period",
-    "halt",
-    "slot_env",
-    "retries",
-    "retry_delay",
-    "retry_on",
-)
 # Accepted in the config, not implemented yet: a value other than these is refused.
 RESERVED = {"warm": (False, None)}
 
