@@ -142,7 +142,7 @@ pub fn main(args: StatusArgs) -> u8 {
     if failed.len() > 50 {
         let _ = writeln!(out, "  ... and {} more (see {})", failed.len() - 50, dir.join("jobs.jsonl").display());
     }
-    if !live && not_finished.is_some_and(|n| n > 0) || !failed.is_empty() && !live {
+    if !live && (not_finished.is_some_and(|n| n > 0) || !failed.is_empty()) {
         let _ = writeln!(out, "resume with: orchestrator resume {}", dir.display());
     }
     exit::OK
