@@ -339,3 +339,61 @@ fn status_and_resume_need_only_the_sweep_dir() {
         assert_cmd::Command::new(orchestrator()).current_dir(sb.path()).args(["status", "nowhere"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// An app deleted while its sweep runs: the jobs after it cannot start, each says why, and
+/// nothing hangs.
+#[test]
+fn an_app_deleted_mid_sweep_fails_the_jobs_after_it_cleanly() {
+    let sb = Sandbox::new();
+    let app = sb.write("app.sh", "#!/bin/sh\n[ \"$1\" = task=2 ] && rm -f \"$0\"\nexit 0\n");
+    std::fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = sb
+        .cmd()
+        .args(["-m", "--quiet", "task=1..5", "hydra.launcher.n_jobs=1", "hydra.sweep.dir=s", "--", "./app.sh"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let records = journal(&sb.path().join("s"));
+    let statuses: Vec<&str> = records.iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["succeeded", "succeeded", "spawn_failed", "spawn_failed", "spawn_failed"]);
+    assert!(records[2]["error"].as_str().unwrap().contains("No such file"), "{}", records[2]);
+}
+
+/// 5,000 short jobs: the supervisor's descriptors stay few and no zombie piles up (the last
+/// job looks at its parent, the supervisor).
+#[test]
+fn five_thousand_short_jobs_leave_no_descriptor_or_zombie_behind() {
+    let sb = Sandbox::new();
+    let probe = sb.write(
+        "probe.sh",
+        "#!/bin/sh\nif [ \"$ORCHESTRATOR_JOB_NUM\" = 4999 ]; then\n  echo \"fds $(ls /proc/$PPID/fd | wc -l) zombies $(ps --ppid $PPID -o stat= | grep -c Z)\"\nfi\n",
+    );
+    std::fs::set_permissions(&probe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = sb
+        .cmd()
+        .args(["-m", "task=1..5000", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=s", "--", "./probe.sh"])
+        .timeout(Duration::from_secs(300))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().find(|l| l.starts_with("fds ")).expect("the last job's probe line");
+    let fields: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    // The runtime's own (epoll, pipes of the running jobs, the journal, the watchdog's pipe...).
+    assert!(fields[0] < 64, "{line}");
+    assert_eq!(fields[1], 0, "{line}");
+    assert_eq!(journal(&sb.path().join("s")).len(), 5000);
+}
+
+/// A closed stdout (`>&-`): the sweep still runs, every line still reaches the logs.
+#[test]
+fn a_closed_stdout_loses_nothing_from_the_logs() {
+    let sb = Sandbox::new();
+    let cmd = format!("exec {} run -m task=1,2 hydra.sweep.dir=s -- {} echo hello >&-", orchestrator(), fixture());
+    let out = std::process::Command::new("sh").current_dir(sb.path()).args(["-c", &cmd]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for n in 0..2 {
+        let log = std::fs::read_to_string(sb.path().join(format!("s/{n}/fixture.log"))).unwrap();
+        assert!(log.contains("[stdout] [\"echo\",\"hello\",\"task="), "{log}");
+    }
+}
