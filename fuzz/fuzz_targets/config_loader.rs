@@ -1,9 +1,7 @@
 //! Any UTF-8 text as a seed config: loading it must return a value or an error, never
-//! panic.
+//! panic. The corpus is replayed by `crates/orchestrator-config/tests/fuzz_corpus.rs`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|text: &str| {
-    let _ = orchestrator_config::load_config_str(text, std::path::Path::new("fuzz.yaml"));
-});
+fuzz_target!(|text: &str| orchestrator_config::fuzzing::config_loader(text));

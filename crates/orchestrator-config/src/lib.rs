@@ -6,6 +6,8 @@ pub mod compose;
 mod config;
 mod error;
 pub mod expr;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grammar;
 pub mod interp;
 pub mod launcher;
