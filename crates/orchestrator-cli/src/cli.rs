@@ -21,7 +21,7 @@ pub enum Command {
     Run(RunArgs),
 
     /// Run again the jobs of the sweep in DIR that have no successful record, with the config
-    /// and app command it was started with (recorded in DIR/.orchestrator/sweep.json).
+    /// and app command it was started with (recorded in DIR/.orchestrator-sweep.json).
     ///
     /// Example: orchestrator resume multirun/2026-11-24/15-41-20 hydra.launcher.timeout=600
     Resume(ResumeArgs),

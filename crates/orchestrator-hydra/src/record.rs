@@ -1,4 +1,4 @@
-//! What a sweep dir records about how its sweep was started (`.orchestrator/sweep.json`):
+//! What a sweep dir records about how its sweep was started (`.orchestrator-sweep.json`, a hidden file beside `multirun.yaml`):
 //! enough to resume it with nothing else (`orchestrator resume DIR`), and to tell its
 //! progress (`orchestrator status DIR`).
 
@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// Where in a sweep dir the record is.
-pub const RECORD_FILE: &str = ".orchestrator/sweep.json";
+pub const RECORD_FILE: &str = ".orchestrator-sweep.json";
 
 /// How a sweep was started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
