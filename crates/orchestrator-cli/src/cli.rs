@@ -50,6 +50,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_progress: bool,
 
+    /// Where the jobs run: `local` (this machine) or `slurm` (one job array on the cluster);
+    /// the same as `hydra.launcher.orchestrator.backend=<BACKEND>`.
+    #[arg(long, value_name = "BACKEND", value_parser = ["local", "slurm"])]
+    pub backend: Option<String>,
+
     /// Print one JSON object per event on stdout, for programs to read.
     #[arg(long)]
     pub json: bool,

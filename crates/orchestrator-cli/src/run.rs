@@ -27,7 +27,11 @@ pub fn main(args: RunArgs) -> u8 {
         Some(p) => ConfigInput::File(p.clone()),
         None => ConfigInput::Defaults,
     };
-    let mut request = SweepRequest::new(config, args.overrides.clone(), args.app.clone(), base_dir);
+    let mut overrides = args.overrides.clone();
+    if let Some(backend) = &args.backend {
+        overrides.push(format!("hydra.launcher.orchestrator.backend={backend}"));
+    }
+    let mut request = SweepRequest::new(config, overrides, args.app.clone(), base_dir);
     request.multirun = args.multirun;
     request.resume = args.resume.clone();
     let mut prepared = match PreparedSweep::prepare(&request) {
@@ -38,6 +42,11 @@ pub fn main(args: RunArgs) -> u8 {
         }
     };
     let launcher_verbose = prepared.layout.resolved.launcher.verbose;
+    if mode != Mode::Json {
+        for note in &prepared.notes {
+            eprintln!("{} {note}", report::hydra_prefix());
+        }
+    }
     let display = report::Display {
         verbose: if args.verbose { launcher_verbose.max(11) } else { launcher_verbose },
         n_jobs: prepared.options.n_jobs,

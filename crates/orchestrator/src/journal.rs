@@ -72,6 +72,9 @@ pub struct JournalLine<'a> {
     /// How each attempt before the last ended.
     #[serde(default, skip_serializing_if = "no_attempts")]
     pub earlier_attempts: Cow<'a, [AttemptRecord]>,
+    /// The cluster node it ran on (absent for local jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<Cow<'a, str>>,
 }
 
 // serde hands skip_serializing_if the field itself.
@@ -150,6 +153,7 @@ impl JournalLine<'_> {
             log: Cow::Owned(self.log.into_owned()),
             dir: self.dir.map(|d| Cow::Owned(d.into_owned())),
             earlier_attempts: Cow::Owned(self.earlier_attempts.into_owned()),
+            node: self.node.map(|n| Cow::Owned(n.into_owned())),
             ..self
         }
     }

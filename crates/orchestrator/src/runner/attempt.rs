@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Stop;
 use crate::backend::{Attempt, Exit, ExitStatus, LostError};
-use crate::job::{Outcome, StopReason};
+use crate::job::{EndReason, Outcome, StopReason};
 
 /// Why the supervisor ended an attempt before it ended by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +109,7 @@ impl Exited {
         let (code, signal) = match exit.status {
             ExitStatus::Code(c) => (Some(c), None),
             ExitStatus::Signal { signal, .. } => (None, Some(signal)),
+            ExitStatus::Ended { code, signal, .. } => (code, signal),
         };
         match self.cause {
             Some(EndCause::TimedOut) => Outcome::TimedOut { limit: limit.unwrap_or_default(), code, signal },
@@ -117,6 +118,11 @@ impl Exited {
                 ExitStatus::Code(0) => Outcome::Succeeded,
                 ExitStatus::Code(code) => Outcome::Failed { code },
                 ExitStatus::Signal { signal, core_dumped } => Outcome::Signaled { signal, core_dumped },
+                // The cluster's time limit is the job's timeout (rounded up to its granularity).
+                ExitStatus::Ended { reason: EndReason::TimeLimit, code, signal } => {
+                    Outcome::TimedOut { limit: limit.unwrap_or_default(), code, signal }
+                }
+                ExitStatus::Ended { reason, code, signal } => Outcome::ClusterEnded { reason, code, signal },
             },
         }
     }

@@ -109,6 +109,10 @@ struct AttemptEnd {
     /// The job's log, to add the end record to; `None` when the backend could not start the
     /// attempt (it wrote why itself).
     log: Option<Box<dyn JobLog>>,
+    /// Where it ran, if not here.
+    node: Option<String>,
+    /// When its program really started and ended, as the backend knows it (a cluster task).
+    ran: Option<(DateTime<Utc>, DateTime<Utc>)>,
 }
 
 async fn run_job(
@@ -181,6 +185,11 @@ async fn run_job(
             log.note(&note);
             log.close();
         }
+        // A cluster task's own times: it may have waited in the queue before it ran.
+        let (start, end_time, duration) = match end.ran {
+            Some((s, e)) => (s, e, (e - s).to_std().unwrap_or_default()),
+            None => (start, end.end, end.ended - t0),
+        };
         let record = JobRecord {
             num: spec.num,
             id: spec.id.clone(),
@@ -189,8 +198,8 @@ async fn run_job(
             pid: end.pid,
             slot,
             start,
-            end: end.end,
-            duration: end.ended - t0,
+            end: end_time,
+            duration,
             user_cpu: end.usage.user_cpu,
             sys_cpu: end.usage.sys_cpu,
             max_rss_kib: end.usage.max_rss_kib,
@@ -201,6 +210,7 @@ async fn run_job(
             dir: spec.dir.take(),
             attempts: number,
             earlier_attempts: earlier,
+            node: end.node,
         };
         return publish(ctx, record).await;
     }
@@ -236,13 +246,17 @@ async fn run_attempt(
                 stderr_bytes: 0,
                 leftovers: 0,
                 log: None,
+                node: None,
+                ran: None,
             };
         }
     };
     let pid = attempt.pid();
     ctx.send(Event::Started { num: spec.num, pid, slot, at: start, attempt: number }).await;
     let grace = ctx.opts.grace;
-    let exited: Exited = attempt::drive(&mut *attempt, spec.timeout, grace, stop, cancel).await;
+    // A backend that applies the time limit itself (from the task's real start) gets none here.
+    let timeout = if ctx.backend.capabilities().enforces_timeout { None } else { spec.timeout };
+    let exited: Exited = attempt::drive(&mut *attempt, timeout, grace, stop, cancel).await;
     let immediate = *stop.borrow() == Stop::Immediate;
     let leftovers = attempt.clean_up(if immediate { Duration::ZERO } else { grace }).await;
     // The job ends when its last process is gone; the bookkeeping below is ours.
@@ -263,6 +277,10 @@ async fn run_attempt(
     }
     let outcome = exited.outcome(spec.timeout);
     let usage = exited.exit.as_ref().map(|e| e.usage).unwrap_or_default();
+    let node = exited.exit.as_ref().ok().and_then(|e| e.node.clone());
+    let ran = exited.exit.as_ref().ok().and_then(|e| Some((e.started?, e.ended?)));
+    // The program's own run time where the backend knows it (not the queueing before it).
+    let duration = ran.and_then(|(s, e)| (e - s).to_std().ok()).unwrap_or(duration);
     let collected = attempt.collect(spec).await;
     // A process that never ran the program (its set-up or exec failed) did not start.
     let outcome = match (&exited.exit, collected.start_error) {
@@ -281,6 +299,8 @@ async fn run_attempt(
         stderr_bytes: collected.stderr_bytes,
         leftovers,
         log: Some(collected.log),
+        node,
+        ran,
     }
 }
 

@@ -214,7 +214,7 @@ impl Backend for LocalBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { writes_files_before_exec: true, local_processes: true, forwards_signals: true }
+        Capabilities { writes_files_before_exec: true, local_processes: true, forwards_signals: true, enforces_timeout: false }
     }
 
     fn start<'a>(&'a self, req: StartRequest<'a>) -> BoxFuture<'a, Result<Box<dyn Attempt>, StartError>> {
@@ -280,7 +280,9 @@ impl Attempt for LocalAttempt {
                 (None, None) => ExitStatus::Code(-1),
             };
             let usage = Usage { user_cpu: r.user_cpu, sys_cpu: r.sys_cpu, max_rss_kib: r.max_rss_kib };
-            Ok(Exit { status, usage })
+            let mut exit = Exit::new(status);
+            exit.usage = usage;
+            Ok(exit)
         })
     }
 

@@ -1,0 +1,817 @@
+//! The Slurm backend: the jobs of a run as the tasks of one job array.
+//!
+//! The scheduler calls [`Backend::start`] once per job from its slots (for Slurm, the run
+//! has as many slots as jobs: a slot is a cheap task that waits). The backend collects
+//! those calls (until it has the run's expected count, or none came for 100 ms), writes
+//! one manifest per task into a batch dir on the shared filesystem (`<sweep>/.slurm/b<k>/`),
+//! and submits them as one `sbatch --parsable --array=0-(N-1)%P` (chunked at the cluster's
+//! `MaxArraySize`); a retry of a single job is a new small array. The batch script runs this
+//! binary again on the node (`__slurm-task`, see [`task`]), which runs the job with the local
+//! child contract and writes a completion marker.
+//!
+//! One thread per backend (the driver) submits, signals (`scancel`, batched) and polls:
+//! one `squeue -h -r -t all -j <arrays>` call per poll for every array of the run, with
+//! back-off; `sacct` (when accounting is on) or `scontrol` only for tasks slurmctld has
+//! forgotten or that ended without a marker. `REQUEUED`, `PREEMPTED` (for a while) and
+//! `COMPLETING` are not final. Each [`Attempt::wait`] watches its task's entry.
+
+mod cmd;
+pub mod task;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use orchestrator_config::SlotValue;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use self::cmd::{ClusterInfo, SlurmError, probe};
+use self::task::{Done, FileEntry, Manifest};
+use super::{
+    Attempt, Backend, BoxFuture, Capabilities, Collected, EndReason, Exit, ExitStatus, JobLog, LostError, StartError,
+    StartRequest, Usage,
+};
+use crate::event::Event;
+use crate::job::{JobSpec, Stream};
+use crate::output::{Clock, LogWriter};
+
+/// How the backend submits: built by the layer above from the launcher config.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SlurmSettings {
+    /// Where batch dirs go (manifests, markers, the batch scripts' own output): on a
+    /// filesystem the nodes share, e.g. `<sweep dir>/.slurm`.
+    pub work_dir: PathBuf,
+    /// The array's name (`--job-name`).
+    pub job_name: String,
+    /// Tasks at once (`%P`).
+    pub throttle: usize,
+    /// `--time`, in whole minutes.
+    pub time_limit_min: Option<u64>,
+    /// Other sbatch flags (`--partition=debug`, ...).
+    pub sbatch_args: Vec<String>,
+    /// Shell lines before the job, in the batch script.
+    pub setup: Vec<String>,
+    /// Run the task runner through `srun` with these arguments.
+    pub srun_args: Option<Vec<String>>,
+    /// How many first attempts the run will start: the array is submitted once it has them
+    /// all (or when none came for 100 ms).
+    pub expected: u64,
+    /// Per-slot variables; a task's slot is its index in its array modulo `throttle`.
+    pub slot_env: Vec<(String, SlotValue)>,
+    /// Set loky's thread limits on the node from the task's CPUs.
+    pub thread_limit: bool,
+    /// Time between SIGTERM and SIGKILL for what a job leaves in its group on the node.
+    pub grace: Duration,
+    /// The binary the nodes run (`__slurm-task`); this one by default.
+    pub exe: PathBuf,
+    /// `MaxArraySize` of the cluster.
+    pub max_array_size: u64,
+    /// `sacct` works.
+    pub accounting: bool,
+    /// Base directory of relative paths (the batch script's `--chdir`).
+    pub chdir: PathBuf,
+}
+
+impl SlurmSettings {
+    /// Settings for a run whose batch dirs go under `work_dir`, with the cluster's facts.
+    pub fn new(work_dir: PathBuf, info: &ClusterInfo) -> Self {
+        SlurmSettings {
+            work_dir,
+            job_name: "orchestrator".into(),
+            throttle: 1,
+            time_limit_min: None,
+            sbatch_args: Vec::new(),
+            setup: Vec::new(),
+            srun_args: None,
+            expected: 0,
+            slot_env: Vec::new(),
+            thread_limit: true,
+            grace: Duration::from_secs(5),
+            exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+            max_array_size: info.max_array_size,
+            accounting: info.accounting,
+            chdir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+        }
+    }
+
+    /// The sbatch arguments of an array of `n` tasks (without the script).
+    fn array_args(&self, n: usize) -> Vec<String> {
+        let mut a = vec![
+            "--parsable".to_string(),
+            format!("--array=0-{}%{}", n.saturating_sub(1), self.throttle.max(1)),
+            format!("--job-name={}", self.job_name),
+        ];
+        if let Some(m) = self.time_limit_min {
+            a.push(format!("--time={m}"));
+        }
+        a.extend(self.sbatch_args.iter().cloned());
+        a
+    }
+
+    /// Ask Slurm whether it would take an array of `n` tasks with these settings
+    /// (`sbatch --test-only`): a bad partition or too much memory is refused here, before
+    /// anything is created or queued.
+    pub fn test_submission(&self, n: u64) -> Result<(), SlurmError> {
+        let n = n.clamp(1, self.max_array_size.max(1)) as usize;
+        let mut a = self.array_args(n);
+        a.retain(|x| x != "--parsable");
+        a.extend(["--output=/dev/null".to_string(), "--wrap".to_string(), "true".to_string()]);
+        cmd::sbatch_test(&a)
+    }
+}
+
+/// An array task: `<array>_<index>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct TaskId {
+    array: u64,
+    index: usize,
+}
+
+impl TaskId {
+    fn name(&self) -> String {
+        format!("{}_{}", self.array, self.index)
+    }
+}
+
+/// What the driver knows of one task, as its attempt watches it.
+#[derive(Debug, Clone, Default)]
+struct View {
+    /// Still in Slurm's queue (pending, running, completing, requeued).
+    in_queue: bool,
+    /// How it ended, once that is final.
+    end: Option<Result<Ended, String>>,
+}
+
+#[derive(Debug, Clone)]
+struct Ended {
+    exit: Exit,
+    done: Option<Done>,
+}
+
+struct Pending {
+    manifest: Manifest,
+    reply: oneshot::Sender<Result<Submitted, String>>,
+}
+
+struct Submitted {
+    task: TaskId,
+    view: watch::Receiver<View>,
+    marker: PathBuf,
+    log: PathBuf,
+}
+
+struct Tracked {
+    view: watch::Sender<View>,
+    marker: PathBuf,
+    out: PathBuf,
+    /// Its last state in `squeue`, and when it was first seen in it.
+    state: Option<String>,
+    /// When it was submitted.
+    since: Instant,
+    /// Signals this supervisor sent it.
+    signaled: Vec<i32>,
+    preempted_at: Option<Instant>,
+    node: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    pending: Vec<Pending>,
+    last_add: Option<Instant>,
+    tasks: HashMap<TaskId, Tracked>,
+    signals: Vec<(TaskId, i32)>,
+    /// First attempts submitted so far.
+    first_submitted: u64,
+    batches: u32,
+    shutdown: bool,
+    /// Poll soon (a change is expected).
+    poll_now: bool,
+}
+
+struct Shared {
+    settings: SlurmSettings,
+    state: Mutex<State>,
+    wake: Condvar,
+    clock: Clock,
+}
+
+/// Jobs as the tasks of Slurm job arrays.
+pub struct SlurmBackend {
+    shared: Arc<Shared>,
+    driver: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for SlurmBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlurmBackend").field("work_dir", &self.shared.settings.work_dir).finish_non_exhaustive()
+    }
+}
+
+/// The debounce: an array is submitted once no job came for this long.
+const GATHER: Duration = Duration::from_millis(100);
+const POLL_MIN: Duration = Duration::from_millis(250);
+const POLL_MAX: Duration = Duration::from_secs(2);
+
+impl SlurmBackend {
+    /// A backend for one run; its driver thread starts now.
+    pub fn new(settings: SlurmSettings) -> SlurmBackend {
+        let shared = Arc::new(Shared {
+            settings,
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            clock: Clock::new(),
+        });
+        let s = shared.clone();
+        let driver = std::thread::Builder::new().name("orchestrator-slurm".into()).spawn(move || drive(&s)).ok();
+        SlurmBackend { shared, driver: Mutex::new(driver) }
+    }
+
+    fn manifest(&self, req: &StartRequest<'_>) -> Manifest {
+        let spec = req.job;
+        let files = req
+            .files
+            .iter()
+            .map(|f| match std::str::from_utf8(&f.contents) {
+                Ok(t) => FileEntry { path: f.path.clone(), text: Some(t.to_string()), bytes: None },
+                Err(_) => FileEntry { path: f.path.clone(), text: None, bytes: Some(f.contents.clone()) },
+            })
+            .collect();
+        Manifest {
+            num: spec.num,
+            attempt: req.attempt,
+            program: spec.program.clone(),
+            args: spec.args.clone(),
+            env: spec.env.clone(),
+            slot_env: Vec::new(),
+            slot: 0,
+            cwd: spec.cwd.clone(),
+            log: spec.log_path.clone(),
+            files,
+            thread_limit: self.shared.settings.thread_limit,
+            grace_ms: self.shared.settings.grace.as_millis() as u64,
+            marker: PathBuf::new(),
+        }
+    }
+}
+
+impl Backend for SlurmBackend {
+    fn name(&self) -> &'static str {
+        "slurm"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { writes_files_before_exec: true, local_processes: false, forwards_signals: true, enforces_timeout: true }
+    }
+
+    fn start<'a>(&'a self, req: StartRequest<'a>) -> BoxFuture<'a, Result<Box<dyn Attempt>, StartError>> {
+        let manifest = self.manifest(&req);
+        let output = req.output.clone();
+        let (num, log_path) = (req.job.num, req.job.log_path.clone());
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.pending.push(Pending { manifest, reply: tx });
+            st.last_add = Some(Instant::now());
+        }
+        self.shared.wake.notify_all();
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let submitted = match rx.await {
+                Ok(Ok(s)) => s,
+                Ok(Err(message)) => return Err(not_started(&shared, &log_path, message)),
+                Err(_) => return Err(not_started(&shared, &log_path, "the Slurm backend has shut down".into())),
+            };
+            Ok(Box::new(SlurmAttempt { shared, num, submitted, output }) as Box<dyn Attempt>)
+        })
+    }
+
+    fn run_ended(&self) {
+        {
+            let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.shutdown = true;
+        }
+        self.shared.wake.notify_all();
+        if let Some(driver) = self.driver.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = driver.join();
+        }
+    }
+}
+
+impl Drop for SlurmBackend {
+    fn drop(&mut self) {
+        self.run_ended();
+    }
+}
+
+/// The job's log gets why it never ran; the error goes to the record.
+fn not_started(shared: &Shared, log_path: &Path, message: String) -> StartError {
+    let mut log = LogWriter::deferred(log_path.to_path_buf(), shared.clock);
+    log.allow_open();
+    log.note(&format!("could not submit to Slurm: {message}"));
+    StartError::new(message)
+}
+
+struct SlurmAttempt {
+    shared: Arc<Shared>,
+    num: u64,
+    submitted: Submitted,
+    output: Option<mpsc::Sender<Event>>,
+}
+
+impl SlurmAttempt {
+    fn done(&self) -> Option<Done> {
+        self.submitted.view.borrow().end.as_ref().and_then(|e| e.as_ref().ok()).and_then(|e| e.done.clone())
+    }
+}
+
+impl Attempt for SlurmAttempt {
+    fn wait(&mut self) -> BoxFuture<'_, Result<Exit, LostError>> {
+        Box::pin(async move {
+            let view = &mut self.submitted.view;
+            let seen = view.wait_for(|v| v.end.is_some()).await;
+            let end = match seen {
+                Ok(v) => v.end.clone(),
+                Err(_) => None,
+            };
+            match end {
+                Some(Ok(e)) => Ok(e.exit),
+                Some(Err(lost)) => Err(LostError::new(lost)),
+                None => Err(LostError::new("the Slurm backend shut down while the task ran")),
+            }
+        })
+    }
+
+    fn signal(&mut self, signal: i32) {
+        {
+            let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.signals.push((self.submitted.task.clone(), signal));
+        }
+        self.shared.wake.notify_all();
+    }
+
+    fn clean_up(&mut self, grace: Duration) -> BoxFuture<'_, u32> {
+        Box::pin(async move {
+            // The task's slot is free when Slurm says so: nothing of it left in the queue.
+            let bound = grace + Duration::from_secs(30);
+            let gone = tokio::time::timeout(bound, self.submitted.view.wait_for(|v| !v.in_queue)).await.map(|_| ());
+            if gone.is_err() {
+                tracing::warn!("Slurm task {} is still in the queue; cancelling it", self.submitted.task.name());
+                let _ = cmd::scancel(&[self.submitted.task.name()]);
+            }
+            self.done().map_or(0, |d| d.leftovers)
+        })
+    }
+
+    fn collect<'a>(self: Box<Self>, _job: &'a JobSpec) -> BoxFuture<'a, Collected> {
+        Box::pin(async move {
+            let done = self.done();
+            let mut log = LogWriter::deferred(self.submitted.log.clone(), self.shared.clock);
+            log.allow_open();
+            if let (Some(tx), Some(d)) = (&self.output, &done) {
+                forward_output(self.num, &self.submitted.log, d.log_from, d.log_to, tx).await;
+            }
+            if done.is_none() {
+                log.note(&format!(
+                    "no completion marker from Slurm task {} ({}): how its program ended is Slurm's word",
+                    self.submitted.task.name(),
+                    self.submitted.marker.display()
+                ));
+            }
+            let (stdout_bytes, stderr_bytes, start_error) =
+                done.map(|d| (d.stdout_bytes, d.stderr_bytes, d.start_error)).unwrap_or_default();
+            Collected { log: Box::new(Log(log)), stdout_bytes, stderr_bytes, start_error }
+        })
+    }
+}
+
+struct Log(LogWriter);
+
+impl JobLog for Log {
+    fn note(&mut self, text: &str) {
+        self.0.note(text);
+    }
+
+    fn close(mut self: Box<Self>) {
+        self.0.flush();
+    }
+}
+
+/// The job's lines of this attempt, read back from its log, as [`Event::Output`]: the
+/// console shows a Slurm job's lines when it ends.
+async fn forward_output(num: u64, log: &Path, from: u64, to: u64, tx: &mpsc::Sender<Event>) {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(log) else { return };
+    if to <= from || f.seek(SeekFrom::Start(from)).is_err() {
+        return;
+    }
+    let mut buf = Vec::new();
+    if f.take(to - from).read_to_end(&mut buf).is_err() {
+        return;
+    }
+    for line in buf.split(|b| *b == b'\n') {
+        // `[<stamp>][<tag>] <bytes>`
+        let Some(rest) = line.strip_prefix(b"[") else { continue };
+        let Some(i) = memchr::memchr(b']', rest) else { continue };
+        let rest = &rest[i + 1..];
+        let Some(rest) = rest.strip_prefix(b"[") else { continue };
+        let Some(j) = memchr::memchr(b']', rest) else { continue };
+        let (tag, bytes) = (&rest[..j], rest.get(j + 2..).unwrap_or(&[]));
+        let (stream, complete) = match tag {
+            b"stdout" => (Stream::Stdout, true),
+            b"stdout~" => (Stream::Stdout, false),
+            b"stderr" => (Stream::Stderr, true),
+            b"stderr~" => (Stream::Stderr, false),
+            _ => continue,
+        };
+        let _ = tx.send(Event::Output { num, stream, line: bytes.to_vec(), complete }).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The driver thread.
+
+fn drive(shared: &Shared) {
+    let mut interval = POLL_MIN;
+    let mut next_poll = Instant::now() + POLL_MIN;
+    let mut warned: Option<String> = None;
+    loop {
+        let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        // Submit what was gathered, once every expected job is in or none came for a while.
+        if !st.pending.is_empty() {
+            let waiting_for = shared.settings.expected.saturating_sub(st.first_submitted);
+            let firsts = st.pending.iter().filter(|p| p.manifest.attempt == 1).count() as u64;
+            let quiet = st.last_add.is_none_or(|t| t.elapsed() >= GATHER);
+            if firsts >= waiting_for || quiet || st.shutdown {
+                let batch = std::mem::take(&mut st.pending);
+                st.first_submitted += firsts;
+                let first = st.batches;
+                drop(st);
+                let chunk = (shared.settings.max_array_size.max(1) as usize).min(batch.len().max(1));
+                let mut k = first;
+                let mut rest = batch;
+                let mut registered = Vec::new();
+                while !rest.is_empty() {
+                    let tail = rest.split_off(chunk.min(rest.len()));
+                    registered.extend(submit(shared, k, std::mem::replace(&mut rest, tail)));
+                    k += 1;
+                }
+                let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+                st.batches = k;
+                for (id, tracked) in registered {
+                    st.tasks.insert(id, tracked);
+                }
+                st.poll_now = true;
+                continue;
+            }
+        }
+        if !st.signals.is_empty() {
+            let signals = std::mem::take(&mut st.signals);
+            let mut plain = Vec::new();
+            let mut by_signal: HashMap<i32, Vec<String>> = HashMap::new();
+            for (id, sig) in signals {
+                let Some(t) = st.tasks.get_mut(&id) else { continue };
+                t.signaled.push(sig);
+                let running = matches!(t.state.as_deref(), Some("RUNNING") | Some("COMPLETING") | Some("SUSPENDED"));
+                if sig == libc::SIGKILL || !running {
+                    plain.push(id.name());
+                } else {
+                    by_signal.entry(sig).or_default().push(id.name());
+                }
+                if sig == libc::SIGKILL && running {
+                    by_signal.entry(libc::SIGKILL).or_default().push(id.name());
+                }
+            }
+            st.poll_now = true;
+            drop(st);
+            for (sig, ids) in by_signal {
+                let name = crate::job::signal_name(sig);
+                let name = name.trim_start_matches("SIG").to_string();
+                let mut args = vec!["--batch".to_string(), format!("--signal={name}")];
+                if sig == libc::SIGKILL {
+                    args[0] = "--full".into();
+                }
+                args.extend(ids);
+                if let Err(e) = cmd::scancel(&args) {
+                    tracing::debug!("scancel {}: {e}", args.join(" "));
+                }
+            }
+            if !plain.is_empty() {
+                dedup(&mut plain);
+                if let Err(e) = cmd::scancel(&plain) {
+                    tracing::debug!("scancel {}: {e}", plain.join(" "));
+                }
+            }
+            interval = POLL_MIN;
+            next_poll = Instant::now() + Duration::from_millis(50);
+            continue;
+        }
+        let live: Vec<u64> = {
+            let mut a: Vec<u64> =
+                st.tasks.iter().filter(|(_, t)| t.view.borrow().end.is_none() || t.view.borrow().in_queue).map(|(id, _)| id.array).collect();
+            a.sort_unstable();
+            a.dedup();
+            a
+        };
+        if st.shutdown && st.pending.is_empty() {
+            // Nothing may stay queued after the run: whatever is still there is cancelled.
+            let left: Vec<String> = st
+                .tasks
+                .iter()
+                .filter(|(_, t)| t.view.borrow().in_queue || t.view.borrow().end.is_none())
+                .map(|(id, _)| id.name())
+                .collect();
+            drop(st);
+            if !left.is_empty() {
+                let _ = cmd::scancel(&left);
+                wait_gone(&live, Duration::from_secs(20));
+            }
+            return;
+        }
+        if st.poll_now {
+            st.poll_now = false;
+            interval = POLL_MIN;
+            next_poll = next_poll.min(Instant::now() + Duration::from_millis(20));
+        }
+        let now = Instant::now();
+        if !live.is_empty() && now >= next_poll {
+            drop(st);
+            let changed = poll(shared, &live, &mut warned);
+            interval = if changed { POLL_MIN } else { (interval.mul_f64(1.5)).min(POLL_MAX) };
+            next_poll = Instant::now() + interval;
+            continue;
+        }
+        let mut until = if live.is_empty() { Duration::from_secs(3600) } else { next_poll.saturating_duration_since(now) };
+        if !st.pending.is_empty() {
+            let gather = st.last_add.map_or(Duration::ZERO, |t| GATHER.saturating_sub(t.elapsed()));
+            until = until.min(gather.max(Duration::from_millis(1)));
+        }
+        let _unused = shared.wake.wait_timeout(st, until);
+    }
+}
+
+fn dedup(v: &mut Vec<String>) {
+    let mut seen = HashSet::new();
+    v.retain(|x| seen.insert(x.clone()));
+}
+
+/// Wait (bounded) until none of `arrays`' tasks is in the queue.
+fn wait_gone(arrays: &[u64], bound: Duration) {
+    let deadline = Instant::now() + bound;
+    while Instant::now() < deadline {
+        match cmd::squeue(arrays) {
+            Ok(Some(seen)) if seen.values().any(|s| cmd::is_live(&s.state)) => {}
+            Ok(_) => return,
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Submit one array of `batch`, as batch `k`; each job's start gets its task or the error.
+fn submit(shared: &Shared, k: u32, batch: Vec<Pending>) -> Vec<(TaskId, Tracked)> {
+    let s = &shared.settings;
+    let dir = s.work_dir.join(format!("b{k}"));
+    let fail = |batch: Vec<Pending>, message: String| {
+        for p in batch {
+            let _ = p.reply.send(Err(message.clone()));
+        }
+        Vec::new()
+    };
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        return fail(batch, format!("cannot create {}: {e}", dir.display()));
+    }
+    let throttle = s.throttle.max(1);
+    let mut manifests = Vec::with_capacity(batch.len());
+    for (i, p) in batch.iter().enumerate() {
+        let mut m = p.manifest.clone();
+        m.slot = i % throttle;
+        m.slot_env = std::iter::once((orchestrator_worker::env::SLOT.to_string(), m.slot.to_string()))
+            .chain(s.slot_env.iter().map(|(k, v)| (k.clone(), v.for_slot(m.slot))))
+            .collect();
+        m.marker = dir.join(format!("{i}.done"));
+        let text = match serde_json::to_vec(&m) {
+            Ok(t) => t,
+            Err(e) => return fail(batch, e.to_string()),
+        };
+        if let Err(e) = std::fs::write(dir.join(format!("{i}.json")), text) {
+            return fail(batch, format!("cannot write {}: {e}", dir.join(format!("{i}.json")).display()));
+        }
+        manifests.push(m);
+    }
+    let script = dir.join("run.sh");
+    let mut text = String::from("#!/bin/bash\n# Written by orchestrator: runs one job of this array on its node.\n");
+    for line in &s.setup {
+        text.push_str(line);
+        text.push('\n');
+    }
+    let exe = shell_quote(&s.exe.to_string_lossy());
+    let runner = format!("{exe} {} {}", task::ARG, shell_quote(&dir.to_string_lossy()));
+    match &s.srun_args {
+        Some(args) => {
+            let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
+            text.push_str(&format!("exec srun {} {runner}\n", args.join(" ")));
+        }
+        None => text.push_str(&format!("exec {runner}\n")),
+    }
+    if let Err(e) = std::fs::write(&script, text) {
+        return fail(batch, format!("cannot write {}: {e}", script.display()));
+    }
+    let mut args = s.array_args(batch.len());
+    args.push(format!("--output={}", dir.join("%a.out").display()));
+    args.push("--open-mode=append".into());
+    args.push(format!("--chdir={}", s.chdir.display()));
+    args.push(script.to_string_lossy().into_owned());
+    tracing::debug!("sbatch {}", args.join(" "));
+    let array = match cmd::sbatch(&args) {
+        Ok(a) => a,
+        Err(e) => {
+            let message = match e {
+                SlurmError::Rejected(m) | SlurmError::Unreachable(m) => m,
+                other => other.to_string(),
+            };
+            return fail(batch, message);
+        }
+    };
+    let mut out = Vec::with_capacity(batch.len());
+    for (i, (p, m)) in batch.into_iter().zip(manifests).enumerate() {
+        let id = TaskId { array, index: i };
+        let (tx, rx) = watch::channel(View { in_queue: true, end: None });
+        let submitted = Submitted { task: id.clone(), view: rx, marker: m.marker.clone(), log: m.log.clone() };
+        if p.reply.send(Ok(submitted)).is_err() {
+            // Nobody waits for it any more: it must not run.
+            let _ = cmd::scancel(&[id.name()]);
+        }
+        out.push((
+            id,
+            Tracked {
+                view: tx,
+                marker: m.marker,
+                out: dir.join(format!("{i}.out")),
+                state: None,
+                since: Instant::now(),
+                signaled: Vec::new(),
+                preempted_at: None,
+                node: None,
+            },
+        ));
+    }
+    out
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn read_marker(path: &Path) -> Option<Done> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// One poll of every live array; returns whether anything changed.
+fn poll(shared: &Shared, arrays: &[u64], warned: &mut Option<String>) -> bool {
+    let seen = match cmd::squeue(arrays) {
+        Ok(s) => {
+            *warned = None;
+            s
+        }
+        Err(e) => {
+            if warned.as_deref() != Some(e.as_str()) {
+                tracing::warn!("squeue failed (trying again): {e}");
+                *warned = Some(e);
+            }
+            return false;
+        }
+    };
+    let mut changed = false;
+    let mut forgotten: Vec<TaskId> = Vec::new();
+    let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+    for (id, t) in st.tasks.iter_mut() {
+        if !arrays.contains(&id.array) {
+            continue;
+        }
+        let view = t.view.borrow().clone();
+        if view.end.is_some() && !view.in_queue {
+            continue;
+        }
+        let entry = seen.as_ref().and_then(|s| s.get(&id.name()));
+        match entry {
+            Some(e) => {
+                if t.state.as_deref() != Some(e.state.as_str()) {
+                    changed = true;
+                    t.state = Some(e.state.clone());
+                    t.preempted_at = (e.state == "PREEMPTED").then(Instant::now);
+                }
+                if e.node.is_some() {
+                    t.node = e.node.clone();
+                }
+                // PREEMPTED may turn into a requeue: final only once it stays so.
+                let preempt_wait = t.preempted_at.is_some_and(|p| p.elapsed() < Duration::from_secs(10));
+                let live = cmd::is_live(&e.state) || preempt_wait;
+                if !live && view.end.is_none() {
+                    let ended = finish(shared, id, t, &e.state, None, e.node.clone(), e.start, e.end);
+                    t.view.send_replace(View { in_queue: false, end: Some(Ok(ended)) });
+                    changed = true;
+                } else if !live && view.in_queue {
+                    t.view.send_modify(|v| v.in_queue = false);
+                    changed = true;
+                }
+            }
+            None => {
+                // Not (or no longer) known to slurmctld: right after submission that is
+                // normal for a moment; later it was purged.
+                if t.since.elapsed() > Duration::from_secs(10) || seen.is_none() {
+                    forgotten.push(id.clone());
+                }
+            }
+        }
+    }
+    if !forgotten.is_empty() {
+        drop(st);
+        let acc = if shared.settings.accounting {
+            let arrays: Vec<u64> = forgotten.iter().map(|t| t.array).collect::<HashSet<_>>().into_iter().collect();
+            cmd::sacct(&arrays).ok().flatten()
+        } else {
+            None
+        };
+        st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        for id in forgotten {
+            let Some(t) = st.tasks.get_mut(&id) else { continue };
+            let a = acc.as_ref().and_then(|a| a.get(&id.name())).cloned();
+            let marker = read_marker(&t.marker);
+            let ended = match (a, marker) {
+                (Some(a), _) if cmd::is_live(&a.state) => continue,
+                (Some(a), _) => Ok(finish(shared, &id, t, &a.state, Some((a.code, a.signal)), a.node, a.start, a.end)),
+                (None, Some(_)) => Ok(finish(shared, &id, t, "COMPLETED", None, None, None, None)),
+                (None, None) => Err(format!(
+                    "Slurm task {} left the queue without a trace (no completion marker, {})",
+                    id.name(),
+                    if shared.settings.accounting { "not in sacct" } else { "accounting is off" }
+                )),
+            };
+            t.view.send_replace(View { in_queue: false, end: Some(ended) });
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// How a task that reached the final Slurm `state` ended: its marker's word on the
+/// program, Slurm's on why.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    shared: &Shared,
+    id: &TaskId,
+    t: &Tracked,
+    state: &str,
+    accounted: Option<(i32, i32)>,
+    node: Option<String>,
+    start: Option<DateTime<Utc>>,
+    end: Option<DateTime<Utc>>,
+) -> Ended {
+    let done = read_marker(&t.marker);
+    // Without a marker: the exit code from sacct, else scontrol (while it holds the job).
+    let (code, signal) = match (&done, accounted) {
+        (Some(d), _) => (d.code, d.signal),
+        (None, Some((c, s))) => (Some(c), Some(s).filter(|s| *s != 0)),
+        (None, None) => match cmd::scontrol_job(&id.name()) {
+            Some(a) => (Some(a.code), Some(a.signal).filter(|s| *s != 0)),
+            None => (None, None),
+        },
+    };
+    let program = |code: Option<i32>, signal: Option<i32>| match (code, signal) {
+        (_, Some(signal)) => ExitStatus::Signal { signal, core_dumped: done.as_ref().is_some_and(|d| d.core_dumped) },
+        (Some(c), None) => ExitStatus::Code(c),
+        (None, None) => ExitStatus::Code(-1),
+    };
+    let ended = |reason| ExitStatus::Ended { reason, code, signal };
+    let oom_note = || {
+        std::fs::read_to_string(&t.out)
+            .map(|s| s.contains("exceeded memory limit") || s.contains("oom-kill") || s.contains("Out Of Memory"))
+            .unwrap_or(false)
+    };
+    let status = match state {
+        "COMPLETED" => program(code.or(Some(0)), signal),
+        "FAILED" if signal == Some(libc::SIGKILL) && oom_note() => ended(EndReason::OutOfMemory),
+        "FAILED" => program(code.or(Some(1)), signal),
+        "TIMEOUT" | "DEADLINE" => ended(EndReason::TimeLimit),
+        "CANCELLED" if !t.signaled.is_empty() => {
+            program(code.filter(|_| done.is_some()), signal.or(Some(*t.signaled.last().unwrap_or(&libc::SIGTERM))))
+        }
+        "CANCELLED" => ended(EndReason::Cancelled),
+        "OUT_OF_MEMORY" => ended(EndReason::OutOfMemory),
+        "NODE_FAIL" | "BOOT_FAIL" => ended(EndReason::NodeFail),
+        "PREEMPTED" => ended(EndReason::Preempted),
+        _ => program(code, signal),
+    };
+    let usage = done
+        .as_ref()
+        .map(|d| Usage { user_cpu: d.user_cpu, sys_cpu: d.sys_cpu, max_rss_kib: d.max_rss_kib })
+        .unwrap_or_default();
+    let node = done.as_ref().and_then(|d| d.node.clone()).or(node).or_else(|| t.node.clone());
+    let started = done.as_ref().and_then(|d| d.start()).or(start);
+    let finished = done.as_ref().and_then(|d| d.end()).or(end);
+    let _ = shared;
+    Ended { exit: Exit { status, usage, started, ended: finished, node }, done }
+}
