@@ -7,4 +7,5 @@ mod hygiene;
 mod output;
 mod seed;
 mod spill;
+mod slurm;
 mod sweeps;

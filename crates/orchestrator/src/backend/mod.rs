@@ -167,12 +167,16 @@ pub struct Exit {
     pub ended: Option<chrono::DateTime<chrono::Utc>>,
     /// The machine it ran on, where that is not this one.
     pub node: Option<String>,
+    /// The slot it really ran in, where the backend decides that (a Slurm task's slot is
+    /// its index in its array modulo the throttle, whatever slot of the scheduler waited
+    /// for it).
+    pub slot: Option<usize>,
 }
 
 impl Exit {
     /// An exit with `status` and no usage figures.
     pub fn new(status: ExitStatus) -> Self {
-        Exit { status, usage: Usage::default(), started: None, ended: None, node: None }
+        Exit { status, usage: Usage::default(), started: None, ended: None, node: None, slot: None }
     }
 }
 

@@ -111,6 +111,8 @@ struct AttemptEnd {
     log: Option<Box<dyn JobLog>>,
     /// Where it ran, if not here.
     node: Option<String>,
+    /// The slot the backend ran it in, if it decides that.
+    slot: Option<usize>,
     /// When its program really started and ended, as the backend knows it (a cluster task).
     ran: Option<(DateTime<Utc>, DateTime<Utc>)>,
 }
@@ -196,7 +198,7 @@ async fn run_job(
             overrides: std::mem::take(&mut spec.overrides),
             outcome: end.outcome,
             pid: end.pid,
-            slot,
+            slot: end.slot.unwrap_or(slot),
             start,
             end: end_time,
             duration,
@@ -247,6 +249,7 @@ async fn run_attempt(
                 leftovers: 0,
                 log: None,
                 node: None,
+                slot: None,
                 ran: None,
             };
         }
@@ -278,6 +281,7 @@ async fn run_attempt(
     let outcome = exited.outcome(spec.timeout);
     let usage = exited.exit.as_ref().map(|e| e.usage).unwrap_or_default();
     let node = exited.exit.as_ref().ok().and_then(|e| e.node.clone());
+    let ran_slot = exited.exit.as_ref().ok().and_then(|e| e.slot);
     let ran = exited.exit.as_ref().ok().and_then(|e| Some((e.started?, e.ended?)));
     // The program's own run time where the backend knows it (not the queueing before it).
     let duration = ran.and_then(|(s, e)| (e - s).to_std().ok()).unwrap_or(duration);
@@ -300,6 +304,7 @@ async fn run_attempt(
         leftovers,
         log: Some(collected.log),
         node,
+        slot: ran_slot,
         ran,
     }
 }

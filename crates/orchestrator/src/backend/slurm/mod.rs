@@ -175,6 +175,10 @@ struct Tracked {
     signaled: Vec<i32>,
     preempted_at: Option<Instant>,
     node: Option<String>,
+    /// Its slot (index in its array modulo the throttle).
+    slot: usize,
+    /// When it was first missing from squeue without a final state.
+    vanished_at: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -345,6 +349,7 @@ impl Attempt for SlurmAttempt {
     }
 
     fn signal(&mut self, signal: i32) {
+        tracing::debug!("signal {signal} to Slurm task {}", self.submitted.task.name());
         {
             let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
             st.signals.push((self.submitted.task.clone(), signal));
@@ -468,6 +473,22 @@ fn drive(shared: &Shared) {
             }
         }
         if !st.signals.is_empty() {
+            // Whether a task runs decides how it is signalled: a task believed pending may
+            // have started since the last poll (then a plain cancel would leave what ignores
+            // SIGTERM to Slurm's KillWait), so look again first.
+            let stale: Vec<u64> = st
+                .signals
+                .iter()
+                .filter(|(id, _)| st.tasks.get(id).is_some_and(|t| t.state.as_deref() != Some("RUNNING")))
+                .map(|(id, _)| id.array)
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            if !stale.is_empty() {
+                drop(st);
+                poll(shared, &stale, &mut warned);
+                st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            }
             let signals = std::mem::take(&mut st.signals);
             let mut plain = Vec::new();
             let mut by_signal: HashMap<i32, Vec<String>> = HashMap::new();
@@ -475,33 +496,48 @@ fn drive(shared: &Shared) {
                 let Some(t) = st.tasks.get_mut(&id) else { continue };
                 t.signaled.push(sig);
                 let running = matches!(t.state.as_deref(), Some("RUNNING") | Some("COMPLETING") | Some("SUSPENDED"));
-                if sig == libc::SIGKILL || !running {
-                    plain.push(id.name());
-                } else {
+                // A pending task is simply cancelled; a running one gets the signal (SIGKILL
+                // to every process of its step, then the cancel: see below).
+                if running {
                     by_signal.entry(sig).or_default().push(id.name());
-                }
-                if sig == libc::SIGKILL && running {
-                    by_signal.entry(libc::SIGKILL).or_default().push(id.name());
+                } else {
+                    plain.push(id.name());
                 }
             }
             st.poll_now = true;
             drop(st);
-            for (sig, ids) in by_signal {
-                let name = crate::job::signal_name(sig);
-                let name = name.trim_start_matches("SIG").to_string();
-                let mut args = vec!["--batch".to_string(), format!("--signal={name}")];
-                if sig == libc::SIGKILL {
-                    args[0] = "--full".into();
-                }
-                args.extend(ids);
-                if let Err(e) = cmd::scancel(&args) {
-                    tracing::debug!("scancel {}: {e}", args.join(" "));
-                }
-            }
+            tracing::debug!("signals: plain {plain:?}, by signal {by_signal:?}");
+            // One scancel per running task: `scancel --signal` given several ids waits until
+            // they end (35 s measured here), and even one id can take seconds when its task
+            // ends meanwhile: every call runs on a thread of its own, so that polling (and
+            // the plain scancel of pending tasks) never waits for one.
+            let mut calls: Vec<Vec<Vec<String>>> = by_signal
+                .into_iter()
+                .flat_map(|(sig, ids)| {
+                    // SIGKILL is asked of the task runner, which kills the job's group and
+                    // still writes its marker (see `task::KILL_REQUEST`).
+                    let name = if sig == libc::SIGKILL {
+                        task::KILL_REQUEST.to_string()
+                    } else {
+                        crate::job::signal_name(sig).trim_start_matches("SIG").to_string()
+                    };
+                    ids.into_iter().map(move |id| vec![vec!["--batch".to_string(), format!("--signal={name}"), id]])
+                })
+                .collect();
             if !plain.is_empty() {
                 dedup(&mut plain);
-                if let Err(e) = cmd::scancel(&plain) {
-                    tracing::debug!("scancel {}: {e}", plain.join(" "));
+                calls.push(vec![plain]);
+            }
+            for seq in calls {
+                let spawned = std::thread::Builder::new().name("orchestrator-scancel".into()).spawn(move || {
+                    for args in seq {
+                        if let Err(e) = cmd::scancel(&args) {
+                            tracing::debug!("scancel {}: {e}", args.join(" "));
+                        }
+                    }
+                });
+                if let Err(e) = spawned {
+                    tracing::warn!("cannot start a thread for scancel: {e}");
                 }
             }
             interval = POLL_MIN;
@@ -583,6 +619,9 @@ fn submit(shared: &Shared, k: u32, batch: Vec<Pending>) -> Vec<(TaskId, Tracked)
     if let Err(e) = std::fs::create_dir_all(&dir) {
         return fail(batch, format!("cannot create {}: {e}", dir.display()));
     }
+    // Task i is the i-th job of the batch in job order (slots call start() in any order).
+    let mut batch = batch;
+    batch.sort_by_key(|p| (p.manifest.num, p.manifest.attempt));
     let throttle = s.throttle.max(1);
     let mut manifests = Vec::with_capacity(batch.len());
     for (i, p) in batch.iter().enumerate() {
@@ -655,6 +694,8 @@ fn submit(shared: &Shared, k: u32, batch: Vec<Pending>) -> Vec<(TaskId, Tracked)
                 signaled: Vec::new(),
                 preempted_at: None,
                 node: None,
+                slot: i % throttle,
+                vanished_at: None,
             },
         ));
     }
@@ -721,7 +762,12 @@ fn poll(shared: &Shared, arrays: &[u64], warned: &mut Option<String>) -> bool {
             None => {
                 // Not (or no longer) known to slurmctld: right after submission that is
                 // normal for a moment; later it was purged.
-                if t.since.elapsed() > Duration::from_secs(10) || seen.is_none() {
+                // Pending tasks cancelled are never listed again (they stay collapsed).
+                if t.since.elapsed() > Duration::from_secs(10)
+                    || seen.is_none()
+                    || t.state.is_some()
+                    || !t.signaled.is_empty()
+                {
                     forgotten.push(id.clone());
                 }
             }
@@ -744,6 +790,15 @@ fn poll(shared: &Shared, arrays: &[u64], warned: &mut Option<String>) -> bool {
                 (Some(a), _) if cmd::is_live(&a.state) => continue,
                 (Some(a), _) => Ok(finish(shared, &id, t, &a.state, Some((a.code, a.signal)), a.node, a.start, a.end)),
                 (None, Some(_)) => Ok(finish(shared, &id, t, "COMPLETED", None, None, None, None)),
+                // We cancelled it, and it left no trace: it never ran (pending tasks
+                // cancelled are not listed by squeue, and sacct lags behind).
+                (None, None) if !t.signaled.is_empty() => {
+                    Ok(finish(shared, &id, t, "CANCELLED", None, None, None, None))
+                }
+                // sacct can be seconds behind: give it time before calling the task lost.
+                (None, None) if t.vanished_at.get_or_insert_with(Instant::now).elapsed() < Duration::from_secs(30) => {
+                    continue;
+                }
                 (None, None) => Err(format!(
                     "Slurm task {} left the queue without a trace (no completion marker, {})",
                     id.name(),
@@ -796,6 +851,10 @@ fn finish(
         "FAILED" if signal == Some(libc::SIGKILL) && oom_note() => ended(EndReason::OutOfMemory),
         "FAILED" => program(code.or(Some(1)), signal),
         "TIMEOUT" | "DEADLINE" => ended(EndReason::TimeLimit),
+        // Cancelled before it ran: no program to speak of.
+        "CANCELLED" if done.is_none() && node.is_none() && t.node.is_none() => {
+            ExitStatus::Ended { reason: EndReason::Cancelled, code: None, signal: None }
+        }
         "CANCELLED" if !t.signaled.is_empty() => {
             program(code.filter(|_| done.is_some()), signal.or(Some(*t.signaled.last().unwrap_or(&libc::SIGTERM))))
         }
@@ -813,5 +872,5 @@ fn finish(
     let started = done.as_ref().and_then(|d| d.start()).or(start);
     let finished = done.as_ref().and_then(|d| d.end()).or(end);
     let _ = shared;
-    Ended { exit: Exit { status, usage, started, ended: finished, node }, done }
+    Ended { exit: Exit { status, usage, started, ended: finished, node, slot: Some(t.slot) }, done }
 }

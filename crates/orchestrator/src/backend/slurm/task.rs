@@ -38,6 +38,12 @@ use orchestrator_worker::env as contract;
 /// The first argument that makes the binary a Slurm task runner (not a user-facing command).
 pub const ARG: &str = "__slurm-task";
 
+/// The signal the supervisor sends a task (`scancel --batch --signal=40`) to have its job's
+/// process group SIGKILLed: a SIGKILL from Slurm would kill this runner first, the job's
+/// group (a group of its own) would outlive it until Slurm's KillWait, and no marker would
+/// say how the job ended. SIGRTMIN+6 (glibc's SIGRTMIN is 34); never forwarded.
+pub const KILL_REQUEST: i32 = 40;
+
 /// One file the task writes before the program starts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct FileEntry {
@@ -221,6 +227,19 @@ async fn run(m: Manifest) -> Done {
     if m.attempt > 1 {
         cmd.env(contract::ATTEMPT, m.attempt.to_string());
     }
+    // Slurm starts batch scripts with some signals ignored (SIGINT here): the job gets the
+    // default dispositions, as a local job does, so that a forwarded signal acts.
+    // SAFETY: only sigaction (async-signal-safe) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
+    // Our handlers before the job exists: a signal that comes meanwhile waits for it.
+    let mut streams = signal_streams();
     // Slurm's own variables are in our environment already (inherited).
     done.start_us = Some(Utc::now().timestamp_micros());
     let mut child = match cmd.spawn() {
@@ -262,17 +281,6 @@ async fn run(m: Manifest) -> Done {
     let waiter = tokio::task::spawn_blocking(move || wait4_blocking(pid));
     let mut got = Vec::new();
     let reaped = {
-        use tokio::signal::unix::{SignalKind, signal};
-        let kinds = [
-            SignalKind::terminate(),
-            SignalKind::interrupt(),
-            SignalKind::hangup(),
-            SignalKind::quit(),
-            SignalKind::user_defined1(),
-            SignalKind::user_defined2(),
-        ];
-        let mut streams: Vec<(i32, tokio::signal::unix::Signal)> =
-            kinds.iter().filter_map(|k| Some((k.as_raw_value(), signal(*k).ok()?))).collect();
         let mut waiter = waiter;
         loop {
             let any_signal = async {
@@ -288,6 +296,7 @@ async fn run(m: Manifest) -> Done {
             tokio::select! {
                 r = &mut waiter => break r.ok().flatten(),
                 n = any_signal => {
+                    let n = if n == KILL_REQUEST { libc::SIGKILL } else { n };
                     got.push(n);
                     if let Ok(sig) = Signal::try_from(n) {
                         sys::signal_group(pid, sig);
@@ -340,6 +349,21 @@ async fn run(m: Manifest) -> Done {
     done.stderr_bytes = captured.stderr;
     done.log_to = file_len(&m.log);
     done
+}
+
+/// Handlers for the signals a task forwards to its job.
+fn signal_streams() -> Vec<(i32, tokio::signal::unix::Signal)> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let kinds = [
+        SignalKind::terminate(),
+        SignalKind::interrupt(),
+        SignalKind::hangup(),
+        SignalKind::quit(),
+        SignalKind::user_defined1(),
+        SignalKind::user_defined2(),
+        SignalKind::from_raw(KILL_REQUEST),
+    ];
+    kinds.iter().filter_map(|k| Some((k.as_raw_value(), signal(*k).ok()?))).collect()
 }
 
 /// The first of `futs` to finish.
