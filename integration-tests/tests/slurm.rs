@@ -243,6 +243,34 @@ fn slurm_ctrl_c_mid_array_leaves_nothing_queued_and_no_process() {
 }
 
 #[test]
+fn slurm_supervisor_killed_with_sigkill_leaves_nothing_queued() {
+    if !cluster("slurm_supervisor_killed_with_sigkill_leaves_nothing_queued") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let name = unique("kill9");
+    let cfg = slurm_config(&sb, 2, "");
+    let mut child = sb.spawn(&[
+        "-c",
+        cfg.to_str().unwrap(),
+        "-m",
+        "task=1..4",
+        &format!("hydra.job.name={name}"),
+        "--",
+        fixture(),
+        "hang-ignore-term",
+    ]);
+    wait_for(60, "two running tasks", || sb.sweep_dirs().first().is_some_and(|s| recorded_pids(s).len() >= 4));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+    // The watchdog cancels the array; Slurm ends the tasks (SIGKILL after its KillWait for
+    // these, which ignore SIGTERM).
+    wait_for(30, "the array to leave the queue", || queued(&name).is_empty());
+    let pids = recorded_pids(&sb.sweep_dir());
+    wait_for(15, "the tasks' processes to end", || pids.iter().all(|p| !alive(*p)));
+}
+
+#[test]
 fn slurm_rejected_submission_exits_2_with_slurms_message_and_queues_nothing() {
     if !cluster("slurm_rejected_submission_exits_2_with_slurms_message_and_queues_nothing") {
         return;

@@ -64,6 +64,13 @@ pub struct Watchdog {
 impl Watchdog {
     /// Start a watchdog for the jobs this process will start.
     pub fn start() -> Result<Watchdog, WatchdogError> {
+        Self::start_with(None)
+    }
+
+    /// [`Watchdog::start`], which also cancels (`scancel`) the Slurm job arrays listed in
+    /// `slurm_arrays` (one id a line, appended as they are submitted) if the supervisor dies
+    /// without saying the run is over: a cluster's tasks outlive their supervisor otherwise.
+    pub fn start_with(slurm_arrays: Option<&std::path::Path>) -> Result<Watchdog, WatchdogError> {
         // Every end close-on-exec: no job may hold the write end, or the watchdog would wait
         // for it too.
         let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
@@ -75,6 +82,7 @@ impl Watchdog {
             .arg(ARG)
             .arg(std::process::id().to_string())
             .arg(sys::own_pgid().to_string())
+            .args(slurm_arrays.map(|p| p.as_os_str().to_owned()))
             .stdin(Stdio::from(alive_r))
             .stdout(Stdio::from(ready_w))
             .stderr(Stdio::null())
@@ -174,6 +182,15 @@ fn main(args: &[OsString]) -> u8 {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => break,
+        }
+    }
+    // A Slurm run's arrays: nothing of them may stay queued.
+    if let Some(list) = args.get(2).map(std::path::PathBuf::from)
+        && let Ok(text) = std::fs::read_to_string(&list)
+    {
+        let ids: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        if !ids.is_empty() {
+            let _ = Command::new("scancel").args(&ids).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
         }
     }
     let marker = super::job_marker_prefix(pid);

@@ -73,6 +73,10 @@ pub struct SlurmSettings {
     pub accounting: bool,
     /// Base directory of relative paths (the batch script's `--chdir`).
     pub chdir: PathBuf,
+    /// Start a watchdog process that cancels the run's arrays if this process dies without
+    /// ending them (SIGKILL, a crash): the program must call
+    /// [`watchdog::serve_if_requested`](crate::watchdog::serve_if_requested) first thing.
+    pub watchdog: bool,
 }
 
 impl SlurmSettings {
@@ -94,6 +98,7 @@ impl SlurmSettings {
             max_array_size: info.max_array_size,
             accounting: info.accounting,
             chdir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+            watchdog: false,
         }
     }
 
@@ -197,6 +202,8 @@ struct State {
 
 struct Shared {
     settings: SlurmSettings,
+    /// The run's watchdog, told the run is over in `run_ended`.
+    watchdog: Mutex<Option<crate::watchdog::Watchdog>>,
     state: Mutex<State>,
     wake: Condvar,
     clock: Clock,
@@ -214,6 +221,9 @@ impl std::fmt::Debug for SlurmBackend {
     }
 }
 
+/// The file in the work dir listing the run's arrays, for the watchdog.
+const ARRAYS: &str = "arrays";
+
 /// The debounce: an array is submitted once no job came for this long.
 const GATHER: Duration = Duration::from_millis(100);
 const POLL_MIN: Duration = Duration::from_millis(250);
@@ -222,9 +232,31 @@ const POLL_MAX: Duration = Duration::from_secs(2);
 impl SlurmBackend {
     /// A backend for one run; its driver thread starts now.
     pub fn new(settings: SlurmSettings) -> SlurmBackend {
+        let _ = std::fs::create_dir_all(&settings.work_dir);
+        let watchdog = if settings.watchdog {
+            match crate::watchdog::Watchdog::start_with(Some(&settings.work_dir.join(ARRAYS))) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!("cannot start the watchdog ({e}): if this process is killed, its Slurm tasks stay queued");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        // A resumed sweep's earlier batches stay: this run's go after them.
+        let batches = std::fs::read_dir(&settings.work_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix('b')?.parse::<u32>().ok())
+            .map(|k| k + 1)
+            .max()
+            .unwrap_or(0);
         let shared = Arc::new(Shared {
             settings,
-            state: Mutex::new(State::default()),
+            watchdog: Mutex::new(watchdog),
+            state: Mutex::new(State { batches, ..State::default() }),
             wake: Condvar::new(),
             clock: Clock::new(),
         });
@@ -300,6 +332,10 @@ impl Backend for SlurmBackend {
         self.shared.wake.notify_all();
         if let Some(driver) = self.driver.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = driver.join();
+        }
+        // Every task has left the queue (the driver waited for it).
+        if let Some(w) = self.shared.watchdog.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            w.finish();
         }
     }
 }
@@ -674,6 +710,19 @@ fn submit(shared: &Shared, k: u32, batch: Vec<Pending>) -> Vec<(TaskId, Tracked)
             return fail(batch, message);
         }
     };
+    // For the watchdog: what to cancel if this process dies.
+    {
+        use std::io::Write;
+        let list = s.work_dir.join(ARRAYS);
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&list)
+            .and_then(|mut f| f.write_all(format!("{array}\n").as_bytes()));
+        if let Err(e) = appended {
+            tracing::warn!("cannot write {}: {e}", list.display());
+        }
+    }
     let mut out = Vec::with_capacity(batch.len());
     for (i, (p, m)) in batch.into_iter().zip(manifests).enumerate() {
         let id = TaskId { array, index: i };
