@@ -6,6 +6,6 @@ mod bad_input;
 mod hygiene;
 mod output;
 mod seed;
-mod spill;
 mod slurm;
+mod spill;
 mod sweeps;

@@ -83,7 +83,9 @@ fn stable(r: &Value) -> Value {
     let mut r = r.clone();
     let m = r.as_object_mut().unwrap();
     // stdout_bytes too: the app prints its pid, whose digits vary.
-    for k in ["pid", "start", "end", "duration_s", "cpu_user_s", "cpu_sys_s", "max_rss_kib", "node", "slot", "stdout_bytes"] {
+    for k in
+        ["pid", "start", "end", "duration_s", "cpu_user_s", "cpu_sys_s", "max_rss_kib", "node", "slot", "stdout_bytes"]
+    {
         m.remove(k);
     }
     r
@@ -122,7 +124,12 @@ fn slurm_seed_sweep_leaves_the_same_tree_and_journal_as_locally() {
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "{backend}: {:?}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{backend}: {:?}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
         stdout
     };
     let (local, slurm) = (Sandbox::new(), Sandbox::new());
@@ -163,7 +170,8 @@ fn slurm_seed_sweep_leaves_the_same_tree_and_journal_as_locally() {
     }
     assert!(lj.iter().all(|r| r.get("node").is_none()), "local records have no node");
     // The console: the same header and one app line per job.
-    let header = |s: &str| s.lines().take(7).map(|l| l.split_once("][HYDRA]").unwrap().1.to_string()).collect::<Vec<_>>();
+    let header =
+        |s: &str| s.lines().take(7).map(|l| l.split_once("][HYDRA]").unwrap().1.to_string()).collect::<Vec<_>>();
     assert_eq!(header(&local_out), header(&slurm_out));
     assert_eq!(slurm_out.matches("executing task").count(), 5, "{slurm_out}");
     assert!(queued(&name).is_empty());
@@ -217,9 +225,7 @@ fn slurm_ctrl_c_mid_array_leaves_nothing_queued_and_no_process() {
         "hang-ignore-term",
     ]);
     // Two tasks running (their pids written), four pending.
-    wait_for(60, "two running tasks", || {
-        sb.sweep_dirs().first().is_some_and(|s| recorded_pids(s).len() >= 4)
-    });
+    wait_for(60, "two running tasks", || sb.sweep_dirs().first().is_some_and(|s| recorded_pids(s).len() >= 4));
     assert!(queued(&name).len() >= 3, "{:?}", queued(&name));
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
     let t0 = Instant::now();

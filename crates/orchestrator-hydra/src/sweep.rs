@@ -214,10 +214,8 @@ impl PreparedSweep {
                 None
             } else {
                 layout.create()?;
-                DirLock::take(&layout.abs_dir, &layout.dir).map_err(|e| LayoutError::Io {
-                    path: layout.abs_dir.clone(),
-                    source: std::io::Error::other(e),
-                })?
+                DirLock::take(&layout.abs_dir, &layout.dir)
+                    .map_err(|e| LayoutError::Io { path: layout.abs_dir.clone(), source: std::io::Error::other(e) })?
             });
             if layout.resolved.launcher.temp_folder.is_none() {
                 temp_folder = TempFolder {

@@ -334,9 +334,9 @@ impl Outcome {
     pub fn signal(&self) -> Option<i32> {
         match self {
             Outcome::Signaled { signal, .. } => Some(*signal),
-            Outcome::TimedOut { signal, .. } | Outcome::Stopped { signal, .. } | Outcome::ClusterEnded { signal, .. } => {
-                *signal
-            }
+            Outcome::TimedOut { signal, .. }
+            | Outcome::Stopped { signal, .. }
+            | Outcome::ClusterEnded { signal, .. } => *signal,
             _ => None,
         }
     }

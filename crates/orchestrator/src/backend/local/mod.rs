@@ -214,7 +214,12 @@ impl Backend for LocalBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { writes_files_before_exec: true, local_processes: true, forwards_signals: true, enforces_timeout: false }
+        Capabilities {
+            writes_files_before_exec: true,
+            local_processes: true,
+            forwards_signals: true,
+            enforces_timeout: false,
+        }
     }
 
     fn start<'a>(&'a self, req: StartRequest<'a>) -> BoxFuture<'a, Result<Box<dyn Attempt>, StartError>> {

@@ -190,7 +190,12 @@ fn main(args: &[OsString]) -> u8 {
     {
         let ids: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
         if !ids.is_empty() {
-            let _ = Command::new("scancel").args(&ids).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+            let _ = Command::new("scancel")
+                .args(&ids)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
         }
     }
     let marker = super::job_marker_prefix(pid);

@@ -12,7 +12,9 @@ use chrono::{DateTime, Local, NaiveDateTime, TimeZone, Utc};
 #[non_exhaustive]
 pub enum SlurmError {
     /// `sbatch` (or another tool) is not on `PATH`.
-    #[error("Slurm's `{0}` was not found in PATH\n  = help: run on a Slurm login node, or install the Slurm client (Debian: slurm-client)")]
+    #[error(
+        "Slurm's `{0}` was not found in PATH\n  = help: run on a Slurm login node, or install the Slurm client (Debian: slurm-client)"
+    )]
     Missing(&'static str),
     /// The controller does not answer.
     #[error("the Slurm controller does not answer: {0}\n  = help: check `scontrol ping` and `sinfo`")]
@@ -100,15 +102,13 @@ pub fn probe() -> Result<ClusterInfo, SlurmError> {
 
 /// `Key = value` lines of `scontrol show config` (split at the first `=`, trimmed).
 pub(crate) fn parse_config(text: &str) -> HashMap<String, String> {
-    text.lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect()
+    text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect()
 }
 
 /// `sbatch --parsable ...`: the array's job id, or Slurm's refusal.
 pub(crate) fn sbatch(args: &[String]) -> Result<u64, SlurmError> {
-    let out = run("sbatch", args).map_err(|e| SlurmError::Failed { command: show("sbatch", args), message: e.to_string() })?;
+    let out = run("sbatch", args)
+        .map_err(|e| SlurmError::Failed { command: show("sbatch", args), message: e.to_string() })?;
     if !out.ok {
         let message = out.message();
         if message.contains("Unable to contact slurm controller") {
@@ -129,7 +129,8 @@ pub(crate) fn sbatch(args: &[String]) -> Result<u64, SlurmError> {
 pub(crate) fn sbatch_test(args: &[String]) -> Result<(), SlurmError> {
     let mut a = vec!["--test-only".to_string()];
     a.extend(args.iter().cloned());
-    let out = run("sbatch", &a).map_err(|e| SlurmError::Failed { command: show("sbatch", &a), message: e.to_string() })?;
+    let out =
+        run("sbatch", &a).map_err(|e| SlurmError::Failed { command: show("sbatch", &a), message: e.to_string() })?;
     if out.ok {
         return Ok(());
     }
@@ -153,7 +154,14 @@ pub(crate) struct Seen {
 pub(crate) fn is_live(state: &str) -> bool {
     !matches!(
         state,
-        "COMPLETED" | "FAILED" | "TIMEOUT" | "CANCELLED" | "OUT_OF_MEMORY" | "NODE_FAIL" | "BOOT_FAIL" | "DEADLINE"
+        "COMPLETED"
+            | "FAILED"
+            | "TIMEOUT"
+            | "CANCELLED"
+            | "OUT_OF_MEMORY"
+            | "NODE_FAIL"
+            | "BOOT_FAIL"
+            | "DEADLINE"
             | "PREEMPTED"
     )
 }
@@ -173,7 +181,8 @@ pub(crate) const SQUEUE_FORMAT: &str = "%i|%T|%N|%S|%e";
 /// be asked.
 pub(crate) fn squeue(arrays: &[u64]) -> Result<Option<HashMap<String, Seen>>, String> {
     let ids = arrays.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
-    let args: Vec<String> = ["-h", "-r", "-t", "all", "-j", &ids, "-o", SQUEUE_FORMAT].iter().map(|s| s.to_string()).collect();
+    let args: Vec<String> =
+        ["-h", "-r", "-t", "all", "-j", &ids, "-o", SQUEUE_FORMAT].iter().map(|s| s.to_string()).collect();
     let out = run("squeue", &args).map_err(|e| e.to_string())?;
     if !out.ok {
         if out.stderr.contains("Invalid job id specified") {
@@ -278,7 +287,8 @@ pub(crate) fn scontrol_job(task: &str) -> Option<Accounted> {
     }
     let line = out.stdout.lines().next()?;
     let get = |key: &str| {
-        line.split_whitespace().find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')).map(str::to_string))
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')).map(str::to_string))
     };
     let (code, signal) = get("ExitCode").and_then(|e| {
         let (c, s) = e.split_once(':')?;

@@ -237,7 +237,9 @@ impl SlurmBackend {
             match crate::watchdog::Watchdog::start_with(Some(&settings.work_dir.join(ARRAYS))) {
                 Ok(w) => Some(w),
                 Err(e) => {
-                    tracing::warn!("cannot start the watchdog ({e}): if this process is killed, its Slurm tasks stay queued");
+                    tracing::warn!(
+                        "cannot start the watchdog ({e}): if this process is killed, its Slurm tasks stay queued"
+                    );
                     None
                 }
             }
@@ -299,7 +301,12 @@ impl Backend for SlurmBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { writes_files_before_exec: true, local_processes: false, forwards_signals: true, enforces_timeout: true }
+        Capabilities {
+            writes_files_before_exec: true,
+            local_processes: false,
+            forwards_signals: true,
+            enforces_timeout: true,
+        }
     }
 
     fn start<'a>(&'a self, req: StartRequest<'a>) -> BoxFuture<'a, Result<Box<dyn Attempt>, StartError>> {
@@ -581,8 +588,12 @@ fn drive(shared: &Shared) {
             continue;
         }
         let live: Vec<u64> = {
-            let mut a: Vec<u64> =
-                st.tasks.iter().filter(|(_, t)| t.view.borrow().end.is_none() || t.view.borrow().in_queue).map(|(id, _)| id.array).collect();
+            let mut a: Vec<u64> = st
+                .tasks
+                .iter()
+                .filter(|(_, t)| t.view.borrow().end.is_none() || t.view.borrow().in_queue)
+                .map(|(id, _)| id.array)
+                .collect();
             a.sort_unstable();
             a.dedup();
             a
@@ -615,7 +626,8 @@ fn drive(shared: &Shared) {
             next_poll = Instant::now() + interval;
             continue;
         }
-        let mut until = if live.is_empty() { Duration::from_secs(3600) } else { next_poll.saturating_duration_since(now) };
+        let mut until =
+            if live.is_empty() { Duration::from_secs(3600) } else { next_poll.saturating_duration_since(now) };
         if !st.pending.is_empty() {
             let gather = st.last_add.map_or(Duration::ZERO, |t| GATHER.saturating_sub(t.elapsed()));
             until = until.min(gather.max(Duration::from_millis(1)));
