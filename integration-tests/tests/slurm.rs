@@ -277,6 +277,43 @@ fn slurm_supervisor_killed_with_sigkill_leaves_nothing_queued() {
 }
 
 #[test]
+fn slurm_detach_returns_at_once_and_status_follows_the_sweep() {
+    if !cluster("slurm_detach_returns_at_once_and_status_follows_the_sweep") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let name = unique("detach");
+    let cfg = slurm_config(&sb, 2, "");
+    let t0 = Instant::now();
+    let out = sb
+        .cmd()
+        .args(["-c", cfg.to_str().unwrap(), "--detach", "-m", "task=1..4", &format!("hydra.job.name={name}")])
+        .args(["--", fixture(), "sleep", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(t0.elapsed() < Duration::from_secs(5), "--detach returns once submitted: {:?}", t0.elapsed());
+    assert!(stdout.contains("submitted; sweep dir: multirun/"), "{stdout}");
+    let sweep = sb.sweep_dir();
+    let status = || {
+        let out = Command::new(orchestrator()).arg("status").arg(&sweep).output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = status();
+    assert!(first.contains("of 4 job(s) recorded"), "{first}");
+    assert!(first.contains("supervisor: running"), "{first}");
+    assert!(first.contains("Slurm: ") && !first.contains("nothing in the queue"), "{first}");
+    wait_for(60, "the detached sweep to end", || status().contains("supervisor: none running"));
+    let last = status();
+    assert!(last.contains("4 of 4 job(s) recorded (4 succeeded)"), "{last}");
+    assert!(last.contains("Slurm: nothing in the queue"), "{last}");
+    assert!(queued(&name).is_empty());
+    assert_eq!(journal(&sweep).len(), 4);
+}
+
+#[test]
 fn slurm_rejected_submission_exits_2_with_slurms_message_and_queues_nothing() {
     if !cluster("slurm_rejected_submission_exits_2_with_slurms_message_and_queues_nothing") {
         return;

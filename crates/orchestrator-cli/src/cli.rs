@@ -19,6 +19,17 @@ pub enum Command {
     ///
     /// Example: orchestrator run --config config/joblib.yaml --multirun task=1..5 -- python3 my_app.py
     Run(RunArgs),
+    /// Show a sweep's progress: its journal and, on Slurm, its tasks in the queue.
+    ///
+    /// Example: orchestrator status multirun/2026-11-24/15-41-20
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The sweep dir.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -54,6 +65,12 @@ pub struct RunArgs {
     /// the same as `hydra.launcher.orchestrator.backend=<BACKEND>`.
     #[arg(long, value_name = "BACKEND", value_parser = ["local", "slurm"])]
     pub backend: Option<String>,
+
+    /// With `--backend slurm`: submit, then return at once; a supervisor of its own (in the
+    /// background, its output in `<sweep dir>/.slurm/supervisor.log`) follows the tasks and
+    /// writes the journal. See `orchestrator status <sweep dir>`.
+    #[arg(long, conflicts_with = "json")]
+    pub detach: bool,
 
     /// Print one JSON object per event on stdout, for programs to read.
     #[arg(long)]

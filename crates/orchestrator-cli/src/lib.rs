@@ -5,6 +5,7 @@ mod cli;
 mod report;
 mod run;
 mod signals;
+mod status;
 
 use std::process::ExitCode;
 
@@ -41,6 +42,7 @@ pub fn main() -> ExitCode {
     init_logging();
     match args.command {
         cli::Command::Run(run_args) => ExitCode::from(run::main(run_args)),
+        cli::Command::Status(args) => ExitCode::from(status::main(&args.dir)),
     }
 }
 
