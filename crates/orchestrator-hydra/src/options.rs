@@ -101,6 +101,24 @@ pub fn slurm_settings(
         }
         (None, None) => None,
     };
+    s.sbatch_args = sbatch_flags(c);
+    if c.max_num_timeout > 0 {
+        notes.push(format!(
+            "max_num_timeout {} is not supported yet: a task that hits its time limit is recorded as timed_out (use retries to run it again)",
+            c.max_num_timeout
+        ));
+    }
+    s.setup = c.setup.clone();
+    s.srun_args = c.srun_args.clone();
+    s.slot_env = launcher.slot_env.clone();
+    s.grace = launcher.grace_period;
+    s.test_submission(total)?;
+    Ok(s)
+}
+
+/// The sbatch flags of the Slurm settings (submitit's names), in a fixed order;
+/// `additional_parameters` last (`mail_type: END` is `--mail-type=END`).
+pub fn sbatch_flags(c: &orchestrator_config::SlurmConfig) -> Vec<String> {
     let mut a = Vec::new();
     let mut flag = |name: &str, v: Option<String>| {
         if let Some(v) = v {
@@ -131,17 +149,28 @@ pub fn slurm_settings(
             None => a.push(format!("--{name}")),
         }
     }
-    if c.max_num_timeout > 0 {
-        notes.push(format!(
-            "max_num_timeout {} is not supported yet: a task that hits its time limit is recorded as timed_out (use retries to run it again)",
-            c.max_num_timeout
-        ));
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn submitit_keys_become_sbatch_flags() {
+        let text = "hydra:\n  launcher:\n    orchestrator:\n      backend: slurm\n      slurm:\n        partition: debug\n        mem_gb: 1.5\n        cpus_per_task: 2\n        tasks_per_node: 1\n        signal_delay_s: 90\n        additional_parameters:\n          mail_type: END\n          exclusive: true\n";
+        let loaded = orchestrator_config::load_config_str(text, std::path::Path::new("<t>")).unwrap();
+        let resolved = loaded.resolve(&std::collections::HashMap::new()).unwrap();
+        assert_eq!(resolved.launcher.exec, orchestrator_config::ExecBackend::Slurm);
+        assert_eq!(
+            super::sbatch_flags(&resolved.launcher.slurm),
+            [
+                "--partition=debug",
+                "--cpus-per-task=2",
+                "--mem=1536M",
+                "--ntasks-per-node=1",
+                "--signal=B:USR2@90",
+                "--mail-type=END",
+                "--exclusive"
+            ]
+        );
     }
-    s.sbatch_args = a;
-    s.setup = c.setup.clone();
-    s.srun_args = c.srun_args.clone();
-    s.slot_env = launcher.slot_env.clone();
-    s.grace = launcher.grace_period;
-    s.test_submission(total)?;
-    Ok(s)
 }
