@@ -250,5 +250,19 @@ mod tests {
             Outcome::Stopped { reason: StopReason::Interrupted, code: None, signal: Some(2) }
         );
         assert_eq!(ended(Err(LostError::new("gone")), None).outcome(None), Outcome::Lost { error: "gone".into() });
+        // A cluster's endings: its time limit is the job's timeout; the others keep their reason.
+        let cluster = |reason| Ok(Exit::new(ExitStatus::Ended { reason, code: None, signal: Some(9) }));
+        assert_eq!(
+            ended(cluster(EndReason::TimeLimit), None).outcome(Some(limit)),
+            Outcome::TimedOut { limit, code: None, signal: Some(9) }
+        );
+        let node = ended(cluster(EndReason::NodeFail), None).outcome(None);
+        assert_eq!(node.status(), "node_failed");
+        assert_eq!(ended(cluster(EndReason::OutOfMemory), None).outcome(None).status(), "out_of_memory");
+        // Ended by us first: our reason wins.
+        assert!(matches!(
+            ended(cluster(EndReason::Cancelled), Some(EndCause::Stopped(StopReason::Interrupted))).outcome(None),
+            Outcome::Stopped { reason: StopReason::Interrupted, .. }
+        ));
     }
 }

@@ -904,7 +904,12 @@ fn finish(
     let ended = |reason| ExitStatus::Ended { reason, code, signal };
     let oom_note = || {
         std::fs::read_to_string(&t.out)
-            .map(|s| s.contains("exceeded memory limit") || s.contains("oom-kill") || s.contains("Out Of Memory"))
+            .map(|s| {
+                // slurmstepd's words (`StepId=78.batch exceeded memory limit`, `Exceeded job
+                // memory limit`), or the cgroup OOM killer's.
+                let s = s.to_ascii_lowercase();
+                s.contains("exceeded memory limit") || s.contains("exceeded job memory limit") || s.contains("oom-kill")
+            })
             .unwrap_or(false)
     };
     let status = match state {
@@ -916,9 +921,12 @@ fn finish(
         "CANCELLED" if done.is_none() && node.is_none() && t.node.is_none() => {
             ExitStatus::Ended { reason: EndReason::Cancelled, code: None, signal: None }
         }
-        "CANCELLED" if !t.signaled.is_empty() => {
-            program(code.filter(|_| done.is_some()), signal.or(Some(*t.signaled.last().unwrap_or(&libc::SIGTERM))))
-        }
+        // Cancelled by us: the marker says how the program ended; without one, the last
+        // signal we sent ended it.
+        "CANCELLED" if !t.signaled.is_empty() => match &done {
+            Some(_) => program(code, signal),
+            None => program(None, signal.or(Some(*t.signaled.last().unwrap_or(&libc::SIGTERM)))),
+        },
         "CANCELLED" => ended(EndReason::Cancelled),
         "OUT_OF_MEMORY" => ended(EndReason::OutOfMemory),
         "NODE_FAIL" | "BOOT_FAIL" => ended(EndReason::NodeFail),
@@ -934,4 +942,64 @@ fn finish(
     let finished = done.as_ref().and_then(|d| d.end()).or(end);
     let _ = shared;
     Ended { exit: Exit { status, usage, started, ended: finished, node, slot: Some(t.slot) }, done }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracked(marker: PathBuf, out: PathBuf, signaled: Vec<i32>) -> Tracked {
+        let (view, _) = watch::channel(View::default());
+        Tracked {
+            view,
+            marker,
+            out,
+            state: Some("RUNNING".into()),
+            since: Instant::now(),
+            signaled,
+            preempted_at: None,
+            node: Some("n1".into()),
+            slot: 1,
+            vanished_at: None,
+        }
+    }
+
+    #[test]
+    fn final_states_map_to_exit_statuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("0.done");
+        let out = dir.path().join("0.out");
+        let done = Done { code: Some(3), start_us: Some(1_000_000), end_us: Some(3_500_000), ..Done::default() };
+        std::fs::write(&marker, serde_json::to_vec(&done).unwrap()).unwrap();
+        let info = ClusterInfo { max_array_size: 1001, accounting: true, version: String::new() };
+        let shared = Shared {
+            settings: SlurmSettings::new(dir.path().into(), &info),
+            watchdog: Mutex::new(None),
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            clock: Clock::new(),
+        };
+        let id = TaskId { array: 7, index: 0 };
+        let status = |state: &str, signaled: Vec<i32>| {
+            let t = tracked(marker.clone(), out.clone(), signaled);
+            finish(&shared, &id, &t, state, None, None, None, None).exit
+        };
+        let e = status("FAILED", vec![]);
+        assert_eq!(e.status, ExitStatus::Code(3));
+        assert_eq!((e.node.as_deref(), e.slot), (Some("n1"), Some(1)));
+        assert_eq!(e.ended.unwrap() - e.started.unwrap(), chrono::Duration::milliseconds(2500));
+        let ended = |reason| ExitStatus::Ended { reason, code: Some(3), signal: None };
+        assert_eq!(status("TIMEOUT", vec![]).status, ended(EndReason::TimeLimit));
+        assert_eq!(status("NODE_FAIL", vec![]).status, ended(EndReason::NodeFail));
+        assert_eq!(status("OUT_OF_MEMORY", vec![]).status, ended(EndReason::OutOfMemory));
+        assert_eq!(status("PREEMPTED", vec![]).status, ended(EndReason::Preempted));
+        assert_eq!(status("CANCELLED", vec![]).status, ended(EndReason::Cancelled));
+        // Cancelled by us: how the program ended is what counts (the scheduler knows why).
+        assert_eq!(status("CANCELLED", vec![libc::SIGTERM]).status, ExitStatus::Code(3));
+        // Killed by Slurm's memory enforcement: FAILED 0:9 and its message in the output.
+        let killed = Done { signal: Some(9), ..done.clone() };
+        std::fs::write(&marker, serde_json::to_vec(&killed).unwrap()).unwrap();
+        std::fs::write(&out, "slurmstepd-vm: error: Exceeded job memory limit\n").unwrap();
+        assert!(matches!(status("FAILED", vec![]).status, ExitStatus::Ended { reason: EndReason::OutOfMemory, .. }));
+    }
 }
