@@ -316,6 +316,40 @@ fn slurm_detach_returns_at_once_and_status_follows_the_sweep() {
 }
 
 #[test]
+fn slurm_task_over_its_memory_is_out_of_memory() {
+    let name_ = "slurm_task_over_its_memory_is_out_of_memory";
+    if !cluster(name_) {
+        return;
+    }
+    // Only a cluster that enforces memory can say so (`.ci/slurm/start.sh` with
+    // SLURM_CI_MEMKILL=1: OverMemoryKill; task/cgroup clusters say OUT_OF_MEMORY).
+    let config = Command::new("scontrol").args(["show", "config"]).output().map(|o| o.stdout).unwrap_or_default();
+    let config = String::from_utf8_lossy(&config);
+    if !config.contains("OverMemoryKill") && !config.contains("task/cgroup") {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr().lock(), "skipped: {name_}: the cluster does not enforce memory limits");
+        return;
+    }
+    let sb = Sandbox::new();
+    let name = unique("oom");
+    let cfg = slurm_config(&sb, 2, "      slurm:\n        mem_gb: 0.05\n");
+    let out = sb
+        .cmd()
+        .args(["-c", cfg.to_str().unwrap(), "-m", "task=1", &format!("hydra.job.name={name}"), "--"])
+        .args([fixture(), "hog", "300"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let r = &journal(&sb.sweep_dir())[0];
+    assert_eq!(r["status"], "out_of_memory", "{r}");
+    assert_eq!(r["signal"], "SIGKILL", "{r}");
+    assert!(r["exit_code"].is_null(), "{r}");
+    assert!(stderr.contains("out of memory"), "{stderr}");
+    assert!(queued(&name).is_empty());
+}
+
+#[test]
 fn slurm_rejected_submission_exits_2_with_slurms_message_and_queues_nothing() {
     if !cluster("slurm_rejected_submission_exits_2_with_slurms_message_and_queues_nothing") {
         return;

@@ -763,6 +763,10 @@ fn submit(shared: &Shared, k: u32, batch: Vec<Pending>) -> Vec<(TaskId, Tracked)
     out
 }
 
+fn code_or_signal(code: i32, signal: i32) -> (Option<i32>, Option<i32>) {
+    if signal != 0 { (None, Some(signal)) } else { (Some(code), None) }
+}
+
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
@@ -890,9 +894,10 @@ fn finish(
     // Without a marker: the exit code from sacct, else scontrol (while it holds the job).
     let (code, signal) = match (&done, accounted) {
         (Some(d), _) => (d.code, d.signal),
-        (None, Some((c, s))) => (Some(c), Some(s).filter(|s| *s != 0)),
+        // Slurm's `code:signal`: a signal means no exit code (`0:9`).
+        (None, Some((c, s))) => code_or_signal(c, s),
         (None, None) => match cmd::scontrol_job(&id.name()) {
-            Some(a) => (Some(a.code), Some(a.signal).filter(|s| *s != 0)),
+            Some(a) => code_or_signal(a.code, a.signal),
             None => (None, None),
         },
     };
