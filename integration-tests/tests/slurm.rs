@@ -350,6 +350,32 @@ fn slurm_task_over_its_memory_is_out_of_memory() {
 }
 
 #[test]
+fn slurm_halt_soon_cancels_the_queued_tasks_after_a_failure() {
+    if !cluster("slurm_halt_soon_cancels_the_queued_tasks_after_a_failure") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let name = unique("halt");
+    let cfg = slurm_config(&sb, 1, "      halt: soon\n");
+    let out = sb
+        .cmd()
+        .args(["-c", cfg.to_str().unwrap(), "-m", "task=1..5", &format!("hydra.job.name={name}"), "--"])
+        .args([fixture(), "fail-on", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let records = journal(&sb.sweep_dir());
+    let status: Vec<&str> = records.iter().map(|r| r["status"].as_str().unwrap()).collect();
+    // One at a time: the first fails; those still queued are dropped (one may have started
+    // meanwhile and run to its end).
+    assert_eq!(status[0], "failed", "{records:?}");
+    assert!(status.iter().filter(|s| **s == "halted").count() >= 3, "{status:?}");
+    assert!(records.iter().filter(|r| r["status"] == "halted").all(|r| r["signal"].is_null()), "{records:?}");
+    assert!(queued(&name).is_empty());
+}
+
+#[test]
 fn slurm_rejected_submission_exits_2_with_slurms_message_and_queues_nothing() {
     if !cluster("slurm_rejected_submission_exits_2_with_slurms_message_and_queues_nothing") {
         return;

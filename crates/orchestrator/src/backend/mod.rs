@@ -227,6 +227,14 @@ pub trait Attempt: Send {
     /// the future to handle a timer or a stop, and calls again.
     fn wait(&mut self) -> BoxFuture<'_, Result<Exit, LostError>>;
 
+    /// The run starts no new job (a drain, or the halt policy `soon`): an attempt whose
+    /// program has not started yet (a cluster task still queued) should not start it.
+    /// Returns whether it will be dropped (it then ends soon, as stopped by the run); the
+    /// default, for backends whose attempts run as soon as they start, is `false`.
+    fn withdraw(&mut self) -> bool {
+        false
+    }
+
     /// Deliver `signal` to the whole attempt (its process group, its escaped descendants;
     /// on a cluster, the task). SIGKILL ends it for sure.
     fn signal(&mut self, signal: i32);

@@ -146,6 +146,11 @@ pub(crate) async fn drive(
     loop {
         if let Some(req) = pending.take() {
             phase = apply(attempt, phase, Happening::Stop(req), grace);
+            // A drain starts no new job: an attempt still waiting to run (a queued cluster
+            // task) is dropped, as a job the run never started would be.
+            if req == Stop::Drain && phase == Phase::Running && attempt.withdraw() {
+                phase = Phase::Terminating { cause: EndCause::Stopped(StopReason::Halt), kill_at: None };
+            }
         }
         let running = phase == Phase::Running;
         let kill_at = phase.kill_at();

@@ -184,6 +184,8 @@ struct Tracked {
     slot: usize,
     /// When it was first missing from squeue without a final state.
     vanished_at: Option<Instant>,
+    /// Cancelled while queued: the run was draining.
+    withdrawn: bool,
 }
 
 #[derive(Default)]
@@ -192,6 +194,8 @@ struct State {
     last_add: Option<Instant>,
     tasks: HashMap<TaskId, Tracked>,
     signals: Vec<(TaskId, i32)>,
+    /// Queued tasks to cancel: the run is draining.
+    withdrawals: Vec<TaskId>,
     /// First attempts submitted so far.
     first_submitted: u64,
     batches: u32,
@@ -391,6 +395,23 @@ impl Attempt for SlurmAttempt {
         })
     }
 
+    fn withdraw(&mut self) -> bool {
+        let task = self.submitted.task.clone();
+        let queued = {
+            let st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.tasks.get(&task).is_some_and(|t| matches!(t.state.as_deref(), None | Some("PENDING")))
+        };
+        if queued {
+            // Cancelled by the driver, whatever it does by then: if it has just started, it
+            // is stopped (the scheduler records it as halted either way).
+            let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.withdrawals.push(task);
+            drop(st);
+            self.shared.wake.notify_all();
+        }
+        queued
+    }
+
     fn signal(&mut self, signal: i32) {
         tracing::debug!("signal {signal} to Slurm task {}", self.submitted.task.name());
         {
@@ -514,6 +535,21 @@ fn drive(shared: &Shared) {
                 st.poll_now = true;
                 continue;
             }
+        }
+        if !st.withdrawals.is_empty() {
+            let withdrawn = std::mem::take(&mut st.withdrawals);
+            for id in &withdrawn {
+                if let Some(t) = st.tasks.get_mut(id) {
+                    t.withdrawn = true;
+                }
+            }
+            let ids: Vec<String> = withdrawn.iter().map(TaskId::name).collect();
+            st.poll_now = true;
+            drop(st);
+            if let Err(e) = cmd::scancel(&ids) {
+                tracing::debug!("scancel {}: {e}", ids.join(" "));
+            }
+            continue;
         }
         if !st.signals.is_empty() {
             // Whether a task runs decides how it is signalled: a task believed pending may
@@ -757,6 +793,7 @@ fn submit(shared: &Shared, k: u32, batch: Vec<Pending>) -> Vec<(TaskId, Tracked)
                 node: None,
                 slot: i % throttle,
                 vanished_at: None,
+                withdrawn: false,
             },
         ));
     }
@@ -832,6 +869,7 @@ fn poll(shared: &Shared, arrays: &[u64], warned: &mut Option<String>) -> bool {
                     || seen.is_none()
                     || t.state.is_some()
                     || !t.signaled.is_empty()
+                    || t.withdrawn
                 {
                     forgotten.push(id.clone());
                 }
@@ -857,7 +895,7 @@ fn poll(shared: &Shared, arrays: &[u64], warned: &mut Option<String>) -> bool {
                 (None, Some(_)) => Ok(finish(shared, &id, t, "COMPLETED", None, None, None, None)),
                 // We cancelled it, and it left no trace: it never ran (pending tasks
                 // cancelled are not listed by squeue, and sacct lags behind).
-                (None, None) if !t.signaled.is_empty() => {
+                (None, None) if !t.signaled.is_empty() || t.withdrawn => {
                     Ok(finish(shared, &id, t, "CANCELLED", None, None, None, None))
                 }
                 // sacct can be seconds behind: give it time before calling the task lost.
@@ -966,6 +1004,7 @@ mod tests {
             node: Some("n1".into()),
             slot: 1,
             vanished_at: None,
+            withdrawn: false,
         }
     }
 
