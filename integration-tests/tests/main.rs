@@ -8,5 +8,6 @@ mod hydra_app;
 mod hygiene;
 mod output;
 mod seed;
+mod slurm;
 mod spill;
 mod sweeps;

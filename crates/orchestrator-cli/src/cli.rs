@@ -118,6 +118,17 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_progress: bool,
 
+    /// Where the jobs run: `local` (this machine) or `slurm` (one job array on the cluster);
+    /// the same as `hydra.launcher.orchestrator.backend=<BACKEND>`.
+    #[arg(long, value_name = "BACKEND", value_parser = ["local", "slurm"])]
+    pub backend: Option<String>,
+
+    /// With `--backend slurm`: submit, then return at once; a supervisor of its own (in the
+    /// background, its output in `<sweep dir>/.slurm/supervisor.log`) follows the tasks and
+    /// writes the journal. See `orchestrator status <sweep dir>`.
+    #[arg(long, conflicts_with = "json")]
+    pub detach: bool,
+
     /// Print one JSON object per event on stdout, for programs to read.
     #[arg(long)]
     pub json: bool,

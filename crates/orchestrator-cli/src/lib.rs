@@ -35,6 +35,11 @@ pub fn main() -> ExitCode {
     if let Some(code) = orchestrator::watchdog::serve_if_requested() {
         return ExitCode::from(code);
     }
+    // A Slurm array task is this binary started again on its node (see
+    // `orchestrator::backend::slurm::task`).
+    if let Some(code) = orchestrator::backend::slurm::task::serve_if_requested() {
+        return ExitCode::from(code);
+    }
     let args = cli::Cli::parse();
     init_logging();
     match args.command {

@@ -81,6 +81,8 @@ fn prepare(args: &ResumeArgs) -> Result<(RunArgs, ConfigInput), String> {
         no_progress: args.no_progress,
         json: args.json,
         dry_run: false,
+        backend: None,
+        detach: false,
         overrides: args.overrides.clone(),
         app: recorded_app,
     };

@@ -34,7 +34,11 @@ pub fn main_with(args: RunArgs, config: Option<ConfigInput>) -> u8 {
         Some(p) => ConfigInput::File(p.clone()),
         None => ConfigInput::Defaults,
     });
-    let mut request = SweepRequest::new(config, args.overrides.clone(), args.app.clone(), base_dir);
+    let mut overrides = args.overrides.clone();
+    if let Some(backend) = &args.backend {
+        overrides.push(format!("hydra.launcher.orchestrator.backend={backend}"));
+    }
+    let mut request = SweepRequest::new(config, overrides, args.app.clone(), base_dir);
     request.multirun = args.multirun;
     request.resume = args.resume.clone();
     let mut prepared = match PreparedSweep::prepare(&request) {
@@ -49,6 +53,11 @@ pub fn main_with(args: RunArgs, config: Option<ConfigInput>) -> u8 {
         return dry_run(&prepared, mode);
     }
     let launcher_verbose = prepared.layout.resolved.launcher.verbose;
+    if mode != Mode::Json {
+        for note in &prepared.notes {
+            eprintln!("{} {note}", report::hydra_prefix());
+        }
+    }
     let display = report::Display {
         verbose: if args.verbose { launcher_verbose.max(11) } else { launcher_verbose },
         n_jobs: prepared.options.n_jobs,
@@ -56,12 +65,42 @@ pub fn main_with(args: RunArgs, config: Option<ConfigInput>) -> u8 {
             && std::io::IsTerminal::is_terminal(&std::io::stderr())
             && std::env::var_os("TERM").is_some_and(|t| t != "dumb"),
     };
+    // `--detach`: the supervisor goes on in the background, in a session of its own; this
+    // process says where once the sweep is submitted.
+    let mut detached = None;
+    let mut mode = mode;
+    if args.detach {
+        if prepared.slurm.is_none() {
+            eprintln!(
+                "error: --detach needs the slurm backend (local jobs are this process's children)\n  = help: add --backend slurm"
+            );
+            return exit::USAGE;
+        }
+        match detach() {
+            Ok(Detach::Parent(code)) => return code,
+            Ok(Detach::Child(tx)) => {
+                detached = Some(tx);
+                mode = Mode::Quiet;
+            }
+            Err(e) => {
+                eprintln!("error: cannot detach: {e}");
+                return exit::INTERNAL;
+            }
+        }
+    }
     // The input is valid and jobs are about to start: from here on, if this process dies
     // without ending them, the watchdog does (the backend starts it; see `crate::main`).
     prepared.options.watchdog = true;
-    let backend = std::sync::Arc::new(orchestrator::LocalBackend::new(&prepared.options));
-    let isolation = backend.isolation();
-    prepared.options.backend = Some(backend);
+    // Local jobs: the backend is made here, so that --verbose can say how it keeps each job's
+    // processes together. (A Slurm run's backend is made when its sweep dir exists.)
+    let isolation = if prepared.slurm.is_some() {
+        "Slurm tasks (each task's node runner ends what the job left)".to_string()
+    } else {
+        let backend = std::sync::Arc::new(orchestrator::LocalBackend::new(&prepared.options));
+        let isolation = backend.isolation();
+        prepared.options.backend = Some(backend);
+        isolation
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -69,13 +108,19 @@ pub fn main_with(args: RunArgs, config: Option<ConfigInput>) -> u8 {
             return exit::INTERNAL;
         }
     };
-    let code = runtime.block_on(execute(prepared, mode, display, isolation));
+    let code = runtime.block_on(execute(prepared, mode, display, isolation, detached));
     // Every job has ended: what the runner stopped, it has waited for.
     drop(runtime);
     code
 }
 
-async fn execute(mut prepared: PreparedSweep, mode: Mode, display: report::Display, isolation: String) -> u8 {
+async fn execute(
+    mut prepared: PreparedSweep,
+    mode: Mode,
+    display: report::Display,
+    isolation: String,
+    detached: Option<std::fs::File>,
+) -> u8 {
     let total = prepared.total();
     prepared.options.forward_output = mode != Mode::Quiet;
     let (stop_tx, stop_rx) = watch::channel(Stop::None);
@@ -86,14 +131,50 @@ async fn execute(mut prepared: PreparedSweep, mode: Mode, display: report::Displ
             return exit::INTERNAL;
         }
     };
-    let (ev_tx, ev_rx) = mpsc::channel(4096);
+    let (ev_tx, mut ev_rx) = mpsc::channel(4096);
     let run = match prepared.start(Some(ev_tx), stop_rx) {
         Ok(run) => run,
         Err(e) => {
             eprintln!("error: {e}");
+            if let Some(mut tx) = detached {
+                use std::io::Write;
+                let _ = writeln!(tx, "E{e}");
+            }
             return exit::INTERNAL;
         }
     };
+    if let Some(tx) = detached {
+        use std::io::Write;
+        // From here on our output goes to the sweep's supervisor log.
+        let log = run.abs_dir.join(".slurm").join("supervisor.log");
+        if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(&log) {
+            use std::os::fd::AsRawFd;
+            // SAFETY: dup2 onto our own stdout and stderr.
+            unsafe {
+                libc::dup2(f.as_raw_fd(), 1);
+                libc::dup2(f.as_raw_fd(), 2);
+            }
+        }
+        let said = format!("S{}\t{}\t{}\n", run.dir.display(), std::process::id(), log.display());
+        // The parent returns once the first array is in Slurm's queue (its first job
+        // started), or the run is over (a refused submission).
+        let (tx2, rx2) = mpsc::channel(4096);
+        let upstream = std::mem::replace(&mut ev_rx, rx2);
+        tokio::spawn(async move {
+            let mut upstream = upstream;
+            let mut pipe = Some((tx, said));
+            while let Some(ev) = upstream.recv().await {
+                if matches!(ev, orchestrator::Event::Started { .. } | orchestrator::Event::RunFinished { .. })
+                    && let Some((mut tx, said)) = pipe.take()
+                {
+                    let _ = tx.write_all(said.as_bytes());
+                }
+                if tx2.send(ev).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
     if display.verbose > 0 && mode == Mode::Plain {
         let where_ = match &run.spill {
             Some(store) => format!("large arguments are spilled to {}", store.dir().display()),
@@ -168,4 +249,57 @@ fn dry_run(prepared: &PreparedSweep, mode: Mode) -> u8 {
     }
     let _ = out.flush();
     if bad > 0 { exit::USAGE } else { exit::OK }
+}
+
+enum Detach {
+    /// This process goes on, in the background; tell the parent through this pipe.
+    Child(std::fs::File),
+    /// This process reported what the child said: exit with this.
+    Parent(u8),
+}
+
+/// Fork: the child becomes a session leader with stdin from /dev/null and goes on as the
+/// sweep's supervisor; the parent waits until the child says the sweep is submitted (or
+/// failed), prints where it is, and returns. Called before any thread exists.
+fn detach() -> std::io::Result<Detach> {
+    use std::io::BufRead;
+    // Close-on-exec: no process the supervisor starts (sbatch, the watchdog) may hold it.
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+    // SAFETY: no other thread exists yet (the runtime is made after this).
+    match unsafe { nix::unistd::fork() }.map_err(std::io::Error::from)? {
+        nix::unistd::ForkResult::Child => {
+            drop(r);
+            let _ = nix::unistd::setsid();
+            if let Ok(null) = std::fs::File::open("/dev/null") {
+                use std::os::fd::AsRawFd;
+                // SAFETY: dup2 onto our own stdin.
+                unsafe { libc::dup2(null.as_raw_fd(), 0) };
+            }
+            Ok(Detach::Child(std::fs::File::from(w)))
+        }
+        nix::unistd::ForkResult::Parent { .. } => {
+            drop(w);
+            let mut line = String::new();
+            let mut reader = std::io::BufReader::new(std::fs::File::from(r));
+            reader.read_line(&mut line)?;
+            let line = line.trim_end();
+            if let Some(ok) = line.strip_prefix('S') {
+                let mut parts = ok.split('\t');
+                let (dir, pid, log) =
+                    (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                println!("{} submitted; sweep dir: {dir}", report::hydra_prefix());
+                println!(
+                    "{} supervised in the background by pid {pid} (its output: {log}); progress: orchestrator status {dir}",
+                    report::hydra_prefix()
+                );
+                Ok(Detach::Parent(exit::OK))
+            } else if let Some(e) = line.strip_prefix('E') {
+                eprintln!("error: {e}");
+                Ok(Detach::Parent(exit::INTERNAL))
+            } else {
+                eprintln!("error: the detached supervisor ended before it submitted the sweep");
+                Ok(Detach::Parent(exit::INTERNAL))
+            }
+        }
+    }
 }

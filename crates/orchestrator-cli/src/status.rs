@@ -122,6 +122,10 @@ pub fn main(args: StatusArgs) -> u8 {
         line.push_str(&format!(", {left} not finished"));
     }
     let _ = writeln!(out, "{line}");
+    let _ = writeln!(out, "supervisor: {}", if live { "running (it holds the sweep's lock)" } else { "none running" });
+    if let Some(queue) = slurm_queue(dir) {
+        let _ = writeln!(out, "Slurm: {queue}");
+    }
     if !started_unrecorded.is_empty() {
         let what = if live { "running" } else { "started, cut short (no record)" };
         let _ = writeln!(out, "{what}: {}", list(&started_unrecorded));
@@ -146,6 +150,41 @@ pub fn main(args: StatusArgs) -> u8 {
         let _ = writeln!(out, "resume with: orchestrator resume {}", dir.display());
     }
     exit::OK
+}
+
+/// On Slurm, the sweep's tasks in the queue, by state (one `squeue` for its arrays).
+fn slurm_queue(dir: &Path) -> Option<String> {
+    let arrays: Vec<String> = std::fs::read_to_string(dir.join(".slurm").join("arrays"))
+        .ok()?
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    if arrays.is_empty() {
+        return None;
+    }
+    let out = std::process::Command::new("squeue")
+        .args(["-h", "-r", "-j", &arrays.join(","), "-o", "%T"])
+        .stderr(std::process::Stdio::null())
+        .output();
+    let states = match out {
+        Ok(o) if o.status.success() => {
+            let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+            for l in String::from_utf8_lossy(&o.stdout).lines() {
+                *counts.entry(l.trim().to_string()).or_default() += 1;
+            }
+            if counts.is_empty() {
+                "nothing in the queue".to_string()
+            } else {
+                counts.iter().map(|(s, n)| format!("{n} {s}")).collect::<Vec<_>>().join(", ")
+            }
+        }
+        // slurmctld forgot the arrays (all ended long ago), or it cannot be asked.
+        Ok(_) => "nothing in the queue (Slurm no longer knows these arrays)".to_string(),
+        Err(e) => format!("cannot run squeue: {e}"),
+    };
+    Some(format!("{states} (array{} {})", if arrays.len() > 1 { "s" } else { "" }, arrays.join(", ")))
 }
 
 /// Whether a run holds the sweep dir's lock now.

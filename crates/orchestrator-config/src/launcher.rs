@@ -209,7 +209,105 @@ pub struct LauncherConfig {
     pub start_delay: Option<Duration>,
     /// The joblib parameters as `key=value` in the order written, for the launch banner.
     pub banner: Vec<(String, String)>,
+    /// Where jobs run (`hydra.launcher.orchestrator.backend`).
+    pub exec: ExecBackend,
+    /// The Slurm settings (`hydra.launcher.orchestrator.slurm`), used with [`ExecBackend::Slurm`].
+    pub slurm: SlurmConfig,
 }
+
+/// Where jobs run: `hydra.launcher.orchestrator.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ExecBackend {
+    /// Process groups on this machine.
+    #[default]
+    Local,
+    /// A Slurm cluster: one job array per sweep.
+    Slurm,
+}
+
+/// The words `backend` takes under `hydra.launcher.orchestrator`.
+pub const EXEC_BACKENDS: &[&str] = &["local", "slurm"];
+
+/// The Slurm settings, with the names of Hydra's submitit launcher
+/// (`hydra.launcher.orchestrator.slurm`). Unset values leave Slurm's defaults.
+#[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
+pub struct SlurmConfig {
+    /// `--partition`.
+    pub partition: Option<String>,
+    /// `--qos`.
+    pub qos: Option<String>,
+    /// `--account`.
+    pub account: Option<String>,
+    /// `--comment`.
+    pub comment: Option<String>,
+    /// `--constraint`.
+    pub constraint: Option<String>,
+    /// `--exclude`.
+    pub exclude: Option<String>,
+    /// `--gres`.
+    pub gres: Option<String>,
+    /// `--time` in minutes (instead of `timeout`, rounded up to minutes).
+    pub timeout_min: Option<u64>,
+    /// `--cpus-per-task`.
+    pub cpus_per_task: Option<u64>,
+    /// `--gpus-per-node`.
+    pub gpus_per_node: Option<String>,
+    /// `--gpus-per-task`.
+    pub gpus_per_task: Option<String>,
+    /// `--cpus-per-gpu`.
+    pub cpus_per_gpu: Option<u64>,
+    /// `--mem` in GB (submitit's unit: `--mem=<n>GB`).
+    pub mem_gb: Option<f64>,
+    /// `--mem-per-cpu`.
+    pub mem_per_cpu: Option<String>,
+    /// `--mem-per-gpu`.
+    pub mem_per_gpu: Option<String>,
+    /// `--nodes`.
+    pub nodes: Option<u64>,
+    /// `--ntasks-per-node`.
+    pub tasks_per_node: Option<u64>,
+    /// The array's throttle (`%P`); `n_jobs` when unset.
+    pub array_parallelism: Option<u64>,
+    /// Seconds before the time limit at which the task gets SIGUSR2 (`--signal=B:USR2@s`).
+    pub signal_delay_s: Option<u64>,
+    /// How many times a task that hit its time limit is requeued (`--requeue`).
+    pub max_num_timeout: u64,
+    /// Any other sbatch flag: `name: value` becomes `--name=value` (`null` or `true`: `--name`).
+    pub additional_parameters: Vec<(String, Option<String>)>,
+    /// Shell lines run in the batch script before the job.
+    pub setup: Vec<String>,
+    /// Run the job through `srun` with these arguments.
+    pub srun_args: Option<Vec<String>>,
+}
+
+/// The keys of `hydra.launcher.orchestrator.slurm` (submitit's names).
+pub const SLURM_KEYS: &[&str] = &[
+    "partition",
+    "qos",
+    "account",
+    "comment",
+    "constraint",
+    "exclude",
+    "gres",
+    "timeout_min",
+    "cpus_per_task",
+    "gpus_per_node",
+    "gpus_per_task",
+    "cpus_per_gpu",
+    "mem_gb",
+    "mem_per_cpu",
+    "mem_per_gpu",
+    "nodes",
+    "tasks_per_node",
+    "array_parallelism",
+    "signal_delay_s",
+    "max_num_timeout",
+    "additional_parameters",
+    "setup",
+    "srun_args",
+];
 
 impl Default for LauncherConfig {
     fn default() -> Self {
@@ -237,6 +335,8 @@ impl Default for LauncherConfig {
             max_load: None,
             start_delay: None,
             banner: JOBLIB_KEYS.iter().map(|k| (k.to_string(), default_banner(k).to_string())).collect(),
+            exec: ExecBackend::Local,
+            slurm: SlurmConfig::default(),
         }
     }
 }
@@ -272,6 +372,8 @@ pub const ORCHESTRATOR_KEYS: &[&str] = &[
     "min_free_memory",
     "max_load",
     "start_delay",
+    "backend",
+    "slurm",
 ];
 
 fn default_banner(key: &str) -> &'static str {
@@ -466,12 +568,163 @@ impl Reader<'_> {
                         }
                     }
                 }
+                "backend" => {
+                    cfg.exec = match v.as_str() {
+                        _ if is_null(v) => ExecBackend::Local,
+                        Some("local") => ExecBackend::Local,
+                        Some("slurm") => ExecBackend::Slurm,
+                        other => {
+                            let mut help = format!("allowed values: {}", EXEC_BACKENDS.join(", "));
+                            if let Some(s) = other.and_then(|o| did_you_mean(o, EXEC_BACKENDS)) {
+                                help = format!("did you mean `{s}`? {help}");
+                            }
+                            return Err(self.invalid(p, format!("invalid backend {}", show(v)), &help));
+                        }
+                    }
+                }
+                "slurm" => self.slurm_params(p, v, &mut cfg.slurm)?,
                 other => {
                     let help = match did_you_mean(other, ORCHESTRATOR_KEYS) {
                         Some(s) => format!("did you mean `{s}`? known keys: {}", ORCHESTRATOR_KEYS.join(", ")),
                         None => format!("known keys: {}", ORCHESTRATOR_KEYS.join(", ")),
                     };
                     return Err(ConfigError::new(ConfigErrorKind::UnknownKey, format!("unknown key `{other}` in `{}`", base.join(".")), (self.origin)(p)).with_help(help));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn slurm_params(&self, base: &[&str], v: &Value, cfg: &mut SlurmConfig) -> Result<(), ConfigError> {
+        if is_null(v) {
+            return Ok(());
+        }
+        let Value::Mapping(map) = v else {
+            return Err(self.invalid(
+                base,
+                format!("invalid slurm {}", show(v)),
+                "a mapping of Slurm settings, e.g. `partition: debug`",
+            ));
+        };
+        for (k, v) in map {
+            let key = k.as_str().unwrap_or("");
+            let mut path = base.to_vec();
+            path.push(key);
+            let p = &path[..];
+            let text = |v: &Value| -> Result<Option<String>, ConfigError> {
+                if is_null(v) {
+                    return Ok(None);
+                }
+                python_scalar_str(v)
+                    .filter(|s| !s.is_empty())
+                    .map(Some)
+                    .ok_or_else(|| self.invalid(p, format!("invalid {key} {}", show(v)), "a string or a number"))
+            };
+            let count = |v: &Value| -> Result<Option<u64>, ConfigError> {
+                if is_null(v) {
+                    return Ok(None);
+                }
+                v.as_u64()
+                    .map(Some)
+                    .ok_or_else(|| self.invalid(p, format!("invalid {key} {}", show(v)), "a whole number >= 0"))
+            };
+            let list = |v: &Value| -> Result<Vec<String>, ConfigError> {
+                match v {
+                    _ if is_null(v) => Ok(Vec::new()),
+                    Value::Sequence(items) => items
+                        .iter()
+                        .map(|i| {
+                            python_scalar_str(i).ok_or_else(|| {
+                                self.invalid(p, format!("invalid {key} item {}", show(i)), "a list of strings")
+                            })
+                        })
+                        .collect(),
+                    _ => Err(self.invalid(p, format!("invalid {key} {}", show(v)), "a list of strings")),
+                }
+            };
+            match key {
+                "partition" => cfg.partition = text(v)?,
+                "qos" => cfg.qos = text(v)?,
+                "account" => cfg.account = text(v)?,
+                "comment" => cfg.comment = text(v)?,
+                "constraint" => cfg.constraint = text(v)?,
+                "exclude" => cfg.exclude = text(v)?,
+                "gres" => cfg.gres = text(v)?,
+                "timeout_min" => {
+                    cfg.timeout_min = count(v)?;
+                    if cfg.timeout_min == Some(0) {
+                        return Err(self.invalid(p, "timeout_min must be at least 1".into(), "minutes, or None"));
+                    }
+                }
+                "cpus_per_task" => cfg.cpus_per_task = count(v)?,
+                "gpus_per_node" => cfg.gpus_per_node = text(v)?,
+                "gpus_per_task" => cfg.gpus_per_task = text(v)?,
+                "cpus_per_gpu" => cfg.cpus_per_gpu = count(v)?,
+                "mem_gb" => {
+                    cfg.mem_gb = match v {
+                        _ if is_null(v) => None,
+                        Value::Number(n) if n.as_f64().is_some_and(|f| f > 0.0 && f.is_finite()) => n.as_f64(),
+                        _ => return Err(self.invalid(p, format!("invalid mem_gb {}", show(v)), "gigabytes, > 0")),
+                    }
+                }
+                "mem_per_cpu" => cfg.mem_per_cpu = text(v)?,
+                "mem_per_gpu" => cfg.mem_per_gpu = text(v)?,
+                "nodes" => cfg.nodes = count(v)?,
+                "tasks_per_node" => cfg.tasks_per_node = count(v)?,
+                "array_parallelism" => {
+                    cfg.array_parallelism = count(v)?;
+                    if cfg.array_parallelism == Some(0) {
+                        return Err(self.invalid(p, "array_parallelism must be at least 1".into(), "tasks at once"));
+                    }
+                }
+                "signal_delay_s" => cfg.signal_delay_s = count(v)?,
+                "max_num_timeout" => cfg.max_num_timeout = count(v)?.unwrap_or(0),
+                "additional_parameters" => {
+                    cfg.additional_parameters = match v {
+                        _ if is_null(v) => Vec::new(),
+                        Value::Mapping(m) => {
+                            let mut out = Vec::new();
+                            for (name, value) in m {
+                                let Some(name) = name.as_str().filter(|n| !n.is_empty() && !n.starts_with('-')) else {
+                                    return Err(self.invalid(
+                                        p,
+                                        format!("invalid sbatch flag name {}", show(name)),
+                                        "flag names without dashes: `mail_type: END` becomes --mail-type=END",
+                                    ));
+                                };
+                                let value = match value {
+                                    Value::Bool(true) => None,
+                                    _ if is_null(value) => None,
+                                    other => Some(python_scalar_str(other).ok_or_else(|| {
+                                        self.invalid(p, format!("invalid value for `{name}`"), "a string or a number")
+                                    })?),
+                                };
+                                out.push((name.to_string(), value));
+                            }
+                            out
+                        }
+                        _ => {
+                            return Err(self.invalid(
+                                p,
+                                format!("invalid additional_parameters {}", show(v)),
+                                "a mapping of sbatch flag to value",
+                            ));
+                        }
+                    }
+                }
+                "setup" => cfg.setup = list(v)?,
+                "srun_args" => cfg.srun_args = if is_null(v) { None } else { Some(list(v)?) },
+                other => {
+                    let help = match did_you_mean(other, SLURM_KEYS) {
+                        Some(s) => format!("did you mean `{s}`? known keys: {}", SLURM_KEYS.join(", ")),
+                        None => format!("known keys: {}", SLURM_KEYS.join(", ")),
+                    };
+                    return Err(ConfigError::new(
+                        ConfigErrorKind::UnknownKey,
+                        format!("unknown key `{other}` in `{}`", base.join(".")),
+                        (self.origin)(p),
+                    )
+                    .with_help(help));
                 }
             }
         }
@@ -552,8 +805,8 @@ impl Reader<'_> {
             Some("sequential") => Ok(Some(Backend::Sequential)),
             Some("slurm") => Err(self.invalid(
                 p,
-                "backend `slurm` is not available in this version".into(),
-                "use loky (or None) to run jobs on this machine",
+                "joblib's backend cannot be `slurm`".into(),
+                "the cluster backend is orchestrator's own setting: hydra.launcher.orchestrator.backend: slurm (or --backend slurm)",
             )),
             other => {
                 let mut help = format!("allowed values: None, {}", ALLOWED.join(", "));

@@ -22,5 +22,6 @@ pub use config::{
 };
 pub use error::{ConfigError, ConfigErrorKind, Origin, escape_controls};
 pub use launcher::{
-    Backend, BatchSize, HaltPolicy, LauncherConfig, MmapMode, NJobs, PreDispatch, Prefer, RetryOn, SlotValue,
+    Backend, BatchSize, ExecBackend, HaltPolicy, LauncherConfig, MmapMode, NJobs, PreDispatch, Prefer, RetryOn,
+    SlotValue, SlurmConfig,
 };

@@ -71,3 +71,109 @@ pub fn options_from_yaml(text: &str) -> Result<RunOptions, OptionsError> {
     let resolved = loaded.resolve(&HashMap::new())?;
     run_options(&resolved.launcher)
 }
+
+/// How a sweep of `total` jobs is submitted to Slurm: checks the cluster (`sbatch` on PATH,
+/// the controller up) and asks Slurm whether it would take the array (`sbatch --test-only`:
+/// a bad partition or too much memory is refused here, with Slurm's words, before anything
+/// is created). `notes` gets what the user should hear once (the time limit's rounding).
+pub fn slurm_settings(
+    launcher: &LauncherConfig,
+    n_jobs: usize,
+    total: u64,
+    cwd: &Path,
+    notes: &mut Vec<String>,
+) -> Result<orchestrator::backend::slurm::SlurmSettings, orchestrator::backend::slurm::SlurmError> {
+    use orchestrator::backend::slurm::{SlurmSettings, probe};
+    let info = probe()?;
+    let c = &launcher.slurm;
+    let mut s = SlurmSettings::new(cwd.join(".slurm"), &info);
+    s.chdir = cwd.to_path_buf();
+    s.throttle = c.array_parallelism.map_or(n_jobs, |p| usize::try_from(p).unwrap_or(usize::MAX)).max(1);
+    s.time_limit_min = match (c.timeout_min, launcher.timeout) {
+        (Some(m), _) => Some(m),
+        (None, Some(t)) => {
+            let minutes = t.as_secs_f64() / 60.0;
+            let m = (minutes.ceil() as u64).max(1);
+            if (m as f64 - minutes).abs() > 1e-9 {
+                notes.push(format!(
+                    "timeout {}s becomes Slurm's --time={m} (Slurm limits are whole minutes, enforced within about 30 s)",
+                    t.as_secs_f64()
+                ));
+            }
+            Some(m)
+        }
+        (None, None) => None,
+    };
+    s.sbatch_args = sbatch_flags(c);
+    if c.max_num_timeout > 0 {
+        notes.push(format!(
+            "max_num_timeout {} is not supported yet: a task that hits its time limit is recorded as timed_out (use retries to run it again)",
+            c.max_num_timeout
+        ));
+    }
+    s.setup = c.setup.clone();
+    s.srun_args = c.srun_args.clone();
+    s.slot_env = launcher.slot_env.clone();
+    s.grace = launcher.grace_period;
+    s.test_submission(total)?;
+    Ok(s)
+}
+
+/// The sbatch flags of the Slurm settings (submitit's names), in a fixed order;
+/// `additional_parameters` last (`mail_type: END` is `--mail-type=END`).
+pub fn sbatch_flags(c: &orchestrator_config::SlurmConfig) -> Vec<String> {
+    let mut a = Vec::new();
+    let mut flag = |name: &str, v: Option<String>| {
+        if let Some(v) = v {
+            a.push(format!("--{name}={v}"));
+        }
+    };
+    flag("partition", c.partition.clone());
+    flag("qos", c.qos.clone());
+    flag("account", c.account.clone());
+    flag("comment", c.comment.clone());
+    flag("constraint", c.constraint.clone());
+    flag("exclude", c.exclude.clone());
+    flag("gres", c.gres.clone());
+    flag("cpus-per-task", c.cpus_per_task.map(|n| n.to_string()));
+    flag("gpus-per-node", c.gpus_per_node.clone());
+    flag("gpus-per-task", c.gpus_per_task.clone());
+    flag("cpus-per-gpu", c.cpus_per_gpu.map(|n| n.to_string()));
+    flag("mem", c.mem_gb.map(|g| format!("{}M", (g * 1024.0).ceil() as u64)));
+    flag("mem-per-cpu", c.mem_per_cpu.clone());
+    flag("mem-per-gpu", c.mem_per_gpu.clone());
+    flag("nodes", c.nodes.map(|n| n.to_string()));
+    flag("ntasks-per-node", c.tasks_per_node.map(|n| n.to_string()));
+    flag("signal", c.signal_delay_s.map(|s| format!("B:USR2@{s}")));
+    for (name, value) in &c.additional_parameters {
+        let name = name.replace('_', "-");
+        match value {
+            Some(v) => a.push(format!("--{name}={v}")),
+            None => a.push(format!("--{name}")),
+        }
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn submitit_keys_become_sbatch_flags() {
+        let text = "hydra:\n  launcher:\n    orchestrator:\n      backend: slurm\n      slurm:\n        partition: debug\n        mem_gb: 1.5\n        cpus_per_task: 2\n        tasks_per_node: 1\n        signal_delay_s: 90\n        additional_parameters:\n          mail_type: END\n          exclusive: true\n";
+        let loaded = orchestrator_config::load_config_str(text, std::path::Path::new("<t>")).unwrap();
+        let resolved = loaded.resolve(&std::collections::HashMap::new()).unwrap();
+        assert_eq!(resolved.launcher.exec, orchestrator_config::ExecBackend::Slurm);
+        assert_eq!(
+            super::sbatch_flags(&resolved.launcher.slurm),
+            [
+                "--partition=debug",
+                "--cpus-per-task=2",
+                "--mem=1536M",
+                "--ntasks-per-node=1",
+                "--signal=B:USR2@90",
+                "--mail-type=END",
+                "--exclusive"
+            ]
+        );
+    }
+}

@@ -100,6 +100,10 @@ pub enum SetupError {
     /// The launcher's values as run options (slot values).
     #[error(transparent)]
     Options(#[from] crate::options::OptionsError),
+    /// The Slurm cluster cannot be used, or refused the sweep's submission (tested with
+    /// `sbatch --test-only`, so nothing was queued).
+    #[error(transparent)]
+    Slurm(#[from] orchestrator::backend::slurm::SlurmError),
     /// Anything else about the request (the app, resume).
     #[error("{0}")]
     Invalid(String),
@@ -132,6 +136,10 @@ pub struct PreparedSweep {
     temp_folder: TempFolder,
     /// How this sweep was started, written into its dir (a fresh sweep's only).
     pub record: crate::record::SweepRecord,
+    /// With `backend: slurm`: how to submit (its batch dir is set when the sweep dir exists).
+    pub slurm: Option<orchestrator::backend::slurm::SlurmSettings>,
+    /// Things to say once before the run (e.g. how `timeout` became Slurm's `--time`).
+    pub notes: Vec<String>,
 }
 
 /// A started sweep.
@@ -223,9 +231,10 @@ impl PreparedSweep {
             file_refs,
             base_dir,
             lock,
-            temp_folder,
+            mut temp_folder,
             banner,
             record,
+            slurm,
             ..
         } = self;
         let mut info = orchestrator::RunInfo::new(banner);
@@ -234,6 +243,25 @@ impl PreparedSweep {
         info.listed = listed;
         info.resumed = resuming.then(|| (plan.len() - total, plan.len()));
         options.info = info;
+        // On Slurm the sweep dir is made first: large arguments go under it (the nodes share
+        // it; the submit host's /dev/shm they do not), unless temp_folder says where.
+        let mut early_lock = None;
+        if slurm.is_some() {
+            early_lock = Some(if resuming {
+                layout.adopt()?;
+                None
+            } else {
+                layout.create()?;
+                DirLock::take(&layout.abs_dir, &layout.dir)
+                    .map_err(|e| LayoutError::Io { path: layout.abs_dir.clone(), source: std::io::Error::other(e) })?
+            });
+            if layout.resolved.launcher.temp_folder.is_none() {
+                temp_folder = TempFolder {
+                    path: layout.abs_dir.join(".slurm").join("args"),
+                    reason: "the sweep dir, which the Slurm nodes share".into(),
+                };
+            }
+        }
         // Snapshot `@file` arguments before anything is created: running out of space in
         // temp_folder must leave no sweep dir and start no job.
         let launcher = &layout.resolved.launcher;
@@ -243,7 +271,9 @@ impl PreparedSweep {
         large.spill_config(&layout.resolved.app)?;
         let large = Arc::new(large);
         layout.large = Some(large.clone());
-        let lock = if resuming {
+        let lock = if let Some(early) = early_lock {
+            if resuming { lock } else { early }
+        } else if resuming {
             layout.adopt()?;
             lock
         } else {
@@ -262,6 +292,16 @@ impl PreparedSweep {
         let journal_path = layout.abs_dir.join("jobs.jsonl");
         let journal = Journal::open(&journal_path).map_err(|source| LayoutError::Io { path: journal_path, source })?;
         options.journal = Some(Arc::new(journal));
+        if let Some(mut settings) = slurm {
+            settings.work_dir = layout.abs_dir.join(".slurm");
+            settings.expected = total;
+            settings.job_name = layout.job_name.clone();
+            settings.watchdog = options.watchdog;
+            // A slot is a task that waits for its job's array task: as many as jobs, and
+            // Slurm's throttle (%P) keeps n_jobs of them running.
+            options.n_jobs = usize::try_from(total).unwrap_or(usize::MAX).max(1);
+            options.backend = Some(Arc::new(orchestrator::backend::slurm::SlurmBackend::new(settings)));
+        }
         let layout = Arc::new(layout);
         // Each job is prepared by the slot that takes it, on that slot's thread, just before
         // it starts (so never more than `pre_dispatch` ahead): no thread hands jobs over.
@@ -506,9 +546,10 @@ impl PreparedSweep {
                 "ambiguous value for argument `{swept}`: it is a sweep, but --multirun was not given\n  = help: add --multirun (-m) to run one job per value, or quote the value to use it as one string"
             )));
         }
-        check_program(&args.app)?;
-
         let launcher = &resolved.launcher;
+        let on_slurm = launcher.exec == orchestrator_config::ExecBackend::Slurm;
+        // Where the jobs run decides whether the local PATH says anything about the app.
+        check_program(&args.app, !on_slurm)?;
         let options = crate::options::run_options(launcher)?;
         // Checked now whenever a value may spill: found out at the first spill, it would fail
         // jobs one by one in a sweep dir made for nothing.
@@ -518,6 +559,12 @@ impl PreparedSweep {
         }
         let n_jobs = options.n_jobs;
         let total = plan.len();
+        let mut notes = Vec::new();
+        let slurm = if on_slurm {
+            Some(crate::options::slurm_settings(launcher, n_jobs, total, &cwd, &mut notes)?)
+        } else {
+            None
+        };
         let job_name = resolved.hydra.job_name.clone().unwrap_or_else(|| job_name_for(&args.app));
         let started = Local::now();
         let template = if multirun { resolved.hydra.sweep_dir.clone() } else { run_dir_template(&root) };
@@ -669,6 +716,8 @@ impl PreparedSweep {
                 jobs: total,
                 n_jobs,
             },
+            slurm,
+            notes,
         })
     }
 }
@@ -829,8 +878,9 @@ fn resolve_with_overrides(
     Ok((loaded.resolve_root(&root, &overridden)?, texts, root))
 }
 
-/// The app must exist and be executable before anything is created.
-fn check_program(app: &[OsString]) -> Result<(), SetupError> {
+/// The app must exist and be executable before anything is created. Jobs that run elsewhere
+/// (`local` false: a cluster's nodes) may find a bare name in their own `PATH`.
+fn check_program(app: &[OsString], local: bool) -> Result<(), SetupError> {
     let Some(program) = app.first() else {
         return Err(SetupError::Invalid("no app given after `--`".into()));
     };
@@ -847,6 +897,11 @@ fn check_program(app: &[OsString]) -> Result<(), SetupError> {
             return Err(SetupError::Invalid(format!(
                 "app `{shown}` is not executable\n  = help: `chmod +x {shown}`, or run it through its interpreter (e.g. `-- python3 {shown}`)"
             )));
+        }
+        Ok(())
+    } else if !local {
+        if which::which(program).is_err() {
+            tracing::warn!("app `{shown}` is not in this machine's PATH; the nodes must have it");
         }
         Ok(())
     } else {

@@ -138,10 +138,49 @@ pub enum StopReason {
     Cancelled,
 }
 
+/// Why a cluster ended a job rather than its program (Slurm's final states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EndReason {
+    /// It ran past its time limit (Slurm `TIMEOUT`, `DEADLINE`).
+    TimeLimit,
+    /// Someone else cancelled it (Slurm `CANCELLED`, not by this supervisor).
+    Cancelled,
+    /// Its node failed (Slurm `NODE_FAIL`, `BOOT_FAIL`).
+    NodeFail,
+    /// It used more memory than it was given (Slurm `OUT_OF_MEMORY`, or killed for it).
+    OutOfMemory,
+    /// A job of higher priority took its resources (Slurm `PREEMPTED`).
+    Preempted,
+}
+
+impl EndReason {
+    /// A human phrase.
+    pub fn describe(self) -> &'static str {
+        match self {
+            EndReason::TimeLimit => "ran past its time limit",
+            EndReason::Cancelled => "cancelled by the cluster",
+            EndReason::NodeFail => "its node failed",
+            EndReason::OutOfMemory => "out of memory",
+            EndReason::Preempted => "preempted",
+        }
+    }
+}
+
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Outcome {
+    /// The cluster ended it (not a time limit: that is [`Outcome::TimedOut`]).
+    ClusterEnded {
+        /// Why.
+        reason: EndReason,
+        /// Exit code, if its program exited.
+        code: Option<i32>,
+        /// The signal that ended it, if known.
+        signal: Option<i32>,
+    },
     /// Exit code 0.
     Succeeded,
     /// A non-zero exit code.
@@ -212,6 +251,12 @@ pub enum JobStatus {
     SpawnFailed,
     /// The supervisor lost track of it.
     Lost,
+    /// Its node failed (the cluster ended it).
+    NodeFailed,
+    /// Ran out of memory (the cluster ended it).
+    OutOfMemory,
+    /// Preempted on the cluster.
+    Preempted,
 }
 
 impl JobStatus {
@@ -228,6 +273,9 @@ impl JobStatus {
             JobStatus::Interrupted => "interrupted",
             JobStatus::SpawnFailed => "spawn_failed",
             JobStatus::Lost => "lost",
+            JobStatus::NodeFailed => "node_failed",
+            JobStatus::OutOfMemory => "out_of_memory",
+            JobStatus::Preempted => "preempted",
         }
     }
 }
@@ -250,6 +298,13 @@ impl Outcome {
             Outcome::Stopped { .. } => JobStatus::Interrupted,
             Outcome::SpawnFailed { .. } => JobStatus::SpawnFailed,
             Outcome::Lost { .. } => JobStatus::Lost,
+            Outcome::ClusterEnded { reason, .. } => match reason {
+                EndReason::NodeFail => JobStatus::NodeFailed,
+                EndReason::OutOfMemory => JobStatus::OutOfMemory,
+                EndReason::Preempted => JobStatus::Preempted,
+                EndReason::Cancelled => JobStatus::Cancelled,
+                EndReason::TimeLimit => JobStatus::TimedOut,
+            },
         }
     }
 
@@ -271,7 +326,9 @@ impl Outcome {
         match self {
             Outcome::Succeeded => Some(0),
             Outcome::Failed { code } => Some(*code),
-            Outcome::TimedOut { code, .. } | Outcome::Stopped { code, .. } => *code,
+            Outcome::TimedOut { code, .. } | Outcome::Stopped { code, .. } | Outcome::ClusterEnded { code, .. } => {
+                *code
+            }
             _ => None,
         }
     }
@@ -280,7 +337,9 @@ impl Outcome {
     pub fn signal(&self) -> Option<i32> {
         match self {
             Outcome::Signaled { signal, .. } => Some(*signal),
-            Outcome::TimedOut { signal, .. } | Outcome::Stopped { signal, .. } => *signal,
+            Outcome::TimedOut { signal, .. }
+            | Outcome::Stopped { signal, .. }
+            | Outcome::ClusterEnded { signal, .. } => *signal,
             _ => None,
         }
     }
@@ -313,6 +372,7 @@ impl Outcome {
             Outcome::Stopped { code, signal, .. } => format!("interrupted, {}", how(*code, *signal)),
             Outcome::SpawnFailed { error } => format!("could not start: {error}"),
             Outcome::Lost { error } => format!("lost: {error}"),
+            Outcome::ClusterEnded { reason, code, signal } => format!("{}, {}", reason.describe(), how(*code, *signal)),
         }
     }
 }
@@ -377,6 +437,8 @@ pub struct JobRecord {
     /// How the job's processes were kept together and found at its end: `cgroup` (every
     /// process it started), `process-group` (its group, and escapees by their marker).
     pub isolation: Option<&'static str>,
+    /// The machine it ran on, where that is not this one (a cluster node).
+    pub node: Option<String>,
 }
 
 /// How one attempt of a job that was tried again ended (an entry of a record's
@@ -447,6 +509,7 @@ impl JobRecord {
             earlier_attempts: Vec::new(),
             log_error: None,
             isolation: None,
+            node: None,
         }
     }
 
@@ -497,6 +560,7 @@ impl JobRecord {
             attempts: self.attempts,
             earlier_attempts: Cow::Borrowed(&self.earlier_attempts),
             isolation: self.isolation.map(Cow::Borrowed),
+            node: self.node.as_deref().map(Cow::Borrowed),
         }
     }
 }

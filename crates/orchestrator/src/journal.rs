@@ -75,6 +75,9 @@ pub struct JournalLine<'a> {
     /// How its processes were kept together: `cgroup` or `process-group`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation: Option<Cow<'a, str>>,
+    /// The cluster node it ran on (absent for local jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<Cow<'a, str>>,
 }
 
 // serde hands skip_serializing_if the field itself.
@@ -154,6 +157,7 @@ impl JournalLine<'_> {
             dir: self.dir.map(|d| Cow::Owned(d.into_owned())),
             earlier_attempts: Cow::Owned(self.earlier_attempts.into_owned()),
             isolation: self.isolation.map(|i| Cow::Owned(i.into_owned())),
+            node: self.node.map(|n| Cow::Owned(n.into_owned())),
             ..self
         }
     }

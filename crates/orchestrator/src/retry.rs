@@ -50,6 +50,13 @@ impl RetryPolicy {
             Outcome::TimedOut { .. } => self.on.timed_out,
             Outcome::Signaled { .. } => self.on.signaled,
             Outcome::SpawnFailed { .. } => self.on.spawn_failed,
+            // A cluster's node failure or preemption: the job itself may be fine.
+            Outcome::ClusterEnded { reason, .. } => match reason {
+                crate::job::EndReason::NodeFail | crate::job::EndReason::Preempted => self.on.signaled,
+                crate::job::EndReason::OutOfMemory => self.on.signaled,
+                crate::job::EndReason::TimeLimit => self.on.timed_out,
+                _ => false,
+            },
             _ => false,
         }
     }

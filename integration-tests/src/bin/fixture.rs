@@ -145,6 +145,17 @@ fn main() {
                 libc::raise(libc::SIGSEGV);
             }
         }
+        "hog" => {
+            // `fixture hog 300`: touch 300 MiB, say so, then wait for the memory limit.
+            let mib: usize = arg(1).parse().unwrap_or(300);
+            let mut v = vec![0u8; mib << 20];
+            for i in (0..v.len()).step_by(4096) {
+                v[i] = 1;
+            }
+            println!("holding {mib} MiB");
+            std::thread::sleep(Duration::from_secs(40));
+            println!("survived {}", v.iter().step_by(4096).count());
+        }
         "exit" => {
             let code: i32 = arg(1).parse().unwrap_or(1);
             eprintln!("exiting with {code}");

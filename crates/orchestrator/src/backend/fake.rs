@@ -134,7 +134,7 @@ impl Backend for FakeBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { writes_files_before_exec: false, local_processes: false, forwards_signals: true }
+        Capabilities { forwards_signals: true, ..Capabilities::NONE }
     }
 
     fn start<'a>(&'a self, req: StartRequest<'a>) -> BoxFuture<'a, Result<Box<dyn Attempt>, StartError>> {

@@ -9,6 +9,8 @@
 //!
 //! - [`local`]: one process group per job on this machine (the vfork spawn, subreaper and
 //!   marker hunting, pidfd/wait4, output pumps, the environment, payload files, the watchdog);
+//! - [`slurm`]: one Slurm job array per run, each job a task run by this binary on its node
+//!   (`__slurm-task`), tracked with one `squeue`/`sacct` call per poll for the whole array;
 //! - [`fake`] (tests, feature `test-util`): scripted attempts on tokio's clock, for
 //!   deterministic lifecycle tests without processes or sleeps.
 //!
@@ -28,6 +30,7 @@ use crate::job::{JobFile, JobSpec};
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
 pub mod local;
+pub mod slurm;
 
 /// A boxed future, as the seam's methods return (one allocation per call: a few per job).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -44,6 +47,20 @@ pub struct Capabilities {
     pub local_processes: bool,
     /// [`Attempt::signal`] delivers any signal (otherwise only a request to end).
     pub forwards_signals: bool,
+    /// The backend applies [`JobSpec::timeout`] itself, from when the job really starts (a
+    /// cluster's time limit: a task may wait in the queue first); the scheduler sets no
+    /// deadline of its own and reports the backend's [`EndReason::TimeLimit`] as a timeout.
+    pub enforces_timeout: bool,
+}
+
+impl Capabilities {
+    /// What a backend that can do none of the above declares.
+    pub const NONE: Capabilities = Capabilities {
+        writes_files_before_exec: false,
+        local_processes: false,
+        forwards_signals: false,
+        enforces_timeout: false,
+    };
 }
 
 /// Everything a backend needs to start one attempt.
@@ -96,10 +113,22 @@ impl LostError {
     }
 }
 
+/// Why a cluster ended an attempt, rather than its program.
+pub use crate::job::EndReason;
+
 /// How an attempt's main process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ExitStatus {
+    /// The backend (a cluster) ended it for `reason`; how its program ended, if known.
+    Ended {
+        /// Why.
+        reason: EndReason,
+        /// The program's exit code, if it exited.
+        code: Option<i32>,
+        /// The signal that ended it, if known.
+        signal: Option<i32>,
+    },
     /// It exited with this code.
     Code(i32),
     /// A signal ended it.
@@ -124,19 +153,30 @@ pub struct Usage {
 }
 
 /// An attempt's end, as [`Attempt::wait`] reports it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Exit {
     /// How it ended.
     pub status: ExitStatus,
     /// What it used.
     pub usage: Usage,
+    /// When its program really started, where that differs from when the backend was asked
+    /// to start it (a cluster task waits in the queue first); `None`: at `start`.
+    pub started: Option<chrono::DateTime<chrono::Utc>>,
+    /// When it ended, as the backend knows it; `None`: when `wait` saw it.
+    pub ended: Option<chrono::DateTime<chrono::Utc>>,
+    /// The machine it ran on, where that is not this one.
+    pub node: Option<String>,
+    /// The slot it really ran in, where the backend decides that (a Slurm task's slot is
+    /// its index in its array modulo the throttle, whatever slot of the scheduler waited
+    /// for it).
+    pub slot: Option<usize>,
 }
 
 impl Exit {
     /// An exit with `status` and no usage figures.
     pub fn new(status: ExitStatus) -> Self {
-        Exit { status, usage: Usage::default() }
+        Exit { status, usage: Usage::default(), started: None, ended: None, node: None, slot: None }
     }
 }
 
@@ -195,6 +235,14 @@ pub trait Attempt: Send {
     /// Resolves when the attempt's main process has ended. Cancel-safe: the scheduler drops
     /// the future to handle a timer or a stop, and calls again.
     fn wait(&mut self) -> BoxFuture<'_, Result<Exit, LostError>>;
+
+    /// The run starts no new job (a drain, or the halt policy `soon`): an attempt whose
+    /// program has not started yet (a cluster task still queued) should not start it.
+    /// Returns whether it will be dropped (it then ends soon, as stopped by the run); the
+    /// default, for backends whose attempts run as soon as they start, is `false`.
+    fn withdraw(&mut self) -> bool {
+        false
+    }
 
     /// Deliver `signal` to the whole attempt (its process group, its escaped descendants;
     /// on a cluster, the task). SIGKILL ends it for sure.

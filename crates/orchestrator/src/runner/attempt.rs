@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Stop;
 use crate::backend::{Attempt, Exit, ExitStatus, LostError};
-use crate::job::{Outcome, StopReason};
+use crate::job::{EndReason, Outcome, StopReason};
 
 /// Why the supervisor ended an attempt before it ended by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +109,7 @@ impl Exited {
         let (code, signal) = match exit.status {
             ExitStatus::Code(c) => (Some(c), None),
             ExitStatus::Signal { signal, .. } => (None, Some(signal)),
+            ExitStatus::Ended { code, signal, .. } => (code, signal),
         };
         match self.cause {
             Some(EndCause::TimedOut) => Outcome::TimedOut { limit: limit.unwrap_or_default(), code, signal },
@@ -117,6 +118,11 @@ impl Exited {
                 ExitStatus::Code(0) => Outcome::Succeeded,
                 ExitStatus::Code(code) => Outcome::Failed { code },
                 ExitStatus::Signal { signal, core_dumped } => Outcome::Signaled { signal, core_dumped },
+                // The cluster's time limit is the job's timeout (rounded up to its granularity).
+                ExitStatus::Ended { reason: EndReason::TimeLimit, code, signal } => {
+                    Outcome::TimedOut { limit: limit.unwrap_or_default(), code, signal }
+                }
+                ExitStatus::Ended { reason, code, signal } => Outcome::ClusterEnded { reason, code, signal },
             },
         }
     }
@@ -140,6 +146,11 @@ pub(crate) async fn drive(
     loop {
         if let Some(req) = pending.take() {
             phase = apply(attempt, phase, Happening::Stop(req), grace);
+            // A drain starts no new job: an attempt still waiting to run (a queued cluster
+            // task) is dropped, as a job the run never started would be.
+            if req == Stop::Drain && phase == Phase::Running && attempt.withdraw() {
+                phase = Phase::Terminating { cause: EndCause::Stopped(StopReason::Halt), kill_at: None };
+            }
         }
         let running = phase == Phase::Running;
         let kill_at = phase.kill_at();
@@ -244,5 +255,19 @@ mod tests {
             Outcome::Stopped { reason: StopReason::Interrupted, code: None, signal: Some(2) }
         );
         assert_eq!(ended(Err(LostError::new("gone")), None).outcome(None), Outcome::Lost { error: "gone".into() });
+        // A cluster's endings: its time limit is the job's timeout; the others keep their reason.
+        let cluster = |reason| Ok(Exit::new(ExitStatus::Ended { reason, code: None, signal: Some(9) }));
+        assert_eq!(
+            ended(cluster(EndReason::TimeLimit), None).outcome(Some(limit)),
+            Outcome::TimedOut { limit, code: None, signal: Some(9) }
+        );
+        let node = ended(cluster(EndReason::NodeFail), None).outcome(None);
+        assert_eq!(node.status(), "node_failed");
+        assert_eq!(ended(cluster(EndReason::OutOfMemory), None).outcome(None).status(), "out_of_memory");
+        // Ended by us first: our reason wins.
+        assert!(matches!(
+            ended(cluster(EndReason::Cancelled), Some(EndCause::Stopped(StopReason::Interrupted))).outcome(None),
+            Outcome::Stopped { reason: StopReason::Interrupted, .. }
+        ));
     }
 }

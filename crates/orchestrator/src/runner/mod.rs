@@ -303,6 +303,15 @@ pub(crate) async fn run_announced(
         stop: stop_tx,
         next_start: std::sync::Mutex::new(None),
     });
+    {
+        let slots = Arc::downgrade(&slots);
+        let policy = ctx.opts.halt;
+        let _ = ctx.halt.set(Box::new(move |record| {
+            if let Some(slots) = slots.upgrade() {
+                slots.halt_after(record, policy);
+            }
+        }));
+    }
     slots.add_slot(0, &ctx);
     slots.tracker.close();
     let mut external_open = true;

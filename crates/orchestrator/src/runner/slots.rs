@@ -66,16 +66,24 @@ impl Slots {
             summary.succeeded += 1;
             return;
         }
-        if !matches!(record.outcome, Outcome::Stopped { .. }) {
-            match halt {
-                HaltPolicy::Soon => self.stop.send_modify(|s| *s = (*s).max(Stop::Drain)),
-                HaltPolicy::Now => self
-                    .stop
-                    .send_modify(|s| *s = (*s).max(Stop::Graceful { reason: StopReason::Halt, signal: libc::SIGTERM })),
-                _ => {}
-            }
-        }
+        self.halt_after(&record, halt);
         summary.failures.push(record);
+    }
+
+    /// The halt policy's stop after a job that did not succeed. Also called by the job's
+    /// unit as soon as its record is final, before the record is published: a slow event
+    /// consumer must not let another slot start a job meanwhile.
+    pub(super) fn halt_after(&self, record: &JobRecord, halt: HaltPolicy) {
+        if record.is_success() || matches!(record.outcome, Outcome::Stopped { .. }) {
+            return;
+        }
+        match halt {
+            HaltPolicy::Soon => self.stop.send_modify(|s| *s = (*s).max(Stop::Drain)),
+            HaltPolicy::Now => self
+                .stop
+                .send_modify(|s| *s = (*s).max(Stop::Graceful { reason: StopReason::Halt, signal: libc::SIGTERM })),
+            _ => {}
+        }
     }
 }
 

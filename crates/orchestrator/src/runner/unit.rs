@@ -24,6 +24,8 @@ pub(crate) struct Ctx {
     events: Option<tokio::sync::mpsc::Sender<crate::event::Event>>,
     /// Journal appends that failed, and the first error.
     journal_errors: Mutex<(u64, Option<String>)>,
+    /// Applies the halt policy to a final record (set once the slots exist).
+    pub(crate) halt: std::sync::OnceLock<Box<dyn Fn(&JobRecord) + Send + Sync>>,
 }
 
 impl Ctx {
@@ -32,7 +34,7 @@ impl Ctx {
         backend: Arc<dyn Backend>,
         events: Option<tokio::sync::mpsc::Sender<crate::event::Event>>,
     ) -> Ctx {
-        Ctx { opts, backend, events, journal_errors: Mutex::new((0, None)) }
+        Ctx { opts, backend, events, journal_errors: Mutex::new((0, None)), halt: std::sync::OnceLock::new() }
     }
 
     /// A job's record did not reach the journal: said at once, and counted for the summary.
@@ -110,6 +112,12 @@ struct AttemptEnd {
     /// The job's log, to add the end record to; `None` when the backend could not start the
     /// attempt (it wrote why itself).
     log: Option<Box<dyn JobLog>>,
+    /// Where it ran, if not here.
+    node: Option<String>,
+    /// The slot the backend ran it in, if it decides that.
+    slot: Option<usize>,
+    /// When its program really started and ended, as the backend knows it (a cluster task).
+    ran: Option<(DateTime<Utc>, DateTime<Utc>)>,
 }
 
 async fn run_job(
@@ -184,16 +192,21 @@ async fn run_job(
             log.note(&note);
             log.close()
         });
+        // A cluster task's own times: it may have waited in the queue before it ran.
+        let (start, end_time, duration) = match end.ran {
+            Some((s, e)) => (s, e, (e - s).to_std().unwrap_or_default()),
+            None => (start, end.end, end.ended - t0),
+        };
         let record = JobRecord {
             num: spec.num,
             id: spec.id.clone(),
             overrides: std::mem::take(&mut spec.overrides),
             outcome: end.outcome,
             pid: end.pid,
-            slot,
+            slot: end.slot.unwrap_or(slot),
             start,
-            end: end.end,
-            duration: end.ended - t0,
+            end: end_time,
+            duration,
             user_cpu: end.usage.user_cpu,
             sys_cpu: end.usage.sys_cpu,
             max_rss_kib: end.usage.max_rss_kib,
@@ -206,6 +219,7 @@ async fn run_job(
             earlier_attempts: earlier,
             log_error,
             isolation: end.isolation,
+            node: end.node,
         };
         return publish(ctx, record).await;
     }
@@ -242,13 +256,18 @@ async fn run_attempt(
                 leftovers: 0,
                 isolation: None,
                 log: None,
+                node: None,
+                slot: None,
+                ran: None,
             };
         }
     };
     let pid = attempt.pid();
     ctx.send(Event::Started { num: spec.num, pid, slot, at: start, attempt: number }).await;
     let grace = ctx.opts.grace;
-    let exited: Exited = attempt::drive(&mut *attempt, spec.timeout, grace, stop, cancel).await;
+    // A backend that applies the time limit itself (from the task's real start) gets none here.
+    let timeout = if ctx.backend.capabilities().enforces_timeout { None } else { spec.timeout };
+    let exited: Exited = attempt::drive(&mut *attempt, timeout, grace, stop, cancel).await;
     let immediate = *stop.borrow() == Stop::Immediate;
     let leftovers = attempt.clean_up(if immediate { Duration::ZERO } else { grace }).await;
     // The job ends when its last process is gone; the bookkeeping below is ours.
@@ -268,6 +287,11 @@ async fn run_attempt(
         tokio::task::yield_now().await;
     }
     let outcome = exited.outcome(spec.timeout);
+    let node = exited.exit.as_ref().ok().and_then(|e| e.node.clone());
+    let ran_slot = exited.exit.as_ref().ok().and_then(|e| e.slot);
+    let ran = exited.exit.as_ref().ok().and_then(|e| Some((e.started?, e.ended?)));
+    // The program's own run time where the backend knows it (not the queueing before it).
+    let duration = ran.and_then(|(s, e)| (e - s).to_std().ok()).unwrap_or(duration);
     let collected = attempt.collect(spec).await;
     // The backend's figures for the whole tree, where it has them; the leader's otherwise.
     let leader = exited.exit.as_ref().map(|e| e.usage).unwrap_or_default();
@@ -293,6 +317,9 @@ async fn run_attempt(
         leftovers,
         isolation: collected.isolation,
         log: Some(collected.log),
+        node,
+        slot: ran_slot,
+        ran,
     }
 }
 
@@ -302,6 +329,9 @@ fn precise(d: Duration) -> String {
 
 /// Append the final record to the journal and send it as [`Event::Finished`].
 async fn publish(ctx: &Ctx, record: JobRecord) -> JobRecord {
+    if let Some(halt) = ctx.halt.get() {
+        halt(&record);
+    }
     if let Some(j) = &ctx.opts.journal
         && let Err(e) = j.append(&record)
     {

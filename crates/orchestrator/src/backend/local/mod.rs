@@ -114,7 +114,7 @@ impl LocalBackend {
             Err(why) => tracing::debug!("no cgroup per job ({why}): process groups and markers only"),
         }
         let watchdog = if opts.watchdog {
-            match watchdog::Watchdog::start_with(cgroups.as_ref().ok().map(|c| c.dir())) {
+            match watchdog::Watchdog::start_with(cgroups.as_ref().ok().map(|c| c.dir()), None) {
                 Ok(w) => Some(w),
                 Err(e) => {
                     tracing::warn!(
@@ -248,7 +248,12 @@ impl Backend for LocalBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { writes_files_before_exec: true, local_processes: true, forwards_signals: true }
+        Capabilities {
+            writes_files_before_exec: true,
+            local_processes: true,
+            forwards_signals: true,
+            enforces_timeout: false,
+        }
     }
 
     fn start<'a>(&'a self, req: StartRequest<'a>) -> BoxFuture<'a, Result<Box<dyn Attempt>, StartError>> {
@@ -320,7 +325,9 @@ impl Attempt for LocalAttempt {
                 (None, None) => ExitStatus::Code(-1),
             };
             let usage = Usage { user_cpu: r.user_cpu, sys_cpu: r.sys_cpu, max_rss_kib: r.max_rss_kib };
-            Ok(Exit { status, usage })
+            let mut exit = Exit::new(status);
+            exit.usage = usage;
+            Ok(exit)
         })
     }
 

@@ -64,12 +64,17 @@ pub struct Watchdog {
 impl Watchdog {
     /// Start a watchdog for the jobs this process will start.
     pub fn start() -> Result<Watchdog, WatchdogError> {
-        Self::start_with(None)
+        Self::start_with(None, None)
     }
 
-    /// A watchdog that also kills everything in the run's cgroups at `cgroups` (and removes
-    /// them) if the supervisor dies.
-    pub(crate) fn start_with(cgroups: Option<&std::path::Path>) -> Result<Watchdog, WatchdogError> {
+    /// [`Watchdog::start`], which also kills everything in the run's cgroups under `cgroups`
+    /// (and removes them), and cancels (`scancel`) the Slurm job arrays listed in
+    /// `slurm_arrays` (one id a line, appended as they are submitted), if the supervisor dies
+    /// without saying the run is over: their processes and tasks outlive it otherwise.
+    pub fn start_with(
+        cgroups: Option<&std::path::Path>,
+        slurm_arrays: Option<&std::path::Path>,
+    ) -> Result<Watchdog, WatchdogError> {
         // Every end close-on-exec: no job may hold the write end, or the watchdog would wait
         // for it too.
         let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
@@ -81,7 +86,8 @@ impl Watchdog {
             .arg(ARG)
             .arg(std::process::id().to_string())
             .arg(sys::own_pgid().to_string())
-            .args(cgroups.map(|c| c.as_os_str().to_owned()))
+            .args(cgroups.map(|c| tagged(CGROUPS_ARG, c)))
+            .args(slurm_arrays.map(|p| tagged(SLURM_ARG, p)))
             .stdin(Stdio::from(alive_r))
             .stdout(Stdio::from(ready_w))
             .stderr(Stdio::null())
@@ -183,19 +189,53 @@ fn main(args: &[OsString]) -> u8 {
             Err(_) => break,
         }
     }
+    let cgroups = tagged_arg(args, CGROUPS_ARG);
+    // A Slurm run's arrays: nothing of them may stay queued.
+    if let Some(list) = tagged_arg(args, SLURM_ARG)
+        && let Ok(text) = std::fs::read_to_string(&list)
+    {
+        let ids: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        if !ids.is_empty() {
+            let _ = Command::new("scancel")
+                .args(&ids)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
     let marker = super::job_marker_prefix(pid);
     // Again until a pass finds nothing: a process may fork between our reads.
     for _ in 0..50 {
-        if let Some(dir) = args.get(2) {
-            super::cgroup::kill_tree(std::path::Path::new(dir));
+        if let Some(dir) = &cgroups {
+            super::cgroup::kill_tree(dir);
         }
         if sys::kill_marked(marker.as_bytes(), &[group]) == 0 {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    if let Some(dir) = args.get(2) {
-        super::cgroup::remove_tree(std::path::Path::new(dir));
+    if let Some(dir) = &cgroups {
+        super::cgroup::remove_tree(dir);
     }
     0
+}
+
+/// The watchdog's optional arguments, after the pid and group: `cgroups=<dir>`,
+/// `slurm=<file>`.
+const CGROUPS_ARG: &str = "cgroups=";
+const SLURM_ARG: &str = "slurm=";
+
+fn tagged(tag: &str, path: &std::path::Path) -> OsString {
+    let mut arg = OsString::from(tag);
+    arg.push(path.as_os_str());
+    arg
+}
+
+fn tagged_arg(args: &[OsString], tag: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    args.iter().skip(2).find_map(|a| {
+        let rest = a.as_bytes().strip_prefix(tag.as_bytes())?;
+        Some(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(rest)))
+    })
 }
