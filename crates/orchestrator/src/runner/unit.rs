@@ -17,6 +17,9 @@ use crate::backend::{Backend, JobLog, StartRequest, Usage};
 use crate::event::Event;
 use crate::job::{AttemptRecord, JobRecord, JobSpec, Outcome, StopReason};
 
+/// Applies the halt policy to a final record.
+pub(crate) type HaltHook = Box<dyn Fn(&JobRecord) + Send + Sync>;
+
 /// What every job of a run shares.
 pub(crate) struct Ctx {
     pub(crate) opts: RunOptions,
@@ -25,7 +28,7 @@ pub(crate) struct Ctx {
     /// Journal appends that failed, and the first error.
     journal_errors: Mutex<(u64, Option<String>)>,
     /// Applies the halt policy to a final record (set once the slots exist).
-    pub(crate) halt: std::sync::OnceLock<Box<dyn Fn(&JobRecord) + Send + Sync>>,
+    pub(crate) halt: std::sync::OnceLock<HaltHook>,
 }
 
 impl Ctx {
