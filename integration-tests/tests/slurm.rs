@@ -84,10 +84,21 @@ fn tree(dir: &std::path::Path) -> Vec<String> {
 fn stable(r: &Value) -> Value {
     let mut r = r.clone();
     let m = r.as_object_mut().unwrap();
-    // stdout_bytes too: the app prints its pid, whose digits vary.
-    for k in
-        ["pid", "start", "end", "duration_s", "cpu_user_s", "cpu_sys_s", "max_rss_kib", "node", "slot", "stdout_bytes"]
-    {
+    // stdout_bytes too: the app prints its pid, whose digits vary. `isolation` says how each
+    // backend kept the job's processes together (a local cgroup, a Slurm task).
+    for k in [
+        "pid",
+        "start",
+        "end",
+        "duration_s",
+        "cpu_user_s",
+        "cpu_sys_s",
+        "max_rss_kib",
+        "node",
+        "slot",
+        "stdout_bytes",
+        "isolation",
+    ] {
         m.remove(k);
     }
     r
