@@ -115,6 +115,16 @@ pub(super) async fn end_cgroup(ctx: &Ctx, dir: &std::path::Path, grace: Duration
 /// from their job's end (a daemon that was still being born then). Killed now; their job's
 /// record is written already, so they are only reported here.
 pub(super) fn end_strays(ctx: &Ctx) {
+    // At most every 50 ms: it reads /proc again, and a stray is rare (a daemon caught
+    // between fork and exec when its job ended); it dies at the next look.
+    use std::sync::atomic::Ordering;
+    let now = ctx.clock_ms();
+    let last = ctx.strays_looked_at.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < 50
+        || ctx.strays_looked_at.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+    {
+        return;
+    }
     let prefix = format!("{}={}.", super::JOB_KEY_VAR, ctx.run_key);
     let running = ctx.running.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let stray = |entry: &OsStr| {

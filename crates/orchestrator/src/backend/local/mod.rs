@@ -24,7 +24,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use nix::sys::signal::Signal;
@@ -89,6 +89,10 @@ struct Ctx {
     /// Jobs with an attempt running: a marked process of any other job of the run is a
     /// leftover that got away from its job's end (marker mode only).
     running: Mutex<std::collections::HashSet<u64>>,
+    /// When strays were last looked for (ms since the run started).
+    strays_looked_at: std::sync::atomic::AtomicU64,
+    /// The run's start, for `clock_ms`.
+    started: Instant,
 }
 
 impl LocalBackend {
@@ -141,6 +145,8 @@ impl LocalBackend {
                 watchdog: Mutex::new(watchdog),
                 cgroups,
                 running: Mutex::new(Default::default()),
+                strays_looked_at: std::sync::atomic::AtomicU64::new(0),
+                started: Instant::now(),
             }),
         }
     }
@@ -443,6 +449,11 @@ impl JobLog for Log {
 }
 
 impl Ctx {
+    /// Milliseconds since the run started.
+    fn clock_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     fn resolve(&self, program: &OsStr) -> io::Result<PathBuf> {
         let mut cache = self.programs.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = cache.get(program) {
