@@ -174,14 +174,18 @@ fn a_job_whose_log_hit_a_full_disk_is_not_a_success_and_runs_again_on_resume() {
         "hydra.sweep.subdir=../full/${hydra.job.num}",
         "hydra.launcher.orchestrator.allow_outside_sweep_dir=true",
     ];
-    // Job 0 writes 1 MiB (its log cannot hold it), job 1 ten bytes.
-    let out = sb
-        .cmd()
-        .args(["-m", "--quiet", "+bytes=1048576,10"])
-        .args(common)
-        .args(["--", fixture(), "flood", "{bytes}"])
-        .output()
-        .unwrap();
+    // One at a time: job 0 writes ten bytes, then job 1 writes 1 MiB (its log cannot hold it).
+    let run = |extra: &[&str]| {
+        sb.cmd()
+            .args(["-m", "--quiet", "hydra.launcher.n_jobs=1"])
+            .args(extra)
+            .args(["+bytes=10,1048576"])
+            .args(common)
+            .args(["--", fixture(), "flood", "{bytes}"])
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -189,22 +193,16 @@ fn a_job_whose_log_hit_a_full_disk_is_not_a_success_and_runs_again_on_resume() {
         "{stderr}"
     );
     let records = journal(&sb.path().join("sweep"));
-    assert_eq!((records[0]["status"].as_str(), records[1]["status"].as_str()), (Some("log_failed"), Some("succeeded")));
-    assert!(records[0]["error"].as_str().unwrap().contains("No space left"), "{:?}", records[0]);
-    // With room again, a resume runs job 0 only.
+    assert_eq!((records[0]["status"].as_str(), records[1]["status"].as_str()), (Some("succeeded"), Some("log_failed")));
+    assert!(records[1]["error"].as_str().unwrap().contains("No space left"), "{:?}", records[1]);
+    // With room again, a resume runs job 1 only.
     drop(guard);
-    let out = sb
-        .cmd()
-        .args(["-m", "--quiet", "--resume", "sweep", "+bytes=1048576,10"])
-        .args(common)
-        .args(["--", fixture(), "flood", "{bytes}"])
-        .output()
-        .unwrap();
+    let out = run(&["--resume", "sweep"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let records: Vec<_> = journal(&sb.path().join("sweep"));
-    let job0: Vec<&str> = records.iter().filter(|r| r["num"] == 0).map(|r| r["status"].as_str().unwrap()).collect();
-    assert_eq!(job0, ["log_failed", "succeeded"]);
-    assert_eq!(records.iter().filter(|r| r["num"] == 1).count(), 1, "job 1 is not run again");
+    let job1: Vec<&str> = records.iter().filter(|r| r["num"] == 1).map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(job1, ["log_failed", "succeeded"]);
+    assert_eq!(records.iter().filter(|r| r["num"] == 0).count(), 1, "job 0 is not run again");
 }
 
 #[test]
