@@ -374,12 +374,9 @@ impl SweepLayout {
             ];
         }
 
-        let (program, mut args) = self.argv(&replaced, &config, &dir, &argv_items);
+        let (program, args) = self.argv(&replaced, &config, &dir, &argv_items);
         // Hydra writes `<name>.log` in its run dir: the captured output goes beside it.
         let log_name = if self.hydra_app {
-            args.push(format!("hydra.run.dir={}", hydra_quoted(&dir.to_string_lossy())).into());
-            args.push(format!("hydra.job.num={}", job.num).into());
-            args.push(format!("hydra.job.id={}", hydra_quoted(&spec.id)).into());
             format!("{}_orchestrator.log", self.job_name)
         } else {
             format!("{}.log", self.job_name)
@@ -428,12 +425,7 @@ impl SweepLayout {
         let Ok(sub) = self.subdir(job, &config) else { return Vec::new() };
         let dir = if sub.is_empty() { self.abs_dir.clone() } else { self.abs_dir.join(&sub) };
         let display: Vec<String> = job.items.iter().map(ResolvedOverride::display).collect();
-        let (program, mut args) = self.argv(job, &config, &dir, &display);
-        if self.hydra_app {
-            args.push(format!("hydra.run.dir={}", hydra_quoted(&dir.to_string_lossy())).into());
-            args.push(format!("hydra.job.num={}", job.num).into());
-            args.push(format!("hydra.job.id={}", hydra_quoted(&self.job_id(job.num))).into());
-        }
+        let (program, args) = self.argv(job, &config, &dir, &display);
         std::iter::once(program).chain(args).collect()
     }
 
@@ -452,6 +444,12 @@ impl SweepLayout {
         } else {
             args.extend(words.cloned());
             args.extend(display.iter().map(OsString::from));
+        }
+        // A Hydra app runs in its job's dir, as that job (see `SweepLayout::hydra_app`).
+        if self.hydra_app {
+            args.push(format!("hydra.run.dir={}", hydra_quoted(&dir.to_string_lossy())).into());
+            args.push(format!("hydra.job.num={}", job.num).into());
+            args.push(format!("hydra.job.id={}", hydra_quoted(&self.job_id(job.num))).into());
         }
         (program, args)
     }

@@ -395,14 +395,6 @@ fn wait4_blocking(pid: u32) -> Option<sys::Reaped> {
             }
             return None;
         }
-        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-        return Some(sys::Reaped {
-            code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
-            signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
-            core_dumped: libc::WIFSIGNALED(status) && libc::WCOREDUMP(status),
-            user_cpu: tv(usage.ru_utime),
-            sys_cpu: tv(usage.ru_stime),
-            max_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
-        });
+        return Some(sys::Reaped::from_wait(status, &usage));
     }
 }

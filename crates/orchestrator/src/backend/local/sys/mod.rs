@@ -62,15 +62,22 @@ pub fn try_wait4(pid: u32) -> io::Result<Option<Reaped>> {
     if rc == 0 {
         return Ok(None);
     }
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    Ok(Some(Reaped {
-        code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
-        signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
-        core_dumped: libc::WIFSIGNALED(status) && libc::WCOREDUMP(status),
-        user_cpu: tv(usage.ru_utime),
-        sys_cpu: tv(usage.ru_stime),
-        max_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
-    }))
+    Ok(Some(Reaped::from_wait(status, &usage)))
+}
+
+impl Reaped {
+    /// What `wait4` said of a process: its status word and its resource usage.
+    pub fn from_wait(status: libc::c_int, usage: &libc::rusage) -> Reaped {
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        Reaped {
+            code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+            signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
+            core_dumped: libc::WIFSIGNALED(status) && libc::WCOREDUMP(status),
+            user_cpu: tv(usage.ru_utime),
+            sys_cpu: tv(usage.ru_stime),
+            max_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+        }
+    }
 }
 
 /// Send `sig` to a process group. `Ok(false)` means the group no longer exists.
