@@ -123,6 +123,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "BACKEND", value_parser = ["local", "slurm"])]
     pub backend: Option<String>,
 
+    /// Fork Python jobs (`-- python app.py`, `-- python -m pkg.app`) from a warm interpreter
+    /// that has imported what they import: each job is still its own process, started in
+    /// milliseconds. The same as `hydra.launcher.orchestrator.warm=true`.
+    #[arg(long)]
+    pub warm: bool,
+
     /// With `--backend slurm`: submit, then return at once; a supervisor of its own (in the
     /// background, its output in `<sweep dir>/.slurm/supervisor.log`) follows the tasks and
     /// writes the journal. See `orchestrator status <sweep dir>`.

@@ -82,6 +82,7 @@ fn prepare(args: &ResumeArgs) -> Result<(RunArgs, ConfigInput), String> {
         json: args.json,
         dry_run: false,
         backend: None,
+        warm: false,
         detach: false,
         overrides: args.overrides.clone(),
         app: recorded_app,

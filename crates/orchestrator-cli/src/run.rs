@@ -38,6 +38,9 @@ pub fn main_with(args: RunArgs, config: Option<ConfigInput>) -> u8 {
     if let Some(backend) = &args.backend {
         overrides.push(format!("hydra.launcher.orchestrator.backend={backend}"));
     }
+    if args.warm {
+        overrides.push("hydra.launcher.orchestrator.warm=true".to_owned());
+    }
     let mut request = SweepRequest::new(config, overrides, args.app.clone(), base_dir);
     request.multirun = args.multirun;
     request.resume = args.resume.clone();

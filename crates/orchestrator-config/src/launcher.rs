@@ -213,6 +213,13 @@ pub struct LauncherConfig {
     pub exec: ExecBackend,
     /// The Slurm settings (`hydra.launcher.orchestrator.slurm`), used with [`ExecBackend::Slurm`].
     pub slurm: SlurmConfig,
+    /// Fork Python jobs from a warm interpreter (`hydra.launcher.orchestrator.warm`).
+    pub warm: bool,
+    /// What the warm interpreter imports first (`preload`): modules, `module:function`
+    /// hooks, `.py` paths.
+    pub preload: Vec<String>,
+    /// Warm jobs end with `os._exit` (`fast_exit`), skipping the interpreter's teardown.
+    pub fast_exit: bool,
 }
 
 /// Where jobs run: `hydra.launcher.orchestrator.backend`.
@@ -337,6 +344,9 @@ impl Default for LauncherConfig {
             banner: JOBLIB_KEYS.iter().map(|k| (k.to_string(), default_banner(k).to_string())).collect(),
             exec: ExecBackend::Local,
             slurm: SlurmConfig::default(),
+            warm: false,
+            preload: Vec::new(),
+            fast_exit: false,
         }
     }
 }
@@ -374,6 +384,9 @@ pub const ORCHESTRATOR_KEYS: &[&str] = &[
     "start_delay",
     "backend",
     "slurm",
+    "warm",
+    "preload",
+    "fast_exit",
 ];
 
 fn default_banner(key: &str) -> &'static str {
@@ -583,6 +596,40 @@ impl Reader<'_> {
                     }
                 }
                 "slurm" => self.slurm_params(p, v, &mut cfg.slurm)?,
+                "warm" | "fast_exit" => {
+                    let on = match v {
+                        _ if is_null(v) => false,
+                        Value::Bool(b) => *b,
+                        _ => {
+                            let help = if key == "warm" {
+                                "true (fork Python jobs from a warm interpreter) or false (the default: a fresh process per job)"
+                            } else {
+                                "true (warm jobs end with os._exit, skipping the interpreter's teardown) or false (the default)"
+                            };
+                            return Err(self.invalid(p, format!("invalid {key} {}", show(v)), help));
+                        }
+                    };
+                    if key == "warm" {
+                        cfg.warm = on;
+                    } else {
+                        cfg.fast_exit = on;
+                    }
+                }
+                "preload" => {
+                    let help = "a list of what the warm interpreter imports: module names (numpy), module:function hooks, or .py paths";
+                    cfg.preload = match v {
+                        _ if is_null(v) => Vec::new(),
+                        Value::String(s) if !s.trim().is_empty() => vec![s.trim().to_owned()],
+                        Value::Sequence(items) => items
+                            .iter()
+                            .map(|i| match i.as_str().map(str::trim) {
+                                Some(s) if !s.is_empty() => Ok(s.to_owned()),
+                                _ => Err(self.invalid(p, format!("invalid preload item {}", show(i)), help)),
+                            })
+                            .collect::<Result<_, _>>()?,
+                        _ => return Err(self.invalid(p, format!("invalid preload {}", show(v)), help)),
+                    }
+                }
                 other => {
                     let help = match did_you_mean(other, ORCHESTRATOR_KEYS) {
                         Some(s) => format!("did you mean `{s}`? known keys: {}", ORCHESTRATOR_KEYS.join(", ")),

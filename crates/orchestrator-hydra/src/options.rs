@@ -49,6 +49,12 @@ pub fn run_options(launcher: &LauncherConfig) -> Result<RunOptions, OptionsError
     options.admission.min_free_memory = launcher.min_free_memory;
     options.admission.max_load = launcher.max_load;
     options.admission.start_delay = launcher.start_delay;
+    if launcher.warm {
+        let mut warm = orchestrator::backend::local::WarmOptions::new();
+        warm.preload = launcher.preload.clone();
+        warm.fast_exit = launcher.fast_exit;
+        options.warm = Some(warm);
+    }
     for (name, value) in &options.slot_env {
         if let SlotValue::PerSlot(list) = value
             && list.len() < n_jobs

@@ -439,6 +439,8 @@ pub struct JobRecord {
     pub isolation: Option<&'static str>,
     /// The machine it ran on, where that is not this one (a cluster node).
     pub node: Option<String>,
+    /// Its last attempt was forked from a warm Python interpreter.
+    pub warm: bool,
 }
 
 /// How one attempt of a job that was tried again ended (an entry of a record's
@@ -510,6 +512,7 @@ impl JobRecord {
             log_error: None,
             isolation: None,
             node: None,
+            warm: false,
         }
     }
 
@@ -561,6 +564,7 @@ impl JobRecord {
             earlier_attempts: Cow::Borrowed(&self.earlier_attempts),
             isolation: self.isolation.map(Cow::Borrowed),
             node: self.node.as_deref().map(Cow::Borrowed),
+            warm: self.warm,
         }
     }
 }

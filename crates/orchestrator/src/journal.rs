@@ -78,6 +78,13 @@ pub struct JournalLine<'a> {
     /// The cluster node it ran on (absent for local jobs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<Cow<'a, str>>,
+    /// Its last attempt was forked from a warm Python interpreter (absent: started fresh).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub warm: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 // serde hands skip_serializing_if the field itself.

@@ -196,6 +196,7 @@ impl Attempt for FakeAttempt {
             start_error: None,
             usage: None,
             isolation: None,
+            warm: false,
         }))
     }
 }

@@ -210,6 +210,8 @@ pub struct Collected {
     /// How the attempt's processes were kept together (`cgroup`, `process-group`), for the
     /// record.
     pub isolation: Option<&'static str>,
+    /// The attempt was forked from a warm Python interpreter.
+    pub warm: bool,
 }
 
 impl std::fmt::Debug for Collected {
@@ -220,6 +222,7 @@ impl std::fmt::Debug for Collected {
             .field("start_error", &self.start_error)
             .field("usage", &self.usage)
             .field("isolation", &self.isolation)
+            .field("warm", &self.warm)
             .finish_non_exhaustive()
     }
 }

@@ -129,6 +129,11 @@ pub struct RunOptions {
     /// CPUs this process may use; `Some(0)` = none, the slots run on the caller's runtime
     /// (a test on a paused clock needs that).
     pub slot_threads: Option<usize>,
+    /// Fork Python jobs (`python script.py ...`, `python -m module ...`) from a warm
+    /// interpreter that has imported what they need ([`LocalBackend`] only; Linux). Each job
+    /// is still its own process, supervised as a fresh one; a job that cannot be forked
+    /// safely runs fresh. `None` (the default): every job is a fresh process.
+    pub warm: Option<crate::backend::local::WarmOptions>,
 }
 
 impl RunOptions {
@@ -155,6 +160,7 @@ impl RunOptions {
             backend: None,
             info: RunInfo::default(),
             slot_threads: None,
+            warm: None,
             admission: Admission::default(),
         }
     }

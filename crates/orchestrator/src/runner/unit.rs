@@ -112,6 +112,7 @@ struct AttemptEnd {
     stderr_bytes: u64,
     leftovers: u32,
     isolation: Option<&'static str>,
+    warm: bool,
     /// The job's log, to add the end record to; `None` when the backend could not start the
     /// attempt (it wrote why itself).
     log: Option<Box<dyn JobLog>>,
@@ -223,6 +224,7 @@ async fn run_job(
             log_error,
             isolation: end.isolation,
             node: end.node,
+            warm: end.warm,
         };
         return publish(ctx, record).await;
     }
@@ -258,6 +260,7 @@ async fn run_attempt(
                 stderr_bytes: 0,
                 leftovers: 0,
                 isolation: None,
+                warm: false,
                 log: None,
                 node: None,
                 slot: None,
@@ -319,6 +322,7 @@ async fn run_attempt(
         stderr_bytes: collected.stderr_bytes,
         leftovers,
         isolation: collected.isolation,
+        warm: collected.warm,
         log: Some(collected.log),
         node,
         slot: ran_slot,

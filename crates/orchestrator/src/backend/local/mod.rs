@@ -15,6 +15,7 @@ mod leftovers;
 mod payload;
 mod reaper;
 pub(crate) mod sys;
+mod warm;
 pub mod watchdog;
 
 use std::collections::HashMap;
@@ -39,6 +40,7 @@ pub use self::env::THREAD_VARS;
 use self::leftovers::{end_cgroup, end_leftovers, end_strays, signal_tree};
 use self::payload::{Placed, place_payloads};
 use self::reaper::Reaper;
+pub use self::warm::WarmOptions;
 use super::{
     Attempt, Backend, BoxFuture, Capabilities, Collected, Exit, ExitStatus, JobLog, LostError, StartError,
     StartRequest, Usage,
@@ -93,6 +95,8 @@ struct Ctx {
     strays_looked_at: std::sync::atomic::AtomicU64,
     /// The run's start, for `clock_ms`.
     started: Instant,
+    /// The warm Python interpreters, when jobs may be forked from one.
+    warm: Option<warm::Warm>,
 }
 
 impl LocalBackend {
@@ -130,6 +134,18 @@ impl LocalBackend {
         } else {
             None
         };
+        let warm = opts.warm.clone().and_then(|w| {
+            // A warm job is forked by the zygote's child, which exits at once: only a
+            // subreaper gets the job as its own child.
+            if opts.subreaper && sys::is_child_subreaper() {
+                Some(warm::Warm::new(w, &run_key))
+            } else {
+                tracing::warn!(
+                    "warm Python jobs need this process to be a child subreaper; jobs run as fresh processes"
+                );
+                None
+            }
+        });
         // Our children that are not jobs': the reaper need not look at them each time a job ends.
         let foreign = opts.foreign_children.iter().copied().chain(watchdog.as_ref().map(|w| w.pid())).collect();
         LocalBackend {
@@ -147,6 +163,7 @@ impl LocalBackend {
                 running: Mutex::new(Default::default()),
                 strays_looked_at: std::sync::atomic::AtomicU64::new(0),
                 started: Instant::now(),
+                warm,
             }),
         }
     }
@@ -197,12 +214,33 @@ impl LocalBackend {
                 extra.push((OsString::from(contract::ATTEMPT), OsString::from(req.attempt.to_string())));
             }
             let env = ctx.env.for_job(spec, req.slot, &ctx.opts.slot_env, &marker, extra)?;
+            if let Some(warm) = &ctx.warm {
+                // Its files first: a forked job has no set-up steps of its own.
+                write_files(&spec.log_path, &req.files)?;
+                let procs = joined.as_ref().map(|j| OsStr::from_bytes(j.procs.as_bytes()));
+                if let Some(w) = warm.start(spec, &program, &env, procs) {
+                    ctx.reaper.register(w.pid);
+                    return Ok(Child {
+                        pid: w.pid,
+                        stdout: w.stdout,
+                        stderr: w.stderr,
+                        start: StartWatch::Warm(w.report),
+                    });
+                }
+            }
             let mut setup = setup_steps(&spec.log_path, req.files)?;
             if let Some(j) = &joined {
                 // First: everything the job does and starts is in its cgroup.
                 setup.insert(0, sys::SetupStep::File(j.procs.clone(), b"0".to_vec()));
             }
-            ctx.reaper.spawn(sys::SpawnRequest { program: &program, argv: &argv, env, cwd: spec.cwd.as_deref(), setup })
+            let s = ctx.reaper.spawn(sys::SpawnRequest {
+                program: &program,
+                argv: &argv,
+                env,
+                cwd: spec.cwd.as_deref(),
+                setup,
+            })?;
+            Ok(Child { pid: s.pid, stdout: s.stdout, stderr: s.stderr, start: StartWatch::Exec(s.exec) })
         });
         let child = match spawned {
             Ok(c) => c,
@@ -214,7 +252,12 @@ impl LocalBackend {
                 return Err(StartError::new(error));
             }
         };
-        let sys::Spawned { pid, stdout, stderr, exec } = child;
+        let Child { pid, stdout, stderr, start } = child;
+        let warm = matches!(start, StartWatch::Warm(_));
+        if warm {
+            // Its files are written: the log may be opened at once.
+            log.allow_open();
+        }
         // Read ends of fresh pipes, already non-blocking: no need for tokio's checks.
         let stdout = pipe::Receiver::from_owned_fd_unchecked(stdout).ok();
         let stderr = pipe::Receiver::from_owned_fd_unchecked(stderr).ok();
@@ -230,10 +273,11 @@ impl LocalBackend {
             ctx: self.ctx.clone(),
             pid,
             marker,
-            exec,
+            start,
+            warm,
             // When to look whether the child has exec'd, to free its start-up memory (a job
             // that ends sooner frees it at its end).
-            release_at: Some(tokio::time::Instant::now() + Duration::from_millis(50)),
+            release_at: (!warm).then(|| tokio::time::Instant::now() + Duration::from_millis(50)),
             gate,
             pump,
             abandon,
@@ -269,6 +313,9 @@ impl Backend for LocalBackend {
 
     fn run_ended(&self) {
         let ctx = &self.ctx;
+        if let Some(warm) = &ctx.warm {
+            warm.shut_down();
+        }
         // Whatever is still marked as ours (a job's escapee that outlived every check) ends now.
         let prefix = format!("{JOB_KEY_VAR}={}.", ctx.run_key);
         for pid in ctx.reaper.sweep(&|entry| entry.as_encoded_bytes().starts_with(prefix.as_bytes())) {
@@ -285,7 +332,10 @@ struct LocalAttempt {
     ctx: Arc<Ctx>,
     pid: u32,
     marker: OsString,
-    exec: sys::ExecWatch,
+    /// Tells whether the job ever ran its program.
+    start: StartWatch,
+    /// Forked from a warm interpreter.
+    warm: bool,
     release_at: Option<tokio::time::Instant>,
     gate: Arc<output::LogGate>,
     pump: JoinHandle<(LogWriter, output::Captured)>,
@@ -313,7 +363,7 @@ impl Attempt for LocalAttempt {
                 tokio::select! {
                     r = wait_exit(self.pidfd.as_ref(), self.pid) => break r,
                     () = sleep_until(self.release_at), if self.release_at.is_some() => {
-                        if self.exec.release_if_running() {
+                        if self.start.release_if_running() {
                             self.gate.execd(); // the log can be opened now
                             self.release_at = None;
                         } else {
@@ -390,7 +440,7 @@ impl Attempt for LocalAttempt {
 
     fn collect<'a>(self: Box<Self>, job: &'a JobSpec) -> BoxFuture<'a, Collected> {
         Box::pin(async move {
-            let LocalAttempt { ctx, pump, abandon, gate, exec, placed, cgroup, usage, .. } = *self;
+            let LocalAttempt { ctx, pump, abandon, gate, start, placed, cgroup, usage, warm, .. } = *self;
             // Only now: the pump, woken by this, would wake us before the next job could start.
             gate.ended();
             let mut pump = pump;
@@ -411,10 +461,7 @@ impl Attempt for LocalAttempt {
             }
             // A child that could not write its files or exec its program exited with 127 and
             // left us its errno.
-            let start_error = exec.failure().map(|f| match &f.setup_path {
-                Some(path) => format!("cannot write {}: {}", path.display(), f.error),
-                None => spawn_error(job, &f.error),
-            });
+            let start_error = start.failure(job);
             if let Some(error) = &start_error {
                 log.note(&not_started_note(job, error));
             }
@@ -426,9 +473,77 @@ impl Attempt for LocalAttempt {
                 start_error,
                 usage,
                 isolation: Some(if cgroup.is_some() { "cgroup" } else { "process-group" }),
+                warm,
             }
         })
     }
+}
+
+/// A started job's process, however it was started.
+struct Child {
+    pid: u32,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    start: StartWatch,
+}
+
+/// Whether a started job ever ran its program.
+enum StartWatch {
+    /// Spawned: whether it exec'd.
+    Exec(sys::ExecWatch),
+    /// Forked from a warm interpreter: what it said if its set-up failed.
+    Warm(warm::Report),
+}
+
+impl StartWatch {
+    /// See [`sys::ExecWatch::release_if_running`]; a forked job holds none of our memory.
+    fn release_if_running(&mut self) -> bool {
+        match self {
+            StartWatch::Exec(e) => e.release_if_running(),
+            StartWatch::Warm(_) => true,
+        }
+    }
+
+    /// Why the job never ran its program, once it has exited.
+    fn failure(&self, job: &JobSpec) -> Option<String> {
+        match self {
+            StartWatch::Exec(e) => e.failure().map(|f| match &f.setup_path {
+                Some(path) => format!("cannot write {}: {}", path.display(), f.error),
+                None => spawn_error(job, &f.error),
+            }),
+            StartWatch::Warm(r) => r.failure(),
+        }
+    }
+}
+
+/// What a spawned job's set-up steps do (see [`setup_steps`]), done here for a job forked
+/// from a warm interpreter: the log's directory and the job's files.
+fn write_files(log: &std::path::Path, files: &[crate::job::JobFile]) -> io::Result<()> {
+    let annotate = |path: &std::path::Path| {
+        let path = path.display().to_string();
+        move |e: io::Error| io::Error::new(e.kind(), format!("cannot write {path}: {e}"))
+    };
+    let mut last_dir: Option<&std::path::Path> = None;
+    for (path, contents) in
+        std::iter::once((log, None)).chain(files.iter().map(|f| (f.path.as_path(), Some(&f.contents))))
+    {
+        if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && last_dir != Some(d)
+        {
+            match std::fs::create_dir(d) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(annotate(d)(e)),
+                _ => {}
+            }
+            last_dir = Some(d);
+        }
+        match contents {
+            Some(contents) => std::fs::write(path, contents).map_err(annotate(path))?,
+            None => {
+                std::fs::OpenOptions::new().append(true).create(true).open(path).map_err(annotate(path))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The job's log as the scheduler sees it: notes are kept with the job's records until it is

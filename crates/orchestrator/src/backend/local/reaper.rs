@@ -66,6 +66,14 @@ impl Reaper {
         Ok(child)
     }
 
+    /// A job leader we did not spawn ourselves (a warm job, re-parented to us): from now on
+    /// it is treated as one we spawned.
+    pub(super) fn register(&self, pid: u32) {
+        let mut state = self.lock();
+        state.leaders.insert(pid);
+        state.groups.insert(pid);
+    }
+
     pub(super) fn release_leader(&self, pid: u32) {
         self.lock().leaders.remove(&pid);
     }

@@ -458,6 +458,7 @@ impl Attempt for SlurmAttempt {
                 start_error,
                 usage: None,
                 isolation: Some("slurm-task"),
+                warm: false,
             }
         })
     }

@@ -4,7 +4,9 @@
 
 mod spawn;
 
-pub use spawn::{Env, ExecWatch, SetupStep, SpawnRequest, Spawned, cstring, resolve_program, spawn};
+pub use spawn::{
+    Env, ExecWatch, SetupStep, SpawnRequest, Spawned, cstring, pipe_cloexec, resolve_program, set_nonblocking, spawn,
+};
 
 use std::ffi::OsStr;
 use std::io;
@@ -19,6 +21,14 @@ pub fn set_child_subreaper() -> io::Result<()> {
     // SAFETY: prctl with integer arguments has no memory effects.
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Whether this process is a child subreaper.
+pub fn is_child_subreaper() -> bool {
+    let mut on: libc::c_int = 0;
+    // SAFETY: PR_GET_CHILD_SUBREAPER writes one int through the pointer.
+    let rc = unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut on as *mut libc::c_int, 0, 0, 0) };
+    rc == 0 && on != 0
 }
 
 /// A pidfd: becomes readable when the process exits (Linux >= 5.3).
@@ -256,6 +266,24 @@ pub fn async_pidfd(pid: u32) -> Option<tokio::io::unix::AsyncFd<OwnedFd>> {
     let fd = pidfd_open(pid).ok()?;
     // SAFETY: we own `fd` and it stays open for as long as the AsyncFd, which owns it.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE).ok() }
+}
+
+/// Have the program `cmd` starts find `fd` (close-on-exec here) open at `target`, without
+/// close-on-exec there.
+pub fn pass_fd(cmd: &mut std::process::Command, fd: RawFd, target: RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe system calls (fcntl, dup2) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let ok = if fd == target {
+                // dup2 onto itself would keep close-on-exec.
+                libc::fcntl(fd, libc::F_SETFD, 0) == 0
+            } else {
+                libc::dup2(fd, target) >= 0
+            };
+            if ok { Ok(()) } else { Err(io::Error::last_os_error()) }
+        });
+    }
 }
 
 /// The real user id of this process.

@@ -1,0 +1,422 @@
+# orchestrator's fork server ("zygote") for warm Python jobs. Embedded in the binary and run as
+#
+#     python [the jobs' interpreter flags] -c <BOOT> <settings as JSON>
+#
+# where BOOT compiles this file, read from stdin, as `<orchestrator-zygote>`; with the control socket (AF_UNIX, SOCK_SEQPACKET) on the fd the settings name. It imports
+# what the sweep's jobs would import (the preload list), never running a job, checks that it
+# is safe to fork (one thread, no CUDA), says so, then forks one process per request:
+#
+#   request  (one packet): JSON {"id", "argv", "env", "cwd", "cgroup"} + 4 fds (SCM_RIGHTS):
+#            stdin, stdout, stderr, and a report pipe the job writes to if its set-up fails
+#   reply    (one packet): JSON {"id", "pid"} or {"id", "error"}
+#
+# Each job is forked twice (zygote -> intermediate -> job) and the intermediate exits at once,
+# so that the job is re-parented to the supervisor (a child subreaper): the supervisor waits
+# for it, reads its rusage and kills its process group exactly as for a job it spawned
+# itself; a late kill can never hit a reused pid, since only the supervisor reaps it. The
+# zygote only forks: it never waits for, signals or outlives a job's supervision. It exits
+# when the supervisor closes the socket (or dies: the socket closes with it).
+#
+# What a job's process does between the fork and the app (each is a test in the crate):
+# new process group; parent-death signal once re-parented; every zygote fd closed; default
+# signal handling and an empty signal mask; stdio re-bound to the job's pipes with Python's
+# buffering; the job's environment, thread limits applied through the libraries' runtime
+# calls; cwd; numpy's and torch's global RNGs re-seeded; then the script runs as __main__
+# (or the module, for -m) with its own sys.argv and sys.path[0], and the process exits as a
+# fresh interpreter would (SystemExit, atexit, flushing), or with os._exit when fast_exit is
+# set (atexit handlers and unflushed files of the app are then lost).
+import ctypes
+import gc
+import json
+import os
+import signal
+import socket
+import sys
+
+SETTINGS = json.loads(sys.argv[1])
+SOCK = socket.socket(fileno=SETTINGS["fd"])
+SUPERVISOR = os.getppid()
+LIBC = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+# -u or PYTHONUNBUFFERED: Python made stdout write-through (sys.flags does not say).
+UNBUFFERED = bool(getattr(sys.stdout, "write_through", False))
+# What the job is: a script path or a module (-m).
+MODE, TARGET = SETTINGS["mode"], SETTINGS["target"]
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+def _send(obj):
+    SOCK.send(json.dumps(obj).encode())
+
+
+def _preload():
+    """Import what jobs will import: modules by name, `module:function` called (a warm-up
+    hook, e.g. the Hydra plugin's), a path run as a module that is not __main__."""
+    import importlib
+
+    for item in SETTINGS["preload"]:
+        if item.endswith(".py") and os.sep in item:
+            import runpy
+
+            runpy.run_path(item, run_name="__orchestrator_preload__")
+        elif ":" in item:
+            mod, func = item.split(":", 1)
+            getattr(importlib.import_module(mod), func)()
+        else:
+            importlib.import_module(item)
+
+
+def _unsafe():
+    """Why forking this interpreter would not be safe, or None."""
+    tasks = os.listdir("/proc/self/task")
+    if len(tasks) > 1:
+        names = []
+        for t in tasks:
+            if int(t) != os.getpid():
+                try:
+                    with open(f"/proc/self/task/{t}/comm") as f:
+                        names.append(f.read().strip())
+                except OSError:
+                    names.append(t)
+        return (
+            f"the preloaded modules started {len(tasks) - 1} thread(s) ({', '.join(names)}); "
+            "only the forking thread survives a fork"
+        )
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_initialized():
+                return "CUDA is initialised (a forked child cannot use it)"
+        except Exception:
+            pass
+    return None
+
+
+def _zygote_fds():
+    """The fds open now (not the one that listed them, closed by then)."""
+    fds = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            os.fstat(int(name))
+            fds.add(int(name))
+        except OSError:
+            pass
+    return fds
+
+
+def main():
+    # Nothing but stdio and the socket: whatever else the supervisor's process had open
+    # without close-on-exec is not the jobs' to hold.
+    os.closerange(3, SETTINGS["fd"])
+    os.closerange(SETTINGS["fd"] + 1, 1 << 20)
+    # Ctrl-C at the terminal is the supervisor's to handle; the zygote only ever exits when
+    # its socket closes (or it is killed).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.path[0] = os.path.dirname(os.path.realpath(TARGET)) if MODE == "path" else os.getcwd()
+    try:
+        _preload()
+    except BaseException as e:  # noqa: B902 - any failure means: run jobs fresh
+        import traceback
+
+        text = "".join(traceback.format_exception_only(type(e), e)).strip()
+        _send({"ready": False, "error": f"preloading failed: {text}"})
+        return None
+    why = _unsafe()
+    if why is not None:
+        _send({"ready": False, "error": why})
+        return None
+    # Jobs share the preloaded objects' pages until they write them: keep the collector
+    # from touching (and so copying) them in every job.
+    gc.collect()
+    gc.freeze()
+    # The fds the preloaded modules opened stay open in jobs, as they would be in a fresh
+    # interpreter that imported them; the socket and anything received are closed.
+    global PRELOAD_FDS
+    PRELOAD_FDS = _zygote_fds() - {0, 1, 2, SOCK.fileno()}
+    _send({"ready": True, "pid": os.getpid(), "modules": len(sys.modules)})
+    while True:
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(SOCK, 1 << 20, 8)
+        except InterruptedError:
+            continue
+        except OSError:
+            return None
+        if not msg:
+            return None
+        req = json.loads(msg)
+        job = _fork(req, fds)
+        if job is not None:
+            return job  # in the job's process
+
+
+def _fork(req, fds):
+    """Fork the job (through an intermediate that exits at once) and reply with its pid.
+    Returns the request in the job's process, None in the zygote."""
+    # Buffered output would be printed again by every child.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    try:
+        r, w = os.pipe()
+        first = os.fork()
+    except OSError as e:
+        for fd in fds:
+            os.close(fd)
+        _send({"id": req["id"], "error": f"fork failed: {e}"})
+        return None
+    if first == 0:
+        try:
+            os.close(r)
+            intermediate = os.getpid()
+            job = os.fork()
+        except BaseException:  # noqa: B902
+            os._exit(1)
+        if job == 0:
+            os.close(w)
+            req["fds"] = fds
+            req["intermediate"] = intermediate
+            return req
+        try:
+            # Also here, so that the group exists before the supervisor hears of the job.
+            os.setpgid(job, job)
+        except OSError:
+            pass
+        try:
+            os.write(w, b"%d" % job)
+        finally:
+            os._exit(0)
+    os.close(w)
+    data = b""
+    while True:
+        chunk = os.read(r, 64)
+        if not chunk:
+            break
+        data += chunk
+    os.close(r)
+    os.waitpid(first, 0)
+    for fd in fds:
+        os.close(fd)
+    if data:
+        _send({"id": req["id"], "pid": int(data)})
+    else:
+        _send({"id": req["id"], "error": "the intermediate process failed to fork the job"})
+    return None
+
+
+# ---- in the job's process ------------------------------------------------------------------
+
+
+def _set_up(req):
+    """Everything between the fork and the app; raises with a message on failure."""
+    stdin, stdout, stderr, report = req["fds"]
+    SOCK.close()
+    os.setpgid(0, 0)
+    # Re-parented to the supervisor once the intermediate is gone (microseconds); only then
+    # does a parent-death signal mean the supervisor's death.
+    while os.getppid() == req["intermediate"]:
+        os.sched_yield()
+    _parent_death_signal()
+    if os.getppid() != SUPERVISOR:
+        os._exit(137)  # the supervisor is gone already
+    if req.get("cgroup"):
+        with open(req["cgroup"], "w") as f:
+            f.write("0")
+    # Signals as a fresh interpreter has them; an empty mask; no timers.
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    # stdio on the job's pipes.
+    for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
+        os.dup2(fd, target)
+    keep = {0, 1, 2, report} | PRELOAD_FDS
+    for fd in _zygote_fds():
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    _rebind_stdio()
+    # The job's environment; start-up-only variables were checked by the supervisor.
+    env = req["env"]
+    old_threads = {k: os.environ.get(k) for k in THREAD_VARS}
+    os.environ.clear()
+    os.environ.update(env)
+    _apply_thread_limits(old_threads, env)
+    os.chdir(req["cwd"])
+    _reseed()
+    return report
+
+
+def _parent_death_signal():
+    LIBC.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
+def _rebind_stdio():
+    """sys.stdin/stdout/stderr as a fresh interpreter makes them on fds that are not a
+    terminal (Python's create_stdio): stdout block-buffered, stderr line-buffered with
+    backslashreplace; with -u or PYTHONUNBUFFERED, an unbuffered binary layer and
+    write-through text."""
+    import io
+
+    unbuffered = UNBUFFERED
+    enc = getattr(sys.stdout, "encoding", None) or "utf-8"
+    errors = getattr(sys.stdout, "errors", None) or "strict"
+
+    def writer(fd, line_buffering, errs):
+        buf = io.open(fd, "wb", buffering=0 if unbuffered else -1, closefd=False)
+        return io.TextIOWrapper(
+            buf, encoding=enc, errors=errs, newline="\n", line_buffering=line_buffering, write_through=unbuffered
+        )
+
+    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.open(0, "rb", closefd=False), encoding=enc, errors=errors)
+    sys.stdout = sys.__stdout__ = writer(1, False, errors)
+    # Python: stderr is line-buffered unless unbuffered.
+    sys.stderr = sys.__stderr__ = writer(2, not unbuffered, "backslashreplace")
+
+
+def _apply_thread_limits(old, env):
+    """Thread-count variables were read when the libraries were imported (in the zygote):
+    a job whose values differ gets them through the libraries' runtime calls."""
+    changed = {k: env.get(k) for k in THREAD_VARS if env.get(k) != old.get(k) and env.get(k)}
+    if not changed:
+        return
+    try:
+        n = int(changed.get("OMP_NUM_THREADS") or next(iter(changed.values())))
+    except ValueError:
+        return
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            torch.set_num_threads(n)
+        except Exception:
+            pass
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    except Exception:
+        pass
+
+
+def _reseed():
+    """Global RNGs the zygote created are copies in every job: seed them afresh (Python's
+    `random` does it itself at fork)."""
+    nprandom = sys.modules.get("numpy.random")
+    if nprandom is not None:
+        try:
+            nprandom.seed()
+        except Exception:
+            pass
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            torch.seed()
+        except Exception:
+            pass
+
+
+def _run(req):
+    """Run the job's program as `python <argv>` would; returns its exit code."""
+    import runpy
+    import traceback
+
+    argv = req["argv"]
+    if MODE == "path":
+        sys.argv = list(argv)
+        sys.path[0] = os.path.dirname(os.path.realpath(argv[0]))
+    else:
+        sys.argv = [TARGET] + list(argv[1:])
+        sys.path[0] = os.getcwd()
+    try:
+        if MODE == "path":
+            _run_script(argv[0])
+        else:
+            runpy.run_module(TARGET, run_name="__main__", alter_sys=True)
+    except SystemExit:
+        raise
+    except BaseException as e:  # noqa: B902 - what an uncaught exception does in a fresh python
+        tb = e.__traceback__
+        # Leave out the frames of this file and runpy: the traceback starts at the app.
+        skip = ("<orchestrator-zygote>", "<frozen runpy>", runpy.__file__)
+        while tb is not None and tb.tb_frame.f_code.co_filename in skip:
+            tb = tb.tb_next
+        sys.excepthook(type(e), e.with_traceback(tb), tb)
+        if isinstance(e, KeyboardInterrupt):
+            _flush()
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        return 1
+    return 0
+
+
+def _run_script(script):
+    """`python script.py` in this process: a fresh __main__ module (which stays __main__ until
+    the exit, for atexit handlers and pickling), __file__ absolute, sys.argv[0] as written."""
+    import builtins
+    import runpy
+    import types
+    from importlib.machinery import SourceFileLoader
+
+    path = os.path.abspath(script)
+    if not os.path.isfile(path):
+        # A directory or zip file with a __main__.py.
+        runpy.run_path(path, run_name="__main__")
+        return
+    with open(path, "rb") as f:
+        source = f.read()
+    main = types.ModuleType("__main__")
+    main.__file__ = path
+    main.__cached__ = None
+    main.__builtins__ = builtins
+    main.__loader__ = SourceFileLoader("__main__", path)
+    sys.modules["__main__"] = main
+    exec(compile(source, path, "exec"), main.__dict__)
+
+
+def _flush():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+
+
+PRELOAD_FDS = set()
+_JOB = main()
+if _JOB is not None:
+    try:
+        _report = _set_up(_JOB)
+    except BaseException as e:  # noqa: B902 - the job never ran: tell the supervisor why
+        try:
+            os.write(_JOB["fds"][3], f"{type(e).__name__}: {e}".encode())
+        finally:
+            os._exit(127)
+    os.close(_report)
+    del _report
+    if SETTINGS.get("fast_exit"):
+        try:
+            _code = _run(_JOB)
+        except SystemExit as e:
+            _code = e.code
+        _flush()
+        if _code is None:
+            _code = 0
+        elif not isinstance(_code, int):
+            print(_code, file=sys.stderr)
+            _flush()
+            _code = 1
+        os._exit(_code & 0xFF)
+    sys.exit(_run(_JOB))
