@@ -195,12 +195,6 @@ def test_bad_launcher_value_is_refused(hydra_sweep_runner: TSweepRunner, tmp_pat
     assert not (tmp_path / "jobs.jsonl").exists()
 
 
-def test_reserved_key_is_refused(hydra_sweep_runner: TSweepRunner, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="warm=True: not implemented"):
-        with sweep(hydra_sweep_runner, returns_values, tmp_path, "+a=1", "hydra.launcher.warm=true"):
-            pass
-
-
 def fails_its_first_attempt_on_2(cfg: DictConfig) -> Any:
     if cfg.a == 2 and os.environ.get("ORCHESTRATOR_ATTEMPT", "1") == "1":
         raise RuntimeError("the first attempt of a=2 fails")

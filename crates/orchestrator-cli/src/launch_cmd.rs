@@ -69,7 +69,8 @@ use tokio::sync::watch;
 use crate::exit;
 
 /// Keys that go under `hydra.launcher.orchestrator` when given flat.
-const OWN_KEYS: &[&str] = &["grace_period", "halt", "slot_env", "retries", "retry_delay", "retry_on"];
+const OWN_KEYS: &[&str] =
+    &["grace_period", "halt", "slot_env", "retries", "retry_delay", "retry_on", "warm", "preload", "fast_exit"];
 const MANIFEST_KEYS: &[&str] = &["sweep_dir", "launcher", "jobs"];
 const JOB_KEYS: &[&str] = &["num", "id", "argv", "env", "cwd", "dir", "log", "overrides", "timeout"];
 

@@ -43,8 +43,9 @@ log = logging.getLogger(__name__)
 
 WORKER_MODULE = "hydra_plugins.orchestrator_launcher._worker"
 
-# Accepted in the config, not implemented yet: a value other than these is refused.
-RESERVED = {"warm": (False, None)}
+# The warm interpreter's warm-up: imports Hydra and unpickles what every job shares (so the
+# task function's modules are imported), never running a task.
+WARM_UP = "hydra_plugins.orchestrator_launcher._worker:warm_up"
 
 
 def _plain(value: Any) -> Any:
@@ -56,13 +57,13 @@ def _plain(value: Any) -> Any:
 def launcher_options(params: Dict[str, Any]) -> Dict[str, Any]:
     """The launcher's config as the manifest's `launcher` object."""
     params = {k: _plain(v) for k, v in params.items() if k != "_target_"}
-    for key, allowed in RESERVED.items():
-        if params.get(key, allowed[0]) not in allowed:
-            raise ValueError(
-                f"hydra.launcher.{key}={params[key]!r}: not implemented in this version of "
-                f"the orchestrator launcher (leave it at {allowed[0]!r})"
-            )
-        params.pop(key, None)
+    if params.get("warm") and sys.platform.startswith("linux"):
+        params["preload"] = [WARM_UP] + list(params.get("preload") or [])
+    else:
+        # Forking a warm interpreter is Linux only (macOS: fork without exec is unsafe).
+        params["warm"] = False
+        params.pop("preload", None)
+        params.pop("fast_exit", None)
     # Unset: the binary's defaults (1 s doubling; failed, timed out, signaled).
     for key in ("retry_delay", "retry_on"):
         if params.get(key) is None:
@@ -203,7 +204,11 @@ def _write_job_files(
             f,
         )
     sys_path = list(sys.path)
-    env_base = {"PYTHONPATH": os.pathsep.join(sys_path)}
+    env_base = {
+        "PYTHONPATH": os.pathsep.join(sys_path),
+        # For the warm interpreter's warm-up (WARM_UP): what to unpickle.
+        "ORCHESTRATOR_HYDRA_COMMON": common,
+    }
     # Lines reach the console as they are written, not when a buffer fills.
     if "PYTHONUNBUFFERED" not in os.environ:
         env_base["PYTHONUNBUFFERED"] = "1"

@@ -27,6 +27,26 @@ def _use_sys_path(path: List[str]) -> None:
     sys.path[:] = list(path) + rest
 
 
+# What the warm interpreter unpickled in `warm_up`, by path: a job forked from it finds the
+# objects there (its own copy-on-write copy of them), as if it had unpickled them itself.
+_WARM_COMMON: Dict[str, Any] = {}
+
+
+def warm_up() -> None:
+    """Run in the warm interpreter before it forks jobs (never a task): import what a job
+    imports, Hydra's lazily imported parts and its plugin scan included, and unpickle the
+    batch's shared objects (which imports the task function's modules)."""
+    import cloudpickle  # noqa: F401 - jobs write their results with it
+    from hydra.core.plugins import Plugins
+    from hydra.core.utils import run_job, setup_globals  # noqa: F401
+
+    Plugins.instance()
+    common = os.environ.get("ORCHESTRATOR_HYDRA_COMMON")
+    if common:
+        with open(common, "rb") as f:
+            _WARM_COMMON[common] = pickle.load(f)
+
+
 def load_job(job_path: str) -> Dict[str, Any]:
     """The job file: a plain pickle of {sys_path, common, config, overrides, num, id, dir},
     where `common` names a cloudpickle shared by the batch's jobs (hydra_context,
@@ -35,8 +55,10 @@ def load_job(job_path: str) -> Dict[str, Any]:
     with open(job_path, "rb") as f:
         job = pickle.load(f)
     _use_sys_path(job["sys_path"])
-    with open(job["common"], "rb") as f:
-        common = pickle.load(f)
+    common = _WARM_COMMON.get(job["common"])
+    if common is None:
+        with open(job["common"], "rb") as f:
+            common = pickle.load(f)
     job.update(common)
     if job["config"] is not None:
         job["config"] = pickle.loads(job["config"])

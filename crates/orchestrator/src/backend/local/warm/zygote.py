@@ -344,7 +344,7 @@ def _run(req):
         if MODE == "path":
             _run_script(argv[0])
         else:
-            runpy.run_module(TARGET, run_name="__main__", alter_sys=True)
+            _run_module(TARGET)
     except SystemExit:
         raise
     except BaseException as e:  # noqa: B902 - what an uncaught exception does in a fresh python
@@ -360,6 +360,34 @@ def _run(req):
             os.kill(os.getpid(), signal.SIGINT)
         return 1
     return 0
+
+
+def _run_module(name):
+    """`python -m name` in this process, as Python's own runpy._run_module_as_main, but in a
+    fresh __main__ module; a module the zygote preloaded is run again as __main__ without
+    runpy's warning about it."""
+    import builtins
+    import runpy
+    import types
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=RuntimeWarning, message=".*found in sys.modules")
+            _, spec, code = runpy._get_module_details(name)
+        run_code = runpy._run_code
+    except AttributeError:  # runpy's internals changed: the public API (it warns)
+        runpy.run_module(name, run_name="__main__", alter_sys=True)
+        return
+    except ImportError as e:
+        # What `python -m` says of a module it cannot find.
+        print(f"{sys.executable}: {e}", file=sys.stderr)
+        sys.exit(1)
+    main = types.ModuleType("__main__")
+    main.__builtins__ = builtins
+    sys.modules["__main__"] = main
+    sys.argv[0] = spec.origin
+    run_code(code, main.__dict__, None, "__main__", spec)
 
 
 def _run_script(script):
