@@ -11,3 +11,4 @@ mod seed;
 mod slurm;
 mod spill;
 mod sweeps;
+mod warm;

@@ -38,7 +38,8 @@ const ZYGOTE_PY: &str = include_str!("zygote.py");
 
 /// What `python -c` runs: the zygote's source, from stdin (so that `ps` shows a short
 /// command line), under a name its tracebacks and the jobs' can be told by.
-const BOOT: &str = "import sys; exec(compile(sys.stdin.read(), '<orchestrator-zygote>', 'exec'))";
+/// Its settings (JSON) come first, on a line of their own.
+const BOOT: &str = "import sys; _src = sys.stdin.read(); exec(compile(_src, '<orchestrator-zygote>', 'exec'))";
 
 /// The fd the zygote finds its control socket on.
 const ZYGOTE_FD: RawFd = 3;
@@ -279,7 +280,6 @@ impl Zygote {
         cmd.args(&key.flags)
             .arg("-c")
             .arg(BOOT)
-            .arg(settings.to_string())
             .env_clear()
             .envs(env.iter().filter(|(k, _)| *k != marker_name).map(|(k, v)| (k, v)))
             .env(&marker_name, &marker_value)
@@ -298,7 +298,7 @@ impl Zygote {
             use std::io::Write;
             // It reads all of it before it does anything: a pipe's buffer (64 KiB) would do,
             // but a failed write must not hang us either way.
-            let _ = stdin.write_all(ZYGOTE_PY.as_bytes());
+            let _ = stdin.write_all(format!("# {settings}\n{ZYGOTE_PY}").as_bytes());
         }
         let mut zygote = Zygote { child, sock: ours, startup: Vec::new(), modules: 0, next_id: 1, restarts };
         let ready = match zygote.receive(READY_TIMEOUT) {

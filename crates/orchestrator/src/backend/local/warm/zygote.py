@@ -1,8 +1,9 @@
 # orchestrator's fork server ("zygote") for warm Python jobs. Embedded in the binary and run as
 #
-#     python [the jobs' interpreter flags] -c <BOOT> <settings as JSON>
+#     python [the jobs' interpreter flags] -c <BOOT>
 #
-# where BOOT compiles this file, read from stdin, as `<orchestrator-zygote>`; with the control socket (AF_UNIX, SOCK_SEQPACKET) on the fd the settings name. It imports
+# where BOOT compiles this file, read from stdin, as `<orchestrator-zygote>`, its first line
+# replaced by `# <settings as JSON>`; with the control socket (AF_UNIX, SOCK_SEQPACKET) on the fd the settings name. It imports
 # what the sweep's jobs would import (the preload list), never running a job, checks that it
 # is safe to fork (one thread, no CUDA), says so, then forks one process per request:
 #
@@ -33,7 +34,9 @@ import signal
 import socket
 import sys
 
-SETTINGS = json.loads(sys.argv[1])
+# This file's first line, as BOOT read it into _src: the settings.
+SETTINGS = json.loads(_src.split("\n", 1)[0][2:])  # noqa: F821 - set by BOOT
+del _src  # noqa: F821
 SOCK = socket.socket(fileno=SETTINGS["fd"])
 SUPERVISOR = os.getppid()
 LIBC = ctypes.CDLL(None, use_errno=True)
@@ -355,9 +358,9 @@ def _run(req):
             tb = tb.tb_next
         sys.excepthook(type(e), e.with_traceback(tb), tb)
         if isinstance(e, KeyboardInterrupt):
-            _flush()
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGINT)
+            # Python ends by SIGINT after its teardown: see _end_by_sigint.
+            global _INTERRUPTED
+            _INTERRUPTED = True
         return 1
     return 0
 
@@ -414,6 +417,19 @@ def _run_script(script):
     exec(compile(source, path, "exec"), main.__dict__)
 
 
+_INTERRUPTED = False
+
+
+def _end_by_sigint():
+    """Registered before the app runs, so that it is the last atexit handler to run: an app
+    that ended with an uncaught KeyboardInterrupt dies by SIGINT, as Python makes it do once
+    its teardown is done."""
+    if _INTERRUPTED:
+        _flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+
+
 def _flush():
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -434,11 +450,15 @@ if _JOB is not None:
             os._exit(127)
     os.close(_report)
     del _report
+    import atexit
+
+    atexit.register(_end_by_sigint)
     if SETTINGS.get("fast_exit"):
         try:
             _code = _run(_JOB)
         except SystemExit as e:
             _code = e.code
+        _end_by_sigint()
         _flush()
         if _code is None:
             _code = 0
