@@ -288,6 +288,7 @@ fn a_job_whose_start_up_variable_differs_runs_fresh_and_per_slot_values_reach_wa
     sb.write("c.yaml", config);
     let s = sweep(&sb, true, &["--config", "c.yaml", "--multirun", "task=1,2,3,4,5,6", "--", &py, "probe.py"], &[]);
     assert!(s.status.success(), "{}", s.stderr);
+    assert!(s.records.iter().any(|r| r["slot"] == 1), "both slots used: {:?}", s.records);
     let hash_of = |seed: &str| {
         let out = std::process::Command::new(&py)
             .args(["-c", "print(hash('orchestrator'))"])
@@ -628,4 +629,54 @@ fn jobs_that_are_not_python_scripts_run_fresh_beside_warm_ones() {
     let s = sweep(&sb, true, &["--multirun", "task=1,2", TWO_SLOTS, "--", &py, "-c", "print('inline')"], &[]);
     assert!(s.status.success(), "{}", s.stderr);
     assert_eq!(s.warm(), vec![false, false]);
+}
+
+#[test]
+#[ignore = "needs python3; .ci/run runs it"]
+fn thread_limits_reach_numpy_in_warm_jobs_or_the_job_runs_fresh() {
+    // numpy's BLAS read OPENBLAS_NUM_THREADS when the zygote imported it: a job with another
+    // value gets it through threadpoolctl, or runs fresh when threadpoolctl is missing.
+    let sb = Sandbox::new();
+    let py = python();
+    if !has_numpy(&py) {
+        println!("skipped: thread limits of a preloaded numpy (no numpy for {py})");
+        return;
+    }
+    let threadpoolctl =
+        std::process::Command::new(&py).args(["-c", "import threadpoolctl"]).status().is_ok_and(|s| s.success());
+    sb.write(
+        "blas.py",
+        r#"import os, numpy
+try:
+    from threadpoolctl import threadpool_info
+    blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+except ImportError:
+    blas = []
+print("threads", os.environ["OPENBLAS_NUM_THREADS"], blas)
+"#,
+    );
+    // The first job (slot 0: starts are spaced out) makes the warm interpreter, with one
+    // BLAS thread: a pool of 2 would be threads in the zygote, which is then not forked.
+    let config = "hydra:\n  launcher:\n    params:\n      joblib:\n        n_jobs: 2\n    orchestrator:\n      start_delay: 0.4s\n      preload: [numpy]\n      slot_env:\n        OPENBLAS_NUM_THREADS: [\"1\", \"2\"]\n";
+    sb.write("c.yaml", config);
+    let s = sweep(&sb, true, &["--config", "c.yaml", "--multirun", "task=1,2,3,4", "--", &py, "blas.py"], &[]);
+    assert!(s.status.success(), "{}", s.stderr);
+    assert!(s.records.iter().any(|r| r["slot"] == 1), "both slots used: {:?}", s.records);
+    for num in 0..4 {
+        let slot = s.records[num]["slot"].as_u64().unwrap() as usize;
+        let want = ["1", "2"][slot];
+        let line = s.log(num).into_iter().find(|l| l.starts_with("stdout] threads")).unwrap();
+        assert!(line.starts_with(&format!("stdout] threads {want} ")), "job {num} in slot {slot}: {line}");
+        if threadpoolctl {
+            assert_eq!(s.records[num]["warm"], true, "{}", s.stderr);
+            assert!(line.ends_with(&format!("[{want}]")), "numpy's BLAS uses the job's limit: {line}");
+        }
+    }
+    if !threadpoolctl {
+        println!("skipped: threadpoolctl in warm jobs (not installed for {py}); checked the fresh fallback");
+        // The warm interpreter took slot 0's value: slot 1's jobs run fresh.
+        let slots: Vec<(u64, bool)> =
+            s.records.iter().map(|r| (r["slot"].as_u64().unwrap(), r["warm"] == true)).collect();
+        assert!(slots.iter().all(|(slot, warm)| (*slot == 0) == *warm), "{slots:?}\n{}", s.stderr);
+    }
 }

@@ -253,6 +253,9 @@ struct Zygote {
     sock: OwnedFd,
     /// Its start-up-only variables, to compare jobs' with.
     startup: Vec<(OsString, OsString)>,
+    /// The thread-count variables were read by libraries it loaded, and it has no runtime
+    /// call to change them (no threadpoolctl): they count as start-up variables.
+    threads_fixed: bool,
     modules: u64,
     next_id: u64,
     restarts: u32,
@@ -300,7 +303,8 @@ impl Zygote {
             // but a failed write must not hang us either way.
             let _ = stdin.write_all(format!("# {settings}\n{ZYGOTE_PY}").as_bytes());
         }
-        let mut zygote = Zygote { child, sock: ours, startup: Vec::new(), modules: 0, next_id: 1, restarts };
+        let mut zygote =
+            Zygote { child, sock: ours, startup: Vec::new(), threads_fixed: false, modules: 0, next_id: 1, restarts };
         let ready = match zygote.receive(READY_TIMEOUT) {
             Ok(v) => v,
             Err(e) => {
@@ -321,13 +325,20 @@ impl Zygote {
             return Err(why.to_owned());
         }
         zygote.modules = ready.get("modules").and_then(Value::as_u64).unwrap_or(0);
-        zygote.startup = env.iter().filter(|(k, _)| python::read_at_startup(k)).cloned().collect();
+        zygote.threads_fixed = ready.get("threads_fixed") == Some(&Value::Bool(true));
+        zygote.startup = env.iter().filter(|(k, _)| zygote.fixed(k)).cloned().collect();
         Ok(zygote)
     }
 
     /// The first start-up-only variable whose value in `env` differs from the zygote's.
+    /// Whether the variable `name` cannot change between the zygote and a job.
+    fn fixed(&self, name: &OsStr) -> bool {
+        python::read_at_startup(name)
+            || (self.threads_fixed && super::THREAD_VARS.iter().any(|v| OsStr::new(v) == name))
+    }
+
     fn startup_differs<'e>(&self, env: &'e [(OsString, OsString)]) -> Option<&'e OsStr> {
-        let job: Vec<&(OsString, OsString)> = env.iter().filter(|(k, _)| python::read_at_startup(k)).collect();
+        let job: Vec<&(OsString, OsString)> = env.iter().filter(|(k, _)| self.fixed(k)).collect();
         for (k, v) in &job {
             if !self.startup.iter().any(|(zk, zv)| zk == k && zv == v) {
                 return Some(k);

@@ -90,7 +90,8 @@ def _unsafe():
                     names.append(t)
         return (
             f"the preloaded modules started {len(tasks) - 1} thread(s) ({', '.join(names)}); "
-            "only the forking thread survives a fork"
+            "only the forking thread survives a fork (a BLAS starts its pool at import unless "
+            "OPENBLAS_NUM_THREADS/OMP_NUM_THREADS is 1: set it in slot_env or the environment)"
         )
     torch = sys.modules.get("torch")
     if torch is not None:
@@ -100,6 +101,21 @@ def _unsafe():
         except Exception:
             pass
     return None
+
+
+def _threads_fixed():
+    """Whether a loaded library has read the thread-count variables (OMP_NUM_THREADS, ...)
+    with no runtime call here to set them per job: then a job whose values differ from the
+    zygote's runs fresh. torch has its own (torch.set_num_threads); the rest need
+    threadpoolctl."""
+    native = [m for m in ("numpy", "scipy", "numexpr", "mkl", "sklearn", "torch") if m in sys.modules]
+    if not native or native == ["torch"]:
+        return False
+    try:
+        from threadpoolctl import ThreadpoolController  # noqa: F401 - 3.0 and later
+    except ImportError:
+        return True
+    return False
 
 
 def _zygote_fds():
@@ -143,7 +159,7 @@ def main():
     # interpreter that imported them; the socket and anything received are closed.
     global PRELOAD_FDS
     PRELOAD_FDS = _zygote_fds() - {0, 1, 2, SOCK.fileno()}
-    _send({"ready": True, "pid": os.getpid(), "modules": len(sys.modules)})
+    _send({"ready": True, "pid": os.getpid(), "modules": len(sys.modules), "threads_fixed": _threads_fixed()})
     while True:
         try:
             msg, fds, _flags, _addr = socket.recv_fds(SOCK, 1 << 20, 8)
@@ -254,7 +270,7 @@ def _set_up(req):
     _rebind_stdio()
     # The job's environment; start-up-only variables were checked by the supervisor.
     env = req["env"]
-    old_threads = {k: os.environ.get(k) for k in THREAD_VARS}
+    old_threads = {k: os.environ.get(k) for k in THREAD_VARS + ("GOTO_NUM_THREADS",)}
     os.environ.clear()
     os.environ.update(env)
     _apply_thread_limits(old_threads, env)
@@ -290,28 +306,47 @@ def _rebind_stdio():
     sys.stderr = sys.__stderr__ = writer(2, not unbuffered, "backslashreplace")
 
 
+def _blas_limits(env):
+    """The thread counts each library would take from `env` at its start, by threadpoolctl's
+    internal_api (each reads its own variable first, then OMP_NUM_THREADS)."""
+    omp = env.get("OMP_NUM_THREADS")
+    return {
+        "openblas": env.get("OPENBLAS_NUM_THREADS") or env.get("GOTO_NUM_THREADS") or omp,
+        "mkl": env.get("MKL_NUM_THREADS") or omp,
+        "blis": env.get("BLIS_NUM_THREADS") or omp,
+        "openmp": omp,
+    }
+
+
 def _apply_thread_limits(old, env):
     """Thread-count variables were read when the libraries were imported (in the zygote):
-    a job whose values differ gets them through the libraries' runtime calls."""
-    changed = {k: env.get(k) for k in THREAD_VARS if env.get(k) != old.get(k) and env.get(k)}
+    a job whose values differ gets them through the libraries' runtime calls (the binary
+    runs it fresh when there is none: see _threads_fixed)."""
+    before, after = _blas_limits(old), _blas_limits(env)
+    changed = {}
+    for api, value in after.items():
+        if value != before[api] and value:
+            try:
+                changed[api] = int(value)
+            except ValueError:
+                pass
     if not changed:
         return
-    try:
-        n = int(changed.get("OMP_NUM_THREADS") or next(iter(changed.values())))
-    except ValueError:
-        return
     torch = sys.modules.get("torch")
-    if torch is not None:
+    if torch is not None and "openmp" in changed:
         try:
-            torch.set_num_threads(n)
+            torch.set_num_threads(changed["openmp"])
         except Exception:
             pass
-    try:
-        from threadpoolctl import threadpool_limits
+    if any(m in sys.modules for m in ("numpy", "scipy", "numexpr", "mkl", "sklearn")):
+        try:
+            from threadpoolctl import ThreadpoolController
 
-        threadpool_limits(n)
-    except Exception:
-        pass
+            controller = ThreadpoolController()
+            for api, n in changed.items():
+                controller.select(internal_api=api).limit(limits=n)
+        except Exception:
+            pass
 
 
 def _reseed():
