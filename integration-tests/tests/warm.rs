@@ -680,3 +680,43 @@ print("threads", os.environ["OPENBLAS_NUM_THREADS"], blas)
         assert!(slots.iter().all(|(slot, warm)| (*slot == 0) == *warm), "{slots:?}\n{}", s.stderr);
     }
 }
+
+/// A stand-in for torch, with the three calls the warm child makes of it: it tells whether
+/// those calls are made (torch itself is not installed here).
+const FAKE_TORCH: &str = r#"import os
+class cuda:
+    @staticmethod
+    def is_initialized():
+        return os.environ.get("FAKE_CUDA_INITIALISED") == "1"
+def seed():
+    print("torch.seed()")
+def set_num_threads(n):
+    print(f"torch.set_num_threads({n})")
+"#;
+
+#[test]
+#[ignore = "needs python3; .ci/run runs it"]
+fn torch_is_reseeded_given_the_job_s_threads_and_initialised_cuda_means_fresh() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.path().join("torch")).unwrap();
+    sb.write("torch/__init__.py", FAKE_TORCH);
+    sb.write("app.py", "print('ran')\n");
+    let py = python();
+    let config = "hydra:\n  launcher:\n    params:\n      joblib:\n        n_jobs: 2\n    orchestrator:\n      start_delay: 0.3s\n      preload: [torch]\n      slot_env:\n        OMP_NUM_THREADS: [\"1\", \"2\"]\n";
+    sb.write("c.yaml", config);
+    let args = ["--config", "c.yaml", "--multirun", "task=1,2,3", "--", &py, "app.py"];
+    let s = sweep(&sb, true, &args, &[]);
+    assert!(s.status.success(), "{}", s.stderr);
+    assert_eq!(s.warm(), vec![true; 3], "{}", s.stderr);
+    for num in 0..3 {
+        let log = s.log(num);
+        assert!(log.iter().any(|l| l == "stdout] torch.seed()"), "job {num}: {log:?}");
+        let slot = s.records[num]["slot"].as_u64().unwrap();
+        let set = log.iter().any(|l| l == "stdout] torch.set_num_threads(2)");
+        assert_eq!(set, slot == 1, "job {num} in slot {slot}: {log:?}");
+    }
+    let s = sweep(&sb, true, &args, &[("FAKE_CUDA_INITIALISED", "1")]);
+    assert!(s.status.success(), "{}", s.stderr);
+    assert_eq!(s.warm(), vec![false; 3]);
+    assert!(s.stderr.contains("CUDA is initialised"), "{}", s.stderr);
+}
