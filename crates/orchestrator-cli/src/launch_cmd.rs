@@ -69,8 +69,18 @@ use tokio::sync::watch;
 use crate::exit;
 
 /// Keys that go under `hydra.launcher.orchestrator` when given flat.
-const OWN_KEYS: &[&str] =
-    &["grace_period", "halt", "slot_env", "retries", "retry_delay", "retry_on", "warm", "preload", "fast_exit"];
+const OWN_KEYS: &[&str] = &[
+    "grace_period",
+    "halt",
+    "slot_env",
+    "retries",
+    "retry_delay",
+    "retry_on",
+    "warm",
+    "preload",
+    "fast_exit",
+    "slurm",
+];
 const MANIFEST_KEYS: &[&str] = &["sweep_dir", "launcher", "jobs"];
 const JOB_KEYS: &[&str] = &["num", "id", "argv", "env", "cwd", "dir", "log", "overrides", "timeout"];
 
@@ -92,6 +102,8 @@ struct ManifestJob {
 struct Manifest {
     sweep_dir: PathBuf,
     options: RunOptions,
+    /// The launcher config, where the jobs go to Slurm (`backend: slurm`).
+    slurm: Option<Box<orchestrator_config::LauncherConfig>>,
     jobs: Vec<ManifestJob>,
 }
 
@@ -117,6 +129,28 @@ pub fn main(manifest: &Path) -> u8 {
             return exit::USAGE;
         }
     };
+    // Slurm: the cluster is checked, and the array tried (`sbatch --test-only`), before
+    // anything is created.
+    let slurm = match m.slurm.take() {
+        Some(launcher) => {
+            let cwd = std::env::current_dir().unwrap_or_else(|_| m.sweep_dir.clone());
+            let mut notes = Vec::new();
+            let total = m.jobs.len() as u64;
+            match orchestrator_hydra::slurm_settings(&launcher, m.options.n_jobs, total, &cwd, &mut notes) {
+                Ok(s) => {
+                    for note in notes {
+                        eprintln!("[orchestrator] {note}");
+                    }
+                    Some(s)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::USAGE;
+                }
+            }
+        }
+        None => None,
+    };
     if let Err(e) = std::fs::create_dir_all(&m.sweep_dir) {
         eprintln!("error: cannot create the sweep dir {}: {e}", m.sweep_dir.display());
         return exit::INTERNAL;
@@ -140,6 +174,15 @@ pub fn main(manifest: &Path) -> u8 {
     // The backend starts the run's watchdog (see `crate::main`).
     m.options.watchdog = true;
     m.options.forward_output = true;
+    if let Some(mut settings) = slurm {
+        settings.work_dir = m.sweep_dir.join(".slurm");
+        settings.expected = m.jobs.len() as u64;
+        settings.watchdog = true;
+        // As `orchestrator run` does: a slot per job waits for its array task, and Slurm's
+        // throttle (%P) keeps n_jobs of them running.
+        m.options.n_jobs = m.jobs.len().max(1);
+        m.options.backend = Some(Arc::new(orchestrator::backend::slurm::SlurmBackend::new(settings)));
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -188,7 +231,7 @@ impl Out {
 }
 
 async fn execute(m: Manifest, journal: Arc<Journal>) -> u8 {
-    let Manifest { sweep_dir, options, jobs } = m;
+    let Manifest { sweep_dir, options, jobs, .. } = m;
     let total = jobs.len();
     let n_jobs = options.n_jobs;
     let mut out = Out { out: std::io::BufWriter::with_capacity(1 << 16, std::io::stdout()) };
@@ -390,7 +433,7 @@ fn parse(text: &str) -> Result<Manifest, String> {
     check_keys(root, MANIFEST_KEYS, "the manifest")?;
     let sweep_dir =
         PathBuf::from(root.get("sweep_dir").and_then(Value::as_str).ok_or("`sweep_dir` (a string) is required")?);
-    let (options, default_timeout) = launcher_options(root.get("launcher").unwrap_or(&Value::Null))?;
+    let (options, default_timeout, slurm) = launcher_options(root.get("launcher").unwrap_or(&Value::Null))?;
     let jobs = root.get("jobs").and_then(Value::as_array).ok_or("`jobs` (a list) is required")?;
     let mut out = Vec::with_capacity(jobs.len());
     let mut seen = HashMap::new();
@@ -401,7 +444,7 @@ fn parse(text: &str) -> Result<Manifest, String> {
         }
         out.push(j);
     }
-    Ok(Manifest { sweep_dir, options, jobs: out })
+    Ok(Manifest { sweep_dir, options, slurm, jobs: out })
 }
 
 fn check_keys(map: &Map<String, Value>, known: &[&str], what: &str) -> Result<(), String> {
@@ -432,8 +475,10 @@ fn strsim_distance(a: &str, b: &str) -> usize {
 }
 
 /// The launcher options, read as `hydra.launcher` of a config file is: returns the run
-/// options and the per-job timeout.
-fn launcher_options(v: &Value) -> Result<(RunOptions, Option<Duration>), String> {
+/// options, the per-job timeout, and the launcher config when its jobs go to Slurm.
+type LauncherOptions = (RunOptions, Option<Duration>, Option<Box<orchestrator_config::LauncherConfig>>);
+
+fn launcher_options(v: &Value) -> Result<LauncherOptions, String> {
     let mut flat = match v {
         Value::Null => Map::new(),
         Value::Object(m) => m.clone(),
@@ -459,7 +504,9 @@ fn launcher_options(v: &Value) -> Result<(RunOptions, Option<Duration>), String>
     let loaded = orchestrator_config::load_config_str(&text, origin).map_err(|e| e.to_string())?;
     let resolved = loaded.resolve(&HashMap::new()).map_err(|e| e.to_string())?;
     let options = orchestrator_hydra::run_options(&resolved.launcher).map_err(|e| e.to_string())?;
-    Ok((options, resolved.launcher.timeout))
+    let slurm = (resolved.launcher.exec == orchestrator_config::ExecBackend::Slurm)
+        .then(|| Box::new(resolved.launcher.clone()));
+    Ok((options, resolved.launcher.timeout, slurm))
 }
 
 fn parse_job(i: usize, v: &Value, default_timeout: Option<Duration>) -> Result<ManifestJob, String> {
@@ -519,7 +566,7 @@ fn parse_job(i: usize, v: &Value, default_timeout: Option<Duration>) -> Result<M
         }
         Some(Value::String(s)) => {
             // The config reader's duration rules: read it as a launcher timeout.
-            let (_, t) = launcher_options(&json!({ "timeout": s })).map_err(|e| format!("{what}.timeout: {e}"))?;
+            let (_, t, _) = launcher_options(&json!({ "timeout": s })).map_err(|e| format!("{what}.timeout: {e}"))?;
             t
         }
         Some(_) => return Err(format!("{what}.timeout must be seconds, a duration string, or null")),

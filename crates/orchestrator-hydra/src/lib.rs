@@ -11,6 +11,6 @@ mod options;
 pub mod record;
 pub mod sweep;
 
-pub use options::{OptionsError, options_from_yaml, run_options};
+pub use options::{OptionsError, options_from_yaml, run_options, slurm_settings};
 pub use record::SweepRecord;
 pub use sweep::{ConfigInput, PreparedSweep, SetupError, SweepRequest, SweepRun};

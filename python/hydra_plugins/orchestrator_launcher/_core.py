@@ -57,6 +57,15 @@ def _plain(value: Any) -> Any:
 def launcher_options(params: Dict[str, Any]) -> Dict[str, Any]:
     """The launcher's config as the manifest's `launcher` object."""
     params = {k: _plain(v) for k, v in params.items() if k != "_target_"}
+    slurm = params.pop("slurm", None) or {}
+    if params.get("backend") == "slurm":
+        # Not joblib's: orchestrator's own backend, with its settings. Jobs start on the
+        # nodes as fresh processes.
+        params["backend"] = None
+        params["orchestrator"] = {"backend": "slurm", "slurm": slurm}
+        params["warm"] = False
+    elif slurm:
+        raise ValueError("hydra.launcher.slurm is set but hydra.launcher.backend is not slurm")
     if params.get("warm") and sys.platform.startswith("linux"):
         params["preload"] = [WARM_UP] + list(params.get("preload") or [])
     else:
@@ -168,7 +177,9 @@ def launch(
             job_dir = os.path.abspath(os.path.join(str(config.hydra.sweep.dir), str(num)))
             jobs.append(_Job(num, overrides, name, job_dir, None))
 
-    private = tempfile.mkdtemp(prefix="orchestrator-hydra-")
+    # The jobs read their files from here: on a cluster, a place the nodes share.
+    on_slurm = options.get("orchestrator", {}).get("backend") == "slurm"
+    private = tempfile.mkdtemp(prefix=".orchestrator-hydra-" if on_slurm else "orchestrator-hydra-", dir=sweep_dir if on_slurm else None)
     try:
         manifest = _write_job_files(private, jobs, launcher, options, sweep_dir)
         finished, stopped_by = _run(binary, manifest, len(jobs))

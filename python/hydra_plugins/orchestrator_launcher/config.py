@@ -17,7 +17,8 @@ class OrchestratorLauncherConf:
     # jobs at once; negative: CPUs + 1 + n_jobs (-1 = all the CPUs this process may use)
     n_jobs: int = -1
     # None, loky, multiprocessing, threading, sequential: every job is its own process
-    # whatever the backend; sequential forces n_jobs=1
+    # whatever the backend; sequential forces n_jobs=1. slurm: the jobs run on a Slurm
+    # cluster (one job array per batch, n_jobs at a time; see `slurm`)
     backend: Optional[str] = None
     # accepted for compatibility: jobs are processes either way
     prefer: str = "processes"
@@ -63,6 +64,10 @@ class OrchestratorLauncherConf:
     # more modules for the warm interpreter to import first (e.g. [torch, my_package]);
     # `module:function` calls a warm-up hook; never anything that starts threads or CUDA
     preload: List[str] = field(default_factory=list)
+    # with backend=slurm: the Slurm settings, with the key names of Hydra's submitit launcher
+    # (partition, qos, account, timeout_min, cpus_per_task, mem_gb, gres, array_parallelism,
+    # additional_parameters, setup, ...); the sweep dir must be on a filesystem the nodes share
+    slurm: Dict[str, Any] = field(default_factory=dict)
     # warm jobs end with os._exit once the task has returned and its result is written,
     # skipping the interpreter's teardown (~50 ms of CPU a job); atexit handlers and files
     # the task left unflushed are then lost
