@@ -443,6 +443,42 @@ fn slurm_task_past_its_one_minute_limit_is_timed_out() {
 }
 
 #[test]
+#[ignore = "slow (1-2 min: Slurm's minute-granular time limit); CI runs it with --ignored"]
+fn slurm_task_past_its_limit_is_requeued_up_to_max_num_timeout() {
+    if !cluster("slurm_task_past_its_limit_is_requeued_up_to_max_num_timeout") {
+        return;
+    }
+    // Each job sleeps past its limit on its first attempt; requeued once, job 0 then succeeds
+    // (as a job that resumes from its checkpoint would) and job 1 fails: a failure is no
+    // reason to requeue.
+    let sb = Sandbox::new();
+    let name = unique("requeue");
+    let cfg = slurm_config(&sb, 2, "      slurm:\n        max_num_timeout: 1\n");
+    let script =
+        r#"test -n "$ORCHESTRATOR_ATTEMPT" || exec sleep 300; echo "attempt $ORCHESTRATOR_ATTEMPT"; exit "$1""#;
+    let out = sb
+        .cmd()
+        .timeout(Duration::from_secs(300))
+        .args(["-c", cfg.to_str().unwrap(), "-m", "code=0,3", "hydra.launcher.timeout=40s"])
+        .args([&format!("hydra.job.name={name}"), "--", "sh", "-c", script, "sh", "{code}"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let records = journal(&sb.sweep_dir());
+    assert_eq!(records[0]["status"], "succeeded", "{records:?}");
+    assert_eq!(records[1]["status"], "failed", "{records:?}");
+    for r in &records {
+        assert_eq!(r["attempts"], 2, "{r}");
+        assert_eq!(r["earlier_attempts"][0]["status"], "timed_out", "{r}");
+        let log = std::fs::read_to_string(sb.path().join(r["log"].as_str().unwrap())).unwrap();
+        assert!(log.contains("requeued (1 of max_num_timeout 1)"), "{log}");
+        assert!(log.contains("attempt 2"), "{log}");
+    }
+    assert!(queued(&name).is_empty());
+}
+
+#[test]
 fn slurm_settings_are_checked_like_the_others() {
     // No cluster needed: the config is refused before Slurm is asked anything.
     let sb = Sandbox::new();

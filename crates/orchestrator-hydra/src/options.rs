@@ -45,6 +45,10 @@ pub fn run_options(launcher: &LauncherConfig) -> Result<RunOptions, OptionsError
     options.temp_folder = launcher.temp_folder.clone();
     let mut retry = RetryPolicy::new(launcher.retries, launcher.retry_delay);
     retry.on = launcher.retry_on;
+    if launcher.exec == orchestrator_config::ExecBackend::Slurm {
+        // submitit's requeues after a time limit or a preemption.
+        retry.requeue_timeouts = u32::try_from(launcher.slurm.max_num_timeout).unwrap_or(u32::MAX);
+    }
     options.retry = retry;
     options.admission.min_free_memory = launcher.min_free_memory;
     options.admission.max_load = launcher.max_load;
@@ -111,12 +115,6 @@ pub fn slurm_settings(
         (None, None) => None,
     };
     s.sbatch_args = sbatch_flags(c);
-    if c.max_num_timeout > 0 {
-        notes.push(format!(
-            "max_num_timeout {} is not supported yet: a task that hits its time limit is recorded as timed_out (use retries to run it again)",
-            c.max_num_timeout
-        ));
-    }
     s.setup = c.setup.clone();
     s.srun_args = c.srun_args.clone();
     s.slot_env = launcher.slot_env.clone();

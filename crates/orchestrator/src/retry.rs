@@ -23,11 +23,21 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     /// Which endings are retried.
     pub on: RetryOn,
+    /// Attempts beyond `retries` for a job whose attempt ran into its time limit (or was
+    /// preempted on a cluster): submitit's `max_num_timeout`, the requeues a long job gets
+    /// to finish (it resumes from its own checkpoint). They come at once, without the delay.
+    pub requeue_timeouts: u32,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { retries: 0, delay: DEFAULT_RETRY_DELAY, max_delay: MAX_RETRY_DELAY, on: RetryOn::default() }
+        RetryPolicy {
+            retries: 0,
+            delay: DEFAULT_RETRY_DELAY,
+            max_delay: MAX_RETRY_DELAY,
+            on: RetryOn::default(),
+            requeue_timeouts: 0,
+        }
     }
 }
 
@@ -57,6 +67,18 @@ impl RetryPolicy {
                 crate::job::EndReason::TimeLimit => self.on.timed_out,
                 _ => false,
             },
+            _ => false,
+        }
+    }
+
+    /// Whether `outcome` is one that [`RetryPolicy::requeue_timeouts`] counts: a time limit
+    /// (the job's timeout, a cluster's) or a preemption.
+    pub fn requeues_after(&self, outcome: &Outcome) -> bool {
+        match outcome {
+            Outcome::TimedOut { .. } => true,
+            Outcome::ClusterEnded { reason, .. } => {
+                matches!(reason, crate::job::EndReason::TimeLimit | crate::job::EndReason::Preempted)
+            }
             _ => false,
         }
     }

@@ -276,6 +276,40 @@ async fn retries_run_out_and_the_last_outcome_is_the_jobs() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_job_past_its_time_limit_is_requeued_max_num_timeout_times_at_once() {
+    // Job 0 always runs past its limit: 1 attempt + 2 requeues (no retries). Job 1 fails:
+    // a requeue is for time limits only. Job 2 runs past its limit once, then finishes.
+    let backend = FakeBackend::new(|j, attempt| match (j.num, attempt) {
+        (0, _) => Script::exits(0, 10 * S),
+        (1, _) => Script::exits(3, S),
+        (_, 1) => Script::exits(0, 10 * S),
+        _ => Script::exits(0, S / 2),
+    });
+    let mut opts = options(1, &backend);
+    opts.retry.requeue_timeouts = 2;
+    let jobs: Vec<Submission> = (0..3)
+        .map(|n| {
+            let mut spec = job(n);
+            spec.timeout = Some(S);
+            spec.into()
+        })
+        .collect();
+    let t0 = tokio::time::Instant::now();
+    let (_, events) = run_jobs(opts, jobs, no_stop()).await;
+    let records = finished(&events);
+    let by_num = |n: u64| records.iter().find(|r| r.num == n).unwrap();
+    assert_eq!((by_num(0).outcome.job_status(), by_num(0).attempts), (JobStatus::TimedOut, 3));
+    assert_eq!((by_num(1).outcome.clone(), by_num(1).attempts), (Outcome::Failed { code: 3 }, 1));
+    assert_eq!((by_num(2).outcome.clone(), by_num(2).attempts), (Outcome::Succeeded, 2));
+    // No delay before a requeue: 3 limits of job 0, job 1's second, job 2's limit and run,
+    // one after the other in the one slot (plus the grace periods of the ended attempts).
+    assert!(t0.elapsed() < 30 * S, "{:?}", t0.elapsed());
+    let notes = backend.notes(0);
+    assert!(notes.iter().any(|n| n.contains("requeued (1 of max_num_timeout 2)")), "{notes:?}");
+    assert!(notes.iter().any(|n| n.starts_with("attempt 3 of 3:")), "{notes:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_stop_during_the_retry_delay_ends_the_job_with_the_attempt_it_had() {
     let backend = FakeBackend::new(|_, _| Script::exits(2, S));
     let (stop_tx, stop_rx) = watch::channel(Stop::None);

@@ -146,23 +146,34 @@ async fn run_job(
     let mut freed = Some(freed);
     let mut earlier: Vec<AttemptRecord> = Vec::new();
     let mut number = 1;
+    // Attempts that were requeues after a time limit (`requeue_timeouts`), not retries.
+    let mut requeued = 0;
     loop {
-        let last = number >= policy.max_attempts();
+        // At most this many in all: the last one takes the files.
+        let last = number >= policy.max_attempts().saturating_add(policy.requeue_timeouts);
+        let max_attempts = policy.max_attempts().saturating_add(requeued);
         // The last attempt takes the files; an earlier one a copy (only with retries on).
         let files = if last { std::mem::take(&mut files) } else { files.clone() };
         let mut end =
             run_attempt(&spec, files, slot, number, ctx, &mut stop, &cancel, if last { freed.take() } else { None })
                 .await;
         let stopping = *stop.borrow() != Stop::None || cancel.is_cancelled();
-        if !last && !stopping && policy.retries_after(&end.outcome) {
-            let delay = policy.delay_before(number);
+        let retries_used = number - 1 - requeued;
+        let retry = !stopping && retries_used < policy.retries && policy.retries_after(&end.outcome);
+        let requeue = !stopping && !retry && requeued < policy.requeue_timeouts && policy.requeues_after(&end.outcome);
+        if retry || requeue {
+            let delay = if retry { policy.delay_before(retries_used + 1) } else { Duration::ZERO };
             if let Some(log) = end.log.as_mut() {
+                let again = if retry {
+                    format!("retrying in {}", crate::job::humanize(delay))
+                } else {
+                    format!("requeued ({} of max_num_timeout {})", requeued + 1, policy.requeue_timeouts)
+                };
                 log.note(&format!(
-                    "attempt {number} of {}: {} after {}; retrying in {}",
-                    policy.max_attempts(),
+                    "attempt {number} of {}: {} after {}; {again}",
+                    max_attempts + u32::from(requeue),
                     end.outcome.describe(),
                     precise(end.duration),
-                    crate::job::humanize(delay)
                 ));
             }
             if let Some(log) = end.log.take() {
@@ -181,6 +192,7 @@ async fn run_job(
             };
             if !interrupted {
                 number += 1;
+                requeued += u32::from(requeue);
                 continue;
             }
             earlier.pop();
@@ -190,7 +202,7 @@ async fn run_job(
             note.push_str(&format!("; ended {} leftover process(es) of the job", end.leftovers));
         }
         if number > 1 {
-            note = format!("attempt {number} of {}: {note}", policy.max_attempts());
+            note = format!("attempt {number} of {max_attempts}: {note}");
         }
         let log_error = end.log.take().and_then(|mut log| {
             log.note(&note);
