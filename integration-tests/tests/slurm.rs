@@ -479,6 +479,31 @@ fn slurm_task_past_its_limit_is_requeued_up_to_max_num_timeout() {
 }
 
 #[test]
+fn slurm_n_jobs_minus_one_says_what_throttle_it_became() {
+    if !cluster("slurm_n_jobs_minus_one_says_what_throttle_it_became") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let name = unique("throttle");
+    let cfg = slurm_config(&sb, 2, "");
+    let out = sb
+        .cmd()
+        .args(["-c", cfg.to_str().unwrap(), "-m", "task=1,2,3", "hydra.launcher.n_jobs=-1"])
+        .args([&format!("hydra.job.name={name}"), "--", fixture(), "echo"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert!(
+        stderr.contains(&format!("n_jobs -1 is this machine's CPUs: at most {cpus} tasks of the array run at once")),
+        "{stderr}"
+    );
+    assert_eq!(journal(&sb.sweep_dir()).len(), 3);
+    assert!(queued(&name).is_empty());
+}
+
+#[test]
 fn slurm_settings_are_checked_like_the_others() {
     // No cluster needed: the config is refused before Slurm is asked anything.
     let sb = Sandbox::new();

@@ -99,6 +99,15 @@ pub fn slurm_settings(
     let mut s = SlurmSettings::new(cwd.join(".slurm"), &info);
     s.chdir = cwd.to_path_buf();
     s.throttle = c.array_parallelism.map_or(n_jobs, |p| usize::try_from(p).unwrap_or(usize::MAX)).max(1);
+    if let (None, Some(n)) = (c.array_parallelism, launcher.n_jobs.0)
+        && n < 0
+    {
+        // joblib's "all the CPUs" is this machine's, which may not be what a cluster user
+        // meant: say what it became.
+        notes.push(format!(
+            "n_jobs {n} is this machine's CPUs: at most {n_jobs} tasks of the array run at once (set n_jobs or slurm.array_parallelism for more)"
+        ));
+    }
     s.time_limit_min = match (c.timeout_min, launcher.timeout) {
         (Some(m), _) => Some(m),
         (None, Some(t)) => {
