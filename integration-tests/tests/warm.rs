@@ -720,3 +720,180 @@ fn torch_is_reseeded_given_the_job_s_threads_and_initialised_cuda_means_fresh() 
     assert_eq!(s.warm(), vec![false; 3]);
     assert!(s.stderr.contains("CUDA is initialised"), "{}", s.stderr);
 }
+
+#[test]
+#[ignore = "needs python3; .ci/run runs it"]
+fn ctrl_c_while_the_zygote_is_still_importing_stops_at_once() {
+    // The jobs wait for the warm interpreter without holding up the run: Ctrl-C ends the
+    // sweep now, not when the (slow) preload is done, and the importing zygote is killed.
+    let sb = Sandbox::new();
+    sb.write("slow_import.py", "import time\ntime.sleep(60)\n");
+    sb.write("app.py", "import time\ntime.sleep(60)\n");
+    let py = python();
+    let child = sb.spawn(&[
+        "-q",
+        "--warm",
+        "--multirun",
+        "task=1,2,3",
+        TWO_SLOTS,
+        "+hydra.launcher.orchestrator.preload=[slow_import]",
+        "--",
+        &py,
+        "app.py",
+    ]);
+    let supervisor = child.id();
+    let mut zygotes = Vec::new();
+    wait_for(30, "the zygote to start importing", || {
+        zygotes = zygotes_of(supervisor, &[]);
+        !zygotes.is_empty()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let t0 = std::time::Instant::now();
+    kill(Pid::from_raw(supervisor as i32), Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(t0.elapsed() < std::time::Duration::from_secs(10), "it took {:?}", t0.elapsed());
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_no_survivors(&zygotes);
+    let records = journal(&sb.sweep_dir());
+    assert!(records.iter().all(|r| r["status"] != "succeeded" && r["warm"] != true), "{records:?}");
+}
+
+#[test]
+#[ignore = "needs python3; .ci/run runs it"]
+fn without_cgroups_a_warm_job_s_forked_escapee_is_found_by_its_own_marker() {
+    // A forked process keeps the environment block its interpreter started with: the job
+    // writes its marker over the zygote's there, so its escapees are its own.
+    let sb = Sandbox::new();
+    sb.write(
+        "escape.py",
+        r#"import os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        with open(os.path.join(os.environ["ORCHESTRATOR_JOB_DIR"], "pids"), "w") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(300)
+    os._exit(0)
+time.sleep(0.5)
+"#,
+    );
+    let py = python();
+    let s = sweep(
+        &sb,
+        true,
+        &["--multirun", "task=1,2", "hydra.launcher.params.joblib.n_jobs=1", "--", &py, "escape.py"],
+        &[("ORCHESTRATOR_CGROUPS", "0")],
+    );
+    assert!(s.status.success(), "{}", s.stderr);
+    assert_eq!(s.warm(), vec![true, true], "{}", s.stderr);
+    for r in &s.records {
+        assert_eq!(r["isolation"], "process-group", "{r}");
+        assert!(r["leftover_processes"].as_u64().unwrap() >= 1, "ended at its job's end: {r}");
+    }
+    assert_no_survivors(&recorded_pids(&s.dir));
+}
+
+#[test]
+#[ignore = "needs python3; .ci/run runs it"]
+fn an_uncaught_keyboard_interrupt_runs_preloaded_atexit_handlers_then_dies_by_sigint() {
+    let sb = Sandbox::new();
+    sb.write("pre_mod.py", "import atexit\natexit.register(lambda: print('preloaded atexit ran'))\n");
+    sb.write("kb.py", "import pre_mod\nraise KeyboardInterrupt\n");
+    let py = python();
+    let args = ["--multirun", "task=1", "+hydra.launcher.orchestrator.preload=[pre_mod]", "--", &py, "kb.py"];
+    let fresh = sweep(&sb, false, &args, &[]);
+    let warm = sweep(&sb, true, &args, &[]);
+    assert_eq!(warm.warm(), vec![true], "{}", warm.stderr);
+    for s in [&fresh, &warm] {
+        assert_eq!(s.records[0]["signal"], "SIGINT", "{:?}", s.records);
+        assert!(s.log(0).iter().any(|l| l == "stdout] preloaded atexit ran"), "{:?}", s.log(0));
+    }
+}
+
+#[test]
+#[ignore = "needs python3; .ci/run runs it"]
+fn signals_the_supervisor_was_started_with_ignored_stay_ignored() {
+    // nohup-style: a signal ignored when orchestrator started is ignored in fresh jobs (an
+    // exec keeps SIG_IGN); warm jobs get the same.
+    let sb = Sandbox::new();
+    sb.write("probe.py", PROBE);
+    let py = python();
+    let run = |warm: bool| {
+        let _ = std::fs::remove_dir_all(sb.path().join("multirun"));
+        let mut cmd = std::process::Command::new(orchestrator());
+        cmd.current_dir(sb.path()).args(["run", "-q"]);
+        if warm {
+            cmd.arg("--warm");
+        }
+        cmd.args(["--multirun", "task=1", "--", &py, "probe.py"]);
+        // SAFETY: signal() with SIG_IGN between fork and exec is async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::signal(libc::SIGUSR1, libc::SIG_IGN);
+                libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+        assert!(cmd.status().unwrap().success());
+        let dir = sb.sweep_dir();
+        let log = std::fs::read_to_string(dir.join("0/probe.log")).unwrap();
+        let line = log.lines().find_map(|l| l.split_once("[stdout] ").map(|(_, j)| j.to_owned())).unwrap();
+        let probe: Value = serde_json::from_str(&line).unwrap();
+        (probe["SigIgn"].clone(), probe["handlers"].clone(), journal(&dir)[0]["warm"].clone())
+    };
+    let (fresh, warm) = (run(false), run(true));
+    assert_eq!(warm.2, true);
+    assert_eq!((&warm.0, &warm.1), (&fresh.0, &fresh.1), "ignored signals and handlers");
+    let ign = u64::from_str_radix(fresh.0.as_str().unwrap(), 16).unwrap();
+    assert!(ign & (1 << (libc::SIGUSR1 - 1)) != 0, "SIGUSR1 ignored in the fresh job too: {ign:x}");
+}
+
+#[test]
+#[ignore = "needs python3; .ci/run runs it"]
+fn a_job_the_zygote_forked_too_late_never_runs_and_the_job_runs_once_fresh() {
+    // The zygote's answer comes after the supervisor gave up (an after-fork hook that takes
+    // 1.5 s; the supervisor waits 0.5 s here): the job it forked gets no go and exits
+    // without running; the supervisor runs the job fresh instead, once.
+    let sb = Sandbox::new();
+    sb.write("slowfork.py", "import os, time\nos.register_at_fork(after_in_child=lambda: time.sleep(1.5))\n");
+    sb.write(
+        "once.py",
+        "import os\nopen(os.path.join(os.environ['ORCHESTRATOR_SWEEP_DIR'], 'runs.txt'), 'a').write(f\"{os.environ['ORCHESTRATOR_JOB_NUM']}\\n\")\n",
+    );
+    let py = python();
+    let s = sweep(
+        &sb,
+        true,
+        &[
+            "--multirun",
+            "task=1,2",
+            "hydra.launcher.params.joblib.n_jobs=1",
+            "+hydra.launcher.orchestrator.preload=[slowfork]",
+            "--",
+            &py,
+            "once.py",
+        ],
+        &[("ORCHESTRATOR_WARM_FORK_TIMEOUT_MS", "500")],
+    );
+    assert!(s.status.success(), "{}", s.stderr);
+    assert_eq!(s.warm(), vec![false, false], "{}", s.stderr);
+    // Past the late forks' hooks (1.5 s each) and their wait for a go that never comes.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let mut runs: Vec<String> =
+        std::fs::read_to_string(s.dir.join("runs.txt")).unwrap().lines().map(str::to_owned).collect();
+    runs.sort();
+    assert_eq!(runs, ["0", "1"], "each job ran once");
+    // Nothing of the sweep is left: no process started with its environment.
+    let marker = sb.path().to_string_lossy().into_owned();
+    let left: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| alive(*pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| String::from_utf8_lossy(&env).contains(marker.as_str()))
+        })
+        .collect();
+    assert!(left.is_empty(), "processes of the sweep left: {left:?}");
+}

@@ -56,6 +56,8 @@ def what_the_job_sees(cfg: DictConfig) -> Dict[str, Any]:
         "output_dir": HydraConfig.get().runtime.output_dir,
         "stdout": [sys.stdout.line_buffering, sys.stdout.write_through],
         "main": sys.modules["__main__"].__name__,
+        # Whether the job found the batch's shared objects unpickled by the warm interpreter.
+        "warm_hits": getattr(sys.modules.get("hydra_plugins.orchestrator_launcher._worker"), "WARM_HITS", None),
     }
 
 
@@ -71,6 +73,9 @@ def test_warm_by_default_and_the_same_as_fresh(hydra_sweep_runner: TSweepRunner,
     fresh, fresh_records = run(hydra_sweep_runner, tmp_path / "fresh", "hydra.launcher.warm=false")
     assert [r.get("warm") for r in warm_records] == [True] * 3
     assert [r.get("warm") for r in fresh_records] == [None] * 3
+    assert [w.pop("warm_hits") for w in warm] == [1, 1, 1]
+    # (a fresh worker is __main__ only: the module is not imported under its name)
+    assert [f.pop("warm_hits") for f in fresh] == [None, None, None]
     for w, f in zip(warm, fresh):
         # Its own process and process group, not the launcher's.
         assert w["pid"] == w["pgid"] and w["pid"] != os.getpid()

@@ -30,6 +30,15 @@ def _use_sys_path(path: List[str]) -> None:
 # What the warm interpreter unpickled in `warm_up`, by path: a job forked from it finds the
 # objects there (its own copy-on-write copy of them), as if it had unpickled them itself.
 _WARM_COMMON: Dict[str, Any] = {}
+# How many jobs of this process found them there (for the tests).
+WARM_HITS = 0
+_MODULE = "hydra_plugins.orchestrator_launcher._worker"
+
+
+def _warm_module() -> Any:
+    """This module as the warm interpreter imported it: a job runs it again as __main__
+    (`-m`), whose globals are new; the preloaded copy, with the cache, is in sys.modules."""
+    return sys.modules.get(_MODULE) or sys.modules[__name__]
 
 
 def warm_up() -> None:
@@ -44,7 +53,7 @@ def warm_up() -> None:
     common = os.environ.get("ORCHESTRATOR_HYDRA_COMMON")
     if common:
         with open(common, "rb") as f:
-            _WARM_COMMON[common] = pickle.load(f)
+            _warm_module()._WARM_COMMON[common] = pickle.load(f)
 
 
 def load_job(job_path: str) -> Dict[str, Any]:
@@ -55,10 +64,13 @@ def load_job(job_path: str) -> Dict[str, Any]:
     with open(job_path, "rb") as f:
         job = pickle.load(f)
     _use_sys_path(job["sys_path"])
-    common = _WARM_COMMON.get(job["common"])
+    warm = _warm_module()
+    common = warm._WARM_COMMON.get(job["common"])
     if common is None:
         with open(job["common"], "rb") as f:
             common = pickle.load(f)
+    else:
+        warm.WARM_HITS += 1
     job.update(common)
     if job["config"] is not None:
         job["config"] = pickle.loads(job["config"])

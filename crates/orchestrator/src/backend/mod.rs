@@ -273,6 +273,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// why into the job's log.
     fn start<'a>(&'a self, req: StartRequest<'a>) -> BoxFuture<'a, Result<Box<dyn Attempt>, StartError>>;
 
+    /// The run is stopping (a stop request, a halt): anything slow that `start` may be
+    /// waiting for should give up now (the jobs it starts are then stopped as usual).
+    fn stop_requested(&self) {}
+
     /// The run is over: end anything of its jobs still running anywhere (escapees that
     /// outlived every per-job check).
     fn run_ended(&self) {}

@@ -332,6 +332,8 @@ pub(crate) async fn run_announced(
             if let Stop::Graceful { reason: StopReason::Interrupted, signal } = now {
                 interrupted_by.get_or_insert(signal);
             }
+            // A start that waits for something slow (a warm interpreter) gives up now.
+            backend.stop_requested();
             if let Some(tx) = &events {
                 let _ = tx.send(Event::Stopping { request: now }).await;
             }

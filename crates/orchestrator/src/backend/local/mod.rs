@@ -179,6 +179,19 @@ impl LocalBackend {
         }
     }
 
+    /// See [`warm::Warm::wait_for`].
+    fn warm_wait(&self, req: &StartRequest<'_>) -> Option<super::BoxFuture<'static, ()>> {
+        let ctx = &self.ctx;
+        let warm = ctx.warm.as_ref()?;
+        if !warm::is_python(&req.job.program) {
+            return None;
+        }
+        let program = ctx.resolve(&req.job.program).ok()?;
+        let marker = OsString::from(format!("{JOB_KEY_VAR}={}.{}", ctx.run_key, req.job.num));
+        let env = ctx.env.for_job(req.job, req.slot, &ctx.opts.slot_env, &marker, Vec::new()).ok()?;
+        warm.wait_for(req.job, &program, &env)
+    }
+
     fn start_now(&self, req: StartRequest<'_>) -> Result<Box<dyn Attempt>, StartError> {
         let ctx = &self.ctx;
         let spec = req.job;
@@ -214,12 +227,11 @@ impl LocalBackend {
                 extra.push((OsString::from(contract::ATTEMPT), OsString::from(req.attempt.to_string())));
             }
             let env = ctx.env.for_job(spec, req.slot, &ctx.opts.slot_env, &marker, extra)?;
-            if let Some(warm) = &ctx.warm {
+            if let Some(warm) = ctx.warm.as_ref().filter(|_| warm::is_python(&spec.program)) {
                 // Its files first: a forked job has no set-up steps of its own.
                 write_files(&spec.log_path, &req.files)?;
                 let procs = joined.as_ref().map(|j| OsStr::from_bytes(j.procs.as_bytes()));
-                if let Some(w) = warm.start(spec, &program, &env, procs) {
-                    ctx.reaper.register(w.pid);
+                if let Some(w) = warm.start(spec, &program, &env, procs, &|pid| ctx.reaper.register(pid)) {
                     return Ok(Child {
                         pid: w.pid,
                         stdout: w.stdout,
@@ -307,8 +319,22 @@ impl Backend for LocalBackend {
     }
 
     fn start<'a>(&'a self, req: StartRequest<'a>) -> BoxFuture<'a, Result<Box<dyn Attempt>, StartError>> {
+        // A warm job whose interpreter is still starting waits for it (without blocking the
+        // slot's thread), then starts as any other.
+        if let Some(wait) = self.warm_wait(&req) {
+            return Box::pin(async move {
+                wait.await;
+                self.start_now(req)
+            });
+        }
         // Spawning does not wait: done now, in the caller's task (the pump is spawned there).
         Box::pin(std::future::ready(self.start_now(req)))
+    }
+
+    fn stop_requested(&self) {
+        if let Some(warm) = &self.ctx.warm {
+            warm.stop_requested();
+        }
     }
 
     fn run_ended(&self) {

@@ -17,6 +17,8 @@
 
 mod python;
 
+pub(super) use self::python::is_python;
+
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, Seek};
@@ -24,7 +26,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{self, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType};
@@ -47,8 +49,14 @@ const ZYGOTE_FD: RawFd = 3;
 /// How long the zygote may take to import the preload list.
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// How long a fork request may take.
-const FORK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a fork request may take (`ORCHESTRATOR_WARM_FORK_TIMEOUT_MS` shortens it, for
+/// the test of a zygote that answers too late).
+fn fork_timeout() -> Duration {
+    std::env::var("ORCHESTRATOR_WARM_FORK_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(10), Duration::from_millis)
+}
 
 /// How many times a zygote that died is started again before its jobs run fresh for good.
 const MAX_RESTARTS: u32 = 3;
@@ -77,13 +85,16 @@ impl WarmOptions {
     }
 }
 
-/// Which zygote a job needs.
+/// Which zygote a job needs: its interpreter and flags, and its script (an absolute path,
+/// so that jobs each in a dir of their own, `hydra.job.chdir`, share one) or its module
+/// with the dir it is imported from (`sys.path[0]` is the cwd for `-m`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     program: PathBuf,
     flags: Vec<OsString>,
     target: Target,
-    cwd: PathBuf,
+    /// Where the zygote runs (and, for a module, what `sys.path[0]` is).
+    dir: PathBuf,
 }
 
 /// The run's zygotes.
@@ -91,12 +102,32 @@ pub(super) struct Warm {
     opts: WarmOptions,
     /// Marker entry (`NAME=value`) for the zygote's environment: the zygote and every
     /// process forked from it carry it in `/proc/<pid>/environ` (a fork keeps the
-    /// environment it started with), so the watchdog and the run's end find them.
+    /// environment it started with), so the watchdog and the run's end find them. Padded:
+    /// each job writes its own marker over it in place (see `zygote.py`).
     marker: OsString,
-    zygotes: Mutex<HashMap<Key, State>>,
+    zygotes: Mutex<HashMap<Key, Arc<Entry>>>,
+    /// Set when the run is stopping: jobs no longer wait for a zygote that is starting.
+    stopping: tokio::sync::watch::Sender<bool>,
+}
+
+/// One zygote's state, and whether it has settled (serves, or is off) for the jobs that
+/// wait for it (`tokio::sync::watch` works across the slots' runtimes).
+struct Entry {
+    state: Mutex<State>,
+    settled: tokio::sync::watch::Sender<bool>,
+    /// The pid of the zygote being started (0: none), for a run that ends meanwhile.
+    starting: std::sync::atomic::AtomicU32,
+}
+
+impl Entry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 enum State {
+    /// Being started (on a thread of its own); this many times before.
+    Starting,
     Serving(Zygote),
     /// It cannot serve; jobs run fresh.
     Off,
@@ -128,21 +159,20 @@ impl Warm {
     pub(super) fn new(opts: WarmOptions, run_key: &str) -> Warm {
         Warm {
             opts,
-            marker: OsString::from(format!("{}={run_key}.zygote", super::JOB_KEY_VAR)),
+            // Room for a job's marker (`<run key>.<job number>`) in place of this one.
+            marker: OsString::from(format!("{}={run_key}.zygote{}", super::JOB_KEY_VAR, "_".repeat(20))),
             zygotes: Mutex::new(HashMap::new()),
+            stopping: tokio::sync::watch::Sender::new(false),
         }
     }
 
-    /// Start `spec` from a zygote, if it can be: `None` means run it fresh (why is logged).
-    /// `program` is the resolved interpreter, `env` the job's whole environment, `cgroup`
-    /// the `cgroup.procs` file it joins first.
-    pub(super) fn start(
-        &self,
-        spec: &JobSpec,
-        program: &Path,
-        env: &super::sys::Env,
-        cgroup: Option<&OsStr>,
-    ) -> Option<Started> {
+    /// The run is stopping: a job waiting for a zygote to start waits no more.
+    pub(super) fn stop_requested(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// What `spec` would run in a warm interpreter, and which one; `None`: it runs fresh.
+    fn job(spec: &JobSpec, program: &Path) -> Option<(Key, PyCommand)> {
         if !python::is_python(&spec.program) {
             return None;
         }
@@ -153,15 +183,73 @@ impl Warm {
                 return None;
             }
         };
-        let cwd = match &spec.cwd {
-            Some(c) => std::env::current_dir().ok()?.join(c),
-            None => std::env::current_dir().ok()?,
+        let here = std::env::current_dir().ok()?;
+        let cwd = spec.cwd.as_ref().map_or_else(|| here.clone(), |c| here.join(c));
+        let (target, dir) = match &cmd.target {
+            Target::Path(p) => (Target::Path(cwd.join(p).into_os_string()), here),
+            Target::Module(m) => (Target::Module(m.clone()), cwd),
         };
+        Some((Key { program: program.to_path_buf(), flags: cmd.flags.clone(), target, dir }, cmd))
+    }
+
+    /// If `spec`'s zygote is starting (started now, if it is the first job that needs it),
+    /// a future that resolves once it serves or is off, or the run is stopping: the job
+    /// waits for it rather than import everything itself meanwhile. `None`: no need to wait.
+    pub(super) fn wait_for(
+        &self,
+        spec: &JobSpec,
+        program: &Path,
+        env: &super::sys::Env,
+    ) -> Option<super::super::BoxFuture<'static, ()>> {
+        let (key, _) = Self::job(spec, program)?;
+        let entry = {
+            let mut zygotes = self.zygotes.lock().unwrap_or_else(|e| e.into_inner());
+            match zygotes.get(&key) {
+                Some(e) => e.clone(),
+                None => {
+                    let entry = Arc::new(Entry {
+                        state: Mutex::new(State::Starting),
+                        settled: tokio::sync::watch::Sender::new(false),
+                        starting: std::sync::atomic::AtomicU32::new(0),
+                    });
+                    zygotes.insert(key.clone(), entry.clone());
+                    let env: Vec<(OsString, OsString)> =
+                        env.entries().filter_map(|e| split_entry(e.to_bytes())).collect();
+                    self.launch(&entry, key, env, 0, None);
+                    entry
+                }
+            }
+        };
+        let mut settled = entry.settled.subscribe();
+        if *settled.borrow() {
+            return None;
+        }
+        let mut stopping = self.stopping.subscribe();
+        Some(Box::pin(async move {
+            tokio::select! {
+                _ = settled.wait_for(|s| *s) => {}
+                _ = stopping.wait_for(|s| *s) => {}
+            }
+        }))
+    }
+
+    /// Start `spec` from its zygote, if it serves: `None` means run it fresh (why is
+    /// logged). `program` is the resolved interpreter, `env` the job's whole environment,
+    /// `cgroup` the `cgroup.procs` file it joins first, `register` takes the job on (it is
+    /// called before the job may run anything).
+    pub(super) fn start(
+        &self,
+        spec: &JobSpec,
+        program: &Path,
+        env: &super::sys::Env,
+        cgroup: Option<&OsStr>,
+        register: &dyn Fn(u32),
+    ) -> Option<Started> {
+        let (key, cmd) = Self::job(spec, program)?;
+        let entry = self.zygotes.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned()?;
         let env: Vec<(OsString, OsString)> = env.entries().filter_map(|e| split_entry(e.to_bytes())).collect();
-        let key = Key { program: program.to_path_buf(), flags: cmd.flags.clone(), target: cmd.target.clone(), cwd };
-        let mut zygotes = self.zygotes.lock().unwrap_or_else(|e| e.into_inner());
-        let state = zygotes.entry(key.clone()).or_insert_with(|| self.launch(&key, &env, 0));
-        let State::Serving(zygote) = state else { return None };
+        let mut state = entry.lock();
+        let State::Serving(zygote) = &mut *state else { return None };
         if let Some(name) = zygote.startup_differs(&env) {
             tracing::debug!(
                 "job #{} runs fresh: its {} differs from the warm interpreter's (read only at start-up)",
@@ -170,7 +258,9 @@ impl Warm {
             );
             return None;
         }
-        match zygote.fork(&cmd, &env, &key.cwd, cgroup) {
+        let here = std::env::current_dir().ok()?;
+        let cwd = spec.cwd.as_ref().map_or_else(|| here.clone(), |c| here.join(c));
+        match zygote.fork(&cmd, &env, &cwd, cgroup, register) {
             Ok(started) => Some(started),
             Err(ForkError::Job(why)) => {
                 tracing::debug!("job #{} runs fresh: {why}", spec.num);
@@ -178,51 +268,77 @@ impl Warm {
             }
             Err(ForkError::Zygote(why)) => {
                 let restarts = zygote.restarts + 1;
-                if let State::Serving(z) = std::mem::replace(state, State::Off) {
-                    z.end();
-                }
+                let State::Serving(old) = std::mem::replace(&mut *state, State::Off) else { return None };
                 if restarts > MAX_RESTARTS {
                     tracing::warn!(
                         "the warm Python interpreter failed {restarts} times ({why}); the sweep's remaining jobs run as fresh processes"
                     );
+                    std::thread::spawn(move || old.end());
                 } else {
                     tracing::warn!("the warm Python interpreter failed ({why}); starting it again");
-                    *state = self.launch(&key, &env, restarts);
+                    *state = State::Starting;
+                    drop(state);
+                    entry.settled.send_replace(false);
+                    self.launch(&entry, key, env, restarts, Some(old));
                 }
                 None
             }
         }
     }
 
-    /// Start a zygote for `key` with `env` (the first job's), and wait until it is ready.
-    fn launch(&self, key: &Key, env: &[(OsString, OsString)], restarts: u32) -> State {
-        let t0 = Instant::now();
-        match Zygote::start(key, env, &self.marker, &self.opts, restarts) {
-            Ok(z) => {
-                tracing::info!(
-                    "warm Python interpreter ready in {:.3}s (pid {}, {} modules loaded)",
-                    t0.elapsed().as_secs_f64(),
-                    z.child.id(),
-                    z.modules
-                );
-                State::Serving(z)
+    /// Start a zygote for `key` with `env` (the first job's) on a thread of its own (after
+    /// ending `old`, the one it replaces), and settle `entry` once it is ready or failed.
+    fn launch(&self, entry: &Arc<Entry>, key: Key, env: Vec<(OsString, OsString)>, restarts: u32, old: Option<Zygote>) {
+        let (entry, marker, opts) = (entry.clone(), self.marker.clone(), self.opts.clone());
+        let start = move || {
+            if let Some(old) = old {
+                old.end();
             }
-            Err(why) => {
-                tracing::warn!(
-                    "warm Python jobs are off for {}: {why}; its jobs run as fresh processes",
-                    describe(key)
-                );
-                State::Off
-            }
+            let t0 = Instant::now();
+            let state = match Zygote::start(&key, &env, &marker, &opts, restarts, &entry.starting) {
+                Ok(z) => {
+                    tracing::info!(
+                        "warm Python interpreter ready in {:.3}s (pid {}, {} modules loaded)",
+                        t0.elapsed().as_secs_f64(),
+                        z.child.id(),
+                        z.modules
+                    );
+                    State::Serving(z)
+                }
+                Err(why) => {
+                    tracing::warn!(
+                        "warm Python jobs are off for {}: {why}; its jobs run as fresh processes",
+                        describe(&key)
+                    );
+                    State::Off
+                }
+            };
+            *entry.lock() = state;
+            entry.starting.store(0, std::sync::atomic::Ordering::Release);
+            entry.settled.send_replace(true);
+        };
+        if let Err(e) = std::thread::Builder::new().name("orchestrator-zygote".into()).spawn(start) {
+            tracing::warn!("cannot start a thread for the warm Python interpreter ({e}); jobs run as fresh processes");
         }
     }
 
     /// The run is over: every zygote exits (it sees its socket close), or is killed.
     pub(super) fn shut_down(&self) {
-        let mut zygotes = self.zygotes.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, state) in zygotes.drain() {
-            if let State::Serving(z) = state {
-                z.end();
+        self.stop_requested();
+        let entries: Vec<Arc<Entry>> =
+            self.zygotes.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(_, e)| e).collect();
+        for entry in entries {
+            let state = std::mem::replace(&mut *entry.lock(), State::Off);
+            match state {
+                State::Serving(z) => z.end(),
+                // Still importing: killed (its thread then reaps it, or the run's end does).
+                State::Starting => {
+                    let pid = entry.starting.load(std::sync::atomic::Ordering::Acquire);
+                    if pid != 0 {
+                        super::sys::signal_pid(pid, nix::sys::signal::Signal::SIGKILL);
+                    }
+                }
+                State::Off => {}
             }
         }
     }
@@ -268,6 +384,7 @@ impl Zygote {
         marker: &OsStr,
         opts: &WarmOptions,
         restarts: u32,
+        starting: &std::sync::atomic::AtomicU32,
     ) -> Result<Zygote, String> {
         let (ours, theirs) = socket::socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
             .map_err(|e| format!("cannot make its socket: {e}"))?;
@@ -275,7 +392,15 @@ impl Zygote {
             Target::Path(p) => ("path", p.to_str().ok_or("its script's path is not UTF-8")?.to_owned()),
             Target::Module(m) => ("module", m.clone()),
         };
-        let settings = json!({"fd": ZYGOTE_FD, "mode": mode, "target": target, "preload": opts.preload, "fast_exit": opts.fast_exit});
+        let settings = json!({
+            "fd": ZYGOTE_FD,
+            "mode": mode,
+            "target": target,
+            "preload": opts.preload,
+            "fast_exit": opts.fast_exit,
+            "marker_var": super::JOB_KEY_VAR,
+            "dir": key.dir.to_str().ok_or("its dir is not UTF-8")?,
+        });
         // What it says before it is ready (a traceback from a crash) is kept for the message.
         let stderr = tempfile::tempfile().map_err(|e| format!("cannot make a file for its stderr: {e}"))?;
         let (marker_name, marker_value) = split_entry(marker.as_bytes()).ok_or("bad marker")?;
@@ -286,9 +411,14 @@ impl Zygote {
             .env_clear()
             .envs(env.iter().filter(|(k, _)| *k != marker_name).map(|(k, v)| (k, v)))
             .env(&marker_name, &marker_value)
+            // Libraries it preloads read these at import: with 1, a BLAS starts no thread pool
+            // (which would make forking unsafe); each job gets its own counts at run time
+            // (`_apply_thread_limits`), or runs fresh where that cannot be done.
+            .envs(super::THREAD_VARS.iter().chain(&["GOTO_NUM_THREADS"]).map(|v| (v, "1")))
             // Asked by torch's `cuda.is_available()` not to initialise CUDA in the zygote.
             .env("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
-            .current_dir(&key.cwd)
+            // A module's dir may be the first job's own, not made yet: the run's then.
+            .current_dir(if key.dir.is_dir() { key.dir.as_path() } else { Path::new(".") })
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .stderr(stderr.try_clone().map_err(|e| e.to_string())?)
@@ -296,6 +426,7 @@ impl Zygote {
             .process_group(0);
         super::sys::pass_fd(&mut cmd, theirs.as_raw_fd(), ZYGOTE_FD);
         let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", key.program.display()))?;
+        starting.store(child.id(), std::sync::atomic::Ordering::Release);
         drop(theirs);
         if let Some(mut stdin) = child.stdin.take() {
             use std::io::Write;
@@ -326,7 +457,18 @@ impl Zygote {
         }
         zygote.modules = ready.get("modules").and_then(Value::as_u64).unwrap_or(0);
         zygote.threads_fixed = ready.get("threads_fixed") == Some(&Value::Bool(true));
-        zygote.startup = env.iter().filter(|(k, _)| zygote.fixed(k)).cloned().collect();
+        zygote.startup = env
+            .iter()
+            .filter(|(k, _)| zygote.fixed(k) && !super::THREAD_VARS.iter().any(|v| OsStr::new(v) == k))
+            .cloned()
+            .chain(
+                // The counts it started with (1), which a job's must equal when they are fixed.
+                (zygote.threads_fixed)
+                    .then(|| super::THREAD_VARS.iter().map(|v| (OsString::from(v), OsString::from("1"))))
+                    .into_iter()
+                    .flatten(),
+            )
+            .collect();
         Ok(zygote)
     }
 
@@ -350,12 +492,16 @@ impl Zygote {
         })
     }
 
+    /// Have it fork the job; `register` takes the job on before the job may run anything
+    /// (the job waits for a byte on its "go" pipe, and exits if that pipe closes without
+    /// one: a job we gave up on never runs unsupervised).
     fn fork(
         &mut self,
         cmd: &PyCommand,
         env: &[(OsString, OsString)],
         cwd: &Path,
         cgroup: Option<&OsStr>,
+        register: &dyn Fn(u32),
     ) -> Result<Started, ForkError> {
         let text = |s: &OsStr, what: &str| {
             s.to_str().map(str::to_owned).ok_or_else(|| ForkError::Job(format!("its {what} is not UTF-8")))
@@ -390,22 +536,40 @@ impl Zygote {
         let (out_r, out_w) = super::sys::pipe_cloexec().map_err(io("stdout pipe"))?;
         let (err_r, err_w) = super::sys::pipe_cloexec().map_err(io("stderr pipe"))?;
         let (report_r, report_w) = super::sys::pipe_cloexec().map_err(io("report pipe"))?;
-        let fds = [devnull.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd(), report_w.as_raw_fd()];
+        let (go_r, go_w) = super::sys::pipe_cloexec().map_err(io("go pipe"))?;
+        let fds = [devnull.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd(), report_w.as_raw_fd(), go_r.as_raw_fd()];
         let iov = [io::IoSlice::new(request.as_bytes())];
         let cmsg = [ControlMessage::ScmRights(&fds)];
-        socket::sendmsg::<()>(self.sock.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
-            .map_err(|e| ForkError::Zygote(format!("cannot send it a job: {e}")))?;
+        loop {
+            match socket::sendmsg::<()>(self.sock.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None) {
+                Ok(_) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e @ (nix::errno::Errno::EMSGSIZE | nix::errno::Errno::ENOBUFS | nix::errno::Errno::ENOMEM)) => {
+                    return Err(ForkError::Job(format!("cannot send it the job: {e}")));
+                }
+                Err(e) => return Err(ForkError::Zygote(format!("cannot send it a job: {e}"))),
+            }
+        }
         // Ours are closed now: the job holds the only write ends.
-        drop((devnull, out_w, err_w, report_w));
-        let reply = self.receive(FORK_TIMEOUT).map_err(ForkError::Zygote)?;
+        drop((devnull, out_w, err_w, report_w, go_r));
+        let reply = self.receive(fork_timeout()).map_err(ForkError::Zygote)?;
         if reply.get("id").and_then(Value::as_u64) != Some(id) {
             return Err(ForkError::Zygote(format!("it answered another request: {reply}")));
         }
         let pid = match (reply.get("pid").and_then(Value::as_u64), reply.get("error").and_then(Value::as_str)) {
             (Some(pid), _) => u32::try_from(pid).map_err(|_| ForkError::Zygote(format!("bad pid {pid}")))?,
-            (None, Some(e)) => return Err(ForkError::Zygote(e.to_owned())),
+            // It could not fork this one (EAGAIN under a process limit): it still serves.
+            (None, Some(e)) => return Err(ForkError::Job(e.to_owned())),
             (None, None) => return Err(ForkError::Zygote(format!("a reply without a pid: {reply}"))),
         };
+        // The job is our child now (the intermediate is gone): ours before it runs anything.
+        register(pid);
+        let mut go = std::fs::File::from(go_w);
+        if let Err(e) = std::io::Write::write_all(&mut go, b"1") {
+            // It died before reading (killed meanwhile): its end is ours to see as usual.
+            tracing::debug!("warm job pid {pid} did not take its go: {e}");
+        }
+        drop(go);
         super::sys::set_nonblocking(&out_r).map_err(io("stdout pipe"))?;
         super::sys::set_nonblocking(&err_r).map_err(io("stderr pipe"))?;
         super::sys::set_nonblocking(&report_r).map_err(io("report pipe"))?;

@@ -7,8 +7,10 @@
 # what the sweep's jobs would import (the preload list), never running a job, checks that it
 # is safe to fork (one thread, no CUDA), says so, then forks one process per request:
 #
-#   request  (one packet): JSON {"id", "argv", "env", "cwd", "cgroup"} + 4 fds (SCM_RIGHTS):
-#            stdin, stdout, stderr, and a report pipe the job writes to if its set-up fails
+#   request  (one packet): JSON {"id", "argv", "env", "cwd", "cgroup"} + 5 fds (SCM_RIGHTS):
+#            stdin, stdout, stderr, a report pipe the job writes to if its set-up fails, and
+#            a "go" pipe: the job waits for the supervisor's byte on it (sent once it has
+#            taken the job on) and exits at once if it gets none
 #   reply    (one packet): JSON {"id", "pid"} or {"id", "error"}
 #
 # Each job is forked twice (zygote -> intermediate -> job) and the intermediate exits at once,
@@ -130,15 +132,36 @@ def _zygote_fds():
     return fds
 
 
+# How signals were when this interpreter started, as a fresh one's would be (a signal the
+# supervisor's caller ignores, nohup's SIGHUP, stays ignored): each job gets them back.
+INITIAL_SIGNALS = {}
+for _sig in (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGCHLD,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGALRM,
+    signal.SIGPIPE,
+):
+    _handler = signal.getsignal(_sig)
+    if _handler is not None:
+        INITIAL_SIGNALS[_sig] = _handler
+
+
 def main():
     # Nothing but stdio and the socket: whatever else the supervisor's process had open
     # without close-on-exec is not the jobs' to hold.
     os.closerange(3, SETTINGS["fd"])
     os.closerange(SETTINGS["fd"] + 1, 1 << 20)
-    # Ctrl-C at the terminal is the supervisor's to handle; the zygote only ever exits when
-    # its socket closes (or it is killed).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sys.path[0] = os.path.dirname(os.path.realpath(TARGET)) if MODE == "path" else os.getcwd()
+    # Ctrl-C at the terminal is the supervisor's to handle (the zygote has a process group of
+    # its own); blocked rather than ignored, so that a SIGINT sent to a job just forked, still
+    # setting up, is not lost: it is delivered once the job unblocks it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+    # As the jobs will have it (the script's dir; for a module, the cwd it was keyed on).
+    sys.path[0] = os.path.dirname(os.path.realpath(TARGET)) if MODE == "path" else SETTINGS["dir"]
     try:
         _preload()
     except BaseException as e:  # noqa: B902 - any failure means: run jobs fresh
@@ -236,26 +259,31 @@ def _fork(req, fds):
 
 def _set_up(req):
     """Everything between the fork and the app; raises with a message on failure."""
-    stdin, stdout, stderr, report = req["fds"]
+    stdin, stdout, stderr, report, go = req["fds"]
     SOCK.close()
     os.setpgid(0, 0)
     # Re-parented to the supervisor once the intermediate is gone (microseconds); only then
-    # does a parent-death signal mean the supervisor's death.
+    # does a parent-death signal mean the supervisor's death. (The supervisor's main thread
+    # is then the parent: the signal comes when the supervisor's process ends.)
     while os.getppid() == req["intermediate"]:
         os.sched_yield()
     _parent_death_signal()
     if os.getppid() != SUPERVISOR:
         os._exit(137)  # the supervisor is gone already
+    # Nothing runs before the supervisor has taken the job on (it waits for it, it can kill
+    # it); one that gave up on it (the zygote's answer came too late) closes the pipe.
+    if os.read(go, 1) != b"1":
+        os._exit(0)
+    os.close(go)
+    _set_marker(SETTINGS["marker_var"], req["env"].get(SETTINGS["marker_var"], ""))
     if req.get("cgroup"):
         with open(req["cgroup"], "w") as f:
             f.write("0")
-    # Signals as a fresh interpreter has them; an empty mask; no timers.
+    # Signals as a fresh interpreter has them; no timers; then an empty mask (a SIGINT that
+    # came meanwhile is delivered now, to Python's handler).
     signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGQUIT):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    for sig, handler in INITIAL_SIGNALS.items():
+        signal.signal(sig, handler)
     signal.setitimer(signal.ITIMER_REAL, 0)
     # stdio on the job's pipes.
     for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
@@ -276,7 +304,32 @@ def _set_up(req):
     _apply_thread_limits(old_threads, env)
     os.chdir(req["cwd"])
     _reseed()
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
     return report
+
+
+def _set_marker(name, value):
+    """Write the job's marker over the zygote's in this process's environment block, in
+    place: /proc/<pid>/environ (how the supervisor tells a job's escaped processes, forks
+    included, without a cgroup) shows the environment a process started with, which for a
+    forked job is the zygote's. The zygote's value was padded to leave room."""
+    if not value:
+        return
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    # Fields 50 and 51 of stat (env_start, env_end); the list starts at field 3.
+    start, end = int(fields[47]), int(fields[48])
+    block = ctypes.string_at(start, end - start)
+    key = name.encode() + b"="
+    at = 0 if block.startswith(key) else block.find(b"\0" + key) + 1
+    if at <= 0 and not block.startswith(key):
+        return
+    stop = block.find(b"\0", at)
+    stop = len(block) if stop < 0 else stop
+    entry = key + value.encode()
+    if len(entry) > stop - at:
+        return
+    ctypes.memmove(start + at, entry + b"\0" * (stop - at - len(entry)), stop - at)
 
 
 def _parent_death_signal():
@@ -456,10 +509,12 @@ _INTERRUPTED = False
 
 
 def _end_by_sigint():
-    """Registered before the app runs, so that it is the last atexit handler to run: an app
-    that ended with an uncaught KeyboardInterrupt dies by SIGINT, as Python makes it do once
-    its teardown is done."""
+    """An app that ended with an uncaught KeyboardInterrupt dies by SIGINT, as Python makes
+    it do once its atexit handlers have run and its streams are flushed."""
     if _INTERRUPTED:
+        import atexit
+
+        atexit._run_exitfuncs()
         _flush()
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
@@ -475,31 +530,35 @@ def _flush():
 
 PRELOAD_FDS = set()
 _JOB = main()
-if _JOB is not None:
+if _JOB is None:
+    # The zygote is done: its preloaded modules' atexit handlers are the jobs' to run.
+    os._exit(0)
+try:
+    _report = _set_up(_JOB)
+except BaseException as e:  # noqa: B902 - the job never ran: tell the supervisor why
     try:
-        _report = _set_up(_JOB)
-    except BaseException as e:  # noqa: B902 - the job never ran: tell the supervisor why
-        try:
-            os.write(_JOB["fds"][3], f"{type(e).__name__}: {e}".encode())
-        finally:
-            os._exit(127)
-    os.close(_report)
-    del _report
-    import atexit
-
-    atexit.register(_end_by_sigint)
-    if SETTINGS.get("fast_exit"):
-        try:
-            _code = _run(_JOB)
-        except SystemExit as e:
-            _code = e.code
-        _end_by_sigint()
+        os.write(_JOB["fds"][3], f"{type(e).__name__}: {e}".encode())
+    finally:
+        os._exit(127)
+os.close(_report)
+del _report
+if SETTINGS.get("fast_exit"):
+    # The app's teardown skipped: stdio flushed, then os._exit with the app's code.
+    try:
+        _code = _run(_JOB)
+    except SystemExit as e:
+        _code = e.code
+    _flush()
+    if _INTERRUPTED:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    if _code is None:
+        _code = 0
+    elif not isinstance(_code, int):
+        print(_code, file=sys.stderr)
         _flush()
-        if _code is None:
-            _code = 0
-        elif not isinstance(_code, int):
-            print(_code, file=sys.stderr)
-            _flush()
-            _code = 1
-        os._exit(_code & 0xFF)
-    sys.exit(_run(_JOB))
+        _code = 1
+    os._exit(_code & 0xFF)
+_code = _run(_JOB)
+_end_by_sigint()
+sys.exit(_code)
