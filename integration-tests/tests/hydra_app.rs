@@ -108,3 +108,56 @@ fn a_script_is_a_hydra_app_when_it_uses_hydra_main() {
         .expect("run");
     assert!(String::from_utf8_lossy(&forced.stdout).contains("args: task=1\n"));
 }
+
+#[test]
+#[ignore = "needs a Python with hydra-core (ORCHESTRATOR_TEST_HYDRA_PYTHON); .ci/run runs it"]
+fn a_hydra_app_run_warm_leaves_what_it_leaves_fresh_and_its_task_never_runs_in_the_zygote() {
+    // The warm interpreter preloads Hydra and the app's script; this app calls its task at
+    // module level, with no main guard: preloading must not run it (each job runs once).
+    let sb = Sandbox::new();
+    sb.write("config.yaml", "task: 0\n");
+    sb.write(
+        "unguarded.py",
+        r#"import os
+import hydra
+from omegaconf import DictConfig
+
+@hydra.main(version_base=None, config_path=".", config_name="config")
+def my_app(cfg: DictConfig) -> None:
+    with open(os.path.join(os.environ["ORCHESTRATOR_SWEEP_DIR"], "runs.txt"), "a") as f:
+        f.write(f"{cfg.task}\n")
+    print(f"task {cfg.task} in {os.getcwd()}")
+
+my_app()
+"#,
+    );
+    let python = hydra_python();
+    let mut trees = Vec::new();
+    for warm in [false, true] {
+        let _ = std::fs::remove_dir_all(sb.path().join("multirun"));
+        let mut cmd = sb.cmd();
+        if warm {
+            cmd.arg("--warm");
+        }
+        let out =
+            cmd.args(["-m", "task=1..4", "hydra.launcher.n_jobs=2", "--", &python, "unguarded.py"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "warm={warm}: {stderr}");
+        let sweep = sb.sweep_dir();
+        let records = journal(&sweep);
+        assert!(records.iter().all(|r| (r["warm"] == true) == warm), "warm={warm}: {records:?}\n{stderr}");
+        let mut runs: Vec<String> =
+            std::fs::read_to_string(sweep.join("runs.txt")).unwrap().lines().map(str::to_owned).collect();
+        runs.sort();
+        assert_eq!(runs, ["1", "2", "3", "4"], "warm={warm}: each task ran once");
+        let mut files: Vec<String> = Vec::new();
+        for num in 0..4 {
+            for f in [".hydra/config.yaml", ".hydra/overrides.yaml", "unguarded.log"] {
+                let p = sweep.join(num.to_string()).join(f);
+                files.push(format!("{num}/{f}: {}", std::fs::read_to_string(&p).map(|t| t.len()).unwrap_or(0)));
+            }
+        }
+        trees.push(files);
+    }
+    assert_eq!(trees[0], trees[1], "the same files, of the same sizes");
+}

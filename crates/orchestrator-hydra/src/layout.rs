@@ -138,6 +138,19 @@ pub fn is_hydra_app(command: &[OsString], base_dir: &Path) -> bool {
     text.contains("hydra.main(") || (text.contains("from hydra import") && text.contains("main"))
 }
 
+/// What a warm interpreter imports for a Hydra app before the config's own list: Hydra, its
+/// plugin scan, and the app's script (run as a module that is not `__main__`, `hydra.main`
+/// kept from running the task: see the zygote), so that a job only composes and runs.
+pub(crate) fn hydra_preload(app: &[OsString], cwd: &Path, own: Vec<String>) -> Vec<String> {
+    let script = app.iter().skip(1).find(|a| a.to_string_lossy().ends_with(".py"));
+    let mut preload = vec!["hydra".to_owned(), "hydra.core.plugins:Plugins.instance".to_owned()];
+    if let Some(path) = script.map(|s| cwd.join(s)).and_then(|p| p.to_str().map(str::to_owned)) {
+        preload.push(path);
+    }
+    preload.extend(own);
+    preload
+}
+
 /// `text` as one value of Hydra's override grammar: quoted, so that `=`, `,`, spaces and
 /// brackets in a path stay in it.
 fn hydra_quoted(text: &str) -> String {

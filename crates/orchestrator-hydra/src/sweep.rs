@@ -550,7 +550,7 @@ impl PreparedSweep {
         let on_slurm = launcher.exec == orchestrator_config::ExecBackend::Slurm;
         // Where the jobs run decides whether the local PATH says anything about the app.
         check_program(&args.app, !on_slurm)?;
-        let options = crate::options::run_options(launcher)?;
+        let mut options = crate::options::run_options(launcher)?;
         // Checked now whenever a value may spill: found out at the first spill, it would fail
         // jobs one by one in a sweep dir made for nothing.
         let temp_folder = orchestrator::temp::resolve_temp_folder(launcher.temp_folder.as_deref(), &cwd);
@@ -619,6 +619,9 @@ impl PreparedSweep {
         // `--resume .`: the cwd itself.
         let shown = if shown.as_os_str().is_empty() { PathBuf::from(".") } else { shown };
         let hydra_app = resolved.launcher.hydra_app.unwrap_or_else(|| crate::layout::is_hydra_app(&args.app, &cwd));
+        if hydra_app && let Some(warm) = options.warm.as_mut() {
+            warm.preload = crate::layout::hydra_preload(&args.app, &cwd, std::mem::take(&mut warm.preload));
+        }
         let mut layout = SweepLayout {
             dir: shown,
             abs_dir,

@@ -62,20 +62,58 @@ def _send(obj):
 
 
 def _preload():
-    """Import what jobs will import: modules by name, `module:function` called (a warm-up
-    hook, e.g. the Hydra plugin's), a path run as a module that is not __main__."""
+    """Import what jobs will import: modules by name, `module:attr.path` called (a warm-up
+    hook, e.g. the Hydra plugin's), a `.py` path run as a module that is not __main__."""
     import importlib
 
     for item in SETTINGS["preload"]:
         if item.endswith(".py") and os.sep in item:
-            import runpy
-
-            runpy.run_path(item, run_name="__orchestrator_preload__")
+            _preload_script(item)
         elif ":" in item:
-            mod, func = item.split(":", 1)
-            getattr(importlib.import_module(mod), func)()
+            mod, attrs = item.split(":", 1)
+            target = importlib.import_module(mod)
+            for attr in attrs.split("."):
+                target = getattr(target, attr)
+            target()
         else:
             importlib.import_module(item)
+
+
+class _NotInTheZygote(BaseException):
+    """Raised by a Hydra app's task if something calls it while its script is preloaded."""
+
+
+def _preload_script(path):
+    """Run the script as a module named otherwise than __main__ (its main guard keeps the task
+    from running), for its imports; `hydra.main` is swapped for a decorator whose function
+    stops the preload instead of running the task, for a script that calls it unguarded."""
+    import runpy
+
+    hydra = None
+    try:
+        import hydra
+    except ImportError:
+        pass
+    real = getattr(hydra, "main", None)
+
+    def main(*args, **kwargs):
+        def decorate(task):
+            def never(*a, **k):
+                raise _NotInTheZygote()
+
+            return never
+
+        return decorate
+
+    if real is not None:
+        hydra.main = main
+    try:
+        runpy.run_path(path, run_name="__orchestrator_preload__")
+    except _NotInTheZygote:
+        pass
+    finally:
+        if real is not None:
+            hydra.main = real
 
 
 def _unsafe():
