@@ -53,7 +53,15 @@ def warm_up() -> None:
     common = os.environ.get("ORCHESTRATOR_HYDRA_COMMON")
     if common:
         with open(common, "rb") as f:
-            _warm_module()._WARM_COMMON[common] = pickle.load(f)
+            shared = pickle.load(f)
+        _warm_module()._WARM_COMMON[common] = shared
+        # One composition, thrown away: what Hydra imports and sets up lazily on the first
+        # one (OmegaConf's grammar, resolvers, the config sources) is then done once here,
+        # not in every job. Nothing of it is kept, and no task runs.
+        try:
+            shared["hydra_context"].config_loader.load_sweep_config(shared["master_config"], [])
+        except Exception:
+            pass
 
 
 def load_job(job_path: str) -> Dict[str, Any]:
