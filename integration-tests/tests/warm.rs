@@ -897,3 +897,35 @@ fn a_job_the_zygote_forked_too_late_never_runs_and_the_job_runs_once_fresh() {
         .collect();
     assert!(left.is_empty(), "processes of the sweep left: {left:?}");
 }
+
+#[test]
+#[ignore = "needs python3; .ci/run runs it"]
+fn the_wait_for_the_warm_interpreter_is_not_the_job_s_time() {
+    // A 2 s preload and a 1.5 s timeout: the jobs wait for the interpreter, then run in
+    // milliseconds; their records' times are their own, and no timeout counts the wait.
+    let sb = Sandbox::new();
+    sb.write("slow_import.py", "import time\ntime.sleep(2)\n");
+    sb.write("app.py", "print('quick')\n");
+    let py = python();
+    let s = sweep(
+        &sb,
+        true,
+        &[
+            "--multirun",
+            "task=1,2",
+            TWO_SLOTS,
+            "hydra.launcher.params.joblib.timeout=1.5",
+            "+hydra.launcher.orchestrator.preload=[slow_import]",
+            "--",
+            &py,
+            "app.py",
+        ],
+        &[],
+    );
+    assert!(s.status.success(), "{}", s.stderr);
+    assert_eq!(s.warm(), vec![true, true], "{}", s.stderr);
+    for r in &s.records {
+        assert_eq!(r["status"], "succeeded", "{r}");
+        assert!(r["duration_s"].as_f64().unwrap() < 1.0, "the job's own time: {r}");
+    }
+}

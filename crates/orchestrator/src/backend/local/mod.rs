@@ -287,6 +287,7 @@ impl LocalBackend {
             marker,
             start,
             warm,
+            started_at: Utc::now(),
             // When to look whether the child has exec'd, to free its start-up memory (a job
             // that ends sooner frees it at its end).
             release_at: (!warm).then(|| tokio::time::Instant::now() + Duration::from_millis(50)),
@@ -362,6 +363,8 @@ struct LocalAttempt {
     start: StartWatch,
     /// Forked from a warm interpreter.
     warm: bool,
+    /// When its process was started (a warm job may have waited for its interpreter before).
+    started_at: chrono::DateTime<Utc>,
     release_at: Option<tokio::time::Instant>,
     gate: Arc<output::LogGate>,
     pump: JoinHandle<(LogWriter, output::Captured)>,
@@ -409,6 +412,11 @@ impl Attempt for LocalAttempt {
             let usage = Usage { user_cpu: r.user_cpu, sys_cpu: r.sys_cpu, max_rss_kib: r.max_rss_kib };
             let mut exit = Exit::new(status);
             exit.usage = usage;
+            if self.warm {
+                // Its own times, not the wait for the warm interpreter that came first.
+                exit.started = Some(self.started_at);
+                exit.ended = Some(Utc::now());
+            }
             Ok(exit)
         })
     }
