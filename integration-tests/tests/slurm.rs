@@ -262,6 +262,46 @@ fn slurm_ctrl_c_mid_array_leaves_nothing_queued_and_no_process() {
 }
 
 #[test]
+fn slurm_second_ctrl_c_returns_at_once_and_says_what_is_queued() {
+    if !cluster("slurm_second_ctrl_c_returns_at_once_and_says_what_is_queued") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let name = unique("twice");
+    // A long grace period: after the first Ctrl-C the supervisor would wait for it.
+    let cfg = sb.write(
+        "slurm.yaml",
+        "hydra:\n  launcher:\n    n_jobs: 2\n    orchestrator:\n      grace_period: 60s\n      backend: slurm\n",
+    );
+    let child = sb.spawn(&[
+        "-c",
+        cfg.to_str().unwrap(),
+        "-m",
+        "task=1..6",
+        &format!("hydra.job.name={name}"),
+        "--",
+        fixture(),
+        "hang-ignore-term",
+    ]);
+    wait_for(60, "two running tasks", || sb.sweep_dirs().first().is_some_and(|s| recorded_pids(s).len() >= 4));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let took = t0.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(took < Duration::from_secs(5), "the second Ctrl-C does not wait: {took:?}");
+    assert!(stderr.contains("second signal: not waiting for Slurm"), "{stderr}");
+    assert!(stderr.contains("--resume"), "{stderr}");
+    // Then the watchdog cancels what is left, and nothing of the job survives on the node.
+    wait_for(60, "the queue to empty", || queued(&name).is_empty());
+    assert_no_survivors(&recorded_pids(&sb.sweep_dir()));
+}
+
+#[test]
 fn slurm_supervisor_killed_with_sigkill_leaves_nothing_queued() {
     if !cluster("slurm_supervisor_killed_with_sigkill_leaves_nothing_queued") {
         return;

@@ -125,6 +125,7 @@ async fn execute(
     detached: Option<std::fs::File>,
 ) -> u8 {
     let total = prepared.total();
+    let on_slurm = prepared.slurm.is_some();
     prepared.options.forward_output = mode != Mode::Quiet;
     let (stop_tx, stop_rx) = watch::channel(Stop::None);
     let first_signal = match crate::signals::install(stop_tx.clone()) {
@@ -178,6 +179,31 @@ async fn execute(
             }
         });
     }
+    if on_slurm {
+        // A second Ctrl-C on a cluster run: no wait for Slurm to end the tasks (that can take
+        // a while); say what is still in its queue and go. The watchdog cancels the arrays
+        // once this process is gone; their jobs have no record and run again on --resume.
+        let mut stop = stop_tx.subscribe();
+        let arrays = run.abs_dir.join(".slurm").join("arrays");
+        let first = first_signal.clone();
+        tokio::spawn(async move {
+            if stop.wait_for(|s| *s == Stop::Immediate).await.is_err() {
+                return;
+            }
+            let queued = tokio::task::spawn_blocking(move || slurm_queue(&arrays)).await.unwrap_or_default();
+            let what = if queued.is_empty() {
+                "nothing of the sweep is in Slurm's queue".to_owned()
+            } else {
+                format!("still in Slurm's queue, cancelled by the watchdog as this process ends: {}", queued.join(", "))
+            };
+            eprintln!(
+                "{} second signal: not waiting for Slurm; {what}\n  = help: the jobs without a record run again with --resume",
+                report::hydra_prefix()
+            );
+            let code = first.borrow().map_or(exit::SIGTERM, |s| u8::try_from(128 + s).unwrap_or(exit::SIGTERM));
+            std::process::exit(i32::from(code));
+        });
+    }
     if display.verbose > 0 && mode == Mode::Plain {
         let where_ = match &run.spill {
             Some(store) => format!("large arguments are spilled to {}", store.dir().display()),
@@ -205,6 +231,34 @@ async fn execute(
         None if summary.failures.is_empty() && summary.finished == total && summary.journal_errors == 0 => exit::OK,
         None => exit::JOBS_FAILED,
     }
+}
+
+/// The tasks of the arrays listed in `arrays` (one id a line) that Slurm still has, as
+/// `<array>_<task> (<state>)`.
+fn slurm_queue(arrays: &std::path::Path) -> Vec<String> {
+    let ids: Vec<String> = std::fs::read_to_string(arrays)
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    let out = std::process::Command::new("squeue")
+        .args(["-h", "-r", "-t", "all", "-o", "%i %T", "-j", &ids.join(",")])
+        .stderr(std::process::Stdio::null())
+        .output();
+    let Ok(out) = out else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, state)| {
+            !matches!(*state, "COMPLETED" | "FAILED" | "CANCELLED" | "TIMEOUT" | "OUT_OF_MEMORY" | "NODE_FAIL")
+        })
+        .map(|(id, state)| format!("{id} ({})", state.to_lowercase()))
+        .collect()
 }
 
 /// `--dry-run`: the jobs that would run, and nothing else. Exit 2 if one of them could not be
