@@ -184,13 +184,13 @@ async fn execute(
         // a while); say what is still in its queue and go. The watchdog cancels the arrays
         // once this process is gone; their jobs have no record and run again on --resume.
         let mut stop = stop_tx.subscribe();
-        let arrays = run.abs_dir.join(".slurm").join("arrays");
+        let sweep_dir = run.abs_dir.clone();
         let first = first_signal.clone();
         tokio::spawn(async move {
             if stop.wait_for(|s| *s == Stop::Immediate).await.is_err() {
                 return;
             }
-            let queued = tokio::task::spawn_blocking(move || slurm_queue(&arrays)).await.unwrap_or_default();
+            let queued = tokio::task::spawn_blocking(move || slurm_queue(&sweep_dir)).await.unwrap_or_default();
             let what = if queued.is_empty() {
                 "nothing of the sweep is in Slurm's queue".to_owned()
             } else {
@@ -233,32 +233,17 @@ async fn execute(
     }
 }
 
-/// The tasks of the arrays listed in `arrays` (one id a line) that Slurm still has, as
+/// The tasks of the sweep in `dir` that Slurm still has in its queue, as
 /// `<array>_<task> (<state>)`.
-fn slurm_queue(arrays: &std::path::Path) -> Vec<String> {
-    let ids: Vec<String> = std::fs::read_to_string(arrays)
-        .unwrap_or_default()
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if ids.is_empty() {
+fn slurm_queue(dir: &std::path::Path) -> Vec<String> {
+    let arrays = crate::status::sweep_arrays(dir);
+    if arrays.is_empty() {
         return Vec::new();
     }
-    let out = std::process::Command::new("squeue")
-        .args(["-h", "-r", "-t", "all", "-o", "%i %T", "-j", &ids.join(",")])
-        .stderr(std::process::Stdio::null())
-        .output();
-    let Ok(out) = out else { return Vec::new() };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .filter(|(_, state)| {
-            !matches!(*state, "COMPLETED" | "FAILED" | "CANCELLED" | "TIMEOUT" | "OUT_OF_MEMORY" | "NODE_FAIL")
-        })
-        .map(|(id, state)| format!("{id} ({})", state.to_lowercase()))
-        .collect()
+    match crate::status::queued_tasks(&arrays) {
+        Ok(Some(tasks)) => tasks.into_iter().map(|(id, state)| format!("{id} ({})", state.to_lowercase())).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// `--dry-run`: the jobs that would run, and nothing else. Exit 2 if one of them could not be

@@ -154,25 +154,15 @@ pub fn main(args: StatusArgs) -> u8 {
 
 /// On Slurm, the sweep's tasks in the queue, by state (one `squeue` for its arrays).
 fn slurm_queue(dir: &Path) -> Option<String> {
-    let arrays: Vec<String> = std::fs::read_to_string(dir.join(".slurm").join("arrays"))
-        .ok()?
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
+    let arrays = sweep_arrays(dir);
     if arrays.is_empty() {
         return None;
     }
-    let out = std::process::Command::new("squeue")
-        .args(["-h", "-r", "-j", &arrays.join(","), "-o", "%T"])
-        .stderr(std::process::Stdio::null())
-        .output();
-    let states = match out {
-        Ok(o) if o.status.success() => {
-            let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-            for l in String::from_utf8_lossy(&o.stdout).lines() {
-                *counts.entry(l.trim().to_string()).or_default() += 1;
+    let states = match queued_tasks(&arrays) {
+        Ok(Some(tasks)) => {
+            let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+            for (_, state) in &tasks {
+                *counts.entry(state.as_str()).or_default() += 1;
             }
             if counts.is_empty() {
                 "nothing in the queue".to_string()
@@ -181,10 +171,40 @@ fn slurm_queue(dir: &Path) -> Option<String> {
             }
         }
         // slurmctld forgot the arrays (all ended long ago), or it cannot be asked.
-        Ok(_) => "nothing in the queue (Slurm no longer knows these arrays)".to_string(),
+        Ok(None) => "nothing in the queue (Slurm no longer knows these arrays)".to_string(),
         Err(e) => format!("cannot run squeue: {e}"),
     };
     Some(format!("{states} (array{} {})", if arrays.len() > 1 { "s" } else { "" }, arrays.join(", ")))
+}
+
+/// The Slurm arrays a sweep submitted, as its backend lists them in `.slurm/arrays` (one id
+/// a line); none for a local sweep.
+pub(crate) fn sweep_arrays(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join(".slurm").join("arrays"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// What `squeue` has of the tasks of `arrays` (those still in the queue), as
+/// `(<array>_<task>, state)`; `None` when it refuses the ids (slurmctld forgot them).
+pub(crate) fn queued_tasks(arrays: &[String]) -> std::io::Result<Option<Vec<(String, String)>>> {
+    let out = std::process::Command::new("squeue")
+        .args(["-h", "-r", "-j", &arrays.join(","), "-o", "%i %T"])
+        .stderr(std::process::Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        return Ok(None);
+    }
+    let tasks = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().split_once(' '))
+        .map(|(id, state)| (id.to_string(), state.to_string()))
+        .collect();
+    Ok(Some(tasks))
 }
 
 /// Whether a run holds the sweep dir's lock now.
