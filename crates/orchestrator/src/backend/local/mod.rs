@@ -551,31 +551,22 @@ impl StartWatch {
 }
 
 /// What a spawned job's set-up steps do (see [`setup_steps`]), done here for a job forked
-/// from a warm interpreter: the log's directory and the job's files.
+/// from a warm interpreter: the log's directory, the log, the job's files.
 fn write_files(log: &std::path::Path, files: &[crate::job::JobFile]) -> io::Result<()> {
-    let annotate = |path: &std::path::Path| {
-        let path = path.display().to_string();
-        move |e: io::Error| io::Error::new(e.kind(), format!("cannot write {path}: {e}"))
-    };
-    let mut last_dir: Option<&std::path::Path> = None;
-    for (path, contents) in
-        std::iter::once((log, None)).chain(files.iter().map(|f| (f.path.as_path(), Some(&f.contents))))
-    {
-        if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty())
-            && last_dir != Some(d)
-        {
-            match std::fs::create_dir(d) {
-                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(annotate(d)(e)),
-                _ => {}
-            }
-            last_dir = Some(d);
-        }
-        match contents {
-            Some(contents) => std::fs::write(path, contents).map_err(annotate(path))?,
-            None => {
-                std::fs::OpenOptions::new().append(true).create(true).open(path).map_err(annotate(path))?;
-            }
-        }
+    for step in setup_steps(log, files.to_vec())? {
+        let (path, done) = match &step {
+            sys::SetupStep::Dir(p) => (
+                p,
+                std::fs::create_dir(OsStr::from_bytes(p.to_bytes()))
+                    .or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) }),
+            ),
+            sys::SetupStep::File(p, contents) => (p, std::fs::write(OsStr::from_bytes(p.to_bytes()), contents)),
+            sys::SetupStep::Keep(p) => (
+                p,
+                std::fs::OpenOptions::new().append(true).create(true).open(OsStr::from_bytes(p.to_bytes())).map(drop),
+            ),
+        };
+        done.map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", path.to_string_lossy())))?;
     }
     Ok(())
 }

@@ -171,8 +171,9 @@ impl Warm {
         self.stopping.send_replace(true);
     }
 
-    /// What `spec` would run in a warm interpreter, and which one; `None`: it runs fresh.
-    fn job(spec: &JobSpec, program: &Path) -> Option<(Key, PyCommand)> {
+    /// What `spec` would run in a warm interpreter, which one, and in which cwd; `None`: it
+    /// runs fresh.
+    fn job(spec: &JobSpec, program: &Path) -> Option<(Key, PyCommand, PathBuf)> {
         if !python::is_python(&spec.program) {
             return None;
         }
@@ -187,9 +188,9 @@ impl Warm {
         let cwd = spec.cwd.as_ref().map_or_else(|| here.clone(), |c| here.join(c));
         let (target, dir) = match &cmd.target {
             Target::Path(p) => (Target::Path(cwd.join(p).into_os_string()), here),
-            Target::Module(m) => (Target::Module(m.clone()), cwd),
+            Target::Module(m) => (Target::Module(m.clone()), cwd.clone()),
         };
-        Some((Key { program: program.to_path_buf(), flags: cmd.flags.clone(), target, dir }, cmd))
+        Some((Key { program: program.to_path_buf(), flags: cmd.flags.clone(), target, dir }, cmd, cwd))
     }
 
     /// If `spec`'s zygote is starting (started now, if it is the first job that needs it),
@@ -201,7 +202,7 @@ impl Warm {
         program: &Path,
         env: &super::sys::Env,
     ) -> Option<super::super::BoxFuture<'static, ()>> {
-        let (key, _) = Self::job(spec, program)?;
+        let (key, _, _) = Self::job(spec, program)?;
         let entry = {
             let mut zygotes = self.zygotes.lock().unwrap_or_else(|e| e.into_inner());
             match zygotes.get(&key) {
@@ -213,9 +214,7 @@ impl Warm {
                         starting: std::sync::atomic::AtomicU32::new(0),
                     });
                     zygotes.insert(key.clone(), entry.clone());
-                    let env: Vec<(OsString, OsString)> =
-                        env.entries().filter_map(|e| split_entry(e.to_bytes())).collect();
-                    self.launch(&entry, key, env, 0, None);
+                    self.launch(&entry, key, pairs(env), 0, None);
                     entry
                 }
             }
@@ -245,9 +244,9 @@ impl Warm {
         cgroup: Option<&OsStr>,
         register: &dyn Fn(u32),
     ) -> Option<Started> {
-        let (key, cmd) = Self::job(spec, program)?;
+        let (key, cmd, cwd) = Self::job(spec, program)?;
         let entry = self.zygotes.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned()?;
-        let env: Vec<(OsString, OsString)> = env.entries().filter_map(|e| split_entry(e.to_bytes())).collect();
+        let env = pairs(env);
         let mut state = entry.lock();
         let State::Serving(zygote) = &mut *state else { return None };
         if let Some(name) = zygote.startup_differs(&env) {
@@ -258,8 +257,6 @@ impl Warm {
             );
             return None;
         }
-        let here = std::env::current_dir().ok()?;
-        let cwd = spec.cwd.as_ref().map_or_else(|| here.clone(), |c| here.join(c));
         match zygote.fork(&cmd, &env, &cwd, cgroup, register) {
             Ok(started) => Some(started),
             Err(ForkError::Job(why)) => {
@@ -350,6 +347,11 @@ fn describe(key: &Key) -> String {
         Target::Path(p) => format!("`{} {}`", key.program.display(), p.to_string_lossy()),
         Target::Module(m) => format!("`{} -m {m}`", key.program.display()),
     }
+}
+
+/// A job's environment as `(name, value)` pairs.
+fn pairs(env: &super::sys::Env) -> Vec<(OsString, OsString)> {
+    env.entries().filter_map(|e| split_entry(e.to_bytes())).collect()
 }
 
 fn split_entry(entry: &[u8]) -> Option<(OsString, OsString)> {
