@@ -1,7 +1,6 @@
 """What the launcher returns and how it ends jobs: return values, a raising task (picklable
 or not), a task past hydra.launcher.timeout, a task that segfaults, Ctrl-C mid-sweep (no
 process survives), the launcher's own settings (slot_env, refused values)."""
-import json
 import os
 import re
 import signal
@@ -17,27 +16,11 @@ import yaml
 from hydra.core.utils import JobStatus
 from hydra.test_utils.test_utils import TSweepRunner
 from omegaconf import DictConfig
+from plugin_sweeps import journal, sweep
 
 from hydra_plugins.orchestrator_launcher._errors import OrchestratorJobError, TaskError
 
 APPS = Path(__file__).parent / "apps"
-
-
-def sweep(runner: TSweepRunner, task: Any, tmp_path: Path, *overrides: str) -> Any:
-    return runner(
-        calling_file=None,
-        calling_module="hydra.test_utils.a_module",
-        task_function=task,
-        config_path="configs",
-        config_name="compose.yaml",
-        overrides=["hydra/launcher=orchestrator", *overrides],
-        temp_dir=tmp_path,
-    )
-
-
-def journal(sweep_dir: Path) -> List[dict]:
-    records = [json.loads(line) for line in (sweep_dir / "jobs.jsonl").read_text().splitlines()]
-    return sorted(records, key=lambda r: r["num"])
 
 
 class Point:

@@ -1,17 +1,19 @@
 """The plugin on a real Slurm cluster (hydra.launcher.backend=slurm): the one-node cluster
 .ci/run starts (.ci/slurm/start.sh). Without a cluster these tests are skipped by name; with
 ORCHESTRATOR_REQUIRE_SLURM=1 (as in CI) a missing cluster is a failure."""
-import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, List
+from typing import Any
 
 import pytest
 from hydra.core.utils import JobStatus
 from hydra.test_utils.test_utils import TSweepRunner
 from omegaconf import DictConfig
+
+import plugin_sweeps
+from plugin_sweeps import journal
 
 
 def _cluster_up() -> bool:
@@ -31,20 +33,7 @@ pytestmark = pytest.mark.skipif(not UP, reason="no Slurm cluster (.ci/slurm/star
 
 
 def sweep(runner: TSweepRunner, task: Any, tmp_path: Path, *overrides: str) -> Any:
-    return runner(
-        calling_file=None,
-        calling_module="hydra.test_utils.a_module",
-        task_function=task,
-        config_path="configs",
-        config_name="compose.yaml",
-        overrides=["hydra/launcher=orchestrator", "hydra.launcher.backend=slurm", *overrides],
-        temp_dir=tmp_path,
-    )
-
-
-def journal(sweep_dir: Path) -> List[dict]:
-    records = [json.loads(line) for line in (sweep_dir / "jobs.jsonl").read_text().splitlines()]
-    return sorted(records, key=lambda r: r["num"])
+    return plugin_sweeps.sweep(runner, task, tmp_path, "hydra.launcher.backend=slurm", *overrides)
 
 
 def queued() -> str:

@@ -1,7 +1,6 @@
 """Warm jobs through the plugin (hydra.launcher.warm, on by default): every job is forked from
 a warm interpreter, is still its own process, and returns and leaves what a fresh one does;
 hydra.launcher.warm=false runs fresh processes; a failed preload falls back to them."""
-import json
 import os
 import signal
 import sys
@@ -12,25 +11,9 @@ import pytest
 from hydra.core.utils import JobStatus
 from hydra.test_utils.test_utils import TSweepRunner
 from omegaconf import DictConfig
+from plugin_sweeps import journal, sweep
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="warm jobs are Linux only")
-
-
-def sweep(runner: TSweepRunner, task: Any, tmp_path: Path, *overrides: str) -> Any:
-    return runner(
-        calling_file=None,
-        calling_module="hydra.test_utils.a_module",
-        task_function=task,
-        config_path="configs",
-        config_name="compose.yaml",
-        overrides=["hydra/launcher=orchestrator", *overrides],
-        temp_dir=tmp_path,
-    )
-
-
-def journal(sweep_dir: Path) -> List[dict]:
-    records = [json.loads(line) for line in (sweep_dir / "jobs.jsonl").read_text().splitlines()]
-    return sorted(records, key=lambda r: r["num"])
 
 
 def what_the_job_sees(cfg: DictConfig) -> Dict[str, Any]:
