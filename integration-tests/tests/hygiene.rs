@@ -221,3 +221,81 @@ fn an_escaped_daemon_without_the_marker_dies_with_a_killed_supervisor_where_cgro
     let script = r#"setsid -f env -i sh -c 'echo $$ >> "$0/pids"; exec sleep 300' "$ORCHESTRATOR_JOB_DIR" </dev/null >/dev/null 2>&1; sleep 301 & echo $! >> "$ORCHESTRATOR_JOB_DIR/pids"; wait"#;
     kill_the_supervisor_of(&["sh", "-c", script], 4);
 }
+
+/// Whether jobs here get a memory cgroup (their records have `mem_peak_kib`); prints the
+/// skip of `name` if not.
+fn memory_cgroups(name: &str) -> bool {
+    let probe = Sandbox::new();
+    let out = probe.cmd().args(["-m", "--quiet", "task=1", "--", "true"]).output().unwrap();
+    assert!(out.status.success());
+    let here = journal(&probe.sweep_dir())[0].get("mem_peak_kib").is_some_and(|v| v.as_u64().is_some());
+    if !here {
+        eprintln!(
+            "skipped: {name}: no memory cgroup here (not root, no cgroup v1 memory hierarchy, or ORCHESTRATOR_CGROUPS=0)"
+        );
+    }
+    here
+}
+
+#[test]
+fn a_job_over_its_memory_limit_is_out_of_memory_and_the_others_run_on() {
+    if !memory_cgroups("a_job_over_its_memory_limit_is_out_of_memory_and_the_others_run_on") {
+        return;
+    }
+    let sb = Sandbox::new();
+    // task=1 stays under the limit (100 MiB), task=2 goes over it, and task=3's child
+    // goes over it while the job's own process lives on and fails.
+    let script = r#"case "$1" in
+        task=1) exec "$0" hog 20 0 ;;
+        task=2) exec "$0" hog 300 ;;
+        *) "$0" hog 300; echo "child ended $?"; exit 3 ;;
+    esac"#;
+    let mem_gb = format!("+hydra.launcher.orchestrator.mem_gb={}", 100.0 / 1024.0);
+    let out = sb
+        .cmd()
+        .args(["-m", "--verbose", "task=1,2,3", &mem_gb, "--", "sh", "-c", script, fixture()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("memory measured and limited to 100 MiB a job"), "{stderr}");
+    let records = journal(&sb.sweep_dir());
+    let by_num = |n: u64| records.iter().find(|r| r["num"] == n).unwrap();
+    let peak = |n: u64| by_num(n)["mem_peak_kib"].as_u64().unwrap();
+    assert_eq!(by_num(0)["status"], "succeeded", "{records:?}");
+    assert!((20 << 10..100 << 10).contains(&peak(0)), "its 20 MiB, the whole tree's: {}", peak(0));
+    assert_eq!(by_num(1)["status"], "out_of_memory", "{records:?}");
+    assert_eq!(by_num(1)["signal"], "SIGKILL");
+    assert!(peak(1) >= 99 << 10, "up to the limit: {}", peak(1));
+    assert_eq!(by_num(2)["status"], "failed", "{records:?}");
+    assert_eq!(by_num(2)["exit_code"], 3);
+    let log = |n: u64| std::fs::read_to_string(sb.path().join(by_num(n)["log"].as_str().unwrap())).unwrap();
+    assert!(
+        log(1).contains("the kernel killed 1 process(es) of the job for memory (its limit is 100 MiB)"),
+        "{}",
+        log(1)
+    );
+    assert!(log(1).contains("out of memory, ended by SIGKILL"), "{}", log(1));
+    assert!(log(2).contains("child ended 137") && log(2).contains("the kernel killed 1 process(es)"), "{}", log(2));
+    assert!(!log(0).contains("for memory"), "{}", log(0));
+    // The run's memory cgroups are gone with it.
+    let dir = stderr.split(" a job in ").nth(1).and_then(|s| s.split_whitespace().next()).unwrap();
+    assert!(!std::path::Path::new(dir).exists(), "{dir} is left");
+}
+
+#[test]
+fn a_memory_limit_without_a_memory_cgroup_is_refused_before_anything_starts() {
+    let sb = Sandbox::new();
+    let out = sb
+        .cmd()
+        .env("ORCHESTRATOR_CGROUPS", "0")
+        .args(["-m", "task=1,2", "+hydra.launcher.orchestrator.mem_gb=1", "--", "true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot limit each job's memory to 1024 MiB (mem_gb)"), "{stderr}");
+    assert!(stderr.contains("ORCHESTRATOR_CGROUPS=0"), "says why: {stderr}");
+    assert!(sb.sweep_dirs().is_empty(), "nothing created");
+    assert!(!sb.path().join("multirun").exists());
+}

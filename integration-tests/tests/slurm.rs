@@ -262,6 +262,54 @@ fn slurm_ctrl_c_mid_array_leaves_nothing_queued_and_no_process() {
 }
 
 #[test]
+fn slurm_job_lines_reach_the_console_while_the_task_runs() {
+    if !cluster("slurm_job_lines_reach_the_console_while_the_task_runs") {
+        return;
+    }
+    use std::io::BufRead;
+    let sb = Sandbox::new();
+    let cfg = slurm_config(&sb, 2, "");
+    let release = sb.path().join("release");
+    // The job prints a line, then waits for the test: its line must come before its end.
+    let script =
+        format!("echo live-line-$ORCHESTRATOR_JOB_NUM; while [ ! -e {} ]; do sleep 0.1; done", release.display());
+    let mut child = sb.spawn(&[
+        "--json",
+        "-c",
+        cfg.to_str().unwrap(),
+        "-m",
+        "task=1",
+        &format!("hydra.job.name={}", unique("live")),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    // Should the line never come, the job is let go after a minute (and the test fails).
+    let backstop = release.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        let _ = std::fs::write(backstop, "");
+    });
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    for line in stdout.lines() {
+        let event: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if event["event"] == "output" {
+            assert!(!release.exists(), "the line came after the job was let go: {event}");
+            seen.push(event["line"].as_str().unwrap().to_owned());
+            std::fs::write(&release, "").unwrap();
+        }
+        if event["event"] == "job_finished" {
+            assert_eq!(event["status"], "succeeded", "{event}");
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    // Once, not again from the end's read-back.
+    assert_eq!(seen, ["live-line-0"]);
+}
+
+#[test]
 fn slurm_second_ctrl_c_returns_at_once_and_says_what_is_queued() {
     if !cluster("slurm_second_ctrl_c_returns_at_once_and_says_what_is_queued") {
         return;

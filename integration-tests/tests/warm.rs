@@ -944,3 +944,31 @@ fn the_wait_for_the_warm_interpreter_is_not_the_job_s_time() {
         assert!(r["duration_s"].as_f64().unwrap() < 1.0, "the job's own time: {r}");
     }
 }
+
+#[test]
+#[ignore = "needs python3; .ci/run runs it"]
+fn a_warm_job_joins_its_memory_cgroup_and_over_its_limit_is_out_of_memory() {
+    let sb = Sandbox::new();
+    sb.write(
+        "hog.py",
+        "import sys\nmib = 20 if sys.argv[1] == 'task=1' else 300\nb = b'x' * (mib << 20)\nprint(len(b))\n",
+    );
+    let py = python();
+    let mem_gb = format!("+hydra.launcher.orchestrator.mem_gb={}", 100.0 / 1024.0);
+    let s = sweep(&sb, true, &["--multirun", "task=1,2", TWO_SLOTS, &mem_gb, "--", &py, "hog.py"], &[]);
+    if s.records.first().is_some_and(|r| r.get("mem_peak_kib").is_none()) || s.stderr.contains("cannot limit") {
+        eprintln!(
+            "skipped: a_warm_job_joins_its_memory_cgroup_and_over_its_limit_is_out_of_memory: no memory cgroup here"
+        );
+        return;
+    }
+    assert_eq!(s.status.code(), Some(1), "{}", s.stderr);
+    assert_eq!(s.warm(), vec![true, true], "{}", s.stderr);
+    let by_num = |n: u64| s.records.iter().find(|r| r["num"] == n).unwrap();
+    assert_eq!(by_num(0)["status"], "succeeded", "{:?}", s.records);
+    let peak = by_num(0)["mem_peak_kib"].as_u64().unwrap();
+    assert!((20 << 10..100 << 10).contains(&peak), "the forked job's own, not the zygote's: {peak}");
+    assert_eq!(by_num(1)["status"], "out_of_memory", "{:?}", s.records);
+    // The zygote was not in the job's cgroup: it serves on.
+    assert!(!s.stderr.contains("warm Python interpreter failed"), "{}", s.stderr);
+}

@@ -80,6 +80,7 @@ const OWN_KEYS: &[&str] = &[
     "preload",
     "fast_exit",
     "slurm",
+    "mem_gb",
 ];
 const MANIFEST_KEYS: &[&str] = &["sweep_dir", "launcher", "jobs"];
 const JOB_KEYS: &[&str] = &["num", "id", "argv", "env", "cwd", "dir", "log", "overrides", "timeout"];
@@ -151,6 +152,16 @@ pub fn main(manifest: &Path) -> u8 {
         }
         None => None,
     };
+    // The backend starts the run's watchdog (see `crate::main`).
+    m.options.watchdog = true;
+    m.options.forward_output = true;
+    if slurm.is_none() && m.options.memory_limit.is_some() {
+        // Made now: a limit it cannot enforce is refused before anything is created.
+        match crate::run::local_backend(&m.options) {
+            Ok(b) => m.options.backend = Some(b),
+            Err(code) => return code,
+        }
+    }
     if let Err(e) = std::fs::create_dir_all(&m.sweep_dir) {
         eprintln!("error: cannot create the sweep dir {}: {e}", m.sweep_dir.display());
         return exit::INTERNAL;
@@ -171,9 +182,6 @@ pub fn main(manifest: &Path) -> u8 {
             return exit::INTERNAL;
         }
     };
-    // The backend starts the run's watchdog (see `crate::main`).
-    m.options.watchdog = true;
-    m.options.forward_output = true;
     if let Some(mut settings) = slurm {
         settings.work_dir = m.sweep_dir.join(".slurm");
         settings.expected = m.jobs.len() as u64;

@@ -99,7 +99,10 @@ pub fn main_with(args: RunArgs, config: Option<ConfigInput>) -> u8 {
     let isolation = if prepared.slurm.is_some() {
         "Slurm tasks (each task's node runner ends what the job left)".to_string()
     } else {
-        let backend = std::sync::Arc::new(orchestrator::LocalBackend::new(&prepared.options));
+        let backend = match local_backend(&prepared.options) {
+            Ok(b) => b,
+            Err(code) => return code,
+        };
         let isolation = backend.isolation();
         prepared.options.backend = Some(backend);
         isolation
@@ -344,4 +347,24 @@ fn detach() -> std::io::Result<Detach> {
             }
         }
     }
+}
+
+/// The local backend for a run with `options`; a memory limit it cannot enforce (no memory
+/// cgroup here) is a usage error, said before anything starts.
+pub(crate) fn local_backend(
+    options: &orchestrator::RunOptions,
+) -> Result<std::sync::Arc<orchestrator::LocalBackend>, u8> {
+    use orchestrator::Backend as _;
+    let backend = orchestrator::LocalBackend::new(options);
+    if let Some(limit) = options.memory_limit
+        && let Err(why) = backend.memory()
+    {
+        backend.run_ended();
+        eprintln!(
+            "error: cannot limit each job's memory to {} MiB (mem_gb): {why}\n  = help: a per-job memory limit needs a memory cgroup per job: run as root, or in a cgroup subtree delegated to you; or remove mem_gb",
+            limit >> 20
+        );
+        return Err(exit::USAGE);
+    }
+    Ok(std::sync::Arc::new(backend))
 }

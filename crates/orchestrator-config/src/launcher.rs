@@ -220,6 +220,9 @@ pub struct LauncherConfig {
     pub preload: Vec<String>,
     /// Warm jobs end with `os._exit` (`fast_exit`), skipping the interpreter's teardown.
     pub fast_exit: bool,
+    /// Each job's memory limit in gigabytes (`mem_gb`): a memory cgroup's locally, `--mem`
+    /// on Slurm (where `slurm.mem_gb`, if set, wins).
+    pub mem_gb: Option<f64>,
 }
 
 /// Where jobs run: `hydra.launcher.orchestrator.backend`.
@@ -347,6 +350,7 @@ impl Default for LauncherConfig {
             warm: false,
             preload: Vec::new(),
             fast_exit: false,
+            mem_gb: None,
         }
     }
 }
@@ -387,6 +391,7 @@ pub const ORCHESTRATOR_KEYS: &[&str] = &[
     "warm",
     "preload",
     "fast_exit",
+    "mem_gb",
 ];
 
 fn default_banner(key: &str) -> &'static str {
@@ -444,6 +449,15 @@ fn show(v: &Value) -> String {
 impl Reader<'_> {
     fn invalid(&self, path: &[&str], message: String, help: &str) -> ConfigError {
         ConfigError::new(ConfigErrorKind::InvalidValue, message, (self.origin)(path)).with_help(help)
+    }
+
+    /// A memory size in gigabytes (`mem_gb`), or `None`.
+    fn mem_gb(&self, path: &[&str], v: &Value) -> Result<Option<f64>, ConfigError> {
+        match v {
+            _ if is_null(v) => Ok(None),
+            Value::Number(n) if n.as_f64().is_some_and(|f| f > 0.0 && f.is_finite() && f < 1e9) => Ok(n.as_f64()),
+            _ => Err(self.invalid(path, format!("invalid mem_gb {}", show(v)), "gigabytes, > 0 (e.g. 4 or 0.5)")),
+        }
     }
 
     /// Parse the joblib parameters of one mapping (the seed's `params.joblib` or the flat form).
@@ -596,6 +610,7 @@ impl Reader<'_> {
                     }
                 }
                 "slurm" => self.slurm_params(p, v, &mut cfg.slurm)?,
+                "mem_gb" => cfg.mem_gb = self.mem_gb(p, v)?,
                 "warm" | "fast_exit" => {
                     let on = match v {
                         _ if is_null(v) => false,
@@ -707,13 +722,7 @@ impl Reader<'_> {
                 "gpus_per_node" => cfg.gpus_per_node = text(v)?,
                 "gpus_per_task" => cfg.gpus_per_task = text(v)?,
                 "cpus_per_gpu" => cfg.cpus_per_gpu = count(v)?,
-                "mem_gb" => {
-                    cfg.mem_gb = match v {
-                        _ if is_null(v) => None,
-                        Value::Number(n) if n.as_f64().is_some_and(|f| f > 0.0 && f.is_finite()) => n.as_f64(),
-                        _ => return Err(self.invalid(p, format!("invalid mem_gb {}", show(v)), "gigabytes, > 0")),
-                    }
-                }
+                "mem_gb" => cfg.mem_gb = self.mem_gb(p, v)?,
                 "mem_per_cpu" => cfg.mem_per_cpu = text(v)?,
                 "mem_per_gpu" => cfg.mem_per_gpu = text(v)?,
                 "nodes" => cfg.nodes = count(v)?,

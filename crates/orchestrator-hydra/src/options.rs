@@ -53,6 +53,7 @@ pub fn run_options(launcher: &LauncherConfig) -> Result<RunOptions, OptionsError
     options.admission.min_free_memory = launcher.min_free_memory;
     options.admission.max_load = launcher.max_load;
     options.admission.start_delay = launcher.start_delay;
+    options.memory_limit = launcher.mem_gb.map(|gb| (gb * (1u64 << 30) as f64).ceil() as u64);
     if launcher.warm {
         let mut warm = orchestrator::backend::local::WarmOptions::new();
         warm.preload = launcher.preload.clone();
@@ -95,7 +96,10 @@ pub fn slurm_settings(
 ) -> Result<orchestrator::backend::slurm::SlurmSettings, orchestrator::backend::slurm::SlurmError> {
     use orchestrator::backend::slurm::{SlurmSettings, probe};
     let info = probe()?;
-    let c = &launcher.slurm;
+    // `mem_gb` beside the other backends' settings is the Slurm one's too, unless it has its own.
+    let mut c = launcher.slurm.clone();
+    c.mem_gb = c.mem_gb.or(launcher.mem_gb);
+    let c = &c;
     let mut s = SlurmSettings::new(cwd.join(".slurm"), &info);
     s.chdir = cwd.to_path_buf();
     s.throttle = c.array_parallelism.map_or(n_jobs, |p| usize::try_from(p).unwrap_or(usize::MAX)).max(1);

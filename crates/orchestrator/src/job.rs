@@ -416,6 +416,8 @@ pub struct JobRecord {
     pub sys_cpu: f64,
     /// Peak RSS in KiB of the largest of the job's reaped processes.
     pub max_rss_kib: u64,
+    /// The whole tree's peak memory in KiB (its memory cgroup's), where it was measured.
+    pub mem_peak_kib: Option<u64>,
     /// Bytes written to stdout.
     pub stdout_bytes: u64,
     /// Bytes written to stderr.
@@ -502,6 +504,7 @@ impl JobRecord {
             user_cpu: 0.0,
             sys_cpu: 0.0,
             max_rss_kib: 0,
+            mem_peak_kib: None,
             stdout_bytes: 0,
             stderr_bytes: 0,
             leftover_processes: 0,
@@ -555,6 +558,7 @@ impl JobRecord {
             cpu_user_s: micros(self.user_cpu),
             cpu_sys_s: micros(self.sys_cpu),
             max_rss_kib: self.max_rss_kib,
+            mem_peak_kib: self.mem_peak_kib,
             stdout_bytes: self.stdout_bytes,
             stderr_bytes: self.stderr_bytes,
             leftover_processes: self.leftover_processes,

@@ -146,14 +146,16 @@ fn main() {
             }
         }
         "hog" => {
-            // `fixture hog 300`: touch 300 MiB, say so, then wait for the memory limit.
+            // `fixture hog 300 [seconds]`: touch 300 MiB, say so, then hold it (40 s by
+            // default: long enough for a memory limit to act).
             let mib: usize = arg(1).parse().unwrap_or(300);
+            let hold: u64 = arg(2).parse().unwrap_or(40);
             let mut v = vec![0u8; mib << 20];
             for i in (0..v.len()).step_by(4096) {
                 v[i] = 1;
             }
             println!("holding {mib} MiB");
-            std::thread::sleep(Duration::from_secs(40));
+            std::thread::sleep(Duration::from_secs(hold));
             println!("survived {}", v.iter().step_by(4096).count());
         }
         "exit" => {

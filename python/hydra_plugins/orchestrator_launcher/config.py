@@ -72,6 +72,11 @@ class OrchestratorLauncherConf:
     # skipping the interpreter's teardown (8-28 ms of CPU a job measured here); atexit handlers and files
     # the task left unflushed are then lost
     fast_exit: bool = False
+    # each job's memory limit in gigabytes (memory plus swap), as submitit's mem_gb: a job over
+    # it is killed by the kernel and recorded out_of_memory. Locally it needs a memory cgroup
+    # (root, or a delegated cgroup subtree; refused otherwise); on Slurm it is --mem unless
+    # slurm.mem_gb is set
+    mem_gb: Optional[float] = None
 
 
 ConfigStore.instance().store(

@@ -150,6 +150,9 @@ pub struct Usage {
     pub sys_cpu: f64,
     /// Peak resident memory in KiB.
     pub max_rss_kib: u64,
+    /// The peak memory of the whole tree in KiB (what the kernel charged to its cgroup:
+    /// resident memory and page cache), where the backend measures it.
+    pub mem_peak_kib: Option<u64>,
 }
 
 /// An attempt's end, as [`Attempt::wait`] reports it.

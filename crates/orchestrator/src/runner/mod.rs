@@ -112,6 +112,10 @@ pub struct RunOptions {
     /// whatever they did to leave, and its CPU time is its whole tree's. On by default;
     /// `ORCHESTRATOR_CGROUPS=0` in the environment turns it off too.
     pub cgroups: bool,
+    /// Each job's memory limit in bytes (memory plus swap): a job over it is killed by the
+    /// kernel and recorded `out_of_memory`. Needs a memory cgroup per slot, which
+    /// [`LocalBackend::memory`] says whether it has; without one the limit is not enforced.
+    pub memory_limit: Option<u64>,
     /// Start a watchdog process that ends what the jobs forked if this process dies
     /// without ending them (SIGKILL, a crash). The program must call
     /// [`watchdog::serve_if_requested`](crate::watchdog::serve_if_requested) first thing in
@@ -156,6 +160,7 @@ impl RunOptions {
             foreign_children: Vec::new(),
             watchdog: false,
             cgroups: true,
+            memory_limit: None,
             retry: RetryPolicy::default(),
             backend: None,
             info: RunInfo::default(),

@@ -226,6 +226,7 @@ async fn run_job(
             user_cpu: end.usage.user_cpu,
             sys_cpu: end.usage.sys_cpu,
             max_rss_kib: end.usage.max_rss_kib,
+            mem_peak_kib: end.usage.mem_peak_kib,
             stdout_bytes: end.stdout_bytes,
             stderr_bytes: end.stderr_bytes,
             leftover_processes: end.leftovers,

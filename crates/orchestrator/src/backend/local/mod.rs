@@ -42,7 +42,7 @@ use self::payload::{Placed, place_payloads};
 use self::reaper::Reaper;
 pub use self::warm::WarmOptions;
 use super::{
-    Attempt, Backend, BoxFuture, Capabilities, Collected, Exit, ExitStatus, JobLog, LostError, StartError,
+    Attempt, Backend, BoxFuture, Capabilities, Collected, EndReason, Exit, ExitStatus, JobLog, LostError, StartError,
     StartRequest, Usage,
 };
 use crate::job::JobSpec;
@@ -113,7 +113,7 @@ impl LocalBackend {
         // Starts with our pid (see `job_marker_prefix`); the time tells runs of one process apart.
         let run_key = format!("{}-{}", std::process::id(), Utc::now().timestamp_nanos_opt().unwrap_or(0));
         let cgroups = if opts.cgroups {
-            cgroup::Cgroups::create(&run_key)
+            cgroup::Cgroups::create(&run_key, opts.memory_limit)
         } else {
             Err("turned off (RunOptions::cgroups)".into())
         };
@@ -172,10 +172,27 @@ impl LocalBackend {
     pub fn isolation(&self) -> String {
         match &self.ctx.cgroups {
             Ok(c) => format!(
-                "a cgroup per slot under {} (leftovers found by cgroup.procs, ended by cgroup.kill)",
-                c.dir().display()
+                "a cgroup per slot under {} (leftovers found by cgroup.procs, ended by cgroup.kill); {}",
+                c.dir().display(),
+                match c.memory_dir() {
+                    Ok(dir) => format!("memory measured{} in {}", self.limit_text(), dir.display()),
+                    Err(why) => format!("no memory cgroup ({why})"),
+                }
             ),
             Err(why) => format!("process groups and markers (no cgroup: {why})"),
+        }
+    }
+
+    fn limit_text(&self) -> String {
+        self.ctx.opts.memory_limit.map(|b| format!(" and limited to {} MiB a job", b >> 20)).unwrap_or_default()
+    }
+
+    /// Whether each job gets a memory cgroup (its peak memory, the memory limit, OOM kills),
+    /// or why not.
+    pub fn memory(&self) -> Result<(), String> {
+        match &self.ctx.cgroups {
+            Ok(c) => c.memory_dir().map(|_| ()).map_err(str::to_owned),
+            Err(why) => Err(format!("no cgroup per job: {why}")),
         }
     }
 
@@ -230,8 +247,9 @@ impl LocalBackend {
             if let Some(warm) = ctx.warm.as_ref().filter(|_| warm::is_python(&spec.program)) {
                 // Its files first: a forked job has no set-up steps of its own.
                 write_files(&spec.log_path, &req.files)?;
-                let procs = joined.as_ref().map(|j| OsStr::from_bytes(j.procs.as_bytes()));
-                if let Some(w) = warm.start(spec, &program, &env, procs, &|pid| ctx.reaper.register(pid)) {
+                let procs: Vec<&OsStr> =
+                    joined.iter().flat_map(|j| &j.procs).map(|p| OsStr::from_bytes(p.as_bytes())).collect();
+                if let Some(w) = warm.start(spec, &program, &env, &procs, &|pid| ctx.reaper.register(pid)) {
                     return Ok(Child {
                         pid: w.pid,
                         stdout: w.stdout,
@@ -242,8 +260,10 @@ impl LocalBackend {
             }
             let mut setup = setup_steps(&spec.log_path, req.files)?;
             if let Some(j) = &joined {
-                // First: everything the job does and starts is in its cgroup.
-                setup.insert(0, sys::SetupStep::File(j.procs.clone(), b"0".to_vec()));
+                // First: everything the job does and starts is in its cgroups.
+                for procs in j.procs.iter().rev() {
+                    setup.insert(0, sys::SetupStep::File(procs.clone(), b"0".to_vec()));
+                }
             }
             let s = ctx.reaper.spawn(sys::SpawnRequest {
                 program: &program,
@@ -299,8 +319,10 @@ impl LocalBackend {
             reaped: false,
             slot: req.slot,
             num: spec.num,
+            memory: joined.as_ref().and_then(|j| j.memory.clone()),
             cgroup: joined.map(|j| j.dir),
             usage: None,
+            oom_kills: 0,
         }))
     }
 }
@@ -379,6 +401,10 @@ struct LocalAttempt {
     cgroup: Option<std::path::PathBuf>,
     /// The whole tree's CPU time, from the cgroup, once it is empty.
     usage: Option<Usage>,
+    /// The slot's memory cgroup, where it has one.
+    memory: Option<cgroup::MemoryWatch>,
+    /// Processes of the job the kernel killed for memory (known once its cgroup is empty).
+    oom_kills: u64,
 }
 
 impl Attempt for LocalAttempt {
@@ -409,7 +435,17 @@ impl Attempt for LocalAttempt {
                 (None, Some(signal)) => ExitStatus::Signal { signal, core_dumped: r.core_dumped },
                 (None, None) => ExitStatus::Code(-1),
             };
-            let usage = Usage { user_cpu: r.user_cpu, sys_cpu: r.sys_cpu, max_rss_kib: r.max_rss_kib };
+            // Killed by the kernel for going over the memory limit: its own outcome.
+            let status = match status {
+                ExitStatus::Signal { signal: libc::SIGKILL, .. }
+                    if self.memory.as_ref().is_some_and(|m| m.oom_kills() > 0) =>
+                {
+                    ExitStatus::Ended { reason: EndReason::OutOfMemory, code: None, signal: Some(libc::SIGKILL) }
+                }
+                other => other,
+            };
+            let usage =
+                Usage { user_cpu: r.user_cpu, sys_cpu: r.sys_cpu, max_rss_kib: r.max_rss_kib, mem_peak_kib: None };
             let mut exit = Exit::new(status);
             exit.usage = usage;
             if self.warm {
@@ -450,10 +486,13 @@ impl Attempt for LocalAttempt {
                 (Some(dir), Ok(cgroups)) => {
                     let (found, empty) = end_cgroup(&self.ctx, dir, grace).await;
                     if empty {
+                        let mem_peak_kib = self.memory.as_ref().and_then(|m| m.peak_kib());
+                        self.oom_kills = self.memory.as_ref().map_or(0, |m| m.oom_kills());
                         self.usage = cgroups.job_cpu(self.slot).map(|(user_cpu, sys_cpu)| Usage {
                             user_cpu,
                             sys_cpu,
                             max_rss_kib: 0,
+                            mem_peak_kib,
                         });
                     } else {
                         cgroups.retire(self.slot);
@@ -474,7 +513,7 @@ impl Attempt for LocalAttempt {
 
     fn collect<'a>(self: Box<Self>, job: &'a JobSpec) -> BoxFuture<'a, Collected> {
         Box::pin(async move {
-            let LocalAttempt { ctx, pump, abandon, gate, start, placed, cgroup, usage, warm, .. } = *self;
+            let LocalAttempt { ctx, pump, abandon, gate, start, placed, cgroup, usage, warm, oom_kills, .. } = *self;
             // Only now: the pump, woken by this, would wake us before the next job could start.
             gate.ended();
             let mut pump = pump;
@@ -492,6 +531,11 @@ impl Attempt for LocalAttempt {
             };
             if let Some(e) = panicked {
                 log.note(&format!("output capture failed: {e}"));
+            }
+            if oom_kills > 0 {
+                let limit =
+                    ctx.opts.memory_limit.map(|b| format!(" (its limit is {} MiB)", b >> 20)).unwrap_or_default();
+                log.note(&format!("the kernel killed {oom_kills} process(es) of the job for memory{limit}"));
             }
             // A child that could not write its files or exec its program exited with 127 and
             // left us its errno.

@@ -13,7 +13,8 @@
 //! one `squeue -h -r -t all -j <arrays>` call per poll for every array of the run, with
 //! back-off; `sacct` (when accounting is on) or `scontrol` only for tasks slurmctld has
 //! forgotten or that ended without a marker. `REQUEUED`, `PREEMPTED` (for a while) and
-//! `COMPLETING` are not final. Each [`Attempt::wait`] watches its task's entry.
+//! `COMPLETING` are not final. Each [`Attempt::wait`] watches its task's entry and, when the
+//! console shows output, reads the job's new lines back from its log as the node writes them.
 
 mod cmd;
 pub mod task;
@@ -317,6 +318,9 @@ impl Backend for SlurmBackend {
         let manifest = self.manifest(&req);
         let output = req.output.clone();
         let (num, log_path) = (req.job.num, req.job.log_path.clone());
+        // Where this attempt's lines will start: the task appends to the log (a resumed or
+        // retried job's has the earlier attempts' lines), and nothing else writes it meanwhile.
+        let tailed = std::fs::metadata(&log_path).map_or(0, |m| m.len());
         let (tx, rx) = oneshot::channel();
         {
             let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -331,7 +335,7 @@ impl Backend for SlurmBackend {
                 Ok(Err(message)) => return Err(not_started(&shared, &log_path, message)),
                 Err(_) => return Err(not_started(&shared, &log_path, "the Slurm backend has shut down".into())),
             };
-            Ok(Box::new(SlurmAttempt { shared, num, submitted, output }) as Box<dyn Attempt>)
+            Ok(Box::new(SlurmAttempt { shared, num, submitted, output, tailed }) as Box<dyn Attempt>)
         })
     }
 
@@ -370,6 +374,8 @@ struct SlurmAttempt {
     num: u64,
     submitted: Submitted,
     output: Option<mpsc::Sender<Event>>,
+    /// How far the job's log has been read for the console (a byte offset).
+    tailed: u64,
 }
 
 impl SlurmAttempt {
@@ -381,11 +387,22 @@ impl SlurmAttempt {
 impl Attempt for SlurmAttempt {
     fn wait(&mut self) -> BoxFuture<'_, Result<Exit, LostError>> {
         Box::pin(async move {
-            let view = &mut self.submitted.view;
-            let seen = view.wait_for(|v| v.end.is_some()).await;
-            let end = match seen {
-                Ok(v) => v.end.clone(),
-                Err(_) => None,
+            let (view, log, tailed) = (&mut self.submitted.view, &self.submitted.log, &mut self.tailed);
+            let ended = async { view.wait_for(|v| v.end.is_some()).await.ok().and_then(|v| v.end.clone()) };
+            tokio::pin!(ended);
+            let end = loop {
+                // While the task runs, the console gets its lines as the node writes them
+                // to the log on the shared filesystem (it flushes after every read of the
+                // job's pipes): read on each tick, up to the last complete line.
+                let tick = tokio::time::sleep(TAIL_EVERY);
+                tokio::select! {
+                    end = &mut ended => break end,
+                    () = tick, if self.output.is_some() => {
+                        if let Some(tx) = &self.output {
+                            *tailed = forward_output(self.num, log, *tailed, None, tx).await;
+                        }
+                    }
+                }
             };
             match end {
                 Some(Ok(e)) => Ok(e.exit),
@@ -440,7 +457,8 @@ impl Attempt for SlurmAttempt {
             let mut log = LogWriter::deferred(self.submitted.log.clone(), self.shared.clock);
             log.allow_open();
             if let (Some(tx), Some(d)) = (&self.output, &done) {
-                forward_output(self.num, &self.submitted.log, d.log_from, d.log_to, tx).await;
+                // The rest of this attempt's lines (all of them if it ran between two ticks).
+                forward_output(self.num, &self.submitted.log, self.tailed.max(d.log_from), Some(d.log_to), tx).await;
             }
             if done.is_none() {
                 log.note(&format!(
@@ -477,18 +495,29 @@ impl JobLog for Log {
     }
 }
 
-/// The job's lines of this attempt, read back from its log, as [`Event::Output`]: the
-/// console shows a Slurm job's lines when it ends.
-async fn forward_output(num: u64, log: &Path, from: u64, to: u64, tx: &mpsc::Sender<Event>) {
+/// How often a running task's log is read for the console.
+const TAIL_EVERY: Duration = Duration::from_millis(500);
+
+/// The job's lines in its log from byte `from` (to byte `to`, or to its last complete line),
+/// as [`Event::Output`]; returns where the next read starts. The task on the node writes the
+/// log; this only reads it back, so the console shows a Slurm job's lines as a local job's.
+async fn forward_output(num: u64, log: &Path, from: u64, to: Option<u64>, tx: &mpsc::Sender<Event>) -> u64 {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(log) else { return };
+    let Ok(mut f) = std::fs::File::open(log) else { return from };
+    let len = f.metadata().map_or(0, |m| m.len());
+    let to = to.unwrap_or(len).min(len);
     if to <= from || f.seek(SeekFrom::Start(from)).is_err() {
-        return;
+        return from;
     }
     let mut buf = Vec::new();
     if f.take(to - from).read_to_end(&mut buf).is_err() {
-        return;
+        return from;
     }
+    // A record being written (or not yet visible whole on a network filesystem) waits for
+    // the next read.
+    let Some(last) = memchr::memrchr(b'\n', &buf) else { return from };
+    buf.truncate(last + 1);
+    let next = from + buf.len() as u64;
     for line in buf.split(|b| *b == b'\n') {
         // `[<stamp>][<tag>] <bytes>`
         let Some(rest) = line.strip_prefix(b"[") else { continue };
@@ -506,6 +535,7 @@ async fn forward_output(num: u64, log: &Path, from: u64, to: u64, tx: &mpsc::Sen
         };
         let _ = tx.send(Event::Output { num, stream, line: bytes.to_vec(), complete }).await;
     }
+    next
 }
 
 // ---------------------------------------------------------------------------------------
@@ -987,7 +1017,7 @@ fn finish(
     };
     let usage = done
         .as_ref()
-        .map(|d| Usage { user_cpu: d.user_cpu, sys_cpu: d.sys_cpu, max_rss_kib: d.max_rss_kib })
+        .map(|d| Usage { user_cpu: d.user_cpu, sys_cpu: d.sys_cpu, max_rss_kib: d.max_rss_kib, mem_peak_kib: None })
         .unwrap_or_default();
     let node = done.as_ref().and_then(|d| d.node.clone()).or(node).or_else(|| t.node.clone());
     let started = done.as_ref().and_then(|d| d.start()).or(start);

@@ -234,14 +234,14 @@ impl Warm {
 
     /// Start `spec` from its zygote, if it serves: `None` means run it fresh (why is
     /// logged). `program` is the resolved interpreter, `env` the job's whole environment,
-    /// `cgroup` the `cgroup.procs` file it joins first, `register` takes the job on (it is
+    /// `cgroups` the `cgroup.procs` files it joins first, `register` takes the job on (it is
     /// called before the job may run anything).
     pub(super) fn start(
         &self,
         spec: &JobSpec,
         program: &Path,
         env: &super::sys::Env,
-        cgroup: Option<&OsStr>,
+        cgroups: &[&OsStr],
         register: &dyn Fn(u32),
     ) -> Option<Started> {
         let (key, cmd, cwd) = Self::job(spec, program)?;
@@ -257,7 +257,7 @@ impl Warm {
             );
             return None;
         }
-        match zygote.fork(&cmd, &env, &cwd, cgroup, register) {
+        match zygote.fork(&cmd, &env, &cwd, cgroups, register) {
             Ok(started) => Some(started),
             Err(ForkError::Job(why)) => {
                 tracing::debug!("job #{} runs fresh: {why}", spec.num);
@@ -502,7 +502,7 @@ impl Zygote {
         cmd: &PyCommand,
         env: &[(OsString, OsString)],
         cwd: &Path,
-        cgroup: Option<&OsStr>,
+        cgroups: &[&OsStr],
         register: &dyn Fn(u32),
     ) -> Result<Started, ForkError> {
         let text = |s: &OsStr, what: &str| {
@@ -527,7 +527,7 @@ impl Zygote {
             "argv": argv,
             "env": envs,
             "cwd": text(cwd.as_os_str(), "cwd")?,
-            "cgroup": cgroup.map(|c| text(c, "cgroup path")).transpose()?,
+            "cgroups": cgroups.iter().map(|c| text(c, "cgroup path")).collect::<Result<Vec<_>, _>>()?,
         })
         .to_string();
         if request.len() > MAX_REQUEST {

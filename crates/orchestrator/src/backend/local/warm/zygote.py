@@ -7,7 +7,7 @@
 # what the sweep's jobs would import (the preload list), never running a job, checks that it
 # is safe to fork (one thread, no CUDA), says so, then forks one process per request:
 #
-#   request  (one packet): JSON {"id", "argv", "env", "cwd", "cgroup"} + 5 fds (SCM_RIGHTS):
+#   request  (one packet): JSON {"id", "argv", "env", "cwd", "cgroups"} + 5 fds (SCM_RIGHTS):
 #            stdin, stdout, stderr, a report pipe the job writes to if its set-up fails, and
 #            a "go" pipe: the job waits for the supervisor's byte on it (sent once it has
 #            taken the job on) and exits at once if it gets none
@@ -314,8 +314,8 @@ def _set_up(req):
         os._exit(0)
     os.close(go)
     _set_marker(SETTINGS["marker_var"], req["env"].get(SETTINGS["marker_var"], ""))
-    if req.get("cgroup"):
-        with open(req["cgroup"], "w") as f:
+    for procs in req.get("cgroups", ()):
+        with open(procs, "w") as f:
             f.write("0")
     # Signals as a fresh interpreter has them; no timers; then an empty mask (a SIGINT that
     # came meanwhile is delivered now, to Python's handler).
