@@ -262,8 +262,8 @@ fn slurm_ctrl_c_mid_array_leaves_nothing_queued_and_no_process() {
 }
 
 #[test]
-fn slurm_job_lines_reach_the_console_while_the_task_runs() {
-    if !cluster("slurm_job_lines_reach_the_console_while_the_task_runs") {
+fn slurm_job_lines_reach_the_console_while_the_task_runs_and_queued_is_not_running() {
+    if !cluster("slurm_job_lines_reach_the_console_while_the_task_runs_and_queued_is_not_running") {
         return;
     }
     use std::io::BufRead;
@@ -293,8 +293,13 @@ fn slurm_job_lines_reach_the_console_while_the_task_runs() {
     });
     let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut seen = Vec::new();
+    let mut kinds = Vec::new();
     for line in stdout.lines() {
         let event: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        kinds.push(event["event"].as_str().unwrap().to_owned());
+        if event["event"] == "job_started" {
+            assert_eq!(event["queued"], true, "submitted, not yet running: {event}");
+        }
         if event["event"] == "output" {
             assert!(!release.exists(), "the line came after the job was let go: {event}");
             seen.push(event["line"].as_str().unwrap().to_owned());
@@ -307,6 +312,9 @@ fn slurm_job_lines_reach_the_console_while_the_task_runs() {
     assert!(child.wait().unwrap().success());
     // Once, not again from the end's read-back.
     assert_eq!(seen, ["live-line-0"]);
+    // Submitted, then seen running (it runs for as long as the test holds it), then its line.
+    let at = |k: &str| kinds.iter().position(|x| x == k).unwrap_or_else(|| panic!("no {k}: {kinds:?}"));
+    assert!(at("job_started") < at("job_running") && at("job_running") < at("output"), "{kinds:?}");
 }
 
 #[test]
@@ -375,6 +383,47 @@ fn slurm_supervisor_killed_with_sigkill_leaves_nothing_queued() {
     wait_for(30, "the array to leave the queue", || queued(&name).is_empty());
     let pids = recorded_pids(&sb.sweep_dir());
     wait_for(15, "the tasks' processes to end", || pids.iter().all(|p| !alive(*p)));
+}
+
+#[test]
+fn slurm_resume_attaches_to_the_tasks_a_dead_supervisor_left_queued() {
+    if !cluster("slurm_resume_attaches_to_the_tasks_a_dead_supervisor_left_queued") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let name = unique("adopt");
+    let cfg = slurm_config(&sb, 1, "");
+    // Each run of a job leaves a line in its own file: a job run twice shows.
+    let script = format!("echo ran >> {}/ran-$1; sleep 4", sb.path().display());
+    let args =
+        ["-c", cfg.to_str().unwrap(), "-m", "task=1,2,3", &format!("hydra.job.name={name}"), "--", "sh", "-c", &script];
+    let mut child = sb.spawn(&args);
+    wait_for(60, "the first task to run", || sb.path().join("ran-task=1").exists());
+    // The supervisor and its watchdog both die (a lost login node): the tasks stay queued.
+    let supervisor = child.id();
+    let children = std::fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children")).unwrap();
+    for pid in children.split_whitespace().map(|p| p.parse::<i32>().unwrap()).chain([supervisor as i32]) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    child.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(queued(&name).len(), 3, "one running, two pending: {:?}", queued(&name));
+    let sweep = sb.sweep_dir();
+    let out = Command::new(orchestrator()).current_dir(sb.path()).arg("resume").arg(&sweep).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let records = journal(&sweep);
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert!(records.iter().all(|r| r["status"] == "succeeded"), "{records:?}");
+    for task in 1..=3 {
+        let ran = std::fs::read_to_string(sb.path().join(format!("ran-task={task}"))).unwrap();
+        assert_eq!(ran.lines().count(), 1, "task={task} ran once, by the array of the first run");
+        let log = std::fs::read_to_string(sb.path().join(records[task - 1]["log"].as_str().unwrap())).unwrap();
+        assert!(log.contains("attached to Slurm task"), "{log}");
+    }
+    let arrays = std::fs::read_to_string(sweep.join(".slurm/arrays")).unwrap();
+    assert_eq!(arrays.lines().count(), 1, "nothing submitted again: {arrays}");
+    assert!(queued(&name).is_empty());
 }
 
 #[test]

@@ -152,6 +152,33 @@ def test_segfault(hydra_sweep_runner: TSweepRunner, tmp_path: Path) -> None:
     assert records[1]["signal"] == "SIGSEGV"
 
 
+def hogs_on_2(cfg: DictConfig) -> Any:
+    if cfg.a == 2:
+        hog = b"x" * (400 << 20)
+        return len(hog)
+    return cfg.a
+
+
+def test_memory_limit(hydra_sweep_runner: TSweepRunner, tmp_path: Path) -> None:
+    try:
+        with sweep(hydra_sweep_runner, hogs_on_2, tmp_path, "+a=1,2,3", "hydra.launcher.mem_gb=0.2"):
+            pass
+    except OrchestratorJobError as e:
+        if not re.search(r"job #1 \(\+a=2\) ran out of memory \(over mem_gb\) and was ended by SIGKILL", str(e)):
+            raise
+    except Exception as e:  # the binary refused the limit: no memory cgroup here
+        if "cannot limit each job's memory" in str(e):
+            pytest.skip(f"no memory cgroup here (needs root and a cgroup v1 memory hierarchy): {e}")
+        raise
+    else:
+        pytest.fail("the job over its memory limit was not reported")
+    records = journal(tmp_path)
+    assert [r["status"] for r in records] == ["succeeded", "out_of_memory", "succeeded"]
+    assert records[1]["signal"] == "SIGKILL"
+    assert all(r["mem_peak_kib"] > 0 for r in records)
+    assert records[1]["mem_peak_kib"] >= 190 << 10
+
+
 def slot_value(cfg: DictConfig) -> Any:
     return os.environ.get("MY_GPU"), os.environ.get("ORCHESTRATOR_SLOT")
 

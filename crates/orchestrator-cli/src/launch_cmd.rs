@@ -39,7 +39,8 @@
 //! # Events (stdout, one JSON object per line)
 //!
 //! `sweep_started` (`jobs`, `n_jobs`, `sweep_dir`, `journal`), then per job `job_queued`,
-//! `job_started` (`pid`, `slot`, `time`), `output` (`stream`, `line`, `complete`: only when the
+//! `job_started` (`pid`, `slot`, `time`; `queued` on Slurm, then `job_running` when the task
+//! is seen running), `output` (`stream`, `line`, `complete`: only when the
 //! line ended with a newline) and `job_finished` (the journal record, plus `event`); a job the
 //! run stopped before it started gets `job_not_started`; last `sweep_finished` (`jobs`,
 //! `succeeded`, `failed`, `not_started`, `duration_s`, `sweep_dir`, `interrupted_by`). Every
@@ -322,6 +323,7 @@ async fn execute(m: Manifest, journal: Arc<Journal>) -> u8 {
         let idx = match &ev {
             Event::Queued { num }
             | Event::Started { num, .. }
+            | Event::Running { num, .. }
             | Event::Output { num, .. }
             | Event::Retrying { num, .. } => *num,
             Event::Finished(rec) => rec.num,

@@ -79,9 +79,12 @@ struct Reporter {
     out: io::BufWriter<io::Stdout>,
     bar: Option<indicatif::ProgressBar>,
     started: std::time::Instant,
-    /// Job in each busy slot. By slot, not by count: a slot can take its next job before
-    /// the previous one's `Finished` arrives.
-    running: std::collections::HashMap<usize, u64>,
+    /// Jobs running. By number, not a count: a slot can take its next job before the
+    /// previous one's `Finished` arrives (and a Slurm record's slot is its task's, not the
+    /// scheduler's).
+    running: std::collections::HashSet<u64>,
+    /// Jobs waiting in a cluster's queue (started, not yet seen running).
+    queued: std::collections::HashSet<u64>,
     /// Jobs the run will start.
     total: u64,
     done: u64,
@@ -98,7 +101,8 @@ impl Reporter {
             bar: None,
             started: std::time::Instant::now(),
             total: 0,
-            running: std::collections::HashMap::new(),
+            running: std::collections::HashSet::new(),
+            queued: std::collections::HashSet::new(),
             done: 0,
             failures: Vec::new(),
         }
@@ -220,14 +224,20 @@ impl Reporter {
                 };
                 summary(self.mode, &end, &mut self.failures);
             }
-            Event::Started { num, slot, .. } => {
-                self.running.insert(*slot, *num);
+            Event::Started { num, queued: false, .. } => {
+                self.running.insert(*num);
+            }
+            Event::Started { num, queued: true, .. } => {
+                self.queued.insert(*num);
+            }
+            Event::Running { num, .. } => {
+                self.queued.remove(num);
+                self.running.insert(*num);
             }
             Event::Output { stream, line, .. } if self.mode == Mode::Plain => self.print(*stream, line),
             Event::Finished(rec) => {
-                if self.running.get(&rec.slot) == Some(&rec.num) {
-                    self.running.remove(&rec.slot);
-                }
+                self.running.remove(&rec.num);
+                self.queued.remove(&rec.num);
                 self.done += 1;
                 if !rec.is_success() {
                     self.failures.push((**rec).clone());
@@ -247,7 +257,8 @@ impl Reporter {
         }
         if let Some(bar) = &self.bar {
             bar.set_position(self.done);
-            bar.set_message(format!("({} running, {} failed)", self.running.len(), self.failures.len()));
+            let queued = if self.queued.is_empty() { String::new() } else { format!(", {} queued", self.queued.len()) };
+            bar.set_message(format!("({} running{queued}, {} failed)", self.running.len(), self.failures.len()));
         }
     }
 

@@ -69,6 +69,18 @@ pub enum Event {
         at: DateTime<Utc>,
         /// 1 for the first attempt.
         attempt: u32,
+        /// It waits in the backend's queue first (a cluster task): [`Event::Running`] says
+        /// when its program starts, if the backend sees that.
+        queued: bool,
+    },
+    /// A queued attempt's program runs now (a cluster task left the queue). Only from
+    /// backends whose starts are queued, and only when they see it running: a task that
+    /// ended between two looks goes straight to [`Event::Finished`].
+    Running {
+        /// Job number.
+        num: u64,
+        /// When it was seen running.
+        at: DateTime<Utc>,
     },
     /// One line (or a 64 KiB piece of a longer one) the job wrote.
     Output {
@@ -146,6 +158,12 @@ enum Wire<'a> {
         slot: usize,
         time: String,
         attempt: u32,
+        #[serde(skip_serializing_if = "is_false")]
+        queued: bool,
+    },
+    JobRunning {
+        num: u64,
+        time: String,
     },
     Output {
         num: u64,
@@ -182,6 +200,10 @@ enum Wire<'a> {
     },
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 #[derive(Serialize)]
 struct Resumed {
     already_succeeded: u64,
@@ -200,9 +222,15 @@ impl Event {
                 resumed: info.resumed.map(|(already_succeeded, jobs)| Resumed { already_succeeded, jobs }),
             },
             Event::Queued { num } => Wire::JobQueued { num: *num },
-            Event::Started { num, pid, slot, at, attempt } => {
-                Wire::JobStarted { num: *num, pid: *pid, slot: *slot, time: at.to_rfc3339(), attempt: *attempt }
-            }
+            Event::Started { num, pid, slot, at, attempt, queued } => Wire::JobStarted {
+                num: *num,
+                pid: *pid,
+                slot: *slot,
+                time: at.to_rfc3339(),
+                attempt: *attempt,
+                queued: *queued,
+            },
+            Event::Running { num, at } => Wire::JobRunning { num: *num, time: at.to_rfc3339() },
             Event::Output { num, stream, line, complete } => {
                 Wire::Output { num: *num, stream: *stream, line: String::from_utf8_lossy(line), complete: *complete }
             }
@@ -262,11 +290,15 @@ mod tests {
         let mut finished = serde_json::to_value(record.journal_line()).unwrap();
         finished.as_object_mut().unwrap().insert("event".into(), "job_finished".into());
         assert_eq!(Event::Finished(Box::new(record)).to_json(), finished);
-        let started = Event::Started { num: 1, pid: Some(42), slot: 1, at: now, attempt: 2 }.to_json();
+        let started = Event::Started { num: 1, pid: Some(42), slot: 1, at: now, attempt: 2, queued: false }.to_json();
         assert_eq!(
             started,
             serde_json::json!({"event": "job_started", "num": 1, "pid": 42, "slot": 1, "time": now.to_rfc3339(), "attempt": 2})
         );
+        let queued = Event::Started { num: 1, pid: None, slot: 1, at: now, attempt: 1, queued: true }.to_json();
+        assert_eq!(queued["queued"], true);
+        let running = Event::Running { num: 1, at: now }.to_json();
+        assert_eq!(running, serde_json::json!({"event": "job_running", "num": 1, "time": now.to_rfc3339()}));
         let retry = Event::Retrying {
             num: 1,
             attempt: 1,

@@ -410,6 +410,8 @@ def _describe(job: _Job, ev: Optional[Dict[str, Any]], stopped_by: Optional[int]
         why = f"was stopped after another job failed, {ended}"
     elif status == "cancelled":
         why = f"was cancelled, {ended}"
+    elif status == "out_of_memory":
+        why = f"ran out of memory (over mem_gb) and was {ended}"
     elif status == "succeeded":
         why = "exited with code 0 but left no result"
     else:

@@ -51,6 +51,10 @@ pub struct Capabilities {
     /// cluster's time limit: a task may wait in the queue first); the scheduler sets no
     /// deadline of its own and reports the backend's [`EndReason::TimeLimit`] as a timeout.
     pub enforces_timeout: bool,
+    /// A started attempt may wait in a queue before its program runs (a cluster's): its
+    /// [`Event::Started`] says `queued`, and the backend sends [`Event::Running`] through
+    /// [`StartRequest::output`] when it sees the program run.
+    pub queues: bool,
 }
 
 impl Capabilities {
@@ -60,6 +64,7 @@ impl Capabilities {
         local_processes: false,
         forwards_signals: false,
         enforces_timeout: false,
+        queues: false,
     };
 }
 
@@ -76,7 +81,8 @@ pub struct StartRequest<'a> {
     pub slot: usize,
     /// 1 for the first attempt, 2 for the first retry, ...
     pub attempt: u32,
-    /// Where the job's output lines go as [`Event::Output`], if they are forwarded.
+    /// Where the job's output lines go as [`Event::Output`], if they are forwarded (and
+    /// [`Event::Running`], from a backend that [`queues`](Capabilities::queues)).
     pub output: Option<mpsc::Sender<Event>>,
 }
 

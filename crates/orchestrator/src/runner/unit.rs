@@ -282,7 +282,8 @@ async fn run_attempt(
         }
     };
     let pid = attempt.pid();
-    ctx.send(Event::Started { num: spec.num, pid, slot, at: start, attempt: number }).await;
+    let queued = ctx.backend.capabilities().queues;
+    ctx.send(Event::Started { num: spec.num, pid, slot, at: start, attempt: number, queued }).await;
     let grace = ctx.opts.grace;
     // A backend that applies the time limit itself (from the task's real start) gets none here.
     let timeout = if ctx.backend.capabilities().enforces_timeout { None } else { spec.timeout };

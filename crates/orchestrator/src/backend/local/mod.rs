@@ -338,6 +338,7 @@ impl Backend for LocalBackend {
             local_processes: true,
             forwards_signals: true,
             enforces_timeout: false,
+            queues: false,
         }
     }
 

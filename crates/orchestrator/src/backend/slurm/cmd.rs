@@ -150,6 +150,12 @@ pub(crate) struct Seen {
     pub(crate) end: Option<DateTime<Utc>>,
 }
 
+/// Whether a task in `state` (squeue's word) has its program running: allocated and started,
+/// not pending, requeued or held.
+pub(crate) fn is_running(state: &str) -> bool {
+    matches!(state, "RUNNING" | "COMPLETING" | "SUSPENDED" | "STOPPED" | "SIGNALING" | "STAGE_OUT")
+}
+
 /// Whether a state word means the task is still in the queue (or on its way out).
 pub(crate) fn is_live(state: &str) -> bool {
     !matches!(

@@ -147,6 +147,8 @@ impl TaskId {
 struct View {
     /// Still in Slurm's queue (pending, running, completing, requeued).
     in_queue: bool,
+    /// Its program runs (`squeue` says so: running, completing, suspended), as last seen.
+    running: bool,
     /// How it ended, once that is final.
     end: Option<Result<Ended, String>>,
 }
@@ -207,6 +209,10 @@ struct State {
 
 struct Shared {
     settings: SlurmSettings,
+    /// Tasks an earlier run of this sweep submitted that are still in the queue, by job
+    /// number: a resumed job that has one is attached to it instead of being submitted
+    /// again.
+    adoptable: Mutex<HashMap<u64, Adoptable>>,
     /// The run's watchdog, told the run is over in `run_ended`.
     watchdog: Mutex<Option<crate::watchdog::Watchdog>>,
     state: Mutex<State>,
@@ -228,6 +234,9 @@ impl std::fmt::Debug for SlurmBackend {
 
 /// The file in the work dir listing the run's arrays, for the watchdog.
 const ARRAYS: &str = "arrays";
+
+/// The file in a batch dir that names its array.
+const ARRAY_OF_BATCH: &str = "array";
 
 /// The debounce: an array is submitted once no job came for this long.
 const GATHER: Duration = Duration::from_millis(100);
@@ -260,7 +269,17 @@ impl SlurmBackend {
             .map(|k| k + 1)
             .max()
             .unwrap_or(0);
+        let adoptable = if batches > 0 { adoptable(&settings.work_dir) } else { HashMap::new() };
+        if !adoptable.is_empty() {
+            let mut nums: Vec<&u64> = adoptable.keys().collect();
+            nums.sort();
+            tracing::info!(
+                "{} task(s) of an earlier run of this sweep are still in Slurm's queue (jobs {nums:?}): they are attached to, not submitted again",
+                nums.len()
+            );
+        }
         let shared = Arc::new(Shared {
+            adoptable: Mutex::new(adoptable),
             settings,
             watchdog: Mutex::new(watchdog),
             state: Mutex::new(State { batches, ..State::default() }),
@@ -311,6 +330,7 @@ impl Backend for SlurmBackend {
             local_processes: false,
             forwards_signals: true,
             enforces_timeout: true,
+            queues: true,
         }
     }
 
@@ -322,10 +342,33 @@ impl Backend for SlurmBackend {
         // retried job's has the earlier attempts' lines), and nothing else writes it meanwhile.
         let tailed = std::fs::metadata(&log_path).map_or(0, |m| m.len());
         let (tx, rx) = oneshot::channel();
+        let adopted = if req.attempt == 1 {
+            self.shared.adoptable.lock().unwrap_or_else(|e| e.into_inner()).remove(&num)
+        } else {
+            None
+        };
         {
             let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.pending.push(Pending { manifest, reply: tx });
-            st.last_add = Some(Instant::now());
+            match adopted {
+                Some(a) => {
+                    let mut log = LogWriter::deferred(log_path.clone(), self.shared.clock);
+                    log.allow_open();
+                    log.note(&format!(
+                        "attached to Slurm task {}, which an earlier run of this sweep submitted and is still in the queue",
+                        a.task.name()
+                    ));
+                    drop(log);
+                    let (submitted, tracked) = register(a.task.clone(), &a.manifest, a.out);
+                    st.tasks.insert(a.task, tracked);
+                    st.first_submitted += 1;
+                    st.poll_now = true;
+                    let _ = tx.send(Ok(submitted));
+                }
+                None => {
+                    st.pending.push(Pending { manifest, reply: tx });
+                    st.last_add = Some(Instant::now());
+                }
+            }
         }
         self.shared.wake.notify_all();
         let shared = self.shared.clone();
@@ -335,7 +378,7 @@ impl Backend for SlurmBackend {
                 Ok(Err(message)) => return Err(not_started(&shared, &log_path, message)),
                 Err(_) => return Err(not_started(&shared, &log_path, "the Slurm backend has shut down".into())),
             };
-            Ok(Box::new(SlurmAttempt { shared, num, submitted, output, tailed }) as Box<dyn Attempt>)
+            Ok(Box::new(SlurmAttempt { shared, num, submitted, output, tailed, announced: false }) as Box<dyn Attempt>)
         })
     }
 
@@ -376,6 +419,8 @@ struct SlurmAttempt {
     output: Option<mpsc::Sender<Event>>,
     /// How far the job's log has been read for the console (a byte offset).
     tailed: u64,
+    /// [`Event::Running`] was sent.
+    announced: bool,
 }
 
 impl SlurmAttempt {
@@ -387,19 +432,31 @@ impl SlurmAttempt {
 impl Attempt for SlurmAttempt {
     fn wait(&mut self) -> BoxFuture<'_, Result<Exit, LostError>> {
         Box::pin(async move {
-            let (view, log, tailed) = (&mut self.submitted.view, &self.submitted.log, &mut self.tailed);
-            let ended = async { view.wait_for(|v| v.end.is_some()).await.ok().and_then(|v| v.end.clone()) };
-            tokio::pin!(ended);
             let end = loop {
+                let (end, running) = {
+                    let v = self.submitted.view.borrow_and_update();
+                    (v.end.clone(), v.running)
+                };
+                if end.is_some() {
+                    break end;
+                }
+                if running && !self.announced {
+                    self.announced = true;
+                    if let Some(tx) = &self.output {
+                        let _ = tx.send(Event::Running { num: self.num, at: Utc::now() }).await;
+                    }
+                }
                 // While the task runs, the console gets its lines as the node writes them
                 // to the log on the shared filesystem (it flushes after every read of the
                 // job's pipes): read on each tick, up to the last complete line.
                 let tick = tokio::time::sleep(TAIL_EVERY);
                 tokio::select! {
-                    end = &mut ended => break end,
-                    () = tick, if self.output.is_some() => {
+                    changed = self.submitted.view.changed() => if changed.is_err() {
+                        break None;
+                    },
+                    () = tick, if self.output.is_some() && running => {
                         if let Some(tx) = &self.output {
-                            *tailed = forward_output(self.num, log, *tailed, None, tx).await;
+                            self.tailed = forward_output(self.num, &self.submitted.log, self.tailed, None, tx).await;
                         }
                     }
                 }
@@ -797,6 +854,10 @@ fn submit(shared: &Shared, k: u32, batch: Vec<Pending>) -> Vec<(TaskId, Tracked)
             return fail(batch, message);
         }
     };
+    // For a resume whose predecessor left tasks queued: which array this batch is.
+    if let Err(e) = std::fs::write(dir.join(ARRAY_OF_BATCH), format!("{array}\n")) {
+        tracing::warn!("cannot write {}: {e}", dir.join(ARRAY_OF_BATCH).display());
+    }
     // For the watchdog: what to cancel if this process dies.
     {
         use std::io::Write;
@@ -813,28 +874,81 @@ fn submit(shared: &Shared, k: u32, batch: Vec<Pending>) -> Vec<(TaskId, Tracked)
     let mut out = Vec::with_capacity(batch.len());
     for (i, (p, m)) in batch.into_iter().zip(manifests).enumerate() {
         let id = TaskId { array, index: i };
-        let (tx, rx) = watch::channel(View { in_queue: true, end: None });
-        let submitted = Submitted { task: id.clone(), view: rx, marker: m.marker.clone(), log: m.log.clone() };
+        let (submitted, tracked) = register(id.clone(), &m, dir.join(format!("{i}.out")));
         if p.reply.send(Ok(submitted)).is_err() {
             // Nobody waits for it any more: it must not run.
             let _ = cmd::scancel(&[id.name()]);
         }
-        out.push((
-            id,
-            Tracked {
-                view: tx,
-                marker: m.marker,
-                out: dir.join(format!("{i}.out")),
-                state: None,
-                since: Instant::now(),
-                signaled: Vec::new(),
-                preempted_at: None,
-                node: None,
-                slot: i % throttle,
-                vanished_at: None,
-                withdrawn: false,
-            },
-        ));
+        out.push((id, tracked));
+    }
+    out
+}
+
+/// A submitted task: what its attempt watches, and what the driver tracks.
+fn register(id: TaskId, m: &Manifest, out: PathBuf) -> (Submitted, Tracked) {
+    let (tx, rx) = watch::channel(View { in_queue: true, running: false, end: None });
+    let submitted = Submitted { task: id, view: rx, marker: m.marker.clone(), log: m.log.clone() };
+    let tracked = Tracked {
+        view: tx,
+        marker: m.marker.clone(),
+        out,
+        state: None,
+        since: Instant::now(),
+        signaled: Vec::new(),
+        preempted_at: None,
+        node: None,
+        slot: m.slot,
+        vanished_at: None,
+        withdrawn: false,
+    };
+    (submitted, tracked)
+}
+
+/// A task of an earlier run of the sweep, still in the queue.
+struct Adoptable {
+    task: TaskId,
+    manifest: Manifest,
+    out: PathBuf,
+}
+
+/// The tasks that earlier runs of the sweep in `work_dir` submitted and Slurm still has
+/// queued or running, by job number (one `squeue` call for every earlier array).
+fn adoptable(work_dir: &Path) -> HashMap<u64, Adoptable> {
+    let mut batches: HashMap<u64, PathBuf> = HashMap::new();
+    for entry in std::fs::read_dir(work_dir).into_iter().flatten().flatten() {
+        let dir = entry.path();
+        let array = std::fs::read_to_string(dir.join(ARRAY_OF_BATCH)).ok().and_then(|t| t.trim().parse::<u64>().ok());
+        if let Some(array) = array {
+            batches.insert(array, dir);
+        }
+    }
+    if batches.is_empty() {
+        return HashMap::new();
+    }
+    let arrays: Vec<u64> = batches.keys().copied().collect();
+    let seen = match cmd::squeue(&arrays) {
+        Ok(Some(seen)) => seen,
+        Ok(None) => return HashMap::new(),
+        Err(e) => {
+            tracing::warn!("cannot ask squeue for the earlier runs' tasks ({e}): none is attached to");
+            return HashMap::new();
+        }
+    };
+    let mut out = HashMap::new();
+    for (name, s) in seen {
+        if !cmd::is_live(&s.state) {
+            continue;
+        }
+        let Some((array, index)) = name.split_once('_') else { continue };
+        let (Ok(array), Ok(index)) = (array.parse::<u64>(), index.parse::<usize>()) else { continue };
+        let Some(dir) = batches.get(&array) else { continue };
+        let manifest = std::fs::read(dir.join(format!("{index}.json")))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok());
+        if let Some(manifest) = manifest {
+            let out_file = dir.join(format!("{index}.out"));
+            out.insert(manifest.num, Adoptable { task: TaskId { array, index }, manifest, out: out_file });
+        }
     }
     out
 }
@@ -884,6 +998,10 @@ fn poll(shared: &Shared, arrays: &[u64], warned: &mut Option<String>) -> bool {
                     changed = true;
                     t.state = Some(e.state.clone());
                     t.preempted_at = (e.state == "PREEMPTED").then(Instant::now);
+                    let running = cmd::is_running(&e.state);
+                    if view.running != running {
+                        t.view.send_modify(|v| v.running = running);
+                    }
                 }
                 if e.node.is_some() {
                     t.node = e.node.clone();
@@ -893,7 +1011,7 @@ fn poll(shared: &Shared, arrays: &[u64], warned: &mut Option<String>) -> bool {
                 let live = cmd::is_live(&e.state) || preempt_wait;
                 if !live && view.end.is_none() {
                     let ended = finish(shared, id, t, &e.state, None, e.node.clone(), e.start, e.end);
-                    t.view.send_replace(View { in_queue: false, end: Some(Ok(ended)) });
+                    t.view.send_replace(View { in_queue: false, running: false, end: Some(Ok(ended)) });
                     changed = true;
                 } else if !live && view.in_queue {
                     t.view.send_modify(|v| v.in_queue = false);
@@ -947,7 +1065,7 @@ fn poll(shared: &Shared, arrays: &[u64], warned: &mut Option<String>) -> bool {
                     if shared.settings.accounting { "not in sacct" } else { "accounting is off" }
                 )),
             };
-            t.view.send_replace(View { in_queue: false, end: Some(ended) });
+            t.view.send_replace(View { in_queue: false, running: false, end: Some(ended) });
             changed = true;
         }
     }
@@ -1056,6 +1174,7 @@ mod tests {
         std::fs::write(&marker, serde_json::to_vec(&done).unwrap()).unwrap();
         let info = ClusterInfo { max_array_size: 1001, accounting: true, version: String::new() };
         let shared = Shared {
+            adoptable: Mutex::new(HashMap::new()),
             settings: SlurmSettings::new(dir.path().into(), &info),
             watchdog: Mutex::new(None),
             state: Mutex::new(State::default()),
