@@ -85,8 +85,10 @@ fn stable(r: &Value) -> Value {
     let mut r = r.clone();
     let m = r.as_object_mut().unwrap();
     // stdout_bytes too: the app prints its pid, whose digits vary. `isolation` says how each
-    // backend kept the job's processes together (a local cgroup, a Slurm task).
+    // backend kept the job's processes together (a local cgroup, a Slurm task);
+    // `mem_peak_kib` is measured where the local backend has a memory cgroup.
     for k in [
+        "mem_peak_kib",
         "pid",
         "start",
         "end",
@@ -395,8 +397,18 @@ fn slurm_resume_attaches_to_the_tasks_a_dead_supervisor_left_queued() {
     let cfg = slurm_config(&sb, 1, "");
     // Each run of a job leaves a line in its own file: a job run twice shows.
     let script = format!("echo ran >> {}/ran-$1; sleep 4", sb.path().display());
-    let args =
-        ["-c", cfg.to_str().unwrap(), "-m", "task=1,2,3", &format!("hydra.job.name={name}"), "--", "sh", "-c", &script];
+    let args = [
+        "-c",
+        cfg.to_str().unwrap(),
+        "-m",
+        "task=1,2,3",
+        &format!("hydra.job.name={name}"),
+        "--",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+    ];
     let mut child = sb.spawn(&args);
     wait_for(60, "the first task to run", || sb.path().join("ran-task=1").exists());
     // The supervisor and its watchdog both die (a lost login node): the tasks stay queued.
