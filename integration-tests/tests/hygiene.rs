@@ -222,12 +222,26 @@ fn an_escaped_daemon_without_the_marker_dies_with_a_killed_supervisor_where_cgro
     kill_the_supervisor_of(&["sh", "-c", script], 4);
 }
 
-/// Whether jobs here get a memory cgroup (their records have `mem_peak_kib`); prints the
-/// skip of `name` if not.
+/// Whether jobs here can get a memory cgroup (with a limit, their records have
+/// `mem_peak_kib`); prints the skip of `name` if not.
 fn memory_cgroups(name: &str) -> bool {
     let probe = Sandbox::new();
     let out = probe.cmd().args(["-m", "--quiet", "task=1", "--", "true"]).output().unwrap();
     assert!(out.status.success());
+    assert!(journal(&probe.sweep_dir())[0].get("mem_peak_kib").is_none(), "no memory cgroup without a limit");
+    let probe = Sandbox::new();
+    let limited = probe
+        .cmd()
+        .args(["-m", "--quiet", "task=1", "+hydra.launcher.orchestrator.mem_gb=1", "--", "true"])
+        .output()
+        .unwrap();
+    if limited.status.code() == Some(2) {
+        eprintln!(
+            "skipped: {name}: no memory cgroup here (not root, no cgroup v1 memory hierarchy, or ORCHESTRATOR_CGROUPS=0)"
+        );
+        return false;
+    }
+    assert!(limited.status.success(), "{}", String::from_utf8_lossy(&limited.stderr));
     let here = journal(&probe.sweep_dir())[0].get("mem_peak_kib").is_some_and(|v| v.as_u64().is_some());
     if !here {
         eprintln!(

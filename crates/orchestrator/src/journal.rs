@@ -54,7 +54,7 @@ pub struct JournalLine<'a> {
     pub cpu_sys_s: f64,
     /// Peak RSS, KiB.
     pub max_rss_kib: u64,
-    /// The whole tree's peak memory, KiB (absent where no memory cgroup measured it).
+    /// The whole tree's peak memory, KiB (absent where no memory cgroup measured it: without `mem_gb`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem_peak_kib: Option<u64>,
     /// Bytes it wrote to stdout.

@@ -13,9 +13,12 @@
 //! Where no cgroup can be made (not root and no delegated subtree, no cgroup2 mount), the
 //! process-group and marker mechanism alone runs, and says so.
 //!
-//! Memory: on a hybrid layout (these machines) the memory controller is a cgroup v1
-//! hierarchy beside the v2 one, so each slot also gets a v1 `memory` cgroup, which the job
-//! joins the same way. It gives the whole tree's peak memory (`memory.max_usage_in_bytes`,
+//! Memory: with a per-job memory limit, and where the memory controller is a cgroup v1
+//! hierarchy beside the v2 one (a hybrid layout, as on these machines), each slot also gets a
+//! v1 `memory` cgroup, which the job joins the same way. Only with a limit: moving each job
+//! into a second hierarchy and reading its counters cost 1.06-1.11x the CPU and 1.02-1.16x
+//! the wall time of a sweep of `true` jobs here (`bench/ab.sh`, three runs), too much to pay
+//! by default for the peak alone. It gives the whole tree's peak memory (`memory.max_usage_in_bytes`,
 //! reset before each job), the per-job limit (`memory.limit_in_bytes`, and the same for
 //! memory plus swap, so that a job over it is killed rather than swapped out) and the kernel's
 //! OOM kills in it (`oom_kill` of `memory.oom_control`). Where the memory controller is in
@@ -101,7 +104,10 @@ impl Cgroups {
             let _ = std::fs::remove_dir(&run_dir);
             return Err(format!("cannot move processes into {}: {e}", run_dir.display()));
         }
-        let memory = memory_run_dir(&mountinfo, run_key);
+        let memory = match memory_limit {
+            Some(_) => memory_run_dir(&mountinfo, run_key),
+            None => Err("no per-job memory limit (mem_gb) was asked for".into()),
+        };
         Ok(Cgroups { run_dir, memory, memory_limit, slots: Mutex::new(HashMap::new()) })
     }
 
