@@ -235,20 +235,48 @@ fn memory_cgroups(name: &str) -> bool {
         .args(["-m", "--quiet", "task=1", "+hydra.launcher.orchestrator.mem_gb=1", "--", "true"])
         .output()
         .unwrap();
-    if limited.status.code() == Some(2) {
+    let stderr = String::from_utf8_lossy(&limited.stderr);
+    if limited.status.code() == Some(2) && stderr.contains("cannot limit each job's memory") {
         eprintln!(
             "skipped: {name}: no memory cgroup here (not root, no cgroup v1 memory hierarchy, or ORCHESTRATOR_CGROUPS=0)"
         );
         return false;
     }
-    assert!(limited.status.success(), "{}", String::from_utf8_lossy(&limited.stderr));
-    let here = journal(&probe.sweep_dir())[0].get("mem_peak_kib").is_some_and(|v| v.as_u64().is_some());
-    if !here {
-        eprintln!(
-            "skipped: {name}: no memory cgroup here (not root, no cgroup v1 memory hierarchy, or ORCHESTRATOR_CGROUPS=0)"
-        );
+    assert!(limited.status.success(), "{stderr}");
+    // A limit it took means a memory cgroup, which measures the peak.
+    assert!(journal(&probe.sweep_dir())[0]["mem_peak_kib"].as_u64().is_some(), "{stderr}");
+    true
+}
+
+#[test]
+fn the_peak_is_each_job_s_own_not_the_page_cache_an_earlier_job_of_its_slot_left() {
+    if !memory_cgroups("the_peak_is_each_job_s_own_not_the_page_cache_an_earlier_job_of_its_slot_left") {
+        return;
     }
-    here
+    let sb = Sandbox::new();
+    // One slot: task=1 leaves 64 MiB of page cache charged to it, task=2 does nothing.
+    let script =
+        r#"[ "$1" = task=1 ] && dd if=/dev/zero of="$ORCHESTRATOR_JOB_DIR/f" bs=1M count=64 status=none; true"#;
+    let out = sb
+        .cmd()
+        .args([
+            "-m",
+            "task=1,2",
+            "hydra.launcher.n_jobs=1",
+            "+hydra.launcher.orchestrator.mem_gb=1",
+            "--",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let records = journal(&sb.sweep_dir());
+    let peak = |n: usize| records[n]["mem_peak_kib"].as_u64().unwrap();
+    assert!(peak(0) >= 60 << 10, "the page cache it wrote is its own: {}", peak(0));
+    assert!(peak(1) < 16 << 10, "not the earlier job's: {}", peak(1));
 }
 
 #[test]

@@ -395,8 +395,11 @@ fn slurm_resume_attaches_to_the_tasks_a_dead_supervisor_left_queued() {
     let sb = Sandbox::new();
     let name = unique("adopt");
     let cfg = slurm_config(&sb, 1, "");
-    // Each run of a job leaves a line in its own file: a job run twice shows.
-    let script = format!("echo ran >> {}/ran-$1; sleep 4", sb.path().display());
+    // Each run of a job leaves a line in its own file (a job run twice shows), then waits
+    // for the test to let it go.
+    let release = sb.path().join("release");
+    let script =
+        format!("echo ran >> {}/ran-$1; while [ ! -e {} ]; do sleep 0.1; done", sb.path().display(), release.display());
     let args = [
         "-c",
         cfg.to_str().unwrap(),
@@ -411,17 +414,39 @@ fn slurm_resume_attaches_to_the_tasks_a_dead_supervisor_left_queued() {
     ];
     let mut child = sb.spawn(&args);
     wait_for(60, "the first task to run", || sb.path().join("ran-task=1").exists());
-    // The supervisor and its watchdog both die (a lost login node): the tasks stay queued.
-    let supervisor = child.id();
-    let children = std::fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children")).unwrap();
-    for pid in children.split_whitespace().map(|p| p.parse::<i32>().unwrap()).chain([supervisor as i32]) {
+    // The supervisor and its watchdog (its child, whichever thread started it) both die (a
+    // lost login node): the tasks stay queued.
+    let supervisor = child.id().to_string();
+    let watchdogs: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let fields = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+            fields.split_whitespace().nth(1) == Some(supervisor.as_str())
+        })
+        .collect();
+    assert!(!watchdogs.is_empty(), "the supervisor has a watchdog");
+    for pid in watchdogs.into_iter().chain([child.id() as i32]) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
     child.wait().unwrap();
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(queued(&name).len(), 3, "one running, two pending: {:?}", queued(&name));
     let sweep = sb.sweep_dir();
-    let out = Command::new(orchestrator()).current_dir(sb.path()).arg("resume").arg(&sweep).output().unwrap();
+    let resumed = Command::new(orchestrator())
+        .current_dir(sb.path())
+        .arg("resume")
+        .arg(&sweep)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The resumed run follows the tasks; then they are let go.
+    std::thread::sleep(Duration::from_secs(3));
+    std::fs::write(&release, "").unwrap();
+    let out = resumed.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let records = journal(&sweep);
@@ -431,7 +456,7 @@ fn slurm_resume_attaches_to_the_tasks_a_dead_supervisor_left_queued() {
         let ran = std::fs::read_to_string(sb.path().join(format!("ran-task={task}"))).unwrap();
         assert_eq!(ran.lines().count(), 1, "task={task} ran once, by the array of the first run");
         let log = std::fs::read_to_string(sb.path().join(records[task - 1]["log"].as_str().unwrap())).unwrap();
-        assert!(log.contains("attached to Slurm task"), "{log}");
+        assert!(log.contains("followed Slurm task"), "{log}");
     }
     let arrays = std::fs::read_to_string(sweep.join(".slurm/arrays")).unwrap();
     assert_eq!(arrays.lines().count(), 1, "nothing submitted again: {arrays}");

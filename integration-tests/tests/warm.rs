@@ -956,7 +956,7 @@ fn a_warm_job_joins_its_memory_cgroup_and_over_its_limit_is_out_of_memory() {
     let py = python();
     let mem_gb = format!("+hydra.launcher.orchestrator.mem_gb={}", 100.0 / 1024.0);
     let s = sweep(&sb, true, &["--multirun", "task=1,2", TWO_SLOTS, &mem_gb, "--", &py, "hog.py"], &[]);
-    if s.records.first().is_some_and(|r| r.get("mem_peak_kib").is_none()) || s.stderr.contains("cannot limit") {
+    if s.stderr.contains("cannot limit each job's memory") {
         eprintln!(
             "skipped: a_warm_job_joins_its_memory_cgroup_and_over_its_limit_is_out_of_memory: no memory cgroup here"
         );

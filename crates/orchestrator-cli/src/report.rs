@@ -186,6 +186,9 @@ impl Reporter {
         match ev {
             Event::RunStarted(info) => self.header(info),
             Event::Retrying { num, attempt, outcome, delay } => {
+                // Waiting for its next attempt, whose `Started` counts it again.
+                self.running.remove(num);
+                self.queued.remove(num);
                 let line = format!(
                     "{} \t#{num} : attempt {attempt} {}; retrying in {}",
                     hydra_prefix(),

@@ -361,8 +361,8 @@ pub(crate) fn local_backend(
     {
         backend.run_ended();
         eprintln!(
-            "error: cannot limit each job's memory to {} MiB (mem_gb): {why}\n  = help: a per-job memory limit needs a memory cgroup per job: run as root, or in a cgroup subtree delegated to you; or remove mem_gb",
-            limit >> 20
+            "error: cannot limit each job's memory to {} MiB (mem_gb): {why}\n  = help: a per-job memory limit needs a memory cgroup per job, which orchestrator makes as root (or in a cgroup subtree delegated to it) where the memory controller is a cgroup v1 hierarchy; or remove mem_gb",
+            limit.div_ceil(1 << 20)
         );
         return Err(exit::USAGE);
     }

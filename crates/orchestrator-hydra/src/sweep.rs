@@ -297,6 +297,7 @@ impl PreparedSweep {
             settings.expected = total;
             settings.job_name = layout.job_name.clone();
             settings.watchdog = options.watchdog;
+            settings.resuming = resuming;
             // A slot is a task that waits for its job's array task: as many as jobs, and
             // Slurm's throttle (%P) keeps n_jobs of them running.
             options.n_jobs = usize::try_from(total).unwrap_or(usize::MAX).max(1);

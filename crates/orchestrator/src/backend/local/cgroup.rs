@@ -106,7 +106,14 @@ impl Cgroups {
         }
         let memory = match memory_limit {
             Some(_) => memory_run_dir(&mountinfo, run_key),
-            None => Err("no per-job memory limit (mem_gb) was asked for".into()),
+            None => {
+                // What a supervisor killed with SIGKILL (and its watchdog with it) left there
+                // goes all the same.
+                if let Some(parent) = memory_parent(&mountinfo) {
+                    remove_stale(&parent);
+                }
+                Err("no per-job memory limit (mem_gb) was asked for".into())
+            }
         };
         Ok(Cgroups { run_dir, memory, memory_limit, slots: Mutex::new(HashMap::new()) })
     }
@@ -144,7 +151,9 @@ impl Cgroups {
             }
         };
         let memory = s.memory.as_ref().map(|(dir, _)| {
-            // The peak is the slot's since this write: the job's own.
+            // The slot's cgroup is empty: what earlier jobs left charged to it (page cache)
+            // goes to the parent, and the peak is the slot's since this write: the job's own.
+            let _ = std::fs::write(dir.join("memory.force_empty"), b"0");
             let _ = std::fs::write(dir.join("memory.max_usage_in_bytes"), b"0");
             MemoryWatch { dir: dir.clone(), oom_kills: oom_kills(dir).unwrap_or(0) }
         });
@@ -223,13 +232,10 @@ fn procs_of(dir: &Path) -> io::Result<CString> {
 /// The run's dir in the v1 memory hierarchy (`<mount>/<our memory cgroup>/orchestrator-<key>`),
 /// made now, or why there is none.
 fn memory_run_dir(mountinfo: &str, run_key: &str) -> Result<PathBuf, String> {
-    let mount = v1_mount(mountinfo, "memory").ok_or(
-        "no cgroup v1 memory hierarchy is mounted (where the memory controller is in the cgroup2 hierarchy, \
-         orchestrator does not use it yet)",
+    let parent = memory_parent(mountinfo).ok_or(
+        "no cgroup v1 memory hierarchy with this process in it (where the memory controller is in the \
+         cgroup2 hierarchy, orchestrator does not use it yet)",
     )?;
-    let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
-    let own = own_v1(&own, "memory").ok_or("this process is in no cgroup of the memory hierarchy")?;
-    let parent = mount.join(own.trim_start_matches('/'));
     remove_stale(&parent);
     let run_dir = parent.join(format!("orchestrator-{run_key}"));
     std::fs::create_dir(&run_dir).map_err(|e| format!("cannot make {}: {e}", run_dir.display()))?;
@@ -238,6 +244,13 @@ fn memory_run_dir(mountinfo: &str, run_key: &str) -> Result<PathBuf, String> {
         return Err(format!("cannot move processes into {}: {e}", run_dir.display()));
     }
     Ok(run_dir)
+}
+
+/// Our cgroup in the v1 memory hierarchy, if there is one.
+fn memory_parent(mountinfo: &str) -> Option<PathBuf> {
+    let mount = v1_mount(mountinfo, "memory")?;
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    Some(mount.join(own_v1(&own, "memory")?.trim_start_matches('/')))
 }
 
 /// Limit the memory cgroup at `dir` to `bytes`, memory plus swap where swap is accounted.

@@ -122,7 +122,11 @@ impl LocalBackend {
             Err(why) => tracing::debug!("no cgroup per job ({why}): process groups and markers only"),
         }
         let watchdog = if opts.watchdog {
-            match watchdog::Watchdog::start_with(cgroups.as_ref().ok().map(|c| c.dir()), None) {
+            let dirs: Vec<&std::path::Path> = match &cgroups {
+                Ok(c) => std::iter::once(c.dir()).chain(c.memory_dir().ok()).collect(),
+                Err(_) => Vec::new(),
+            };
+            match watchdog::Watchdog::start_with(&dirs, None) {
                 Ok(w) => Some(w),
                 Err(e) => {
                     tracing::warn!(
@@ -184,7 +188,11 @@ impl LocalBackend {
     }
 
     fn limit_text(&self) -> String {
-        self.ctx.opts.memory_limit.map(|b| format!(" and limited to {} MiB a job", b >> 20)).unwrap_or_default()
+        self.ctx
+            .opts
+            .memory_limit
+            .map(|b| format!(" and limited to {} MiB a job", b.div_ceil(1 << 20)))
+            .unwrap_or_default()
     }
 
     /// Whether each job gets a memory cgroup (its peak memory, the memory limit, OOM kills),
@@ -219,6 +227,13 @@ impl LocalBackend {
         let joined = match &ctx.cgroups {
             Ok(c) => match c.join(req.slot) {
                 Ok(j) => Some(j),
+                // Its memory limit cannot be applied: it does not run without it.
+                Err(e) if ctx.opts.memory_limit.is_some() => {
+                    let error = format!("cannot make slot {}'s cgroups, so no memory limit: {e}", req.slot);
+                    log.allow_open();
+                    log.note(&format!("could not start: {error}"));
+                    return Err(StartError::new(error));
+                }
                 Err(e) => {
                     tracing::warn!("cannot make slot {}'s cgroup ({e}); job #{} runs without one", req.slot, spec.num);
                     None
@@ -534,8 +549,11 @@ impl Attempt for LocalAttempt {
                 log.note(&format!("output capture failed: {e}"));
             }
             if oom_kills > 0 {
-                let limit =
-                    ctx.opts.memory_limit.map(|b| format!(" (its limit is {} MiB)", b >> 20)).unwrap_or_default();
+                let limit = ctx
+                    .opts
+                    .memory_limit
+                    .map(|b| format!(" (its limit is {} MiB)", b.div_ceil(1 << 20)))
+                    .unwrap_or_default();
                 log.note(&format!("the kernel killed {oom_kills} process(es) of the job for memory{limit}"));
             }
             // A child that could not write its files or exec its program exited with 127 and

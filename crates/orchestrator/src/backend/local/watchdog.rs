@@ -64,15 +64,15 @@ pub struct Watchdog {
 impl Watchdog {
     /// Start a watchdog for the jobs this process will start.
     pub fn start() -> Result<Watchdog, WatchdogError> {
-        Self::start_with(None, None)
+        Self::start_with(&[], None)
     }
 
-    /// [`Watchdog::start`], which also kills everything in the run's cgroups under `cgroups`
-    /// (and removes them), and cancels (`scancel`) the Slurm job arrays listed in
+    /// [`Watchdog::start`], which also kills everything in the run's cgroups under each dir
+    /// of `cgroups` (and removes them), and cancels (`scancel`) the Slurm job arrays listed in
     /// `slurm_arrays` (one id a line, appended as they are submitted), if the supervisor dies
     /// without saying the run is over: their processes and tasks outlive it otherwise.
     pub fn start_with(
-        cgroups: Option<&std::path::Path>,
+        cgroups: &[&std::path::Path],
         slurm_arrays: Option<&std::path::Path>,
     ) -> Result<Watchdog, WatchdogError> {
         // Every end close-on-exec: no job may hold the write end, or the watchdog would wait
@@ -86,7 +86,7 @@ impl Watchdog {
             .arg(ARG)
             .arg(std::process::id().to_string())
             .arg(sys::own_pgid().to_string())
-            .args(cgroups.map(|c| tagged(CGROUPS_ARG, c)))
+            .args(cgroups.iter().map(|c| tagged(CGROUPS_ARG, c)))
             .args(slurm_arrays.map(|p| tagged(SLURM_ARG, p)))
             .stdin(Stdio::from(alive_r))
             .stdout(Stdio::from(ready_w))
@@ -189,7 +189,7 @@ fn main(args: &[OsString]) -> u8 {
             Err(_) => break,
         }
     }
-    let cgroups = tagged_arg(args, CGROUPS_ARG);
+    let cgroups = tagged_args(args, CGROUPS_ARG);
     // A Slurm run's arrays: nothing of them may stay queued.
     if let Some(list) = tagged_arg(args, SLURM_ARG)
         && let Ok(text) = std::fs::read_to_string(&list)
@@ -207,7 +207,7 @@ fn main(args: &[OsString]) -> u8 {
     let marker = super::job_marker_prefix(pid);
     // Again until a pass finds nothing: a process may fork between our reads.
     for _ in 0..50 {
-        if let Some(dir) = &cgroups {
+        for dir in &cgroups {
             super::cgroup::kill_tree(dir);
         }
         if sys::kill_marked(marker.as_bytes(), &[group]) == 0 {
@@ -215,14 +215,14 @@ fn main(args: &[OsString]) -> u8 {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    if let Some(dir) = &cgroups {
+    for dir in &cgroups {
         super::cgroup::remove_tree(dir);
     }
     0
 }
 
-/// The watchdog's optional arguments, after the pid and group: `cgroups=<dir>`,
-/// `slurm=<file>`.
+/// The watchdog's optional arguments, after the pid and group: `cgroups=<dir>` (any number:
+/// the run's v2 cgroups, its v1 memory cgroups), `slurm=<file>`.
 const CGROUPS_ARG: &str = "cgroups=";
 const SLURM_ARG: &str = "slurm=";
 
@@ -233,9 +233,16 @@ fn tagged(tag: &str, path: &std::path::Path) -> OsString {
 }
 
 fn tagged_arg(args: &[OsString], tag: &str) -> Option<std::path::PathBuf> {
+    tagged_args(args, tag).into_iter().next()
+}
+
+fn tagged_args(args: &[OsString], tag: &str) -> Vec<std::path::PathBuf> {
     use std::os::unix::ffi::OsStrExt;
-    args.iter().skip(2).find_map(|a| {
-        let rest = a.as_bytes().strip_prefix(tag.as_bytes())?;
-        Some(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(rest)))
-    })
+    args.iter()
+        .skip(2)
+        .filter_map(|a| {
+            let rest = a.as_bytes().strip_prefix(tag.as_bytes())?;
+            Some(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(rest)))
+        })
+        .collect()
 }

@@ -78,6 +78,9 @@ pub struct SlurmSettings {
     /// ending them (SIGKILL, a crash): the program must call
     /// [`watchdog::serve_if_requested`](crate::watchdog::serve_if_requested) first thing.
     pub watchdog: bool,
+    /// The run resumes the sweep in the work dir's parent: a job whose task an earlier run
+    /// submitted and Slurm still has is attached to, not submitted again.
+    pub resuming: bool,
 }
 
 impl SlurmSettings {
@@ -100,6 +103,7 @@ impl SlurmSettings {
             accounting: info.accounting,
             chdir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
             watchdog: false,
+            resuming: false,
         }
     }
 
@@ -248,7 +252,7 @@ impl SlurmBackend {
     pub fn new(settings: SlurmSettings) -> SlurmBackend {
         let _ = std::fs::create_dir_all(&settings.work_dir);
         let watchdog = if settings.watchdog {
-            match crate::watchdog::Watchdog::start_with(None, Some(&settings.work_dir.join(ARRAYS))) {
+            match crate::watchdog::Watchdog::start_with(&[], Some(&settings.work_dir.join(ARRAYS))) {
                 Ok(w) => Some(w),
                 Err(e) => {
                     tracing::warn!(
@@ -269,7 +273,7 @@ impl SlurmBackend {
             .map(|k| k + 1)
             .max()
             .unwrap_or(0);
-        let adoptable = if batches > 0 { adoptable(&settings.work_dir) } else { HashMap::new() };
+        let adoptable = if settings.resuming && batches > 0 { adoptable(&settings.work_dir) } else { HashMap::new() };
         if !adoptable.is_empty() {
             let mut nums: Vec<&u64> = adoptable.keys().collect();
             nums.sort();
@@ -342,23 +346,41 @@ impl Backend for SlurmBackend {
         // retried job's has the earlier attempts' lines), and nothing else writes it meanwhile.
         let tailed = std::fs::metadata(&log_path).map_or(0, |m| m.len());
         let (tx, rx) = oneshot::channel();
+        // Only the very job it ran: the same command line and log (a sweep run again with
+        // other overrides numbers its jobs alike).
         let adopted = if req.attempt == 1 {
-            self.shared.adoptable.lock().unwrap_or_else(|e| e.into_inner()).remove(&num)
+            let mut adoptable = self.shared.adoptable.lock().unwrap_or_else(|e| e.into_inner());
+            match adoptable.remove(&num) {
+                Some(a)
+                    if a.manifest.program == manifest.program
+                        && a.manifest.args == manifest.args
+                        && a.manifest.log == manifest.log =>
+                {
+                    Some(a)
+                }
+                Some(a) => {
+                    tracing::warn!(
+                        "Slurm task {} of an earlier run ran job #{num} with another command line: cancelled, the job is submitted again",
+                        a.task.name()
+                    );
+                    let _ = cmd::scancel(&[a.task.name()]);
+                    None
+                }
+                None => None,
+            }
         } else {
             None
         };
+        let attached = adopted.as_ref().map(|a| a.task.name());
         {
             let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
             match adopted {
                 Some(a) => {
-                    let mut log = LogWriter::deferred(log_path.clone(), self.shared.clock);
-                    log.allow_open();
-                    log.note(&format!(
-                        "attached to Slurm task {}, which an earlier run of this sweep submitted and is still in the queue",
-                        a.task.name()
-                    ));
-                    drop(log);
-                    let (submitted, tracked) = register(a.task.clone(), &a.manifest, a.out);
+                    let (submitted, mut tracked) = register(a.task.clone(), &a.manifest, a.out);
+                    // As squeue had it a moment ago: a running task is not withdrawn as if queued.
+                    let running = cmd::is_running(&a.state);
+                    tracked.state = Some(a.state);
+                    tracked.view.send_modify(|v| v.running = running);
                     st.tasks.insert(a.task, tracked);
                     st.first_submitted += 1;
                     st.poll_now = true;
@@ -378,11 +400,21 @@ impl Backend for SlurmBackend {
                 Ok(Err(message)) => return Err(not_started(&shared, &log_path, message)),
                 Err(_) => return Err(not_started(&shared, &log_path, "the Slurm backend has shut down".into())),
             };
-            Ok(Box::new(SlurmAttempt { shared, num, submitted, output, tailed, announced: false }) as Box<dyn Attempt>)
+            Ok(Box::new(SlurmAttempt { shared, num, submitted, output, tailed, announced: false, attached })
+                as Box<dyn Attempt>)
         })
     }
 
     fn run_ended(&self) {
+        // An earlier run's tasks that no job of this one took (it stopped first): nothing
+        // of the sweep may stay queued after the run.
+        let left: Vec<String> = {
+            let mut adoptable = self.shared.adoptable.lock().unwrap_or_else(|e| e.into_inner());
+            adoptable.drain().map(|(_, a)| a.task.name()).collect()
+        };
+        if !left.is_empty() {
+            let _ = cmd::scancel(&left);
+        }
         {
             let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
             st.shutdown = true;
@@ -421,6 +453,8 @@ struct SlurmAttempt {
     tailed: u64,
     /// [`Event::Running`] was sent.
     announced: bool,
+    /// The task an earlier run submitted, which this attempt followed instead of submitting.
+    attached: Option<String>,
 }
 
 impl SlurmAttempt {
@@ -441,9 +475,14 @@ impl Attempt for SlurmAttempt {
                     break end;
                 }
                 if running && !self.announced {
-                    self.announced = true;
-                    if let Some(tx) = &self.output {
-                        let _ = tx.send(Event::Running { num: self.num, at: Utc::now() }).await;
+                    // Marked once sent: a `wait` dropped during the send (the scheduler's
+                    // select) sends it again.
+                    match &self.output {
+                        Some(tx) => {
+                            let _ = tx.send(Event::Running { num: self.num, at: Utc::now() }).await;
+                            self.announced = true;
+                        }
+                        None => self.announced = true,
                     }
                 }
                 // While the task runs, the console gets its lines as the node writes them
@@ -456,7 +495,7 @@ impl Attempt for SlurmAttempt {
                     },
                     () = tick, if self.output.is_some() && running => {
                         if let Some(tx) = &self.output {
-                            self.tailed = forward_output(self.num, &self.submitted.log, self.tailed, None, tx).await;
+                            forward_output(self.num, &self.submitted.log, &mut self.tailed, None, tx).await;
                         }
                     }
                 }
@@ -515,7 +554,14 @@ impl Attempt for SlurmAttempt {
             log.allow_open();
             if let (Some(tx), Some(d)) = (&self.output, &done) {
                 // The rest of this attempt's lines (all of them if it ran between two ticks).
-                forward_output(self.num, &self.submitted.log, self.tailed.max(d.log_from), Some(d.log_to), tx).await;
+                let mut from = self.tailed.max(d.log_from);
+                forward_output(self.num, &self.submitted.log, &mut from, Some(d.log_to), tx).await;
+            }
+            // Written now that the task has ended: the node appends to the log while it runs.
+            if let Some(task) = &self.attached {
+                log.note(&format!(
+                    "followed Slurm task {task}, which an earlier run of this sweep submitted and was still in the queue"
+                ));
             }
             if done.is_none() {
                 log.note(&format!(
@@ -555,27 +601,36 @@ impl JobLog for Log {
 /// How often a running task's log is read for the console.
 const TAIL_EVERY: Duration = Duration::from_millis(500);
 
-/// The job's lines in its log from byte `from` (to byte `to`, or to its last complete line),
-/// as [`Event::Output`]; returns where the next read starts. The task on the node writes the
-/// log; this only reads it back, so the console shows a Slurm job's lines as a local job's.
-async fn forward_output(num: u64, log: &Path, from: u64, to: Option<u64>, tx: &mpsc::Sender<Event>) -> u64 {
+/// The job's lines in its log from byte `*pos` (to byte `to`, or to its last complete line),
+/// as [`Event::Output`]; `*pos` moves past each line once it is sent (a caller dropped
+/// during a send resends only that line). The task on the node writes the log; this only
+/// reads it back, so the console shows a Slurm job's lines as a local job's.
+async fn forward_output(num: u64, log: &Path, pos: &mut u64, to: Option<u64>, tx: &mpsc::Sender<Event>) {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(log) else { return from };
-    let len = f.metadata().map_or(0, |m| m.len());
+    let from = *pos;
+    // Most ticks find nothing new: one stat, no open.
+    let len = std::fs::metadata(log).map_or(0, |m| m.len());
     let to = to.unwrap_or(len).min(len);
-    if to <= from || f.seek(SeekFrom::Start(from)).is_err() {
-        return from;
+    if to <= from {
+        return;
+    }
+    let Ok(mut f) = std::fs::File::open(log) else { return };
+    if f.seek(SeekFrom::Start(from)).is_err() {
+        return;
     }
     let mut buf = Vec::new();
     if f.take(to - from).read_to_end(&mut buf).is_err() {
-        return from;
+        return;
     }
-    // A record being written (or not yet visible whole on a network filesystem) waits for
-    // the next read.
-    let Some(last) = memchr::memrchr(b'\n', &buf) else { return from };
+    // A record being written (or not yet visible whole on a network filesystem: a hole of
+    // NULs) waits for the next read.
+    let visible = memchr::memchr(0, &buf).unwrap_or(buf.len());
+    let Some(last) = memchr::memrchr(b'\n', &buf[..visible]) else { return };
     buf.truncate(last + 1);
-    let next = from + buf.len() as u64;
-    for line in buf.split(|b| *b == b'\n') {
+    let mut at = from;
+    for line in buf.split_inclusive(|b| *b == b'\n') {
+        at += line.len() as u64;
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
         // `[<stamp>][<tag>] <bytes>`
         let Some(rest) = line.strip_prefix(b"[") else { continue };
         let Some(i) = memchr::memchr(b']', rest) else { continue };
@@ -591,8 +646,9 @@ async fn forward_output(num: u64, log: &Path, from: u64, to: Option<u64>, tx: &m
             _ => continue,
         };
         let _ = tx.send(Event::Output { num, stream, line: bytes.to_vec(), complete }).await;
+        *pos = at;
     }
-    next
+    *pos = at;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -670,7 +726,7 @@ fn drive(shared: &Shared) {
             for (id, sig) in signals {
                 let Some(t) = st.tasks.get_mut(&id) else { continue };
                 t.signaled.push(sig);
-                let running = matches!(t.state.as_deref(), Some("RUNNING") | Some("COMPLETING") | Some("SUSPENDED"));
+                let running = t.state.as_deref().is_some_and(cmd::is_running);
                 // A pending task is simply cancelled; a running one gets the signal (SIGKILL
                 // to every process of its step, then the cancel: see below).
                 if running {
@@ -909,6 +965,8 @@ struct Adoptable {
     task: TaskId,
     manifest: Manifest,
     out: PathBuf,
+    /// Its state in `squeue`.
+    state: String,
 }
 
 /// The tasks that earlier runs of the sweep in `work_dir` submitted and Slurm still has
@@ -934,7 +992,8 @@ fn adoptable(work_dir: &Path) -> HashMap<u64, Adoptable> {
             return HashMap::new();
         }
     };
-    let mut out = HashMap::new();
+    let mut out: HashMap<u64, Adoptable> = HashMap::new();
+    let mut extra = Vec::new();
     for (name, s) in seen {
         if !cmd::is_live(&s.state) {
             continue;
@@ -947,8 +1006,26 @@ fn adoptable(work_dir: &Path) -> HashMap<u64, Adoptable> {
             .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok());
         if let Some(manifest) = manifest {
             let out_file = dir.join(format!("{index}.out"));
-            out.insert(manifest.num, Adoptable { task: TaskId { array, index }, manifest, out: out_file });
+            let a = Adoptable { task: TaskId { array, index }, manifest, out: out_file, state: s.state };
+            // Two live tasks for one job (a retry submitted before the supervisor died): the
+            // later one is followed, the other cancelled.
+            match out.remove(&a.manifest.num) {
+                Some(b) if (b.task.array, b.task.index) > (array, index) => {
+                    extra.push(a.task.name());
+                    out.insert(b.manifest.num, b);
+                }
+                Some(b) => {
+                    extra.push(b.task.name());
+                    out.insert(a.manifest.num, a);
+                }
+                None => {
+                    out.insert(a.manifest.num, a);
+                }
+            }
         }
+    }
+    if !extra.is_empty() {
+        let _ = cmd::scancel(&extra);
     }
     out
 }
