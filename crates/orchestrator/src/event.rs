@@ -74,8 +74,9 @@ pub enum Event {
         queued: bool,
     },
     /// A queued attempt's program runs now (a cluster task left the queue). Only from
-    /// backends whose starts are queued, and only when they see it running: a task that
-    /// ended between two looks goes straight to [`Event::Finished`].
+    /// backends whose starts are queued, only when the run forwards output
+    /// (`RunOptions::forward_output`: it comes the same way), and only when they see it
+    /// running: a task that ended between two looks goes straight to [`Event::Finished`].
     Running {
         /// Job number.
         num: u64,
