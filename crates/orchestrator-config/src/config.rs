@@ -374,13 +374,15 @@ impl LoadedConfig {
     /// `overridden` maps dotted keys set on the command line to the override text, so that an
     /// error about such a key points at the override instead of the file.
     pub fn resolve(&self, overridden: &HashMap<String, String>) -> Result<ResolvedConfig, ConfigError> {
-        self.resolve_root(&self.root, overridden)
+        self.resolve_root(self.root.clone(), overridden)
     }
 
-    /// Like [`LoadedConfig::resolve`], for a document derived from this one.
+    /// Like [`LoadedConfig::resolve`], for a document derived from this one, which becomes
+    /// the resolved config's `root` (taken, not copied: a large config is held twice, as
+    /// `root` and `app`, not more).
     pub fn resolve_root(
         &self,
-        root: &Value,
+        root: Value,
         overridden: &HashMap<String, String>,
     ) -> Result<ResolvedConfig, ConfigError> {
         let origin = |path: &[&str]| -> Origin {
@@ -406,7 +408,7 @@ impl LoadedConfig {
     }
 }
 
-fn resolve(root: &Value, origin: &dyn Fn(&[&str]) -> Origin) -> Result<ResolvedConfig, ConfigError> {
+fn resolve(root: Value, origin: &dyn Fn(&[&str]) -> Origin) -> Result<ResolvedConfig, ConfigError> {
     let reader = Reader { origin };
     let mut launcher = LauncherConfig::default();
     let mut form = LauncherForm::Default;
@@ -548,7 +550,7 @@ fn resolve(root: &Value, origin: &dyn Fn(&[&str]) -> Origin) -> Result<ResolvedC
             }
         }
     }
-    Ok(ResolvedConfig { launcher, form, hydra, app, root: root.clone() })
+    Ok(ResolvedConfig { launcher, form, hydra, app, root })
 }
 
 fn launcher_section(

@@ -441,7 +441,7 @@ impl PreparedSweep {
     /// overrides, the plan, the app, the first and last jobs' composition and dirs.
     pub fn prepare(req: &SweepRequest) -> Result<PreparedSweep, SetupError> {
         let args = req;
-        let loaded = match &args.config {
+        let mut loaded = match &args.config {
             ConfigInput::File(path) => orchestrator_config::load_config_file(path)?,
             ConfigInput::Text { text, name } => load_config_str(text, name)?,
             ConfigInput::Defaults => load_config_str("", Path::new("<defaults>"))?,
@@ -505,11 +505,12 @@ impl PreparedSweep {
                 app_overrides.push(o);
             }
         }
-        let (resolved, mut hydra_texts, root) = resolve_with_overrides(&loaded, &hydra_overrides)?;
+        let (resolved, mut hydra_texts) = resolve_with_overrides(&mut loaded, &hydra_overrides)?;
+        let root = &resolved.root;
         hydra_texts.splice(0..0, hydra_groups);
         // Hydra's BasicSweeper: the config's `hydra.sweeper.params` come first, then the command
         // line's overrides (a key given again keeps its first position and takes the new value).
-        let params = if multirun { sweeper_params(&root)? } else { Vec::new() };
+        let params = if multirun { sweeper_params(root)? } else { Vec::new() };
         let n_params = params.len();
         app_overrides.splice(0..0, params);
 
@@ -568,7 +569,7 @@ impl PreparedSweep {
         };
         let job_name = resolved.hydra.job_name.clone().unwrap_or_else(|| job_name_for(&args.app));
         let started = Local::now();
-        let template = if multirun { resolved.hydra.sweep_dir.clone() } else { run_dir_template(&root) };
+        let template = if multirun { resolved.hydra.sweep_dir.clone() } else { run_dir_template(root) };
         let dir = match &earlier {
             Some(e) => e.dir.to_string_lossy().into_owned(),
             None => SweepLayout::resolve_dir(&template, &started, &job_name)?,
@@ -844,11 +845,12 @@ fn check_earlier_jobs(e: &Earlier, plan: &SweepPlan, layout: &SweepLayout) -> Re
 }
 
 /// Apply `hydra.*` overrides to the document and validate the result; errors about an
-/// overridden key point at the override.
+/// overridden key point at the override. The document is taken out of `loaded` (which keeps
+/// its text, for the record and error snippets): a large config is not copied for this.
 fn resolve_with_overrides(
-    loaded: &LoadedConfig,
+    loaded: &mut LoadedConfig,
     overrides: &[Override],
-) -> Result<(orchestrator_config::ResolvedConfig, Vec<String>, Value), SetupError> {
+) -> Result<(orchestrator_config::ResolvedConfig, Vec<String>), SetupError> {
     // `hydra.launcher.n_jobs=2` is how the current plugin's users write it: with the seed's
     // `class`/`params` form it means `hydra.launcher.params.joblib.n_jobs`.
     let params_form = loaded.root.get("hydra").and_then(|h| h.get("launcher")).and_then(|l| l.get("params")).is_some();
@@ -869,7 +871,7 @@ fn resolve_with_overrides(
         .collect();
     let plan =
         SweepPlan::new(overrides.clone(), &SweepContext { config_dir: None, cwd: PathBuf::from("."), seed: None })?;
-    let mut root = loaded.root.clone();
+    let mut root = std::mem::replace(&mut loaded.root, Value::Null);
     let mut overridden = HashMap::new();
     let mut texts = Vec::new();
     if let Some(job) = plan.job(0) {
@@ -879,7 +881,7 @@ fn resolve_with_overrides(
             texts.push(o.input.clone());
         }
     }
-    Ok((loaded.resolve_root(&root, &overridden)?, texts, root))
+    Ok((loaded.resolve_root(root, &overridden)?, texts))
 }
 
 /// The app must exist and be executable before anything is created. Jobs that run elsewhere
