@@ -91,8 +91,8 @@ impl Cgroups {
         }
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
         let mount = cgroup2_mount(&mountinfo).ok_or("no cgroup2 filesystem is mounted")?;
-        let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
-        let own = own_cgroup(&own).ok_or("this process is in no cgroup2 cgroup")?;
+        let cgroups = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+        let own = own_cgroup(&cgroups).ok_or("this process is in no cgroup2 cgroup")?;
         let parent = mount.join(own.trim_start_matches('/'));
         remove_stale(&parent);
         let run_dir = parent.join(format!("orchestrator-{run_key}"));
@@ -105,11 +105,11 @@ impl Cgroups {
             return Err(format!("cannot move processes into {}: {e}", run_dir.display()));
         }
         let memory = match memory_limit {
-            Some(_) => memory_run_dir(&mountinfo, run_key),
+            Some(_) => memory_run_dir(&mountinfo, &cgroups, run_key),
             None => {
                 // What a supervisor killed with SIGKILL (and its watchdog with it) left there
                 // goes all the same.
-                if let Some(parent) = memory_parent(&mountinfo) {
+                if let Some(parent) = memory_parent(&mountinfo, &cgroups) {
                     remove_stale(&parent);
                 }
                 Err("no per-job memory limit (mem_gb) was asked for".into())
@@ -231,8 +231,8 @@ fn procs_of(dir: &Path) -> io::Result<CString> {
 
 /// The run's dir in the v1 memory hierarchy (`<mount>/<our memory cgroup>/orchestrator-<key>`),
 /// made now, or why there is none.
-fn memory_run_dir(mountinfo: &str, run_key: &str) -> Result<PathBuf, String> {
-    let parent = memory_parent(mountinfo).ok_or(
+fn memory_run_dir(mountinfo: &str, cgroups: &str, run_key: &str) -> Result<PathBuf, String> {
+    let parent = memory_parent(mountinfo, cgroups).ok_or(
         "no cgroup v1 memory hierarchy with this process in it (where the memory controller is in the \
          cgroup2 hierarchy, orchestrator does not use it yet)",
     )?;
@@ -246,11 +246,11 @@ fn memory_run_dir(mountinfo: &str, run_key: &str) -> Result<PathBuf, String> {
     Ok(run_dir)
 }
 
-/// Our cgroup in the v1 memory hierarchy, if there is one.
-fn memory_parent(mountinfo: &str) -> Option<PathBuf> {
+/// Our cgroup in the v1 memory hierarchy, if there is one (from `/proc/self/mountinfo` and
+/// `/proc/self/cgroup`, read once by the caller).
+fn memory_parent(mountinfo: &str, cgroups: &str) -> Option<PathBuf> {
     let mount = v1_mount(mountinfo, "memory")?;
-    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    Some(mount.join(own_v1(&own, "memory")?.trim_start_matches('/')))
+    Some(mount.join(own_v1(cgroups, "memory")?.trim_start_matches('/')))
 }
 
 /// Limit the memory cgroup at `dir` to `bytes`, memory plus swap where swap is accounted.
