@@ -15,6 +15,14 @@ pub fn fixture() -> &'static str {
     env!("CARGO_BIN_EXE_fixture")
 }
 
+/// Say that a test (or a part of one) did not run here, and why: `skipped: <what>`, straight to
+/// the process's stderr. The harness captures `eprintln!` of a passing test, and a skip must
+/// be seen (`.ci/run` counts these lines and takes them off the passed count).
+pub fn skip(what: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "skipped: {what}");
+}
+
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
 }

@@ -213,8 +213,8 @@ fn an_escaped_daemon_without_the_marker_dies_with_a_killed_supervisor_where_cgro
     let out = probe.cmd().args(["-m", "--quiet", "task=1", "--", "true"]).output().unwrap();
     assert!(out.status.success());
     if journal(&probe.sweep_dir())[0]["isolation"] != "cgroup" {
-        eprintln!(
-            "skipped: an_escaped_daemon_without_the_marker_dies_with_a_killed_supervisor_where_cgroups_are: no cgroup here (not root, or ORCHESTRATOR_CGROUPS=0)"
+        skip(
+            "an_escaped_daemon_without_the_marker_dies_with_a_killed_supervisor_where_cgroups_are: no cgroup here (not root, or ORCHESTRATOR_CGROUPS=0)",
         );
         return;
     }
@@ -237,9 +237,9 @@ fn memory_cgroups(name: &str) -> bool {
         .unwrap();
     let stderr = String::from_utf8_lossy(&limited.stderr);
     if limited.status.code() == Some(2) && stderr.contains("cannot limit each job's memory") {
-        eprintln!(
-            "skipped: {name}: no memory cgroup here (not root, no cgroup v1 memory hierarchy, or ORCHESTRATOR_CGROUPS=0)"
-        );
+        skip(&format!(
+            "{name}: no memory cgroup here (not root, no cgroup v1 memory hierarchy, or ORCHESTRATOR_CGROUPS=0)"
+        ));
         return false;
     }
     assert!(limited.status.success(), "{stderr}");

@@ -23,10 +23,7 @@ fn cluster(name: &str) -> bool {
         if std::env::var("ORCHESTRATOR_REQUIRE_SLURM").as_deref() == Ok("1") {
             panic!("{name}: no Slurm cluster, and ORCHESTRATOR_REQUIRE_SLURM=1 (start one with .ci/slurm/start.sh)");
         }
-        // Straight to the process's stderr: the test harness captures eprintln! of a
-        // passing test, and a skip must be seen.
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr().lock(), "skipped: {name}: no Slurm cluster");
+        skip(&format!("{name}: no Slurm cluster"));
         return false;
     }
     let config = Command::new("scontrol").args(["show", "config"]).output().map(|o| o.stdout).unwrap_or_default();
@@ -511,8 +508,7 @@ fn slurm_task_over_its_memory_is_out_of_memory() {
     let config = Command::new("scontrol").args(["show", "config"]).output().map(|o| o.stdout).unwrap_or_default();
     let config = String::from_utf8_lossy(&config);
     if !config.contains("OverMemoryKill") && !config.contains("task/cgroup") {
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr().lock(), "skipped: {name_}: the cluster does not enforce memory limits");
+        skip(&format!("{name_}: the cluster does not enforce memory limits"));
         return;
     }
     let sb = Sandbox::new();

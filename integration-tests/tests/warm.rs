@@ -253,7 +253,7 @@ fn random_state_is_each_job_s_own() {
     let py = python();
     let numpy = has_numpy(&py);
     if !numpy {
-        println!("skipped: numpy's global RandomState across warm jobs (no numpy for {py})");
+        skip(&format!("numpy's global RandomState across warm jobs (no numpy for {py})"));
     }
     let draw = if numpy { "import numpy as np\nn = np.random.rand()\n" } else { "n = 0\n" };
     sb.write("rng.py", &format!("import random\n{draw}print(f'draws {{random.random()}} {{n}}')\n"));
@@ -654,7 +654,7 @@ fn thread_limits_reach_numpy_in_warm_jobs_or_the_job_runs_fresh() {
     let sb = Sandbox::new();
     let py = python();
     if !has_numpy(&py) {
-        println!("skipped: thread limits of a preloaded numpy (no numpy for {py})");
+        skip(&format!("thread limits of a preloaded numpy (no numpy for {py})"));
         return;
     }
     let threadpoolctl =
@@ -688,7 +688,7 @@ print("threads", os.environ["OPENBLAS_NUM_THREADS"], blas)
         }
     }
     if !threadpoolctl {
-        println!("skipped: threadpoolctl in warm jobs (not installed for {py}); checked the fresh fallback");
+        skip(&format!("threadpoolctl in warm jobs (not installed for {py}); checked the fresh fallback"));
         // The warm interpreter took slot 0's value: slot 1's jobs run fresh.
         let slots: Vec<(u64, bool)> =
             s.records.iter().map(|r| (r["slot"].as_u64().unwrap(), r["warm"] == true)).collect();
@@ -957,9 +957,7 @@ fn a_warm_job_joins_its_memory_cgroup_and_over_its_limit_is_out_of_memory() {
     let mem_gb = format!("+hydra.launcher.orchestrator.mem_gb={}", 100.0 / 1024.0);
     let s = sweep(&sb, true, &["--multirun", "task=1,2", TWO_SLOTS, &mem_gb, "--", &py, "hog.py"], &[]);
     if s.stderr.contains("cannot limit each job's memory") {
-        eprintln!(
-            "skipped: a_warm_job_joins_its_memory_cgroup_and_over_its_limit_is_out_of_memory: no memory cgroup here"
-        );
+        skip("a_warm_job_joins_its_memory_cgroup_and_over_its_limit_is_out_of_memory: no memory cgroup here");
         return;
     }
     assert_eq!(s.status.code(), Some(1), "{}", s.stderr);
