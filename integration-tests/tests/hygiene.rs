@@ -325,6 +325,45 @@ fn a_job_over_its_memory_limit_is_out_of_memory_and_the_others_run_on() {
     assert!(!std::path::Path::new(dir).exists(), "{dir} is left");
 }
 
+/// Where no v1 hierarchy has the memory controller, cgroup v2 is looked at: here, in a mount
+/// namespace of its own without the v1 `memory` mount, v2 has no memory controller either
+/// (the kernel binds it to v1 on these machines), and the refusal names the cgroup and why.
+#[test]
+fn a_memory_limit_on_cgroup_v2_without_its_memory_controller_is_refused_naming_the_cgroup() {
+    const NAME: &str = "a_memory_limit_on_cgroup_v2_without_its_memory_controller_is_refused_naming_the_cgroup";
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let v1_memory = mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mut right = right.split_whitespace();
+        let (fstype, _, options) = (right.next()?, right.next()?, right.next()?);
+        (fstype == "cgroup" && options.split(',').any(|o| o == "memory")).then(|| left.split_whitespace().nth(4))?
+    });
+    let Some(v1_memory) = v1_memory else {
+        return skip(&format!("{NAME}: no v1 memory hierarchy to hide (a pure v2 system runs the memory tests above)"));
+    };
+    let private = std::process::Command::new("unshare").args(["-m", "true"]).output();
+    if !private.is_ok_and(|o| o.status.success()) {
+        return skip(&format!("{NAME}: cannot make a mount namespace (unshare -m: not root?)"));
+    }
+    let sb = Sandbox::new();
+    let out = std::process::Command::new("unshare")
+        .current_dir(sb.path())
+        // Also in the CI step that turns cgroups off for the others.
+        .env_remove("ORCHESTRATOR_CGROUPS")
+        .args(["-m", "sh", "-c", r#"umount "$0" && exec "$@""#, v1_memory, orchestrator(), "run"])
+        .args(["-m", "task=1,2", "+hydra.launcher.orchestrator.mem_gb=1", "--", "true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot limit each job's memory to 1024 MiB (mem_gb)"), "{stderr}");
+    assert!(stderr.contains("the memory controller is not available to /"), "names the cgroup: {stderr}");
+    assert!(stderr.contains("not in its cgroup.controllers"), "says why: {stderr}");
+    assert!(stderr.contains("systemd-run --user --scope -p Delegate=yes"), "says what would do: {stderr}");
+    assert!(sb.sweep_dirs().is_empty(), "nothing created");
+    assert!(!sb.path().join("multirun").exists());
+}
+
 #[test]
 fn a_memory_limit_without_a_memory_cgroup_is_refused_before_anything_starts() {
     let sb = Sandbox::new();

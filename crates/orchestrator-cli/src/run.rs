@@ -361,7 +361,7 @@ pub(crate) fn local_backend(
     {
         backend.run_ended();
         eprintln!(
-            "error: cannot limit each job's memory to {} MiB (mem_gb): {why}\n  = help: a per-job memory limit needs a memory cgroup per job, which orchestrator makes as root (or in a cgroup subtree delegated to it) where the memory controller is a cgroup v1 hierarchy; or remove mem_gb",
+            "error: cannot limit each job's memory to {} MiB (mem_gb): {why}\n  = help: a per-job memory limit needs a memory cgroup per job, which orchestrator makes as root or in a cgroup subtree delegated to it (e.g. under `systemd-run --user --scope -p Delegate=yes`), with the memory controller of cgroup v2 or of a cgroup v1 memory hierarchy; or remove mem_gb",
             limit.div_ceil(1 << 20)
         );
         return Err(exit::USAGE);

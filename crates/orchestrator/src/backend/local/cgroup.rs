@@ -13,32 +13,47 @@
 //! Where no cgroup can be made (not root and no delegated subtree, no cgroup2 mount), the
 //! process-group and marker mechanism alone runs, and says so.
 //!
-//! Memory: with a per-job memory limit, and where the memory controller is a cgroup v1
-//! hierarchy beside the v2 one (a hybrid layout, as on these machines), each slot also gets a
-//! v1 `memory` cgroup, which the job joins the same way. Only with a limit: moving each job
-//! into a second hierarchy and reading its counters cost 1.06-1.11x the CPU and 1.02-1.16x
-//! the wall time of a sweep of `true` jobs here (`bench/ab.sh`, three runs), too much to pay
-//! by default for the peak alone. It gives the whole tree's peak memory (`memory.max_usage_in_bytes`,
-//! reset before each job), the per-job limit (`memory.limit_in_bytes`, and the same for
-//! memory plus swap, so that a job over it is killed rather than swapped out) and the kernel's
-//! OOM kills in it (`oom_kill` of `memory.oom_control`). Where the memory controller is in
-//! the v2 hierarchy instead (a pure v2 system), it is not used yet: the limit is refused.
+//! Memory, only with a per-job memory limit (`mem_gb`): moving each job into a second
+//! hierarchy and reading its counters cost 1.06-1.11x the CPU and 1.02-1.16x the wall time of
+//! a sweep of `true` jobs here (`bench/ab.sh`, three runs), too much to pay by default for the
+//! peak alone. It gives the whole tree's peak memory (reset before each job), the per-job limit
+//! (with no swap beyond it, so that a job over it is killed rather than swapped out) and the
+//! kernel's OOM kills in it. Two layouts:
+//!
+//! - **cgroup v1 `memory` beside v2** (hybrid, as on these machines): each slot also gets a v1
+//!   memory cgroup, which the job joins the same way (`memory.limit_in_bytes`,
+//!   `memory.max_usage_in_bytes`, `oom_kill` of `memory.oom_control`).
+//! - **The memory controller in v2** (a pure v2 system): the slots' own cgroups get it
+//!   (`memory.max`, `memory.peak`, `oom_kill` of `memory.events`). A cgroup enables a
+//!   controller for its children only while no process is in it, so this process first moves
+//!   into a leaf of its own (`orchestrator-<run key>-supervisor`) beside the run's cgroup, and
+//!   back at the end. Other processes in its cgroup move with it only where the cgroup is
+//!   marked as delegated (systemd's `Delegate=yes`); in a shell's cgroup the limit is refused,
+//!   with `systemd-run --scope -p Delegate=yes` as the way out.
 
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// The run's cgroups: `<our cgroup>/orchestrator-<run key>/slot-<n>`.
 pub(super) struct Cgroups {
     run_dir: PathBuf,
-    /// The same layout in the v1 memory hierarchy, or why there is none.
-    memory: Result<PathBuf, String>,
+    /// Where each job's memory is measured and limited, or why nowhere.
+    memory: Result<MemorySide, String>,
     /// Each job's memory limit (memory plus swap), bytes.
     memory_limit: Option<u64>,
     slots: Mutex<HashMap<usize, Slot>>,
+}
+
+/// The run's memory cgroups.
+enum MemorySide {
+    /// In the v1 memory hierarchy: the run's dir there, a slot's memory cgroup in it.
+    V1(PathBuf),
+    /// The v2 memory controller, enabled down to the slots' own cgroups.
+    V2(Delegation),
 }
 
 /// One slot's cgroup, and its CPU counters when its last job ended.
@@ -46,8 +61,11 @@ struct Slot {
     dir: PathBuf,
     procs: CString,
     cpu_usec: (u64, u64),
-    /// Its memory cgroup, and that one's `cgroup.procs`.
-    memory: Option<(PathBuf, CString)>,
+    /// Its memory cgroup, and that one's `cgroup.procs` when it is another cgroup (v1).
+    memory: Option<(PathBuf, Option<CString>)>,
+    /// Whether the slot has run a job yet: a v2 peak that cannot be reset is right for its
+    /// first job only.
+    used: bool,
 }
 
 /// What a slot's cgroup gives a job at its start.
@@ -66,18 +84,42 @@ pub(super) struct Joined {
 pub(super) struct MemoryWatch {
     dir: PathBuf,
     oom_kills: u64,
+    kind: WatchKind,
+}
+
+/// Which files a [`MemoryWatch`] reads.
+#[derive(Debug, Clone)]
+enum WatchKind {
+    /// `memory.max_usage_in_bytes` and `memory.oom_control`.
+    V1,
+    /// `memory.events`, and `memory.peak` open, reset for this job through this very
+    /// descriptor (Linux 6.12 resets it per open file); `None` when it could not be reset and
+    /// the slot ran a job before (its peak would be an earlier job's).
+    V2 { peak: Option<Arc<std::fs::File>> },
 }
 
 impl MemoryWatch {
     /// Processes the kernel killed in the job's cgroup for memory since it started.
     pub(super) fn oom_kills(&self) -> u64 {
-        oom_kills(&self.dir).unwrap_or(0).saturating_sub(self.oom_kills)
+        let now = match self.kind {
+            WatchKind::V1 => oom_kills(&self.dir),
+            WatchKind::V2 { .. } => oom_kills_v2(&self.dir),
+        };
+        now.unwrap_or(0).saturating_sub(self.oom_kills)
     }
 
     /// The whole tree's peak memory (RSS and page cache charged to it) in KiB, since the job
     /// started.
     pub(super) fn peak_kib(&self) -> Option<u64> {
-        let text = std::fs::read_to_string(self.dir.join("memory.max_usage_in_bytes")).ok()?;
+        let text = match &self.kind {
+            WatchKind::V1 => std::fs::read_to_string(self.dir.join("memory.max_usage_in_bytes")).ok()?,
+            WatchKind::V2 { peak: file } => {
+                use std::os::unix::fs::FileExt;
+                let mut buf = [0u8; 32];
+                let n = file.as_ref()?.read_at(&mut buf, 0).ok()?;
+                String::from_utf8_lossy(&buf[..n]).into_owned()
+            }
+        };
         text.trim().parse::<u64>().ok().map(|b| b / 1024)
     }
 }
@@ -93,7 +135,11 @@ impl Cgroups {
         let mount = cgroup2_mount(&mountinfo).ok_or("no cgroup2 filesystem is mounted")?;
         let cgroups = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
         let own = own_cgroup(&cgroups).ok_or("this process is in no cgroup2 cgroup")?;
-        let parent = mount.join(own.trim_start_matches('/'));
+        // The root cgroup is the mount itself (a join of "" would end it with a `/`).
+        let parent = match own.trim_start_matches('/') {
+            "" => mount.clone(),
+            own => mount.join(own),
+        };
         remove_stale(&parent);
         let run_dir = parent.join(format!("orchestrator-{run_key}"));
         std::fs::create_dir(&run_dir).map_err(|e| format!("cannot make {}: {e}", run_dir.display()))?;
@@ -105,7 +151,10 @@ impl Cgroups {
             return Err(format!("cannot move processes into {}: {e}", run_dir.display()));
         }
         let memory = match memory_limit {
-            Some(_) => memory_run_dir(&mountinfo, &cgroups, run_key),
+            Some(_) => match memory_parent(&mountinfo, &cgroups) {
+                Some(v1) => memory_run_dir(&v1, run_key).map(MemorySide::V1),
+                None => v2_memory(&parent, &mount, &run_dir, run_key).map(MemorySide::V2),
+            },
             None => {
                 // What a supervisor killed with SIGKILL (and its watchdog with it) left there
                 // goes all the same.
@@ -123,9 +172,22 @@ impl Cgroups {
         &self.run_dir
     }
 
-    /// Where the run's memory cgroups are, or why there are none.
-    pub(super) fn memory_dir(&self) -> Result<&Path, &str> {
-        self.memory.as_deref().map_err(String::as_str)
+    /// Where the run's memory cgroups are and which kind, or why there are none.
+    pub(super) fn memory_dir(&self) -> Result<String, &str> {
+        match &self.memory {
+            Ok(MemorySide::V1(dir)) => Ok(format!("the cgroup v1 memory hierarchy, {}", dir.display())),
+            Ok(MemorySide::V2(_)) => Ok(format!("cgroup v2, {}", self.run_dir.display())),
+            Err(why) => Err(why),
+        }
+    }
+
+    /// The run's dir in the v1 memory hierarchy, if it has one (for the watchdog: the v2
+    /// memory cgroups are the slots' own).
+    pub(super) fn v1_memory_dir(&self) -> Option<&Path> {
+        match &self.memory {
+            Ok(MemorySide::V1(dir)) => Some(dir),
+            _ => None,
+        }
     }
 
     /// `slot`'s cgroup for its next job, made on its first one.
@@ -138,26 +200,42 @@ impl Cgroups {
                 let procs = procs_of(&dir)?;
                 let cpu_usec = cpu_usec(&dir).unwrap_or((0, 0));
                 let memory = match &self.memory {
-                    Ok(run) => {
+                    Ok(MemorySide::V1(run)) => {
                         let dir = make_dir(&run.join(format!("slot-{slot}")))?;
                         if let Some(limit) = self.memory_limit {
                             set_limit(&dir, limit)?;
                         }
-                        Some((dir.clone(), procs_of(&dir)?))
+                        let procs = procs_of(&dir)?;
+                        Some((dir, Some(procs)))
+                    }
+                    Ok(MemorySide::V2(_)) => {
+                        if let Some(limit) = self.memory_limit {
+                            set_limit_v2(&dir, limit)?;
+                        }
+                        Some((dir.clone(), None))
                     }
                     Err(_) => None,
                 };
-                e.insert(Slot { dir, procs, cpu_usec, memory })
+                e.insert(Slot { dir, procs, cpu_usec, memory, used: false })
             }
         };
-        let memory = s.memory.as_ref().map(|(dir, _)| {
-            // The slot's cgroup is empty: what earlier jobs left charged to it (page cache)
-            // goes to the parent, and the peak is the slot's since this write: the job's own.
-            let _ = std::fs::write(dir.join("memory.force_empty"), b"0");
-            let _ = std::fs::write(dir.join("memory.max_usage_in_bytes"), b"0");
-            MemoryWatch { dir: dir.clone(), oom_kills: oom_kills(dir).unwrap_or(0) }
+        let first = !std::mem::replace(&mut s.used, true);
+        let memory = s.memory.as_ref().map(|(dir, v1_procs)| match v1_procs {
+            Some(_) => {
+                // The slot's cgroup is empty: what earlier jobs left charged to it (page
+                // cache) goes to the parent, and the peak is the slot's since this write: the
+                // job's own.
+                let _ = std::fs::write(dir.join("memory.force_empty"), b"0");
+                let _ = std::fs::write(dir.join("memory.max_usage_in_bytes"), b"0");
+                MemoryWatch { dir: dir.clone(), oom_kills: oom_kills(dir).unwrap_or(0), kind: WatchKind::V1 }
+            }
+            None => MemoryWatch {
+                dir: dir.clone(),
+                oom_kills: oom_kills_v2(dir).unwrap_or(0),
+                kind: WatchKind::V2 { peak: reset_peak_v2(dir, first).map(Arc::new) },
+            },
         });
-        let procs = std::iter::once(s.procs.clone()).chain(s.memory.as_ref().map(|(_, p)| p.clone())).collect();
+        let procs = std::iter::once(s.procs.clone()).chain(s.memory.as_ref().and_then(|(_, p)| p.clone())).collect();
         Ok(Joined { dir: s.dir.clone(), procs, memory })
     }
 
@@ -176,7 +254,8 @@ impl Cgroups {
     pub(super) fn retire(&self, slot: usize) {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = slots.remove(&slot) {
-            for dir in std::iter::once(&s.dir).chain(s.memory.as_ref().map(|(d, _)| d)) {
+            let v1 = s.memory.as_ref().filter(|(_, procs)| procs.is_some()).map(|(d, _)| d);
+            for dir in std::iter::once(&s.dir).chain(v1) {
                 let mut name = dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
                 name.push(format!("-stuck-{}", std::process::id()));
                 let _ = std::fs::rename(dir, dir.with_file_name(name));
@@ -210,9 +289,11 @@ impl Drop for Cgroups {
         if self.run_dir.exists() {
             tracing::warn!("cannot remove the cgroup {}", self.run_dir.display());
         }
-        // Its processes are the same ones, all gone now.
-        if let Ok(run) = &self.memory {
-            remove_tree(run);
+        match &self.memory {
+            // Its processes are the same ones, all gone now.
+            Ok(MemorySide::V1(run)) => remove_tree(run),
+            Ok(MemorySide::V2(delegation)) => delegation.undo(),
+            Err(_) => {}
         }
     }
 }
@@ -229,14 +310,10 @@ fn procs_of(dir: &Path) -> io::Result<CString> {
     CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).map_err(io::Error::other)
 }
 
-/// The run's dir in the v1 memory hierarchy (`<mount>/<our memory cgroup>/orchestrator-<key>`),
-/// made now, or why there is none.
-fn memory_run_dir(mountinfo: &str, cgroups: &str, run_key: &str) -> Result<PathBuf, String> {
-    let parent = memory_parent(mountinfo, cgroups).ok_or(
-        "no cgroup v1 memory hierarchy with this process in it (where the memory controller is in the \
-         cgroup2 hierarchy, orchestrator does not use it yet)",
-    )?;
-    remove_stale(&parent);
+/// The run's dir in the v1 memory hierarchy (`<our memory cgroup>/orchestrator-<key>`), made
+/// now, or why there is none.
+fn memory_run_dir(parent: &Path, run_key: &str) -> Result<PathBuf, String> {
+    remove_stale(parent);
     let run_dir = parent.join(format!("orchestrator-{run_key}"));
     std::fs::create_dir(&run_dir).map_err(|e| format!("cannot make {}: {e}", run_dir.display()))?;
     if let Err(e) = nix::unistd::access(&run_dir.join("cgroup.procs"), nix::unistd::AccessFlags::W_OK) {
@@ -244,6 +321,111 @@ fn memory_run_dir(mountinfo: &str, cgroups: &str, run_key: &str) -> Result<PathB
         return Err(format!("cannot move processes into {}: {e}", run_dir.display()));
     }
     Ok(run_dir)
+}
+
+/// The v2 memory controller enabled from our cgroup (`parent`, in the hierarchy at `mount`)
+/// down to the run's (`run_dir`, made already), or why it cannot be.
+fn v2_memory(parent: &Path, mount: &Path, run_dir: &Path, run_key: &str) -> Result<Delegation, String> {
+    let delegation = Delegation::enable(parent, mount, "memory", run_key, &[std::process::id()])?;
+    if let Err(e) = std::fs::write(run_dir.join("cgroup.subtree_control"), b"+memory") {
+        delegation.undo();
+        return Err(format!("cannot enable the memory controller in {}: {e}", run_dir.display()));
+    }
+    Ok(delegation)
+}
+
+/// A controller enabled for the children of our cgroup, and what that changed, to be put back.
+///
+/// A cgroup (other than the root) may enable a controller for its children only while no
+/// process is in it: the processes that were (ours alone) move into a leaf beside the run's
+/// cgroups first.
+struct Delegation {
+    parent: PathBuf,
+    controller: &'static str,
+    /// Whether we enabled it (it was not already).
+    added: bool,
+    /// The leaf our processes moved into, if they had to.
+    leaf: Option<PathBuf>,
+}
+
+impl Delegation {
+    /// Enable `controller` for the children of `parent`, moving the processes in it into
+    /// `parent/orchestrator-<run_key>-supervisor` if needed: `ours` (this one) always, others
+    /// only where `parent` is marked as delegated. Refused, with nothing changed, when
+    /// `parent` does not have the controller or holds others and is not so marked.
+    fn enable(
+        parent: &Path,
+        mount: &Path,
+        controller: &'static str,
+        run_key: &str,
+        ours: &[u32],
+    ) -> Result<Delegation, String> {
+        let read = |file: &str| std::fs::read_to_string(parent.join(file)).unwrap_or_default();
+        let has = |text: &str| text.split_whitespace().any(|c| c == controller);
+        if !has(&read("cgroup.controllers")) {
+            return Err(format!(
+                "the {controller} controller is not available to {} (not in its cgroup.controllers: it is in no \
+                 cgroup v1 hierarchy and not delegated to this cgroup in v2)",
+                parent.display()
+            ));
+        }
+        let mut delegation = Delegation { parent: parent.to_path_buf(), controller, added: false, leaf: None };
+        if has(&read("cgroup.subtree_control")) {
+            return Ok(delegation);
+        }
+        if parent != mount {
+            // The others may move with us only where the cgroup was delegated to be arranged
+            // so (systemd's `Delegate=yes` marks it): a Hydra app and the orchestrator it
+            // launched, in the scope it was started in.
+            let others: Vec<u32> = members(parent).into_iter().filter(|p| !ours.contains(p)).collect();
+            if !others.is_empty() && !delegated(parent, mount) {
+                return Err(format!(
+                    "{} holds other processes besides orchestrator (pids {}) and is not marked as delegated \
+                     (no trusted.delegate or user.delegate), and a cgroup with processes in it cannot enable the \
+                     {controller} controller for the jobs' cgroups; start orchestrator (or the Hydra app that \
+                     launches it) in a cgroup of its own, e.g. `systemd-run --user --scope -p Delegate=yes \
+                     <command>` (without --user as root)",
+                    parent.display(),
+                    others.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+                ));
+            }
+            let leaf = parent.join(format!("orchestrator-{run_key}-supervisor"));
+            std::fs::create_dir(&leaf).map_err(|e| format!("cannot make {}: {e}", leaf.display()))?;
+            delegation.leaf = Some(leaf.clone());
+            for pid in members(parent) {
+                if let Err(e) = std::fs::write(leaf.join("cgroup.procs"), pid.to_string()) {
+                    delegation.undo();
+                    return Err(format!("cannot move process {pid} into {}: {e}", leaf.display()));
+                }
+            }
+        }
+        if let Err(e) = std::fs::write(parent.join("cgroup.subtree_control"), format!("+{controller}")) {
+            delegation.undo();
+            return Err(format!("cannot enable the {controller} controller in {}: {e}", parent.display()));
+        }
+        delegation.added = true;
+        Ok(delegation)
+    }
+
+    /// Put back what `enable` changed: the controller off again (once the run's cgroups are
+    /// gone), our processes back in our cgroup, the leaf removed. What cannot be (the run's
+    /// cgroups could not be removed) stays, and is said.
+    fn undo(&self) {
+        if self.added
+            && let Err(e) = std::fs::write(self.parent.join("cgroup.subtree_control"), format!("-{}", self.controller))
+        {
+            tracing::warn!("cannot disable the {} controller in {} again: {e}", self.controller, self.parent.display());
+            return;
+        }
+        if let Some(leaf) = &self.leaf {
+            for pid in members(leaf) {
+                let _ = std::fs::write(self.parent.join("cgroup.procs"), pid.to_string());
+            }
+            if let Err(e) = std::fs::remove_dir(leaf) {
+                tracing::warn!("cannot remove the cgroup {}: {e}", leaf.display());
+            }
+        }
+    }
 }
 
 /// Our cgroup in the v1 memory hierarchy, if there is one (from `/proc/self/mountinfo` and
@@ -267,10 +449,81 @@ fn set_limit(dir: &Path, bytes: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// The `oom_kill` count of the memory cgroup at `dir` (Linux 4.13).
+/// Whether the cgroup at `dir` is in a subtree delegated to whoever runs in it: systemd (251
+/// and later) marks a unit's cgroup made with `Delegate=yes` with the extended attribute
+/// `trusted.delegate` (system manager) or `user.delegate` (user manager), `1`, and everything
+/// below it is the unit's too. Looked for from `dir` up to (not including) `mount`.
+fn delegated(dir: &Path, mount: &Path) -> bool {
+    dir.ancestors().take_while(|d| *d != mount && d.starts_with(mount)).any(marked_delegated)
+}
+
+fn marked_delegated(dir: &Path) -> bool {
+    let Ok(path) = CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    [c"trusted.delegate", c"user.delegate"].iter().any(|name| {
+        let mut value = [0u8; 8];
+        // SAFETY: `path` and `name` are NUL-terminated; `value` is writable for its length.
+        let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+        n > 0 && value[..n as usize].starts_with(b"1")
+    })
+}
+
+/// The `oom_kill` count of the v1 memory cgroup at `dir` (Linux 4.13).
 fn oom_kills(dir: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(dir.join("memory.oom_control")).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+    field(&std::fs::read_to_string(dir.join("memory.oom_control")).ok()?, "oom_kill")
+}
+
+/// The `oom_kill` count of the v2 memory cgroup at `dir` (its `memory.events`).
+fn oom_kills_v2(dir: &Path) -> Option<u64> {
+    field(&std::fs::read_to_string(dir.join("memory.events")).ok()?, "oom_kill")
+}
+
+/// The value of `name` in a flat-keyed cgroup file (`name value` lines).
+fn field(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Limit the v2 memory cgroup at `dir` to `bytes`, and to no swap where swap is accounted (so
+/// that a job over it is killed, as with v1's memory plus swap limit).
+fn set_limit_v2(dir: &Path, bytes: u64) -> io::Result<()> {
+    let max = dir.join("memory.max");
+    std::fs::write(&max, bytes.to_string())
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot set {}: {e}", max.display())))?;
+    let swap = dir.join("memory.swap.max");
+    if swap.exists() {
+        std::fs::write(&swap, b"0")
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot set {}: {e}", swap.display())))?;
+    }
+    Ok(())
+}
+
+/// Before a job in the v2 memory cgroup at `dir` (empty now): what earlier jobs left charged
+/// to it (page cache) is reclaimed, and `memory.peak` is reset through a descriptor of its own
+/// (Linux 6.12), returned to read the job's peak from. Where it cannot be reset, the slot's
+/// first job (`first`) still gets its peak, from a plain open; later ones none.
+fn reset_peak_v2(dir: &Path, first: bool) -> Option<std::fs::File> {
+    if !first
+        && let Some(current) = std::fs::read_to_string(dir.join("memory.current")).ok().and_then(|t| field_value(&t))
+    {
+        // Best effort: what cannot be reclaimed (EAGAIN) stays, and counts in the peak.
+        if current > 0 {
+            let _ = std::fs::write(dir.join("memory.reclaim"), current.to_string());
+        }
+    }
+    let path = dir.join("memory.peak");
+    if let Ok(mut file) = std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+        use std::io::Write;
+        if file.write_all(b"reset\n").is_ok() {
+            return Some(file);
+        }
+    }
+    if first { std::fs::File::open(&path).ok() } else { None }
+}
+
+/// A cgroup file holding one number.
+fn field_value(text: &str) -> Option<u64> {
+    text.trim().parse().ok()
 }
 
 /// Kill everything in the run's cgroups under `run_dir` (the watchdog's last resort).
@@ -333,9 +586,7 @@ pub(super) fn kill(dir: &Path) {
 /// `usage` of `cpu.stat`: (user, system) microseconds.
 fn cpu_usec(dir: &Path) -> Option<(u64, u64)> {
     let text = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
-    let field =
-        |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<u64>().ok());
-    Some((field("user_usec")?, field("system_usec")?))
+    Some((field(&text, "user_usec")?, field(&text, "system_usec")?))
 }
 
 /// The mount point of the cgroup2 filesystem, from `/proc/self/mountinfo`.
@@ -403,5 +654,146 @@ mod tests {
         assert_eq!(own_v1(own, "memory"), Some("/user.slice"));
         assert_eq!(own_v1(own, "cpuacct"), Some("/b"));
         assert_eq!(own_v1("0::/c\n", "memory"), None);
+    }
+
+    #[test]
+    fn flat_keyed_cgroup_files_are_read_by_name() {
+        let events = "low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(field(events, "oom_kill"), Some(1));
+        assert_eq!(field(events, "oom"), Some(2), "a name is not a prefix of a longer one");
+        assert_eq!(field(events, "absent"), None);
+        assert_eq!(field("usage_usec 10\nuser_usec 7\nsystem_usec 3\n", "user_usec"), Some(7));
+        assert_eq!(field_value("1048576\n"), Some(1 << 20));
+        assert_eq!(field_value("max\n"), None);
+    }
+
+    /// Say a test did not run here: straight to stderr (the harness captures `eprintln!` of a
+    /// passing test, and `.ci/run` counts these lines as skips).
+    fn skip(what: &str) {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr().lock(), "skipped: {what}");
+    }
+
+    /// A process to move around: `sleep`, killed and reaped on drop.
+    struct Sleeper(std::process::Child);
+
+    impl Sleeper {
+        fn into(cgroup: &Path) -> Sleeper {
+            let child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+            std::fs::write(cgroup.join("cgroup.procs"), child.id().to_string()).unwrap();
+            Sleeper(child)
+        }
+
+        fn cgroup(&self) -> String {
+            let text = std::fs::read_to_string(format!("/proc/{}/cgroup", self.0.id())).unwrap();
+            own_cgroup(&text).unwrap().to_string()
+        }
+    }
+
+    impl Drop for Sleeper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// The kernel's rules for enabling a controller below a cgroup, on the real cgroup2
+    /// hierarchy. The memory controller is bound to v1 on these machines; `hugetlb`, the one
+    /// controller of their v2 hierarchy, is a domain controller too, under the same rule (no
+    /// process in a non-root cgroup that enables it for its children).
+    #[test]
+    fn a_controller_is_enabled_below_a_cgroup_by_moving_its_process_into_a_leaf_and_put_back_after() {
+        const NAME: &str =
+            "a_controller_is_enabled_below_a_cgroup_by_moving_its_process_into_a_leaf_and_put_back_after";
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let Some(mount) = cgroup2_mount(&mountinfo) else {
+            return skip(&format!("{NAME}: no cgroup2 filesystem"));
+        };
+        let root_has = std::fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
+        let writable = nix::unistd::access(&mount.join("cgroup.subtree_control"), nix::unistd::AccessFlags::W_OK);
+        if writable.is_err() || !root_has.split_whitespace().any(|c| c == "hugetlb") {
+            return skip(&format!("{NAME}: the cgroup2 root is not ours to change, or has no hugetlb controller"));
+        }
+        // Available in a top-level cgroup only once the root enables it (the root may, with
+        // processes in it); left on, as a system would have it.
+        std::fs::write(mount.join("cgroup.subtree_control"), b"+hugetlb").unwrap();
+        let test = make_dir(&mount.join(format!("orchestrator-test-{}", std::process::id()))).unwrap();
+        let sub = |f: &str| std::fs::read_to_string(test.join(f)).unwrap();
+        let ours = Sleeper::into(&test);
+
+        // Another process in the cgroup: refused, naming it, and nothing changed.
+        let other = Sleeper::into(&test);
+        let err = Delegation::enable(&test, &mount, "hugetlb", "1-2", &[ours.0.id()]).err().unwrap();
+        assert!(err.contains(&format!("other processes besides orchestrator (pids {})", other.0.id())), "{err}");
+        assert!(err.contains("systemd-run --user --scope -p Delegate=yes"), "{err}");
+        assert!(err.contains("is not marked as delegated"), "{err}");
+        assert_eq!(sub("cgroup.subtree_control").trim(), "");
+        assert!(!test.join("orchestrator-1-2-supervisor").exists());
+
+        // Marked as delegated (as systemd's `Delegate=yes` does): the other moves with us.
+        let set = |value: &[u8]| {
+            let path = CString::new(test.as_os_str().as_bytes()).unwrap();
+            // SAFETY: NUL-terminated path and name; `value` readable for its length.
+            let r = unsafe {
+                libc::setxattr(path.as_ptr(), c"user.delegate".as_ptr(), value.as_ptr().cast(), value.len(), 0)
+            };
+            assert_eq!(r, 0, "{}", io::Error::last_os_error());
+        };
+        set(b"1");
+        assert!(delegated(&test, &mount));
+        assert!(delegated(&test.join("below"), &mount), "below a delegated cgroup is delegated too");
+        let d = Delegation::enable(&test, &mount, "hugetlb", "1-2", &[ours.0.id()]).unwrap();
+        assert!(other.cgroup().ends_with("/orchestrator-1-2-supervisor"), "{}", other.cgroup());
+        assert!(ours.cgroup().ends_with("/orchestrator-1-2-supervisor"), "{}", ours.cgroup());
+        d.undo();
+        assert_eq!(other.cgroup(), format!("/orchestrator-test-{}", std::process::id()));
+        assert_eq!(sub("cgroup.subtree_control").trim(), "");
+        set(b"0");
+        assert!(!delegated(&test, &mount));
+        drop(other);
+
+        // Alone: it moves into a leaf, and the controller reaches the run's slots.
+        let d = Delegation::enable(&test, &mount, "hugetlb", "1-2", &[ours.0.id()]).unwrap();
+        let leaf = test.join("orchestrator-1-2-supervisor");
+        assert!(ours.cgroup().ends_with("/orchestrator-1-2-supervisor"), "{}", ours.cgroup());
+        assert_eq!(sub("cgroup.subtree_control").trim(), "hugetlb");
+        let run = make_dir(&test.join("orchestrator-1-2")).unwrap();
+        std::fs::write(run.join("cgroup.subtree_control"), b"+hugetlb").unwrap();
+        let slot = make_dir(&run.join("slot-0")).unwrap();
+        assert!(std::fs::read_to_string(slot.join("cgroup.controllers")).unwrap().contains("hugetlb"));
+        // A process may join the slot and come back, as a job does.
+        std::fs::write(slot.join("cgroup.procs"), ours.0.id().to_string()).unwrap();
+        std::fs::write(leaf.join("cgroup.procs"), ours.0.id().to_string()).unwrap();
+        // Our cgroup may take no process now: why the leaf is needed.
+        let busy = std::fs::write(test.join("cgroup.procs"), ours.0.id().to_string()).unwrap_err();
+        assert_eq!(busy.raw_os_error(), Some(libc::EBUSY), "{busy}");
+        // While the run's cgroup still enables it, it cannot be turned off: undo leaves all be.
+        d.undo();
+        assert_eq!(sub("cgroup.subtree_control").trim(), "hugetlb");
+        std::fs::remove_dir(&slot).unwrap();
+        std::fs::remove_dir(&run).unwrap();
+
+        // Once the run's cgroups are gone, everything is put back.
+        d.undo();
+        assert_eq!(sub("cgroup.subtree_control").trim(), "");
+        assert!(!leaf.exists());
+        assert_eq!(ours.cgroup(), format!("/orchestrator-test-{}", std::process::id()));
+
+        // Already enabled (by whoever manages the cgroup): nothing to move, nothing to undo.
+        drop(ours);
+        std::fs::write(test.join("cgroup.subtree_control"), b"+hugetlb").unwrap();
+        let enabled = make_dir(&test.join("enabled")).unwrap();
+        std::fs::write(enabled.join("cgroup.subtree_control"), b"+hugetlb").unwrap();
+        let d = Delegation::enable(&enabled, &mount, "hugetlb", "3-4", &[]).unwrap();
+        assert!(!d.added && d.leaf.is_none());
+        d.undo();
+        assert_eq!(std::fs::read_to_string(enabled.join("cgroup.subtree_control")).unwrap().trim(), "hugetlb");
+        std::fs::remove_dir(&enabled).unwrap();
+        std::fs::write(test.join("cgroup.subtree_control"), b"-hugetlb").unwrap();
+
+        // A controller the cgroup does not have: refused, saying so.
+        let err = Delegation::enable(&test, &mount, "memory", "5-6", &[]).err().unwrap();
+        assert!(err.contains("the memory controller is not available to"), "{err}");
+        std::fs::remove_dir(&test).unwrap();
     }
 }

@@ -123,7 +123,7 @@ impl LocalBackend {
         }
         let watchdog = if opts.watchdog {
             let dirs: Vec<&std::path::Path> = match &cgroups {
-                Ok(c) => std::iter::once(c.dir()).chain(c.memory_dir().ok()).collect(),
+                Ok(c) => std::iter::once(c.dir()).chain(c.v1_memory_dir()).collect(),
                 Err(_) => Vec::new(),
             };
             match watchdog::Watchdog::start_with(&dirs, None) {
@@ -179,7 +179,7 @@ impl LocalBackend {
                 "a cgroup per slot under {} (leftovers found by cgroup.procs, ended by cgroup.kill); {}",
                 c.dir().display(),
                 match c.memory_dir() {
-                    Ok(dir) => format!("memory measured{} in {}", self.limit_text(), dir.display()),
+                    Ok(place) => format!("memory measured{} in {place}", self.limit_text()),
                     Err(why) => format!("no memory cgroup ({why})"),
                 }
             ),
