@@ -34,6 +34,7 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -59,6 +60,8 @@ enum MemorySide {
 /// One slot's cgroup, and its CPU counters when its last job ended.
 struct Slot {
     dir: PathBuf,
+    /// The cgroup's directory, open for `clone3` to start jobs in.
+    fd: Arc<OwnedFd>,
     procs: CString,
     cpu_usec: (u64, u64),
     /// Its memory cgroup, and that one's `cgroup.procs` when it is another cgroup (v1).
@@ -72,8 +75,10 @@ struct Slot {
 pub(super) struct Joined {
     /// The cgroup's directory.
     pub(super) dir: PathBuf,
+    /// The same, open (for `clone3` to start the job in it).
+    pub(super) fd: Arc<OwnedFd>,
     /// The `cgroup.procs` files for the job's process to write `0` to: the slot's, and its
-    /// memory cgroup's if it has one.
+    /// memory cgroup's if it has one (v1).
     pub(super) procs: Vec<CString>,
     /// The slot's memory cgroup, with its peak reset for this job.
     pub(super) memory: Option<MemoryWatch>,
@@ -198,6 +203,7 @@ impl Cgroups {
             std::collections::hash_map::Entry::Vacant(e) => {
                 let dir = make_dir(&self.run_dir.join(format!("slot-{slot}")))?;
                 let procs = procs_of(&dir)?;
+                let fd = Arc::new(open_dir(&dir)?);
                 let cpu_usec = cpu_usec(&dir).unwrap_or((0, 0));
                 let memory = match &self.memory {
                     Ok(MemorySide::V1(run)) => {
@@ -216,7 +222,7 @@ impl Cgroups {
                     }
                     Err(_) => None,
                 };
-                e.insert(Slot { dir, procs, cpu_usec, memory, used: false })
+                e.insert(Slot { dir, fd, procs, cpu_usec, memory, used: false })
             }
         };
         let first = !std::mem::replace(&mut s.used, true);
@@ -236,7 +242,7 @@ impl Cgroups {
             },
         });
         let procs = std::iter::once(s.procs.clone()).chain(s.memory.as_ref().and_then(|(_, p)| p.clone())).collect();
-        Ok(Joined { dir: s.dir.clone(), procs, memory })
+        Ok(Joined { dir: s.dir.clone(), fd: s.fd.clone(), procs, memory })
     }
 
     /// The CPU time (user, system) the slot's cgroup used since its previous job ended:
@@ -304,6 +310,17 @@ fn make_dir(dir: &Path) -> io::Result<PathBuf> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(dir.to_path_buf()),
         Err(e) => Err(io::Error::new(e.kind(), format!("cannot make {}: {e}", dir.display()))),
     }
+}
+
+/// `dir`, open as a path only: what `clone3`'s `CLONE_INTO_CGROUP` takes.
+fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(dir)
+        .map(OwnedFd::from)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", dir.display())))
 }
 
 fn procs_of(dir: &Path) -> io::Result<CString> {
@@ -458,15 +475,9 @@ fn delegated(dir: &Path, mount: &Path) -> bool {
 }
 
 fn marked_delegated(dir: &Path) -> bool {
-    let Ok(path) = CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
-    [c"trusted.delegate", c"user.delegate"].iter().any(|name| {
-        let mut value = [0u8; 8];
-        // SAFETY: `path` and `name` are NUL-terminated; `value` is writable for its length.
-        let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
-        n > 0 && value[..n as usize].starts_with(b"1")
-    })
+    [c"trusted.delegate", c"user.delegate"]
+        .iter()
+        .any(|name| super::sys::xattr(dir, name).is_some_and(|v| v.starts_with(b"1")))
 }
 
 /// The `oom_kill` count of the v1 memory cgroup at `dir` (Linux 4.13).
@@ -731,14 +742,7 @@ mod tests {
         assert!(!test.join("orchestrator-1-2-supervisor").exists());
 
         // Marked as delegated (as systemd's `Delegate=yes` does): the other moves with us.
-        let set = |value: &[u8]| {
-            let path = CString::new(test.as_os_str().as_bytes()).unwrap();
-            // SAFETY: NUL-terminated path and name; `value` readable for its length.
-            let r = unsafe {
-                libc::setxattr(path.as_ptr(), c"user.delegate".as_ptr(), value.as_ptr().cast(), value.len(), 0)
-            };
-            assert_eq!(r, 0, "{}", io::Error::last_os_error());
-        };
+        let set = |value: &[u8]| super::super::sys::set_xattr(&test, c"user.delegate", value).unwrap();
         set(b"1");
         assert!(delegated(&test, &mount));
         assert!(delegated(&test.join("below"), &mount), "below a delegated cgroup is delegated too");

@@ -275,17 +275,22 @@ impl LocalBackend {
             }
             let mut setup = setup_steps(&spec.log_path, req.files)?;
             if let Some(j) = &joined {
-                // First: everything the job does and starts is in its cgroups.
-                for procs in j.procs.iter().rev() {
+                // First: everything the job does and starts is in its cgroups. The slot's (v2)
+                // it is made in, or moved into by `spawn`; a v1 memory cgroup it joins itself.
+                for procs in j.procs.iter().skip(1).rev() {
                     setup.insert(0, sys::SetupStep::File(procs.clone(), b"0".to_vec()));
                 }
             }
+            let cgroup = joined.as_ref().and_then(|j| {
+                Some(sys::IntoCgroup { dir: std::os::fd::AsFd::as_fd(&*j.fd), procs: j.procs.first()?.clone() })
+            });
             let s = ctx.reaper.spawn(sys::SpawnRequest {
                 program: &program,
                 argv: &argv,
                 env,
                 cwd: spec.cwd.as_deref(),
                 setup,
+                cgroup,
             })?;
             Ok(Child { pid: s.pid, stdout: s.stdout, stderr: s.stderr, start: StartWatch::Exec(s.exec) })
         });

@@ -5,7 +5,8 @@
 mod spawn;
 
 pub use spawn::{
-    Env, ExecWatch, SetupStep, SpawnRequest, Spawned, cstring, pipe_cloexec, resolve_program, set_nonblocking, spawn,
+    Env, ExecWatch, IntoCgroup, SetupStep, SpawnRequest, Spawned, cstring, pipe_cloexec, resolve_program,
+    set_nonblocking, spawn,
 };
 
 use std::ffi::OsStr;
@@ -14,6 +15,29 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
+
+/// The value of the extended attribute `name` of `path` (its first 64 bytes), if it has one.
+pub fn xattr(path: &std::path::Path, name: &std::ffi::CStr) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut value = [0u8; 64];
+    // SAFETY: `path` and `name` are NUL-terminated; `value` is writable for its length.
+    let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+    (n >= 0).then(|| value[..n as usize].to_vec())
+}
+
+/// Set the extended attribute `name` of `path` to `value` (for tests).
+#[cfg(test)]
+pub fn set_xattr(path: &std::path::Path, name: &std::ffi::CStr, value: &[u8]) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: `path` and `name` are NUL-terminated; `value` is readable for its length.
+    let r = unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 /// Make this process the reaper of its orphaned descendants, so that a job's daemonised
 /// grandchildren are re-parented to us (not to pid 1) and can still be found and ended.
