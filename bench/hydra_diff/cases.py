@@ -602,4 +602,8 @@ e40: 3.0
 e41: 1.10
 """
 C("ycfg01", "task=1,2", app=YAMLCFG)
+C("order01", "task=1,2", app="z: 1\ntask: 0\na: 2\nm:\n  q: 1\n  b: 2\nc: 3\n", hydra_first=True,
+  note="key order: orchestrator's config has hydra: first")
+C("order02", "task=1", app="task: 0\nbase: &b {x: 1, y: 2}\nd:\n  <<: *b\n  p: 1\n  y: 3\n  q: 2\nc: 3\n",
+  note="key order after a merge key")
 C("ycfg02", "task=1", app="task: 1\nd1: yes\nd2: no\nd3: on\nd4: 0755\nd5: 1_000\nd6: 1:20\nd7: 0o17\n", note="documented YAML 1.1/1.2 differences")

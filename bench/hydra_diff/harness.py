@@ -59,6 +59,9 @@ def run_case(case):
         app_text = app
     hydra_text = app_text
     orch_text = app_text.rstrip("\n") + "\n" + JOBLIB
+    if case.get("hydra_first"):
+        # orchestrator's config with `hydra:` before the app's keys: their order must not change.
+        orch_text = JOBLIB.rstrip("\n") + "\n" + app_text
     sp = case.get("sweeper_params")
     if sp is not None:
         sp_text = "  sweeper:\n    params:\n" + "".join(

@@ -136,8 +136,11 @@ pub struct ResolvedConfig {
     pub hydra: HydraSettings,
     /// The app's own config: the document without `hydra:`.
     pub app: Value,
-    /// The whole document after overrides (for `multirun.yaml`).
-    pub root: Value,
+    /// The document's `hydra:` node after overrides, as a document of its own (`{hydra: …}`,
+    /// empty without one): where the settings not typed above are looked up
+    /// (`hydra.sweeper.params`, `hydra.job.chdir`, the launcher's keys as written). Not the
+    /// whole document: a large config is held once, as `app`.
+    pub hydra_doc: Value,
 }
 
 /// Read and parse a config file.
@@ -322,7 +325,9 @@ fn apply_merge_keys(value: &mut Value, path: &mut Vec<String>) -> Result<(), (Ve
                 apply_merge_keys(v, path)?;
                 path.pop();
             }
-            let Some(merge) = map.remove("<<") else { return Ok(()) };
+            // `shift_remove`: `remove` would move the last key into its place, and the order is
+            // the document's (PyYAML keeps it).
+            let Some(merge) = map.shift_remove("<<") else { return Ok(()) };
             let sources = match merge {
                 Value::Mapping(m) => vec![m],
                 Value::Sequence(items) => {
@@ -413,9 +418,11 @@ fn resolve(root: Value, origin: &dyn Fn(&[&str]) -> Origin) -> Result<ResolvedCo
     let mut launcher = LauncherConfig::default();
     let mut form = LauncherForm::Default;
     let mut hydra = HydraSettings::default();
-    let mut app = root.clone();
+    // The document is taken apart, not copied: `app` is all of it but `hydra:`.
+    let mut app = root;
     let hydra_node = match &mut app {
-        Value::Mapping(m) => m.remove("hydra"),
+        // Keeping the order of the keys after it (`remove` would move the last one up).
+        Value::Mapping(m) => m.shift_remove("hydra"),
         _ => None,
     };
     if let Some(node) = &hydra_node {
@@ -550,7 +557,11 @@ fn resolve(root: Value, origin: &dyn Fn(&[&str]) -> Origin) -> Result<ResolvedCo
             }
         }
     }
-    Ok(ResolvedConfig { launcher, form, hydra, app, root })
+    let mut hydra_doc = Mapping::new();
+    if let Some(node) = hydra_node {
+        hydra_doc.insert("hydra".into(), node);
+    }
+    Ok(ResolvedConfig { launcher, form, hydra, app, hydra_doc: Value::Mapping(hydra_doc) })
 }
 
 fn launcher_section(

@@ -229,3 +229,19 @@ fn env_set_values_are_python_strings_as_hydra_sets_them() {
     let got: Vec<(&str, &str)> = r.hydra.env_set.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(got, [("A", "True"), ("B", "False"), ("C", "1000.0"), ("D", "7"), ("E", "text"), ("F", "1e-06")]);
 }
+
+/// The app's keys keep the document's order, whatever place `hydra:` had among them, and so
+/// do a mapping's keys after a merge key (`<<`), as PyYAML and so Hydra give them.
+#[test]
+fn the_app_and_merged_mappings_keep_the_document_s_key_order() {
+    let text = "hydra:\n  launcher:\n    n_jobs: 1\na: 1\nb: 2\nbase: &b {x: 1, y: 2}\nd:\n  <<: *b\n  p: 1\n  q: 2\n  y: 3\nc: 3\n";
+    let r = load_config_str(text, Path::new("t.yaml")).unwrap().resolve(&Default::default()).unwrap();
+    let keys = |v: &serde_yaml::Value| -> Vec<String> {
+        v.as_mapping().unwrap().keys().map(|k| k.as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(keys(&r.app), ["a", "b", "base", "d", "c"]);
+    assert_eq!(keys(&r.app["d"]), ["x", "y", "p", "q"], "merged first, then its own, in order");
+    assert_eq!(r.app["d"]["y"], serde_yaml::Value::from(3), "its own value wins");
+    assert_eq!(keys(&r.hydra_doc), ["hydra"], "the hydra node alone");
+    assert_eq!(r.hydra_doc["hydra"]["launcher"]["n_jobs"], serde_yaml::Value::from(1));
+}

@@ -544,7 +544,7 @@ impl SweepLayout {
         sweeper.insert("_target_".into(), "hydra._internal.core_plugins.basic_sweeper.BasicSweeper".into());
         sweeper.insert("max_batch_size".into(), Value::Null);
         // As the config gives them, each as a string (the sweeper's `Dict[str, str]`).
-        let params = match lookup(&r.root, "hydra.sweeper.params") {
+        let params = match lookup(&r.hydra_doc, "hydra.sweeper.params") {
             Some(Value::Mapping(m)) => Value::Mapping(
                 m.into_iter()
                     .map(|(k, v)| {
@@ -598,7 +598,7 @@ impl SweepLayout {
         let mut jobm = Mapping::new();
         jobm.insert("name".into(), self.job_name.clone().into());
         // null unless given, as Hydra records it.
-        let chdir = match lookup(&r.root, "hydra.job.chdir") {
+        let chdir = match lookup(&r.hydra_doc, "hydra.job.chdir") {
             Some(Value::Bool(b)) => Value::Bool(b),
             _ => Value::Null,
         };
@@ -660,7 +660,7 @@ impl SweepLayout {
             _ => JOBLIB_CLASSES[1].to_string(),
         };
         m.insert("_target_".into(), target.into());
-        let source = launcher_params(&self.resolved.root);
+        let source = launcher_params(&self.resolved.hydra_doc);
         for (k, shown) in &self.resolved.launcher.banner {
             let v = source.and_then(|s| s.get(k.as_str())).cloned().unwrap_or_else(|| default_value(shown));
             let v = if matches!(&v, Value::String(s) if s == "None") { Value::Null } else { v };

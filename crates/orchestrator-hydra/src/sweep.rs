@@ -506,7 +506,7 @@ impl PreparedSweep {
             }
         }
         let (resolved, mut hydra_texts) = resolve_with_overrides(&mut loaded, &hydra_overrides)?;
-        let root = &resolved.root;
+        let root = &resolved.hydra_doc;
         hydra_texts.splice(0..0, hydra_groups);
         // Hydra's BasicSweeper: the config's `hydra.sweeper.params` come first, then the command
         // line's overrides (a key given again keeps its first position and takes the new value).
