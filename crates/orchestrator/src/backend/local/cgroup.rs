@@ -6,9 +6,10 @@
 //!
 //! One cgroup per slot, not per job: a slot runs one job at a time and is emptied before its
 //! next one, and making and removing a cgroup per job cost more than the rest of a tiny job's
-//! bookkeeping. The job's process joins its slot's cgroup itself, before it runs the program
-//! (it writes `0` to `cgroup.procs` as the first step of its set-up), so that everything it
-//! forks is in it from the start.
+//! bookkeeping. The job's process is made in its slot's cgroup (`clone3` with
+//! `CLONE_INTO_CGROUP`, from the slot's open directory), or, where the kernel will not, joins
+//! it itself before it runs the program (it writes `0` to `cgroup.procs` as the first step of
+//! its set-up; see `sys::IntoCgroup`), so that everything it forks is in it from the start.
 //!
 //! Where no cgroup can be made (not root and no delegated subtree, no cgroup2 mount), the
 //! process-group and marker mechanism alone runs, and says so.
