@@ -238,7 +238,7 @@ fn memory_cgroups(name: &str) -> bool {
     let stderr = String::from_utf8_lossy(&limited.stderr);
     if limited.status.code() == Some(2) && stderr.contains("cannot limit each job's memory") {
         skip(&format!(
-            "{name}: no memory cgroup here (not root, no cgroup v1 memory hierarchy, or ORCHESTRATOR_CGROUPS=0)"
+            "{name}: no memory cgroup here (not root, no memory controller for us in v1 or v2, or ORCHESTRATOR_CGROUPS=0)"
         ));
         return false;
     }
