@@ -1,6 +1,7 @@
 //! Process hygiene: timeouts, escaped grandchildren, signals. Every test looks for
 //! surviving PIDs; none trusts exit codes alone.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -356,12 +357,69 @@ fn a_memory_limit_on_cgroup_v2_without_its_memory_controller_is_refused_naming_t
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("cannot limit each job's memory to 1024 MiB (mem_gb)"), "{stderr}");
-    assert!(stderr.contains("the memory controller is not available to /"), "names the cgroup: {stderr}");
-    assert!(stderr.contains("not in its cgroup.controllers"), "says why: {stderr}");
-    assert!(stderr.contains("systemd-run --user --scope -p Delegate=yes"), "says what would do: {stderr}");
+    // Our cgroup (the child's, in the same mount namespace's view of cgroup2).
+    let v2 = mountinfo
+        .lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2").then(|| left.split_whitespace().nth(4))?
+        })
+        .unwrap();
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap().trim_start_matches('/');
+    let cgroup = if own.is_empty() { v2.to_string() } else { format!("{v2}/{own}") };
+    let (why, help) = stderr.split_once("= help:").unwrap_or((&stderr, ""));
+    assert!(why.contains("cannot limit each job's memory to 1024 MiB (mem_gb)"), "{stderr}");
+    assert!(
+        why.contains(&format!("the memory controller is not available to {cgroup} (not in its cgroup.controllers")),
+        "names the cgroup and says why: {stderr}"
+    );
+    assert!(help.contains("systemd-run --user --scope -p Delegate=yes"), "says what would do: {stderr}");
     assert!(sb.sweep_dirs().is_empty(), "nothing created");
     assert!(!sb.path().join("multirun").exists());
+}
+
+/// A run with a memory limit on cgroup v2 moves the processes of its cgroup into a leaf
+/// (`orchestrator-<run>-supervisor`) and back at its end. If it died with its watchdog, the
+/// next run started from there (by the Hydra app left in the leaf) puts them back first and
+/// makes its cgroups beside the leaf's, not in it.
+#[test]
+fn a_supervisor_leaf_left_by_a_dead_run_is_put_back_by_the_next_run() {
+    const NAME: &str = "a_supervisor_leaf_left_by_a_dead_run_is_put_back_by_the_next_run";
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let Some(v2) = mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2").then(|| left.split_whitespace().nth(4))?
+    }) else {
+        return skip(&format!("{NAME}: no cgroup2 hierarchy"));
+    };
+    let name = format!("orchestrator-test-leaf-{}", std::process::id());
+    let home = Path::new(v2).join(&name);
+    if std::fs::create_dir(&home).is_err() {
+        return skip(&format!("{NAME}: cannot make a cgroup (not root?)"));
+    }
+    // A leaf named for a pid that is gone (the largest pid_max).
+    let leaf = home.join("orchestrator-4194304-1-supervisor");
+    std::fs::create_dir(&leaf).unwrap();
+    let sb = Sandbox::new();
+    let out = std::process::Command::new("sh")
+        .current_dir(sb.path())
+        .env_remove("ORCHESTRATOR_CGROUPS")
+        .args(["-c", r#"echo $$ > "$0/cgroup.procs" && exec "$@""#])
+        .arg(&leaf)
+        .args([orchestrator(), "run", "-m", "--quiet", "task=1,2", "--", "sh", "-c", "grep 0:: /proc/self/cgroup"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!leaf.exists(), "the dead run's leaf is gone");
+    for r in journal(&sb.sweep_dir()) {
+        let log = std::fs::read_to_string(sb.path().join(r["log"].as_str().unwrap())).unwrap();
+        let line = log.lines().find(|l| l.contains("[stdout] 0::")).unwrap_or_default();
+        assert!(line.contains(&format!("0::/{name}/orchestrator-")), "made beside the leaf: {log}");
+        assert!(!line.contains("-supervisor/"), "{log}");
+    }
+    std::fs::remove_dir(&home).unwrap();
 }
 
 #[test]

@@ -253,7 +253,7 @@ fn random_state_is_each_job_s_own() {
     let py = python();
     let numpy = has_numpy(&py);
     if !numpy {
-        skip(&format!("numpy's global RandomState across warm jobs (no numpy for {py})"));
+        partly_skipped(&format!("numpy's global RandomState across warm jobs (no numpy for {py})"));
     }
     let draw = if numpy { "import numpy as np\nn = np.random.rand()\n" } else { "n = 0\n" };
     sb.write("rng.py", &format!("import random\n{draw}print(f'draws {{random.random()}} {{n}}')\n"));
@@ -688,7 +688,7 @@ print("threads", os.environ["OPENBLAS_NUM_THREADS"], blas)
         }
     }
     if !threadpoolctl {
-        skip(&format!("threadpoolctl in warm jobs (not installed for {py}); checked the fresh fallback"));
+        partly_skipped(&format!("threadpoolctl in warm jobs (not installed for {py}); checked the fresh fallback"));
         // The warm interpreter took slot 0's value: slot 1's jobs run fresh.
         let slots: Vec<(u64, bool)> =
             s.records.iter().map(|r| (r["slot"].as_u64().unwrap(), r["warm"] == true)).collect();

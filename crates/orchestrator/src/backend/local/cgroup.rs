@@ -142,11 +142,21 @@ impl Cgroups {
         let cgroups = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
         let own = own_cgroup(&cgroups).ok_or("this process is in no cgroup2 cgroup")?;
         // The root cgroup is the mount itself (a join of "" would end it with a `/`).
-        let parent = match own.trim_start_matches('/') {
+        let own = match own.trim_start_matches('/') {
             "" => mount.clone(),
             own => mount.join(own),
         };
+        // A supervisor's leaf (see `Delegation`) is no place for a run: its parent is, beside
+        // the run that made it. We are there when the Hydra app that launched us was moved
+        // there with that run's supervisor.
+        let parent = match own.parent() {
+            Some(up) if is_leaf(&own) => up.to_path_buf(),
+            _ => own,
+        };
         remove_stale(&parent);
+        // What dead runs' delegations left (a SIGKILL of both supervisor and watchdog) is put
+        // back, unless a live run uses it.
+        restore(&parent, "memory", &[std::process::id()]);
         let run_dir = parent.join(format!("orchestrator-{run_key}"));
         std::fs::create_dir(&run_dir).map_err(|e| format!("cannot make {}: {e}", run_dir.display()))?;
         // A dir we may make but whose members we may not move is no use: check now, not
@@ -159,7 +169,7 @@ impl Cgroups {
         let memory = match memory_limit {
             Some(_) => match memory_parent(&mountinfo, &cgroups) {
                 Some(v1) => memory_run_dir(&v1, run_key).map(MemorySide::V1),
-                None => v2_memory(&parent, &mount, &run_dir, run_key).map(MemorySide::V2),
+                None => v2_memory(&parent, &run_dir, run_key).map(MemorySide::V2),
             },
             None => {
                 // What a supervisor killed with SIGKILL (and its watchdog with it) left there
@@ -192,6 +202,15 @@ impl Cgroups {
     pub(super) fn v1_memory_dir(&self) -> Option<&Path> {
         match &self.memory {
             Ok(MemorySide::V1(dir)) => Some(dir),
+            _ => None,
+        }
+    }
+
+    /// The cgroup whose v2 memory controller this run enabled for its children, if it did
+    /// (for the watchdog to [`restore`] if we die).
+    pub(super) fn delegated_from(&self) -> Option<&Path> {
+        match &self.memory {
+            Ok(MemorySide::V2(d)) => Some(&d.parent),
             _ => None,
         }
     }
@@ -341,29 +360,30 @@ fn memory_run_dir(parent: &Path, run_key: &str) -> Result<PathBuf, String> {
     Ok(run_dir)
 }
 
-/// The v2 memory controller enabled from our cgroup (`parent`, in the hierarchy at `mount`)
-/// down to the run's (`run_dir`, made already), or why it cannot be.
-fn v2_memory(parent: &Path, mount: &Path, run_dir: &Path, run_key: &str) -> Result<Delegation, String> {
-    let delegation = Delegation::enable(parent, mount, "memory", run_key, &[std::process::id()])?;
+/// The v2 memory controller enabled from our cgroup (`parent`) down to the run's (`run_dir`,
+/// made already), or why it cannot be.
+fn v2_memory(parent: &Path, run_dir: &Path, run_key: &str) -> Result<Delegation, String> {
+    let delegation = Delegation::enable(parent, "memory", run_key, &[std::process::id()])?;
     if let Err(e) = std::fs::write(run_dir.join("cgroup.subtree_control"), b"+memory") {
+        // The run dir goes when the caller's `Cgroups` is dropped; nothing else of ours uses
+        // the controller.
+        let _ = std::fs::remove_dir(run_dir);
         delegation.undo();
         return Err(format!("cannot enable the memory controller in {}: {e}", run_dir.display()));
     }
     Ok(delegation)
 }
 
-/// A controller enabled for the children of our cgroup, and what that changed, to be put back.
+/// A controller enabled for the children of our cgroup `parent`, to be put back by the last
+/// run there to end ([`restore`]).
 ///
 /// A cgroup (other than the root) may enable a controller for its children only while no
-/// process is in it: the processes that were (ours alone) move into a leaf beside the run's
-/// cgroups first.
+/// process is in it: the processes in it (ours alone, or all where the cgroup was delegated to
+/// whoever runs in it) move into a leaf beside the run's cgroups first,
+/// `orchestrator-<run key>-supervisor`.
 struct Delegation {
     parent: PathBuf,
     controller: &'static str,
-    /// Whether we enabled it (it was not already).
-    added: bool,
-    /// The leaf our processes moved into, if they had to.
-    leaf: Option<PathBuf>,
 }
 
 impl Delegation {
@@ -371,13 +391,7 @@ impl Delegation {
     /// `parent/orchestrator-<run_key>-supervisor` if needed: `ours` (this one) always, others
     /// only where `parent` is marked as delegated. Refused, with nothing changed, when
     /// `parent` does not have the controller or holds others and is not so marked.
-    fn enable(
-        parent: &Path,
-        mount: &Path,
-        controller: &'static str,
-        run_key: &str,
-        ours: &[u32],
-    ) -> Result<Delegation, String> {
+    fn enable(parent: &Path, controller: &'static str, run_key: &str, ours: &[u32]) -> Result<Delegation, String> {
         let read = |file: &str| std::fs::read_to_string(parent.join(file)).unwrap_or_default();
         let has = |text: &str| text.split_whitespace().any(|c| c == controller);
         if !has(&read("cgroup.controllers")) {
@@ -387,16 +401,18 @@ impl Delegation {
                 parent.display()
             ));
         }
-        let mut delegation = Delegation { parent: parent.to_path_buf(), controller, added: false, leaf: None };
+        let delegation = Delegation { parent: parent.to_path_buf(), controller };
+        // Enabled already: by whoever manages the cgroup, by a live run beside us, or at the
+        // root (which may hold processes and enable controllers both).
         if has(&read("cgroup.subtree_control")) {
             return Ok(delegation);
         }
-        if parent != mount {
+        if !is_root(parent) {
             // The others may move with us only where the cgroup was delegated to be arranged
             // so (systemd's `Delegate=yes` marks it): a Hydra app and the orchestrator it
             // launched, in the scope it was started in.
             let others: Vec<u32> = members(parent).into_iter().filter(|p| !ours.contains(p)).collect();
-            if !others.is_empty() && !delegated(parent, mount) {
+            if !others.is_empty() && !marked_delegated(parent) {
                 return Err(format!(
                     "{} holds other processes besides orchestrator (pids {}) and is not marked as delegated \
                      (no trusted.delegate or user.delegate), and a cgroup with processes in it cannot enable the \
@@ -409,11 +425,19 @@ impl Delegation {
             }
             let leaf = parent.join(format!("orchestrator-{run_key}-supervisor"));
             std::fs::create_dir(&leaf).map_err(|e| format!("cannot make {}: {e}", leaf.display()))?;
-            delegation.leaf = Some(leaf.clone());
-            for pid in members(parent) {
-                if let Err(e) = std::fs::write(leaf.join("cgroup.procs"), pid.to_string()) {
-                    delegation.undo();
-                    return Err(format!("cannot move process {pid} into {}: {e}", leaf.display()));
+            // Again while a process forks into it between our read and our move.
+            for _ in 0..5 {
+                let left = members(parent);
+                if left.is_empty() {
+                    break;
+                }
+                for pid in left {
+                    if let Err(e) = std::fs::write(leaf.join("cgroup.procs"), pid.to_string())
+                        && e.raw_os_error() != Some(libc::ESRCH)
+                    {
+                        delegation.undo();
+                        return Err(format!("cannot move process {pid} into {}: {e}", leaf.display()));
+                    }
                 }
             }
         }
@@ -421,27 +445,73 @@ impl Delegation {
             delegation.undo();
             return Err(format!("cannot enable the {controller} controller in {}: {e}", parent.display()));
         }
-        delegation.added = true;
         Ok(delegation)
     }
 
-    /// Put back what `enable` changed: the controller off again (once the run's cgroups are
-    /// gone), our processes back in our cgroup, the leaf removed. What cannot be (the run's
-    /// cgroups could not be removed) stays, and is said.
+    /// This run's part is over (its cgroups are gone): if no other run uses the controller,
+    /// everything is put back.
     fn undo(&self) {
-        if self.added
-            && let Err(e) = std::fs::write(self.parent.join("cgroup.subtree_control"), format!("-{}", self.controller))
-        {
-            tracing::warn!("cannot disable the {} controller in {} again: {e}", self.controller, self.parent.display());
+        restore(&self.parent, self.controller, &[std::process::id()]);
+    }
+}
+
+/// Whether `dir` is the name of a supervisor's leaf (`orchestrator-<run key>-supervisor`).
+fn is_leaf(dir: &Path) -> bool {
+    dir.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("orchestrator-") && n.ends_with("-supervisor"))
+}
+
+/// The pid in the name of a run's cgroup or leaf (`orchestrator-<pid>-<time>[-supervisor]`).
+fn run_pid(name: &str) -> Option<i32> {
+    name.strip_prefix("orchestrator-")?.split('-').next()?.parse().ok()
+}
+
+fn alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) != Err(nix::errno::Errno::ESRCH)
+}
+
+/// The real root cgroup, which alone may hold processes and enable controllers for its
+/// children: it has no `cgroup.type` (the root of a cgroup namespace, which looks like `/`
+/// from inside a container, has one).
+fn is_root(dir: &Path) -> bool {
+    !dir.join("cgroup.type").exists()
+}
+
+/// Put back what runs' delegations changed in `parent` (the controller enabled for its
+/// children, its processes moved into supervisors' leaves), unless a run there other than
+/// `ours` is still live (it will, at its end). Called by each run at its end, by the watchdog of
+/// a run that died, and at each run's start for runs that died with their watchdog.
+pub(super) fn restore(parent: &Path, controller: &str, ours: &[u32]) {
+    let mut leaves = Vec::new();
+    for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let Some(pid) = entry.file_name().to_str().and_then(run_pid) else { continue };
+        if is_leaf(&path) {
+            leaves.push(path);
+        } else if !ours.contains(&(pid as u32)) && alive(pid) {
             return;
         }
-        if let Some(leaf) = &self.leaf {
-            for pid in members(leaf) {
-                let _ = std::fs::write(self.parent.join("cgroup.procs"), pid.to_string());
-            }
-            if let Err(e) = std::fs::remove_dir(leaf) {
-                tracing::warn!("cannot remove the cgroup {}: {e}", leaf.display());
-            }
+    }
+    // No leaf: nothing of ours to put back (a controller enabled at the root, or by whoever
+    // manages the cgroup, stays).
+    if leaves.is_empty() {
+        return;
+    }
+    let subtree = parent.join("cgroup.subtree_control");
+    let enabled = std::fs::read_to_string(&subtree).unwrap_or_default();
+    if enabled.split_whitespace().any(|c| c == controller)
+        && let Err(e) = std::fs::write(&subtree, format!("-{controller}"))
+    {
+        tracing::warn!("cannot disable the {controller} controller in {} again: {e}", parent.display());
+        return;
+    }
+    for leaf in leaves {
+        for pid in members(&leaf) {
+            let _ = std::fs::write(parent.join("cgroup.procs"), pid.to_string());
+        }
+        if let Err(e) = std::fs::remove_dir(&leaf) {
+            tracing::warn!("cannot remove the cgroup {}: {e}", leaf.display());
         }
     }
 }
@@ -467,14 +537,11 @@ fn set_limit(dir: &Path, bytes: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether the cgroup at `dir` is in a subtree delegated to whoever runs in it: systemd (251
-/// and later) marks a unit's cgroup made with `Delegate=yes` with the extended attribute
-/// `trusted.delegate` (system manager) or `user.delegate` (user manager), `1`, and everything
-/// below it is the unit's too. Looked for from `dir` up to (not including) `mount`.
-fn delegated(dir: &Path, mount: &Path) -> bool {
-    dir.ancestors().take_while(|d| *d != mount && d.starts_with(mount)).any(marked_delegated)
-}
-
+/// Whether the cgroup at `dir` was delegated to whoever runs in it: systemd (251 and later)
+/// marks a unit's cgroup made with `Delegate=yes` with the extended attribute
+/// `trusted.delegate` (system manager) or `user.delegate` (user manager), `1`. Only the
+/// cgroup's own mark counts, as in systemd: below `user@.service` (delegated to the user's
+/// manager) a terminal's scope is the manager's, not the shell's.
 fn marked_delegated(dir: &Path) -> bool {
     [c"trusted.delegate", c"user.delegate"]
         .iter()
@@ -564,14 +631,9 @@ pub(super) fn remove_tree(run_dir: &Path) {
 /// `orchestrator-<pid>-<time>`; one whose pid is alive is left alone.
 fn remove_stale(parent: &Path) {
     for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
-        let name = entry.file_name();
-        let Some(pid) =
-            name.to_str().and_then(|n| n.strip_prefix("orchestrator-")?.split('-').next()?.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH);
-        if gone {
+        let Some(pid) = entry.file_name().to_str().and_then(run_pid) else { continue };
+        // A leaf holds the processes that were in our cgroup: `restore` puts them back.
+        if !alive(pid) && !is_leaf(&entry.path()) {
             kill_tree(&entry.path());
             remove_tree(&entry.path());
         }
@@ -723,45 +785,49 @@ mod tests {
         };
         let root_has = std::fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
         let writable = nix::unistd::access(&mount.join("cgroup.subtree_control"), nix::unistd::AccessFlags::W_OK);
-        if writable.is_err() || !root_has.split_whitespace().any(|c| c == "hugetlb") {
+        if writable.is_err() || !is_root(&mount) || !root_has.split_whitespace().any(|c| c == "hugetlb") {
             return skip(&format!("{NAME}: the cgroup2 root is not ours to change, or has no hugetlb controller"));
         }
         // Available in a top-level cgroup only once the root enables it (the root may, with
         // processes in it); left on, as a system would have it.
         std::fs::write(mount.join("cgroup.subtree_control"), b"+hugetlb").unwrap();
         let test = make_dir(&mount.join(format!("orchestrator-test-{}", std::process::id()))).unwrap();
+        assert!(!is_root(&test));
         let sub = |f: &str| std::fs::read_to_string(test.join(f)).unwrap();
+        let home = format!("/orchestrator-test-{}", std::process::id());
+        let leaf = test.join("orchestrator-1-2-supervisor");
         let ours = Sleeper::into(&test);
 
         // Another process in the cgroup: refused, naming it, and nothing changed.
         let other = Sleeper::into(&test);
-        let err = Delegation::enable(&test, &mount, "hugetlb", "1-2", &[ours.0.id()]).err().unwrap();
+        let err = Delegation::enable(&test, "hugetlb", "1-2", &[ours.0.id()]).err().unwrap();
         assert!(err.contains(&format!("other processes besides orchestrator (pids {})", other.0.id())), "{err}");
-        assert!(err.contains("systemd-run --user --scope -p Delegate=yes"), "{err}");
         assert!(err.contains("is not marked as delegated"), "{err}");
         assert_eq!(sub("cgroup.subtree_control").trim(), "");
-        assert!(!test.join("orchestrator-1-2-supervisor").exists());
+        assert!(!leaf.exists());
 
-        // Marked as delegated (as systemd's `Delegate=yes` does): the other moves with us.
+        // Marked as delegated (as systemd's `Delegate=yes` does): the other moves with us, and
+        // the last run to end puts both back.
         let set = |value: &[u8]| super::super::sys::set_xattr(&test, c"user.delegate", value).unwrap();
         set(b"1");
-        assert!(delegated(&test, &mount));
-        assert!(delegated(&test.join("below"), &mount), "below a delegated cgroup is delegated too");
-        let d = Delegation::enable(&test, &mount, "hugetlb", "1-2", &[ours.0.id()]).unwrap();
-        assert!(other.cgroup().ends_with("/orchestrator-1-2-supervisor"), "{}", other.cgroup());
-        assert!(ours.cgroup().ends_with("/orchestrator-1-2-supervisor"), "{}", ours.cgroup());
+        assert!(marked_delegated(&test));
+        assert!(!marked_delegated(&leaf), "only a cgroup's own mark counts");
+        let d = Delegation::enable(&test, "hugetlb", "1-2", &[ours.0.id()]).unwrap();
+        assert_eq!(other.cgroup(), format!("{home}/orchestrator-1-2-supervisor"));
+        assert_eq!(ours.cgroup(), format!("{home}/orchestrator-1-2-supervisor"));
         d.undo();
-        assert_eq!(other.cgroup(), format!("/orchestrator-test-{}", std::process::id()));
+        assert_eq!(other.cgroup(), home);
         assert_eq!(sub("cgroup.subtree_control").trim(), "");
+        assert!(!leaf.exists());
         set(b"0");
-        assert!(!delegated(&test, &mount));
+        assert!(!marked_delegated(&test));
         drop(other);
 
         // Alone: it moves into a leaf, and the controller reaches the run's slots.
-        let d = Delegation::enable(&test, &mount, "hugetlb", "1-2", &[ours.0.id()]).unwrap();
-        let leaf = test.join("orchestrator-1-2-supervisor");
-        assert!(ours.cgroup().ends_with("/orchestrator-1-2-supervisor"), "{}", ours.cgroup());
+        let d = Delegation::enable(&test, "hugetlb", "1-2", &[ours.0.id()]).unwrap();
+        assert_eq!(ours.cgroup(), format!("{home}/orchestrator-1-2-supervisor"));
         assert_eq!(sub("cgroup.subtree_control").trim(), "hugetlb");
+        // The run's cgroup, named for a live pid (1) as a running run's is.
         let run = make_dir(&test.join("orchestrator-1-2")).unwrap();
         std::fs::write(run.join("cgroup.subtree_control"), b"+hugetlb").unwrap();
         let slot = make_dir(&run.join("slot-0")).unwrap();
@@ -772,33 +838,38 @@ mod tests {
         // Our cgroup may take no process now: why the leaf is needed.
         let busy = std::fs::write(test.join("cgroup.procs"), ours.0.id().to_string()).unwrap_err();
         assert_eq!(busy.raw_os_error(), Some(libc::EBUSY), "{busy}");
-        // While the run's cgroup still enables it, it cannot be turned off: undo leaves all be.
+        // A second run beside it finds the controller on and changes nothing.
+        let second = Delegation::enable(&test, "hugetlb", "3-4", &[]).unwrap();
+        assert!(!test.join("orchestrator-3-4-supervisor").exists());
+        // While a live run is there, nothing is put back.
+        second.undo();
         d.undo();
         assert_eq!(sub("cgroup.subtree_control").trim(), "hugetlb");
+        assert!(leaf.exists());
         std::fs::remove_dir(&slot).unwrap();
         std::fs::remove_dir(&run).unwrap();
-
-        // Once the run's cgroups are gone, everything is put back.
+        // The last one out puts everything back.
         d.undo();
         assert_eq!(sub("cgroup.subtree_control").trim(), "");
         assert!(!leaf.exists());
-        assert_eq!(ours.cgroup(), format!("/orchestrator-test-{}", std::process::id()));
+        assert_eq!(ours.cgroup(), home);
 
-        // Already enabled (by whoever manages the cgroup): nothing to move, nothing to undo.
-        drop(ours);
+        // A run that died with its watchdog left its leaf (named for a pid that is gone) and
+        // the controller on: the next run's start puts them back.
+        let stale = make_dir(&test.join("orchestrator-2147483646-5-supervisor")).unwrap();
+        std::fs::write(stale.join("cgroup.procs"), ours.0.id().to_string()).unwrap();
         std::fs::write(test.join("cgroup.subtree_control"), b"+hugetlb").unwrap();
-        let enabled = make_dir(&test.join("enabled")).unwrap();
-        std::fs::write(enabled.join("cgroup.subtree_control"), b"+hugetlb").unwrap();
-        let d = Delegation::enable(&enabled, &mount, "hugetlb", "3-4", &[]).unwrap();
-        assert!(!d.added && d.leaf.is_none());
-        d.undo();
-        assert_eq!(std::fs::read_to_string(enabled.join("cgroup.subtree_control")).unwrap().trim(), "hugetlb");
-        std::fs::remove_dir(&enabled).unwrap();
-        std::fs::write(test.join("cgroup.subtree_control"), b"-hugetlb").unwrap();
+        remove_stale(&test);
+        assert!(stale.exists(), "a leaf is not a stale run's cgroup to kill");
+        restore(&test, "hugetlb", &[]);
+        assert_eq!(sub("cgroup.subtree_control").trim(), "");
+        assert!(!stale.exists());
+        assert_eq!(ours.cgroup(), home);
+        drop(ours);
 
         // A controller the cgroup does not have: refused, saying so.
-        let err = Delegation::enable(&test, &mount, "memory", "5-6", &[]).err().unwrap();
-        assert!(err.contains("the memory controller is not available to"), "{err}");
+        let err = Delegation::enable(&test, "no-such-controller", "5-6", &[]).err().unwrap();
+        assert!(err.contains("the no-such-controller controller is not available to"), "{err}");
         std::fs::remove_dir(&test).unwrap();
     }
 }

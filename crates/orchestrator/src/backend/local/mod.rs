@@ -126,7 +126,8 @@ impl LocalBackend {
                 Ok(c) => std::iter::once(c.dir()).chain(c.v1_memory_dir()).collect(),
                 Err(_) => Vec::new(),
             };
-            match watchdog::Watchdog::start_with(&dirs, None) {
+            let restore = cgroups.as_ref().ok().and_then(|c| c.delegated_from());
+            match watchdog::Watchdog::start_full(&dirs, restore, None) {
                 Ok(w) => Some(w),
                 Err(e) => {
                     tracing::warn!(

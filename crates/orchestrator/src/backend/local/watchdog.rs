@@ -75,6 +75,16 @@ impl Watchdog {
         cgroups: &[&std::path::Path],
         slurm_arrays: Option<&std::path::Path>,
     ) -> Result<Watchdog, WatchdogError> {
+        Self::start_full(cgroups, None, slurm_arrays)
+    }
+
+    /// [`Watchdog::start_with`], which also puts back the memory controller the run enabled
+    /// below `restore` (the local backend's own v2 cgroup), as the run would at its end.
+    pub(crate) fn start_full(
+        cgroups: &[&std::path::Path],
+        restore: Option<&std::path::Path>,
+        slurm_arrays: Option<&std::path::Path>,
+    ) -> Result<Watchdog, WatchdogError> {
         // Every end close-on-exec: no job may hold the write end, or the watchdog would wait
         // for it too.
         let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
@@ -87,6 +97,7 @@ impl Watchdog {
             .arg(std::process::id().to_string())
             .arg(sys::own_pgid().to_string())
             .args(cgroups.iter().map(|c| tagged(CGROUPS_ARG, c)))
+            .args(restore.map(|p| tagged(RESTORE_ARG, p)))
             .args(slurm_arrays.map(|p| tagged(SLURM_ARG, p)))
             .stdin(Stdio::from(alive_r))
             .stdout(Stdio::from(ready_w))
@@ -218,12 +229,18 @@ fn main(args: &[OsString]) -> u8 {
     for dir in &cgroups {
         super::cgroup::remove_tree(dir);
     }
+    // Last: the controller can be disabled only once the run's cgroups are gone. This
+    // process, in the supervisor's leaf, moves back with the rest.
+    if let Some(parent) = tagged_arg(args, RESTORE_ARG) {
+        super::cgroup::restore(&parent, "memory", &[]);
+    }
     0
 }
 
 /// The watchdog's optional arguments, after the pid and group: `cgroups=<dir>` (any number:
-/// the run's v2 cgroups, its v1 memory cgroups), `slurm=<file>`.
+/// the run's v2 cgroups, its v1 memory cgroups), `restore=<dir>`, `slurm=<file>`.
 const CGROUPS_ARG: &str = "cgroups=";
+const RESTORE_ARG: &str = "restore=";
 const SLURM_ARG: &str = "slurm=";
 
 fn tagged(tag: &str, path: &std::path::Path) -> OsString {

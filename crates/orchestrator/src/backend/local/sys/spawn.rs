@@ -519,14 +519,17 @@ unsafe fn clone_into_cgroup(mem: &ChildMem, cgroup: RawFd) -> Option<(libc::c_in
     let ret: isize;
     // SAFETY: `clone3` returns in both processes. The parent goes on here with the pid (or
     // -errno) in rax. The child returns with rax 0 on its own stack (the kernel sets its
-    // stack pointer to `stack + stack_size`, 16-byte aligned), with every other register as
-    // the parent's: it calls `child_main(arg)` from r12 and r13, which never returns (it
-    // execs or exits). The parent's stack is not touched.
+    // stack pointer to `stack + stack_size`, which is 16-byte aligned because the stack's
+    // allocation and size are), with every other register as the parent's: it clears the
+    // frame pointer (an unwinder must not walk into the parent's live stack) and calls
+    // `child_main(arg)` from r12 and r13, which never returns (it execs or exits), so the
+    // registers it changes never reach Rust code. The parent's stack is not touched.
     unsafe {
         std::arch::asm!(
             "syscall",
             "test rax, rax",
             "jnz 2f",
+            "xor ebp, ebp",
             "mov rdi, r12",
             "call r13",
             "ud2",
@@ -547,9 +550,9 @@ unsafe fn clone_into_cgroup(mem: &ChildMem, cgroup: RawFd) -> Option<(libc::c_in
     }
     let errno = -ret as i32;
     match errno {
-        // No `clone3` (before 5.3, or filtered), or no `CLONE_INTO_CGROUP` (before 5.7): not
-        // again.
-        libc::ENOSYS | libc::EINVAL | libc::E2BIG => CLONE3_INTO_CGROUP.store(false, Relaxed),
+        // No `clone3` (before 5.3, or a seccomp filter: ENOSYS, or EPERM in older container
+        // profiles), or no `CLONE_INTO_CGROUP` (before 5.7): not again.
+        libc::ENOSYS | libc::EPERM | libc::EINVAL | libc::E2BIG => CLONE3_INTO_CGROUP.store(false, Relaxed),
         // The process limit: the other way would fail the same, and says so.
         _ => {}
     }
