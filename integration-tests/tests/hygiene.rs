@@ -379,6 +379,53 @@ fn a_memory_limit_on_cgroup_v2_without_its_memory_controller_is_refused_naming_t
     assert!(!sb.path().join("multirun").exists());
 }
 
+/// A job may make cgroups of its own inside its slot's (a nested orchestrator does) and move
+/// a daemon there, out of the slot's `cgroup.procs` and with its environment cleared: it is
+/// still the job's leftover, counted and killed at the job's end, and the slot serves the next
+/// job.
+#[test]
+fn a_daemon_moved_into_a_cgroup_of_its_job_s_own_is_still_its_leftover() {
+    let sb = Sandbox::new();
+    let probe = sb.cmd().args(["-m", "--quiet", "task=1", "hydra.sweep.dir=probe", "--", "true"]).output().unwrap();
+    assert!(probe.status.success());
+    if journal(&sb.path().join("probe"))[0]["isolation"] != "cgroup" {
+        return skip("a_daemon_moved_into_a_cgroup_of_its_job_s_own_is_still_its_leftover: no cgroup here");
+    }
+    let tag = format!("orchsub{}", std::process::id());
+    let script = format!(
+        r#"#!/bin/bash
+cg=$(awk -F'::' '/^0::/ {{print $2}}' /proc/self/cgroup)
+v2=$(awk '$9 == "cgroup2" {{print $5; exit}}' /proc/self/mountinfo)
+if [ "$1" = "task=1" ]; then
+    mkdir -p "$v2$cg/own/deeper"
+    setsid -f env -i bash -c "echo \$\$ > $v2$cg/own/deeper/cgroup.procs; exec -a {tag} sleep 60" </dev/null >/dev/null 2>&1
+    for _ in $(seq 100); do [ -s "$v2$cg/own/deeper/cgroup.procs" ] && break; sleep 0.01; done
+    echo "moved: $(cat "$v2$cg/own/deeper/cgroup.procs")"
+else
+    echo "alive: $(pgrep -fc '^{tag}' || true) in $cg"
+fi
+"#
+    );
+    let path = sb.write("nest.sh", &script);
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = sb
+        .cmd()
+        .args(["-m", "--quiet", "task=1,2", "hydra.launcher.n_jobs=1", "hydra.sweep.dir=d", "--", "./nest.sh"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("cannot remove the cgroup"), "{stderr}");
+    let records = journal(&sb.path().join("d"));
+    let log = |n: u64| std::fs::read_to_string(sb.path().join(format!("d/{n}/nest.log"))).unwrap();
+    assert!(log(0).contains("moved: "), "{}", log(0));
+    assert_eq!(records.iter().find(|r| r["num"] == 0).unwrap()["leftover_processes"], 1, "{records:?}");
+    assert!(log(1).contains("alive: 0 in /"), "killed at its job's end: {}", log(1));
+    assert!(log(1).contains("/slot-0"), "the slot served the next job: {}", log(1));
+    let survivors = std::process::Command::new("pgrep").args(["-fc", &format!("^{tag}")]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&survivors.stdout).trim(), "0", "outlived the sweep");
+}
+
 /// A run with a memory limit on cgroup v2 moves the processes of its cgroup into a leaf
 /// (`orchestrator-<run>-supervisor`) and back at its end. If it died with its watchdog, the
 /// next run started from there (by the Hydra app left in the leaf) puts them back first and

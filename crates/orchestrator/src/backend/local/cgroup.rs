@@ -276,6 +276,23 @@ impl Cgroups {
         Some((used.0 as f64 / 1e6, used.1 as f64 / 1e6))
     }
 
+    /// After a job, its slot's cgroup empty: cgroups the job made in it are removed, and
+    /// controllers it enabled for them disabled, so that the next job can start in it (a
+    /// cgroup that enables a controller for its children may hold no process). `false` when
+    /// that could not be done: the caller retires the slot.
+    pub(super) fn tidy(&self, slot: usize) -> bool {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(s) = slots.get(&slot) else { return true };
+        if !has_descendants(&s.dir) {
+            return true;
+        }
+        let removed = remove_below(&s.dir);
+        let subtree = s.dir.join("cgroup.subtree_control");
+        let enabled = std::fs::read_to_string(&subtree).unwrap_or_default();
+        let disabled = enabled.split_whitespace().all(|c| std::fs::write(&subtree, format!("-{c}")).is_ok());
+        removed && disabled
+    }
+
     /// A cgroup that could not be emptied is not used again: its slot gets a new one.
     pub(super) fn retire(&self, slot: usize) {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
@@ -295,19 +312,13 @@ impl Drop for Cgroups {
     fn drop(&mut self) {
         let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         for s in slots.values() {
-            if !members(&s.dir).is_empty() {
+            if !tree_members(&s.dir).is_empty() {
                 kill(&s.dir);
             }
         }
         // A dir goes once its last member has exited; try a moment for stragglers.
         for _ in 0..50 {
-            let mut left = false;
-            if let Ok(entries) = std::fs::read_dir(&self.run_dir) {
-                for e in entries.flatten().filter(|e| e.path().is_dir()) {
-                    left |= std::fs::remove_dir(e.path()).is_err();
-                }
-            }
-            if !left && std::fs::remove_dir(&self.run_dir).is_ok() {
+            if remove_below(&self.run_dir) && std::fs::remove_dir(&self.run_dir).is_ok() {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
@@ -605,6 +616,47 @@ fn field_value(text: &str) -> Option<u64> {
     text.trim().parse().ok()
 }
 
+/// Whether the cgroup at `dir` has cgroups below it (`nr_descendants` of `cgroup.stat`).
+fn has_descendants(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.stat")).ok().and_then(|t| field(&t, "nr_descendants")).unwrap_or(0) > 0
+}
+
+/// The cgroups right below `dir`.
+fn children(dir: &Path) -> impl Iterator<Item = PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+}
+
+/// The processes in the cgroup at `dir` and in every cgroup below it: a job may make cgroups
+/// of its own in its slot's (a nested orchestrator does) and move processes there, out of
+/// `cgroup.procs` of the slot but not out of the slot.
+pub(super) fn tree_members(dir: &Path) -> Vec<u32> {
+    fn walk(dir: &Path, all: &mut Vec<u32>) {
+        for child in children(dir) {
+            all.extend(members(&child));
+            walk(&child, all);
+        }
+    }
+    let mut all = members(dir);
+    if has_descendants(dir) {
+        walk(dir, &mut all);
+    }
+    all
+}
+
+/// Remove the cgroups below `dir`, deepest first; whether all went (one with a process in it
+/// stays).
+fn remove_below(dir: &Path) -> bool {
+    children(dir).fold(true, |ok, child| {
+        let below = remove_below(&child);
+        std::fs::remove_dir(&child).is_ok() && below && ok
+    })
+}
+
 /// Kill everything in the run's cgroups under `run_dir` (the watchdog's last resort).
 pub(super) fn kill_tree(run_dir: &Path) {
     for slot in std::fs::read_dir(run_dir).into_iter().flatten().flatten().filter(|e| e.path().is_dir()) {
@@ -615,11 +667,7 @@ pub(super) fn kill_tree(run_dir: &Path) {
 /// Remove the run's cgroups under `run_dir` once they are empty (tries for about a second).
 pub(super) fn remove_tree(run_dir: &Path) {
     for _ in 0..100 {
-        let mut left = false;
-        for slot in std::fs::read_dir(run_dir).into_iter().flatten().flatten().filter(|e| e.path().is_dir()) {
-            left |= std::fs::remove_dir(slot.path()).is_err();
-        }
-        if !left && std::fs::remove_dir(run_dir).is_ok() || !run_dir.exists() {
+        if remove_below(run_dir) && std::fs::remove_dir(run_dir).is_ok() || !run_dir.exists() {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -647,11 +695,11 @@ pub(super) fn members(dir: &Path) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// SIGKILL every process in the cgroup at `dir` at once (`cgroup.kill`, Linux 5.14); on an
-/// older kernel, each member in turn.
+/// SIGKILL every process in the cgroup at `dir` and below it at once (`cgroup.kill`, Linux
+/// 5.14); on an older kernel, each member in turn.
 pub(super) fn kill(dir: &Path) {
     if std::fs::write(dir.join("cgroup.kill"), b"1").is_err() {
-        for pid in members(dir) {
+        for pid in tree_members(dir) {
             super::sys::signal_pid(pid, nix::sys::signal::Signal::SIGKILL);
         }
     }

@@ -83,7 +83,7 @@ pub(super) async fn end_cgroup(ctx: &Ctx, dir: &std::path::Path, grace: Duration
     let started = Instant::now();
     let hard_stop = grace.saturating_add(Duration::from_secs(3));
     loop {
-        let members = super::cgroup::members(dir);
+        let members = super::cgroup::tree_members(dir);
         if members.is_empty() {
             break;
         }

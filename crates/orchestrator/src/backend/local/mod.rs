@@ -489,7 +489,7 @@ impl Attempt for LocalAttempt {
             // Every process of the job, whatever group or environment it has now.
             Some(dir) if sig == Signal::SIGKILL => cgroup::kill(dir),
             Some(dir) => {
-                for pid in cgroup::members(dir) {
+                for pid in cgroup::tree_members(dir) {
                     sys::signal_pid(pid, sig);
                 }
             }
@@ -516,6 +516,14 @@ impl Attempt for LocalAttempt {
                             max_rss_kib: 0,
                             mem_peak_kib,
                         });
+                        if !cgroups.tidy(self.slot) {
+                            tracing::warn!(
+                                "slot {}'s cgroup keeps cgroups job #{} made in it; the slot gets a new one",
+                                self.slot,
+                                self.num
+                            );
+                            cgroups.retire(self.slot);
+                        }
                     } else {
                         cgroups.retire(self.slot);
                     }
