@@ -402,7 +402,7 @@ if [ "$1" = "task=1" ]; then
     for _ in $(seq 100); do [ -s "$v2$cg/own/deeper/cgroup.procs" ] && break; sleep 0.01; done
     echo "moved: $(cat "$v2$cg/own/deeper/cgroup.procs")"
 else
-    echo "alive: $(pgrep -fc '^{tag}' || true) in $cg"
+    echo "alive: $(pgrep -fc '^{tag}' || true) in $cg, cgroups below: $(find "$v2$cg" -mindepth 1 -type d | wc -l)"
 fi
 "#
     );
@@ -421,7 +421,8 @@ fi
     assert!(log(0).contains("moved: "), "{}", log(0));
     assert_eq!(records.iter().find(|r| r["num"] == 0).unwrap()["leftover_processes"], 1, "{records:?}");
     assert!(log(1).contains("alive: 0 in /"), "killed at its job's end: {}", log(1));
-    assert!(log(1).contains("/slot-0"), "the slot served the next job: {}", log(1));
+    assert!(log(1).contains("/slot-0, "), "the same slot's cgroup served the next job: {}", log(1));
+    assert!(log(1).contains("cgroups below: 0"), "the job's own cgroups went with it: {}", log(1));
     let survivors = std::process::Command::new("pgrep").args(["-fc", &format!("^{tag}")]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&survivors.stdout).trim(), "0", "outlived the sweep");
 }
@@ -445,6 +446,16 @@ fn a_supervisor_leaf_left_by_a_dead_run_is_put_back_by_the_next_run() {
     if std::fs::create_dir(&home).is_err() {
         return skip(&format!("{NAME}: cannot make a cgroup (not root?)"));
     }
+    /// Removes the test's cgroups, the test passed or not.
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            for dir in [self.0.join("orchestrator-4194304-1-supervisor"), self.0.clone()] {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+    let _remove = Remove(home.clone());
     // A leaf named for a pid that is gone (the largest pid_max).
     let leaf = home.join("orchestrator-4194304-1-supervisor");
     std::fs::create_dir(&leaf).unwrap();
@@ -466,7 +477,6 @@ fn a_supervisor_leaf_left_by_a_dead_run_is_put_back_by_the_next_run() {
         assert!(line.contains(&format!("0::/{name}/orchestrator-")), "made beside the leaf: {log}");
         assert!(!line.contains("-supervisor/"), "{log}");
     }
-    std::fs::remove_dir(&home).unwrap();
 }
 
 #[test]

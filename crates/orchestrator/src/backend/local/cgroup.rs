@@ -48,6 +48,9 @@ pub(super) struct Cgroups {
     /// Each job's memory limit (memory plus swap), bytes.
     memory_limit: Option<u64>,
     slots: Mutex<HashMap<usize, Slot>>,
+    /// How many cgroups each slot retired: its next one is `slot-<n>.<count>` (cgroup v2
+    /// cannot rename a cgroup out of the way).
+    retired: Mutex<HashMap<usize, u32>>,
 }
 
 /// The run's memory cgroups.
@@ -153,10 +156,12 @@ impl Cgroups {
             Some(up) if is_leaf(&own) => up.to_path_buf(),
             _ => own,
         };
+        // Held to the end: another run's start or end there waits.
+        let _lock = lock(&parent);
         remove_stale(&parent);
         // What dead runs' delegations left (a SIGKILL of both supervisor and watchdog) is put
         // back, unless a live run uses it.
-        restore(&parent, "memory", &[std::process::id()]);
+        restore(&parent, "memory");
         let run_dir = parent.join(format!("orchestrator-{run_key}"));
         std::fs::create_dir(&run_dir).map_err(|e| format!("cannot make {}: {e}", run_dir.display()))?;
         // A dir we may make but whose members we may not move is no use: check now, not
@@ -169,7 +174,19 @@ impl Cgroups {
         let memory = match memory_limit {
             Some(_) => match memory_parent(&mountinfo, &cgroups) {
                 Some(v1) => memory_run_dir(&v1, run_key).map(MemorySide::V1),
-                None => v2_memory(&parent, &run_dir, run_key).map(MemorySide::V2),
+                None => match Delegation::enable(&parent, "memory", run_key, &[std::process::id()]) {
+                    Err(why) => Err(why),
+                    Ok(d) => match std::fs::write(run_dir.join("cgroup.subtree_control"), b"+memory") {
+                        Ok(()) => Ok(MemorySide::V2(d)),
+                        Err(e) => {
+                            // Put back at once (our run's cgroup must go first); no cgroups
+                            // then, which says why.
+                            let _ = std::fs::remove_dir(&run_dir);
+                            restore(&parent, "memory");
+                            return Err(format!("cannot enable the memory controller in {}: {e}", run_dir.display()));
+                        }
+                    },
+                },
             },
             None => {
                 // What a supervisor killed with SIGKILL (and its watchdog with it) left there
@@ -180,7 +197,7 @@ impl Cgroups {
                 Err("no per-job memory limit (mem_gb) was asked for".into())
             }
         };
-        Ok(Cgroups { run_dir, memory, memory_limit, slots: Mutex::new(HashMap::new()) })
+        Ok(Cgroups { run_dir, memory, memory_limit, slots: Mutex::default(), retired: Mutex::default() })
     }
 
     /// Where the run's cgroups are.
@@ -221,13 +238,17 @@ impl Cgroups {
         let s = match slots.entry(slot) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                let dir = make_dir(&self.run_dir.join(format!("slot-{slot}")))?;
+                let name = match self.retired.lock().unwrap_or_else(|e| e.into_inner()).get(&slot) {
+                    Some(n) => format!("slot-{slot}.{n}"),
+                    None => format!("slot-{slot}"),
+                };
+                let dir = make_dir(&self.run_dir.join(&name))?;
                 let procs = procs_of(&dir)?;
                 let fd = Arc::new(open_dir(&dir)?);
                 let cpu_usec = cpu_usec(&dir).unwrap_or((0, 0));
                 let memory = match &self.memory {
                     Ok(MemorySide::V1(run)) => {
-                        let dir = make_dir(&run.join(format!("slot-{slot}")))?;
+                        let dir = make_dir(&run.join(&name))?;
                         if let Some(limit) = self.memory_limit {
                             set_limit(&dir, limit)?;
                         }
@@ -293,16 +314,11 @@ impl Cgroups {
         removed && disabled
     }
 
-    /// A cgroup that could not be emptied is not used again: its slot gets a new one.
+    /// A cgroup that could not be emptied (or tidied) is not used again: its slot gets a new
+    /// one. The old one stays in the run's dir, whose end kills what is in it.
     pub(super) fn retire(&self, slot: usize) {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = slots.remove(&slot) {
-            let v1 = s.memory.as_ref().filter(|(_, procs)| procs.is_some()).map(|(d, _)| d);
-            for dir in std::iter::once(&s.dir).chain(v1) {
-                let mut name = dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-                name.push(format!("-stuck-{}", std::process::id()));
-                let _ = std::fs::rename(dir, dir.with_file_name(name));
-            }
+        if self.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&slot).is_some() {
+            *self.retired.lock().unwrap_or_else(|e| e.into_inner()).entry(slot).or_default() += 1;
         }
     }
 }
@@ -310,10 +326,10 @@ impl Cgroups {
 impl Drop for Cgroups {
     /// Every job has ended: what is left in the run's cgroups is killed, and they go.
     fn drop(&mut self) {
-        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        for s in slots.values() {
-            if !tree_members(&s.dir).is_empty() {
-                kill(&s.dir);
+        // Every slot's cgroup, retired ones too.
+        for dir in children(&self.run_dir) {
+            if !tree_members(&dir).is_empty() {
+                kill(&dir);
             }
         }
         // A dir goes once its last member has exited; try a moment for stragglers.
@@ -369,20 +385,6 @@ fn memory_run_dir(parent: &Path, run_key: &str) -> Result<PathBuf, String> {
         return Err(format!("cannot move processes into {}: {e}", run_dir.display()));
     }
     Ok(run_dir)
-}
-
-/// The v2 memory controller enabled from our cgroup (`parent`) down to the run's (`run_dir`,
-/// made already), or why it cannot be.
-fn v2_memory(parent: &Path, run_dir: &Path, run_key: &str) -> Result<Delegation, String> {
-    let delegation = Delegation::enable(parent, "memory", run_key, &[std::process::id()])?;
-    if let Err(e) = std::fs::write(run_dir.join("cgroup.subtree_control"), b"+memory") {
-        // The run dir goes when the caller's `Cgroups` is dropped; nothing else of ours uses
-        // the controller.
-        let _ = std::fs::remove_dir(run_dir);
-        delegation.undo();
-        return Err(format!("cannot enable the memory controller in {}: {e}", run_dir.display()));
-    }
-    Ok(delegation)
 }
 
 /// A controller enabled for the children of our cgroup `parent`, to be put back by the last
@@ -446,14 +448,14 @@ impl Delegation {
                     if let Err(e) = std::fs::write(leaf.join("cgroup.procs"), pid.to_string())
                         && e.raw_os_error() != Some(libc::ESRCH)
                     {
-                        delegation.undo();
+                        restore(parent, controller);
                         return Err(format!("cannot move process {pid} into {}: {e}", leaf.display()));
                     }
                 }
             }
         }
         if let Err(e) = std::fs::write(parent.join("cgroup.subtree_control"), format!("+{controller}")) {
-            delegation.undo();
+            restore(parent, controller);
             return Err(format!("cannot enable the {controller} controller in {}: {e}", parent.display()));
         }
         Ok(delegation)
@@ -462,7 +464,7 @@ impl Delegation {
     /// This run's part is over (its cgroups are gone): if no other run uses the controller,
     /// everything is put back.
     fn undo(&self) {
-        restore(&self.parent, self.controller, &[std::process::id()]);
+        put_back(&self.parent, self.controller);
     }
 }
 
@@ -486,21 +488,38 @@ fn alive(pid: i32) -> bool {
 /// children: it has no `cgroup.type` (the root of a cgroup namespace, which looks like `/`
 /// from inside a container, has one).
 fn is_root(dir: &Path) -> bool {
-    !dir.join("cgroup.type").exists()
+    // Not sure (an error): not the root, whose exemption would be wrong to assume.
+    matches!(dir.join("cgroup.type").try_exists(), Ok(false))
+}
+
+/// An exclusive `flock` on the cgroup at `dir`, held while a run there changes how it is
+/// arranged (its cgroups made, a controller enabled or put back), so that two runs' starts
+/// and ends there do not interleave. `None` when it cannot be taken.
+fn lock(dir: &Path) -> Option<nix::fcntl::Flock<std::fs::File>> {
+    let file = std::fs::File::open(dir).ok()?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).ok()
+}
+
+/// [`restore`], under the cgroup's lock: at a run's end, and by the watchdog of a run that
+/// died.
+pub(super) fn put_back(parent: &Path, controller: &str) {
+    let _lock = lock(parent);
+    restore(parent, controller);
 }
 
 /// Put back what runs' delegations changed in `parent` (the controller enabled for its
-/// children, its processes moved into supervisors' leaves), unless a run there other than
-/// `ours` is still live (it will, at its end). Called by each run at its end, by the watchdog of
-/// a run that died, and at each run's start for runs that died with their watchdog.
-pub(super) fn restore(parent: &Path, controller: &str, ours: &[u32]) {
+/// children, its processes moved into supervisors' leaves), unless a run's cgroup there is
+/// still live (its supervisor alive: that run puts it back at its end; a run's own is removed
+/// before). Called with the cgroup's lock held: by each run at its end, by the watchdog of a run
+/// that died, and at each run's start for runs that died with their watchdog.
+fn restore(parent: &Path, controller: &str) {
     let mut leaves = Vec::new();
     for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
         let path = entry.path();
         let Some(pid) = entry.file_name().to_str().and_then(run_pid) else { continue };
         if is_leaf(&path) {
             leaves.push(path);
-        } else if !ours.contains(&(pid as u32)) && alive(pid) {
+        } else if alive(pid) {
             return;
         }
     }
@@ -521,7 +540,10 @@ pub(super) fn restore(parent: &Path, controller: &str, ours: &[u32]) {
         for pid in members(&leaf) {
             let _ = std::fs::write(parent.join("cgroup.procs"), pid.to_string());
         }
-        if let Err(e) = std::fs::remove_dir(&leaf) {
+        // Gone already: another run's end put it back first.
+        if let Err(e) = std::fs::remove_dir(&leaf)
+            && e.kind() != io::ErrorKind::NotFound
+        {
             tracing::warn!("cannot remove the cgroup {}: {e}", leaf.display());
         }
     }
@@ -616,9 +638,18 @@ fn field_value(text: &str) -> Option<u64> {
     text.trim().parse().ok()
 }
 
-/// Whether the cgroup at `dir` has cgroups below it (`nr_descendants` of `cgroup.stat`).
+/// Whether the cgroup at `dir` has cgroups below it: a directory's link count is 2 plus its
+/// subdirectories (kernfs keeps it so), one `stat` where `cgroup.stat` would cost an open and a
+/// read.
 fn has_descendants(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("cgroup.stat")).ok().and_then(|t| field(&t, "nr_descendants")).unwrap_or(0) > 0
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).is_ok_and(|m| m.nlink() > 2)
+}
+
+/// Whether any process is in the cgroup at `dir` or below it (`populated` of
+/// `cgroup.events`): `cgroup.procs` stops listing an exiting process before it has left.
+pub(super) fn populated(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.events")).ok().and_then(|t| field(&t, "populated")).unwrap_or(0) > 0
 }
 
 /// The cgroups right below `dir`.
@@ -875,8 +906,14 @@ mod tests {
         let d = Delegation::enable(&test, "hugetlb", "1-2", &[ours.0.id()]).unwrap();
         assert_eq!(ours.cgroup(), format!("{home}/orchestrator-1-2-supervisor"));
         assert_eq!(sub("cgroup.subtree_control").trim(), "hugetlb");
-        // The run's cgroup, named for a live pid (1) as a running run's is.
+        // The run's cgroup, named for a live pid (1) as a running run's is: while it is there,
+        // nothing is put back (before it enables the controller, which would stop a disable
+        // anyway).
         let run = make_dir(&test.join("orchestrator-1-2")).unwrap();
+        d.undo();
+        assert_eq!(sub("cgroup.subtree_control").trim(), "hugetlb");
+        assert!(leaf.exists());
+        assert_eq!(ours.cgroup(), format!("{home}/orchestrator-1-2-supervisor"));
         std::fs::write(run.join("cgroup.subtree_control"), b"+hugetlb").unwrap();
         let slot = make_dir(&run.join("slot-0")).unwrap();
         assert!(std::fs::read_to_string(slot.join("cgroup.controllers")).unwrap().contains("hugetlb"));
@@ -889,9 +926,7 @@ mod tests {
         // A second run beside it finds the controller on and changes nothing.
         let second = Delegation::enable(&test, "hugetlb", "3-4", &[]).unwrap();
         assert!(!test.join("orchestrator-3-4-supervisor").exists());
-        // While a live run is there, nothing is put back.
         second.undo();
-        d.undo();
         assert_eq!(sub("cgroup.subtree_control").trim(), "hugetlb");
         assert!(leaf.exists());
         std::fs::remove_dir(&slot).unwrap();
@@ -909,7 +944,7 @@ mod tests {
         std::fs::write(test.join("cgroup.subtree_control"), b"+hugetlb").unwrap();
         remove_stale(&test);
         assert!(stale.exists(), "a leaf is not a stale run's cgroup to kill");
-        restore(&test, "hugetlb", &[]);
+        restore(&test, "hugetlb");
         assert_eq!(sub("cgroup.subtree_control").trim(), "");
         assert!(!stale.exists());
         assert_eq!(ours.cgroup(), home);

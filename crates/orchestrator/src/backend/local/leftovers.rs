@@ -84,7 +84,8 @@ pub(super) async fn end_cgroup(ctx: &Ctx, dir: &std::path::Path, grace: Duration
     let hard_stop = grace.saturating_add(Duration::from_secs(3));
     loop {
         let members = super::cgroup::tree_members(dir);
-        if members.is_empty() {
+        // Empty once nothing is in it: an exiting process has left `cgroup.procs` already.
+        if members.is_empty() && !super::cgroup::populated(dir) {
             break;
         }
         // Ours to reap once dead (they came back to us as their subreaper).

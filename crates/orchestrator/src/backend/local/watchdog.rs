@@ -232,7 +232,7 @@ fn main(args: &[OsString]) -> u8 {
     // Last: the controller can be disabled only once the run's cgroups are gone. This
     // process, in the supervisor's leaf, moves back with the rest.
     if let Some(parent) = tagged_arg(args, RESTORE_ARG) {
-        super::cgroup::restore(&parent, "memory", &[]);
+        super::cgroup::put_back(&parent, "memory");
     }
     0
 }
