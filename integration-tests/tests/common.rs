@@ -30,6 +30,31 @@ pub fn partly_skipped(what: &str) {
     let _ = writeln!(std::io::stderr().lock(), "partly skipped: {what}");
 }
 
+/// Where the cgroup2 filesystem is mounted, from our `/proc/self/mountinfo`.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    mounts().into_iter().find_map(|(point, fstype, _)| (fstype == "cgroup2").then_some(point))
+}
+
+/// Where the cgroup v1 hierarchy with `controller` is mounted, from our `/proc/self/mountinfo`.
+pub fn v1_mount(controller: &str) -> Option<PathBuf> {
+    mounts().into_iter().find_map(|(point, fstype, options)| {
+        (fstype == "cgroup" && options.split(',').any(|o| o == controller)).then_some(point)
+    })
+}
+
+/// Each mount's point, filesystem type and super options.
+fn mounts() -> Vec<(PathBuf, String, String)> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut right = right.split_whitespace();
+            let (fstype, _source, options) = (right.next()?, right.next()?, right.next()?);
+            Some((PathBuf::from(left.split_whitespace().nth(4)?), fstype.to_string(), options.to_string()))
+        })
+        .collect()
+}
+
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
 }
@@ -60,6 +85,13 @@ impl Sandbox {
     pub fn write(&self, name: &str, text: &str) -> PathBuf {
         let p = self.path().join(name);
         std::fs::write(&p, text).expect("write file");
+        p
+    }
+
+    /// [`Sandbox::write`], executable: a script for a job to run.
+    pub fn write_script(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.write(name, text);
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
         p
     }
 

@@ -247,8 +247,7 @@ fn daemons_die_with_their_job_and_are_counted() {
             String::new()
         }
     );
-    let path = sb.write("daemon.sh", &script);
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    sb.write_script("daemon.sh", &script);
     let out = sb
         .cmd()
         .args(["-m", "--quiet", "task=1..30", "hydra.launcher.n_jobs=1", "hydra.sweep.dir=d", "--", "./daemon.sh"])
@@ -278,8 +277,7 @@ fn daemons_die_with_their_job_and_are_counted() {
 fn status_and_resume_need_only_the_sweep_dir() {
     let sb = Sandbox::new();
     // Job 2 fails until a file exists.
-    let script = sb.write("app.sh", "#!/bin/sh\n[ -e ok ] || [ \"$1\" != task=3 ]\n");
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    sb.write_script("app.sh", "#!/bin/sh\n[ -e ok ] || [ \"$1\" != task=3 ]\n");
     let cfg = sb.write("c.yaml", FAST);
     let out = sb
         .cmd()
@@ -343,8 +341,7 @@ fn status_and_resume_need_only_the_sweep_dir() {
 #[test]
 fn an_app_deleted_mid_sweep_fails_the_jobs_after_it_cleanly() {
     let sb = Sandbox::new();
-    let app = sb.write("app.sh", "#!/bin/sh\n[ \"$1\" = task=2 ] && rm -f \"$0\"\nexit 0\n");
-    std::fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    sb.write_script("app.sh", "#!/bin/sh\n[ \"$1\" = task=2 ] && rm -f \"$0\"\nexit 0\n");
     let out = sb
         .cmd()
         .args(["-m", "--quiet", "task=1..5", "hydra.launcher.n_jobs=1", "hydra.sweep.dir=s", "--", "./app.sh"])
@@ -362,11 +359,10 @@ fn an_app_deleted_mid_sweep_fails_the_jobs_after_it_cleanly() {
 #[test]
 fn five_thousand_short_jobs_leave_no_descriptor_or_zombie_behind() {
     let sb = Sandbox::new();
-    let probe = sb.write(
+    sb.write_script(
         "probe.sh",
         "#!/bin/sh\nif [ \"$ORCHESTRATOR_JOB_NUM\" = 4999 ]; then\n  echo \"fds $(ls /proc/$PPID/fd | wc -l) zombies $(ps --ppid $PPID -o stat= | grep -c Z)\"\nfi\n",
     );
-    std::fs::set_permissions(&probe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let out = sb
         .cmd()
         .args(["-m", "task=1..5000", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=s", "--", "./probe.sh"])

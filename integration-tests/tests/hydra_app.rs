@@ -61,14 +61,12 @@ fn forty_jobs_of_a_hydra_app_leave_forty_hydra_dirs_with_their_own_overrides() {
 /// no `.hydra` files and logs beside Hydra's log) and one that does not.
 #[test]
 fn a_script_is_a_hydra_app_when_it_uses_hydra_main() {
-    use std::os::unix::fs::PermissionsExt;
     let sb = Sandbox::new();
     for (name, text) in [
         ("plain.py", "#!/bin/sh\necho \"args: $*\"\n"),
         ("app.py", "#!/bin/sh\n# @hydra.main(config_path=None)\necho \"args: $*\"\n"),
     ] {
-        let p = sb.write(name, text);
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        sb.write_script(name, text);
     }
     let run = |script: &str, dir: &str| {
         let out =

@@ -1,7 +1,6 @@
 //! Process hygiene: timeouts, escaped grandchildren, signals. Every test looks for
 //! surviving PIDs; none trusts exit codes alone.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -332,14 +331,7 @@ fn a_job_over_its_memory_limit_is_out_of_memory_and_the_others_run_on() {
 #[test]
 fn a_memory_limit_on_cgroup_v2_without_its_memory_controller_is_refused_naming_the_cgroup() {
     const NAME: &str = "a_memory_limit_on_cgroup_v2_without_its_memory_controller_is_refused_naming_the_cgroup";
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let v1_memory = mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let mut right = right.split_whitespace();
-        let (fstype, _, options) = (right.next()?, right.next()?, right.next()?);
-        (fstype == "cgroup" && options.split(',').any(|o| o == "memory")).then(|| left.split_whitespace().nth(4))?
-    });
-    let Some(v1_memory) = v1_memory else {
+    let Some(v1_memory) = v1_mount("memory") else {
         return skip(&format!("{NAME}: no v1 memory hierarchy to hide (a pure v2 system runs the memory tests above)"));
     };
     let private = std::process::Command::new("unshare").args(["-m", "true"]).output();
@@ -351,23 +343,20 @@ fn a_memory_limit_on_cgroup_v2_without_its_memory_controller_is_refused_naming_t
         .current_dir(sb.path())
         // Also in the CI step that turns cgroups off for the others.
         .env_remove("ORCHESTRATOR_CGROUPS")
-        .args(["-m", "sh", "-c", r#"umount "$0" && exec "$@""#, v1_memory, orchestrator(), "run"])
+        .args(["-m", "sh", "-c", r#"umount "$0" && exec "$@""#])
+        .arg(&v1_memory)
+        .args([orchestrator(), "run"])
         .args(["-m", "task=1,2", "+hydra.launcher.orchestrator.mem_gb=1", "--", "true"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     // Our cgroup (the child's, in the same mount namespace's view of cgroup2).
-    let v2 = mountinfo
-        .lines()
-        .find_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            (right.split_whitespace().next()? == "cgroup2").then(|| left.split_whitespace().nth(4))?
-        })
-        .unwrap();
+    let v2 = cgroup2_mount().unwrap();
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     let own = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap().trim_start_matches('/');
-    let cgroup = if own.is_empty() { v2.to_string() } else { format!("{v2}/{own}") };
+    let cgroup = if own.is_empty() { v2 } else { v2.join(own) };
+    let cgroup = cgroup.display();
     let (why, help) = stderr.split_once("= help:").unwrap_or((&stderr, ""));
     assert!(why.contains("cannot limit each job's memory to 1024 MiB (mem_gb)"), "{stderr}");
     assert!(
@@ -406,8 +395,7 @@ else
 fi
 "#
     );
-    let path = sb.write("nest.sh", &script);
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    sb.write_script("nest.sh", &script);
     let out = sb
         .cmd()
         .args(["-m", "--quiet", "task=1,2", "hydra.launcher.n_jobs=1", "hydra.sweep.dir=d", "--", "./nest.sh"])
@@ -434,15 +422,11 @@ fi
 #[test]
 fn a_supervisor_leaf_left_by_a_dead_run_is_put_back_by_the_next_run() {
     const NAME: &str = "a_supervisor_leaf_left_by_a_dead_run_is_put_back_by_the_next_run";
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let Some(v2) = mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        (right.split_whitespace().next()? == "cgroup2").then(|| left.split_whitespace().nth(4))?
-    }) else {
+    let Some(v2) = cgroup2_mount() else {
         return skip(&format!("{NAME}: no cgroup2 hierarchy"));
     };
     let name = format!("orchestrator-test-leaf-{}", std::process::id());
-    let home = Path::new(v2).join(&name);
+    let home = v2.join(&name);
     if std::fs::create_dir(&home).is_err() {
         return skip(&format!("{NAME}: cannot make a cgroup (not root?)"));
     }

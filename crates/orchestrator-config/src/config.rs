@@ -382,9 +382,9 @@ impl LoadedConfig {
         self.resolve_root(self.root.clone(), overridden)
     }
 
-    /// Like [`LoadedConfig::resolve`], for a document derived from this one, which becomes
-    /// the resolved config's `root` (taken, not copied: a large config is held twice, as
-    /// `root` and `app`, not more).
+    /// Like [`LoadedConfig::resolve`], for a document derived from this one, which is
+    /// taken apart into the resolved config's `app` and `hydra_doc` (not copied: a large
+    /// config is held once).
     pub fn resolve_root(
         &self,
         root: Value,

@@ -506,11 +506,11 @@ impl PreparedSweep {
             }
         }
         let (resolved, mut hydra_texts) = resolve_with_overrides(&mut loaded, &hydra_overrides)?;
-        let root = &resolved.hydra_doc;
+        let hydra_doc = &resolved.hydra_doc;
         hydra_texts.splice(0..0, hydra_groups);
         // Hydra's BasicSweeper: the config's `hydra.sweeper.params` come first, then the command
         // line's overrides (a key given again keeps its first position and takes the new value).
-        let params = if multirun { sweeper_params(root)? } else { Vec::new() };
+        let params = if multirun { sweeper_params(hydra_doc)? } else { Vec::new() };
         let n_params = params.len();
         app_overrides.splice(0..0, params);
 
@@ -569,7 +569,7 @@ impl PreparedSweep {
         };
         let job_name = resolved.hydra.job_name.clone().unwrap_or_else(|| job_name_for(&args.app));
         let started = Local::now();
-        let template = if multirun { resolved.hydra.sweep_dir.clone() } else { run_dir_template(root) };
+        let template = if multirun { resolved.hydra.sweep_dir.clone() } else { run_dir_template(hydra_doc) };
         let dir = match &earlier {
             Some(e) => e.dir.to_string_lossy().into_owned(),
             None => SweepLayout::resolve_dir(&template, &started, &job_name)?,

@@ -129,7 +129,7 @@ impl MemoryWatch {
                 String::from_utf8_lossy(&buf[..n]).into_owned()
             }
         };
-        text.trim().parse::<u64>().ok().map(|b| b / 1024)
+        field_value(&text).map(|b| b / 1024)
     }
 }
 
@@ -690,8 +690,8 @@ fn remove_below(dir: &Path) -> bool {
 
 /// Kill everything in the run's cgroups under `run_dir` (the watchdog's last resort).
 pub(super) fn kill_tree(run_dir: &Path) {
-    for slot in std::fs::read_dir(run_dir).into_iter().flatten().flatten().filter(|e| e.path().is_dir()) {
-        kill(&slot.path());
+    for slot in children(run_dir) {
+        kill(&slot);
     }
 }
 
@@ -743,7 +743,7 @@ fn cpu_usec(dir: &Path) -> Option<(u64, u64)> {
 }
 
 /// The mount point of the cgroup2 filesystem, from `/proc/self/mountinfo`.
-fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+pub(super) fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;
         let point = left.split_whitespace().nth(4)?;

@@ -709,6 +709,11 @@ mod tests {
         Env::new(Arc::from(Vec::new()), Vec::new(), Vec::new())
     }
 
+    /// `program` with `argv` and `setup`, an empty environment, our cwd and no cgroup.
+    fn request<'a>(program: &'a str, argv: &'a [OsString], setup: Vec<SetupStep>) -> SpawnRequest<'a> {
+        SpawnRequest { program: Path::new(program), argv, env: no_env(), cwd: None, setup, cgroup: None }
+    }
+
     extern "C" fn ignore_signal(_: libc::c_int) {}
 
     #[test]
@@ -742,10 +747,7 @@ mod tests {
     fn a_child_starts_in_its_cgroup_made_there_or_moved_there() {
         const NAME: &str = "a_child_starts_in_its_cgroup_made_there_or_moved_there";
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mount = mountinfo.lines().find_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            (right.split_whitespace().next()? == "cgroup2").then(|| left.split_whitespace().nth(4).map(Path::new))?
-        });
+        let mount = crate::backend::local::cgroup::cgroup2_mount(&mountinfo);
         let name = format!("orchestrator-spawn-test-{}", std::process::id());
         let Some(cgroup) = mount.map(|m| m.join(&name)).filter(|c| std::fs::create_dir(c).is_ok()) else {
             use std::io::Write;
@@ -763,14 +765,7 @@ mod tests {
             let argv = [OsString::from("sh"), OsString::from("-c"), OsString::from(script)];
             let before = MADE_IN_CGROUP.load(Ordering::Relaxed);
             let into = IntoCgroup { dir: std::os::fd::AsFd::as_fd(&fd), procs };
-            let req = SpawnRequest {
-                program: Path::new("/bin/sh"),
-                argv: &argv,
-                env: no_env(),
-                cwd: None,
-                setup: vec![],
-                cgroup: Some(into),
-            };
+            let req = SpawnRequest { cgroup: Some(into), ..request("/bin/sh", &argv, vec![]) };
             let child = spawn(req).unwrap();
             let mut status = 0;
             // SAFETY: waiting for our own child.
@@ -842,14 +837,7 @@ mod tests {
             SetupStep::File(c(&old), b"1".to_vec()),
         ];
         let argv = [OsString::from("true")];
-        let req = SpawnRequest {
-            program: Path::new("/bin/true"),
-            argv: &argv,
-            env: no_env(),
-            cwd: None,
-            setup,
-            cgroup: None,
-        };
+        let req = request("/bin/true", &argv, setup);
         let child = spawn(req).unwrap();
         let mut status = 0;
         // SAFETY: waiting for our own child.
@@ -872,14 +860,7 @@ mod tests {
         let after = dir.path().join("after");
         let setup = vec![SetupStep::File(c(&fifo), payload.clone()), SetupStep::File(c(&after), b"done".to_vec())];
         let argv = [OsString::from("true")];
-        let req = SpawnRequest {
-            program: Path::new("/bin/true"),
-            argv: &argv,
-            env: no_env(),
-            cwd: None,
-            setup,
-            cgroup: None,
-        };
+        let req = request("/bin/true", &argv, setup);
         let child = spawn(req).unwrap();
         let pid = child.pid as i32;
         drop(child); // the job is abandoned while its process is in its set-up
@@ -887,14 +868,7 @@ mod tests {
         // A plain `true`, spawned and reaped.
         let run_true = || {
             let argv = [OsString::from("true")];
-            let req = SpawnRequest {
-                program: Path::new("/bin/true"),
-                argv: &argv,
-                env: no_env(),
-                cwd: None,
-                setup: vec![],
-                cgroup: None,
-            };
+            let req = request("/bin/true", &argv, vec![]);
             let child = spawn(req).unwrap();
             let mut status = 0;
             // SAFETY: waiting for our own child.
@@ -937,14 +911,7 @@ mod tests {
     #[test]
     fn start_up_memory_is_released_once_the_child_has_execd() {
         let argv: Vec<OsString> = ["sleep", "30"].iter().map(OsString::from).collect();
-        let req = SpawnRequest {
-            program: Path::new("/bin/sleep"),
-            argv: &argv,
-            env: no_env(),
-            cwd: None,
-            setup: vec![],
-            cgroup: None,
-        };
+        let req = request("/bin/sleep", &argv, vec![]);
         let mut child = spawn(req).expect("spawn");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !child.exec.release_if_running() {
@@ -966,14 +933,7 @@ mod tests {
         // signal to the group right away must reach the child, not fail with ESRCH.
         for _ in 0..200 {
             let argv: Vec<OsString> = ["sleep", "30"].iter().map(OsString::from).collect();
-            let req = SpawnRequest {
-                program: Path::new("/bin/sleep"),
-                argv: &argv,
-                env: no_env(),
-                cwd: None,
-                setup: Vec::new(),
-                cgroup: None,
-            };
+            let req = request("/bin/sleep", &argv, vec![]);
             let child = spawn(req).expect("spawn");
             // SAFETY: signalling and then waiting for our own child's group.
             unsafe {
@@ -997,14 +957,7 @@ mod tests {
                         let code = (t * 50 + i) % 200;
                         let argv: Vec<OsString> =
                             ["/bin/sh", "-c", &format!("exit {code}")].iter().map(OsString::from).collect();
-                        let req = SpawnRequest {
-                            program: Path::new("/bin/sh"),
-                            argv: &argv,
-                            env: no_env(),
-                            cwd: None,
-                            setup: Vec::new(),
-                            cgroup: None,
-                        };
+                        let req = request("/bin/sh", &argv, vec![]);
                         let child = spawn(req).expect("spawn");
                         let mut status = 0;
                         // SAFETY: waiting for our own child.
