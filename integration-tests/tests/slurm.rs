@@ -548,11 +548,16 @@ fn slurm_halt_soon_cancels_the_queued_tasks_after_a_failure() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let records = journal(&sb.sweep_dir());
     let status: Vec<&str> = records.iter().map(|r| r["status"].as_str().unwrap()).collect();
-    // One at a time: the first fails; those still queued are dropped (one may have started
-    // meanwhile and run to its end).
+    // One at a time: the first fails; those still queued are dropped, never started. One
+    // may have started meanwhile: it is not killed (halt: soon) but runs to its end.
     assert_eq!(status[0], "failed", "{records:?}");
     assert!(status.iter().filter(|s| **s == "halted").count() >= 3, "{status:?}");
-    assert!(records.iter().filter(|r| r["status"] == "halted").all(|r| r["signal"].is_null()), "{records:?}");
+    assert!(status[1..].iter().all(|s| ["halted", "succeeded"].contains(s)), "{status:?}");
+    for r in records.iter().filter(|r| r["status"] == "halted") {
+        assert!(r["signal"].is_null() && r["exit_code"].is_null(), "{r}");
+        // Its program never ran: no line in its log, no job dir files written.
+        assert_eq!((r["stdout_bytes"].as_u64(), r["stderr_bytes"].as_u64()), (Some(0), Some(0)), "{r}");
+    }
     assert!(queued(&name).is_empty());
 }
 

@@ -514,15 +514,28 @@ impl Attempt for SlurmAttempt {
             let st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
             st.tasks.get(&task).is_some_and(|t| matches!(t.state.as_deref(), None | Some("PENDING")))
         };
-        if queued {
-            // Cancelled by the driver, whatever it does by then: if it has just started, it
-            // is stopped (the scheduler records it as halted either way).
+        if !queued {
+            return false;
+        }
+        // Slurm may start it at any moment, and a cancel cannot be limited to a task that is
+        // still pending (`scancel --state=PENDING` with one task's id cancels all the
+        // array's pending tasks): the claim decides, and a task that won it runs on.
+        match task::claim(&task::claim_path(&self.submitted.marker), task::Claim::Withdrawn) {
+            Ok(task::Claim::Withdrawn) => {}
+            Ok(task::Claim::Started) => {
+                tracing::debug!("Slurm task {} started before it was withdrawn: it runs on", task.name());
+                return false;
+            }
+            // Cancelled all the same: if it has just started, it is stopped (and recorded
+            // as halted, with the signal that ended it).
+            Err(e) => tracing::warn!("cannot claim Slurm task {} to withdraw it ({e}): cancelling it", task.name()),
+        }
+        {
             let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
             st.withdrawals.push(task);
-            drop(st);
-            self.shared.wake.notify_all();
         }
-        queued
+        self.shared.wake.notify_all();
+        true
     }
 
     fn signal(&mut self, signal: i32) {
@@ -1005,6 +1018,13 @@ fn adoptable(work_dir: &Path) -> HashMap<u64, Adoptable> {
             .ok()
             .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok());
         if let Some(manifest) = manifest {
+            // A task the dead run withdrew (it died before the cancel): it will never run
+            // its program, so it is cancelled and the job submitted again.
+            let claim = std::fs::read_to_string(task::claim_path(&manifest.marker)).unwrap_or_default();
+            if claim.trim() == "withdrawn" {
+                extra.push(name);
+                continue;
+            }
             let out_file = dir.join(format!("{index}.out"));
             let a = Adoptable { task: TaskId { array, index }, manifest, out: out_file, state: s.state };
             // Two live tasks for one job (a retry submitted before the supervisor died): the
@@ -1190,6 +1210,11 @@ fn finish(
             .unwrap_or(false)
     };
     let status = match state {
+        // Withdrawn by the claim: its program never ran, whatever Slurm made of the rest
+        // (the task runner may have seen the claim and exited before the cancel came).
+        _ if t.withdrawn && done.is_none() => {
+            ExitStatus::Ended { reason: EndReason::Cancelled, code: None, signal: None }
+        }
         "COMPLETED" => program(code.or(Some(0)), signal),
         "FAILED" if signal == Some(libc::SIGKILL) && oom_note() => ended(EndReason::OutOfMemory),
         "FAILED" => program(code.or(Some(1)), signal),
@@ -1280,5 +1305,48 @@ mod tests {
         std::fs::write(&marker, serde_json::to_vec(&killed).unwrap()).unwrap();
         std::fs::write(&out, "slurmstepd-vm: error: Exceeded job memory limit\n").unwrap();
         assert!(matches!(status("FAILED", vec![]).status, ExitStatus::Ended { reason: EndReason::OutOfMemory, .. }));
+        // Withdrawn before it ran (no marker): never a program's ending, whatever the state
+        // (the task runner may have exited on the claim before the cancel came).
+        std::fs::remove_file(&marker).unwrap();
+        for state in ["CANCELLED", "COMPLETED"] {
+            let t = Tracked { withdrawn: true, ..tracked(marker.clone(), out.clone(), vec![]) };
+            let e = finish(&shared, &id, &t, state, None, None, None, None).exit;
+            assert_eq!(
+                e.status,
+                ExitStatus::Ended { reason: EndReason::Cancelled, code: None, signal: None },
+                "{state}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_first_to_claim_a_task_decides_whether_it_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = task::claim_path(&dir.path().join("3.done"));
+        assert_eq!(path, dir.path().join("3.claim"));
+        // The supervisor first: the task runner, starting late, finds it withdrawn.
+        assert_eq!(task::claim(&path, task::Claim::Withdrawn).unwrap(), task::Claim::Withdrawn);
+        assert_eq!(task::claim(&path, task::Claim::Started).unwrap(), task::Claim::Withdrawn);
+        std::fs::remove_file(&path).unwrap();
+        // The task first: the withdrawal loses, and a requeued run of the task finds its own.
+        assert_eq!(task::claim(&path, task::Claim::Started).unwrap(), task::Claim::Started);
+        assert_eq!(task::claim(&path, task::Claim::Withdrawn).unwrap(), task::Claim::Started);
+        assert_eq!(task::claim(&path, task::Claim::Started).unwrap(), task::Claim::Started);
+        // No temporary file is left behind either way.
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [std::ffi::OsString::from("3.claim")]);
+        // Many claimants at once: exactly one wins, and all agree on who.
+        std::fs::remove_file(&path).unwrap();
+        let seen: Vec<task::Claim> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16)
+                .map(|i| {
+                    let path = &path;
+                    let who = if i % 2 == 0 { task::Claim::Started } else { task::Claim::Withdrawn };
+                    s.spawn(move || (who, task::claim(path, who).unwrap()))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).map(|(_, held)| held).collect()
+        });
+        assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
     }
 }

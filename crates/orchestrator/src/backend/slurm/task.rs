@@ -109,6 +109,53 @@ pub(crate) struct Done {
     pub(crate) got_signals: Vec<i32>,
 }
 
+/// Who decided whether a queued task runs its program: the task runner as it starts, or
+/// the supervisor withdrawing the task (the halt policy `soon`). A task Slurm starts in the
+/// instant the supervisor cancels it would otherwise be killed though it had started; with
+/// the claim, whoever links `<task>.claim` first wins, and the other side abides by it: a
+/// started task runs to its end, a withdrawn one never runs its program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    Started,
+    Withdrawn,
+}
+
+impl Claim {
+    fn word(self) -> &'static str {
+        match self {
+            Claim::Started => "started",
+            Claim::Withdrawn => "withdrawn",
+        }
+    }
+}
+
+/// The claim file of the task whose completion marker is `marker`.
+pub(crate) fn claim_path(marker: &Path) -> PathBuf {
+    marker.with_extension("claim")
+}
+
+/// Claim the task for `who`; returns who holds the claim (`who`, or the other side if it
+/// was first). The file appears with its contents at once (a temporary file linked into
+/// place, which fails if the name exists, on NFS too), so the loser never reads it empty.
+/// A requeued task finds its own earlier `started`.
+pub(crate) fn claim(path: &Path, who: Claim) -> io::Result<Claim> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new().prefix(".claim").tempfile_in(dir)?;
+    io::Write::write_all(&mut tmp, who.word().as_bytes())?;
+    match tmp.persist_noclobber(path) {
+        Ok(_) => Ok(who),
+        Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
+            let held = std::fs::read_to_string(path)?;
+            match held.trim() {
+                "started" => Ok(Claim::Started),
+                "withdrawn" => Ok(Claim::Withdrawn),
+                other => Err(io::Error::other(format!("{}: unknown claim {other:?}", path.display()))),
+            }
+        }
+        Err(e) => Err(e.error),
+    }
+}
+
 /// If this process was started as a Slurm task (its first argument is [`ARG`]), be one and
 /// return the exit code to end with; `None` otherwise. The CLI calls it first thing.
 pub fn serve_if_requested() -> Option<u8> {
@@ -135,6 +182,16 @@ fn main(dir: &Path) -> io::Result<u8> {
     let text = std::fs::read(&path).map_err(|e| io::Error::other(format!("cannot read {}: {e}", path.display())))?;
     let manifest: Manifest =
         serde_json::from_slice(&text).map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
+    match claim(&claim_path(&manifest.marker), Claim::Started) {
+        Ok(Claim::Started) => {}
+        // The supervisor withdrew it first (and cancels it): the job never runs here.
+        Ok(Claim::Withdrawn) => {
+            eprintln!("orchestrator __slurm-task: job #{} was withdrawn before it started", manifest.num);
+            return Ok(0);
+        }
+        // Without a claim the program still runs; a withdrawal then cancels it as it can.
+        Err(e) => eprintln!("orchestrator __slurm-task: cannot claim the task's start: {e}"),
+    }
     // A requeued task runs again: the last run's marker is not this one's.
     let _ = std::fs::remove_file(&manifest.marker);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
