@@ -205,6 +205,33 @@ def test_bad_launcher_value_is_refused(hydra_sweep_runner: TSweepRunner, tmp_pat
     assert not (tmp_path / "jobs.jsonl").exists()
 
 
+def test_admission_settings_reach_the_run(hydra_sweep_runner: TSweepRunner, tmp_path: Path) -> None:
+    # start_delay spaces the starts though three slots are free; a free-memory floor and a
+    # load ceiling that always hold change nothing.
+    overrides = (
+        "+a=1,2,3",
+        "hydra.launcher.n_jobs=3",
+        "hydra.launcher.start_delay=0.4",
+        "hydra.launcher.min_free_memory=1M",
+        "hydra.launcher.max_load=1000",
+    )
+    with sweep(hydra_sweep_runner, returns_values, tmp_path, *overrides) as s:
+        assert [r.status for r in s.returns[0]] == [JobStatus.COMPLETED] * 3
+        records = journal(tmp_path)
+    from datetime import datetime
+
+    starts = sorted(datetime.fromisoformat(r["start"].replace("Z", "+00:00")) for r in records)
+    gaps = [(b - a).total_seconds() for a, b in zip(starts, starts[1:])]
+    assert all(g >= 0.39 for g in gaps), gaps
+
+
+def test_bad_admission_value_is_refused(hydra_sweep_runner: TSweepRunner, tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match=r"(?s)refused the launch.*invalid max_load"):
+        with sweep(hydra_sweep_runner, returns_values, tmp_path, "+a=1", "hydra.launcher.max_load=-1"):
+            pass
+    assert not (tmp_path / "jobs.jsonl").exists()
+
+
 def fails_its_first_attempt_on_2(cfg: DictConfig) -> Any:
     if cfg.a == 2 and os.environ.get("ORCHESTRATOR_ATTEMPT", "1") == "1":
         raise RuntimeError("the first attempt of a=2 fails")

@@ -69,7 +69,9 @@ use tokio::sync::watch;
 
 use crate::exit;
 
-/// Keys that go under `hydra.launcher.orchestrator` when given flat.
+/// Keys that go under `hydra.launcher.orchestrator` when given flat: the plugin's flat fields
+/// that are orchestrator's own (the plugin's `backend` is joblib's, so not every key of
+/// `ORCHESTRATOR_KEYS` is one).
 const OWN_KEYS: &[&str] = &[
     "grace_period",
     "halt",
@@ -82,6 +84,9 @@ const OWN_KEYS: &[&str] = &[
     "fast_exit",
     "slurm",
     "mem_gb",
+    "min_free_memory",
+    "max_load",
+    "start_delay",
 ];
 const MANIFEST_KEYS: &[&str] = &["sweep_dir", "launcher", "jobs"];
 const JOB_KEYS: &[&str] = &["num", "id", "argv", "env", "cwd", "dir", "log", "overrides", "timeout"];

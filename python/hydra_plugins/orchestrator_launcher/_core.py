@@ -73,8 +73,9 @@ def launcher_options(params: Dict[str, Any]) -> Dict[str, Any]:
         params["warm"] = False
         params.pop("preload", None)
         params.pop("fast_exit", None)
-    # Unset: the binary's defaults (1 s doubling; failed, timed out, signaled; no memory limit).
-    for key in ("retry_delay", "retry_on", "mem_gb"):
+    # Unset: the binary's defaults (1 s doubling; failed, timed out, signaled; no memory limit;
+    # no admission limit).
+    for key in ("retry_delay", "retry_on", "mem_gb", "min_free_memory", "max_load", "start_delay"):
         if params.get(key) is None:
             params.pop(key, None)
     # Anything else goes to the binary, which refuses unknown keys with a did-you-mean.

@@ -77,6 +77,13 @@ class OrchestratorLauncherConf:
     # (root, or a delegated cgroup subtree; refused otherwise); on Slurm it is --mem unless
     # slurm.mem_gb is set
     mem_gb: Optional[float] = None
+    # admission, as GNU parallel's --memfree, --load and --delay: start no job while less
+    # memory than this is available (bytes, or a size such as "2G"), or while the 1-minute
+    # load average is above max_load; at least start_delay (a duration, or seconds) between
+    # two job starts. None: no such limit
+    min_free_memory: Any = None
+    max_load: Optional[float] = None
+    start_delay: Any = None
 
 
 ConfigStore.instance().store(

@@ -29,17 +29,32 @@ pub struct Script {
     pub start_error: Option<String>,
     /// Processes it leaves behind, found by [`Attempt::clean_up`].
     pub leftovers: u32,
+    /// How long starting it takes (a warm job waiting for its interpreter).
+    pub starts_after: Duration,
 }
 
 impl Script {
     /// Runs for `runs_for`, then exits with `code`; a signal ends it at once.
     pub fn exits(code: i32, runs_for: Duration) -> Self {
-        Script { runs_for, exit: ExitStatus::Code(code), on_signal: OnSignal::Dies, start_error: None, leftovers: 0 }
+        Script {
+            runs_for,
+            exit: ExitStatus::Code(code),
+            on_signal: OnSignal::Dies,
+            start_error: None,
+            leftovers: 0,
+            starts_after: Duration::ZERO,
+        }
     }
 
     /// Ignores every signal but SIGKILL.
     pub fn ignoring_signals(mut self) -> Self {
         self.on_signal = OnSignal::Ignores;
+        self
+    }
+
+    /// Takes `delay` to start.
+    pub fn starting_after(mut self, delay: Duration) -> Self {
+        self.starts_after = delay;
         self
     }
 
@@ -141,6 +156,7 @@ impl Backend for FakeBackend {
         let script = (self.script)(req.job, req.attempt);
         let (num, attempt) = (req.job.num, req.attempt);
         Box::pin(async move {
+            tokio::time::sleep(script.starts_after).await;
             if let Some(error) = script.start_error {
                 return Err(StartError::new(error));
             }

@@ -2,7 +2,7 @@
 //! only while the machine has memory to spare and is not overloaded, and not sooner than a
 //! delay after the previous start.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -88,9 +88,27 @@ impl Admission {
         None
     }
 
-    /// Wait until a job may start; `false` if a stop came first. `next_start` is shared by
-    /// the run's slots: the earliest time the next start may happen.
-    pub(super) async fn admit(&self, next_start: &Mutex<Option<Instant>>, stop: &mut watch::Receiver<Stop>) -> bool {
+    /// Wait until a job may start; `None` if a stop came first. With a `start_delay`, the
+    /// job waits for the one admitted before it to have started and then for the delay
+    /// (`gate`, shared by the run's slots), and the machine's state is read after that wait;
+    /// the job's [`Starting`] says when it has started.
+    pub(super) async fn admit(&self, gate: &StartGate, stop: &mut watch::Receiver<Stop>) -> Option<Starting> {
+        let starting = match self.start_delay {
+            Some(delay) => {
+                let turn = tokio::select! {
+                    turn = gate.0.clone().lock_owned() => turn,
+                    () = super::stopped(stop) => return None,
+                };
+                if let Some(last) = *turn {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(last + delay) => {}
+                        () = super::stopped(stop) => return None,
+                    }
+                }
+                Starting(Some(turn))
+            }
+            None => Starting(None),
+        };
         let mut said = false;
         while let Some(why) = self.held_by() {
             if !said {
@@ -99,21 +117,41 @@ impl Admission {
             }
             tokio::select! {
                 () = tokio::time::sleep(RECHECK) => {}
-                () = super::stopped(stop) => return false,
+                () = super::stopped(stop) => return None,
             }
         }
-        if let Some(delay) = self.start_delay {
-            let at = {
-                let mut next = next_start.lock().unwrap_or_else(|e| e.into_inner());
-                let at = next.map_or_else(Instant::now, |n| n.max(Instant::now()));
-                *next = Some(at + delay);
-                at
-            };
-            tokio::select! {
-                () = tokio::time::sleep_until(at) => {}
-                () = super::stopped(stop) => return false,
-            }
+        Some(starting)
+    }
+}
+
+/// The run's turn to start a job, for `start_delay`: held by the job admitted last until it
+/// has started, and holding when the last start was. Its queue is first come, first served.
+#[derive(Debug, Default)]
+pub(crate) struct StartGate(Arc<tokio::sync::Mutex<Option<Instant>>>);
+
+/// An admitted job's hold on the [`StartGate`] (none without a `start_delay`). The delay
+/// counts from a real start, not from the admission: a job's start may take a while (a warm
+/// job waits for its interpreter, a cluster task for its submission), and two jobs admitted
+/// a delay apart would otherwise start together.
+#[derive(Debug)]
+pub(crate) struct Starting(Option<tokio::sync::OwnedMutexGuard<Option<Instant>>>);
+
+impl Starting {
+    /// Not held back by a start delay.
+    pub(crate) fn free() -> Starting {
+        Starting(None)
+    }
+
+    /// The job has started now: the next may start a delay from now.
+    pub(crate) fn started(&mut self) {
+        if let Some(mut turn) = self.0.take() {
+            *turn = Some(Instant::now());
         }
-        true
+    }
+
+    /// The job could not start: the next may go at once, as a delay from the last start
+    /// allows (so does dropping this, for a job that never tried).
+    pub(crate) fn release(&mut self) {
+        self.0 = None;
     }
 }

@@ -312,7 +312,7 @@ pub(crate) async fn run_announced(
         exhausted: AtomicBool::new(false),
         summary: std::sync::Mutex::new(RunSummary::default()),
         stop: stop_tx,
-        next_start: std::sync::Mutex::new(None),
+        start_gate: admission::StartGate::default(),
     });
     {
         let slots = Arc::downgrade(&slots);

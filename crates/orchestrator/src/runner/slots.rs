@@ -8,6 +8,7 @@ use orchestrator_config::HaltPolicy;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
+use super::admission::{StartGate, Starting};
 use super::unit::{Ctx, lost_record, run_unit};
 use super::{RunSummary, Source, Stop};
 use crate::job::{JobRecord, Outcome, StopReason};
@@ -30,8 +31,9 @@ pub(super) struct Slots {
     pub(super) exhausted: AtomicBool,
     pub(super) summary: Mutex<RunSummary>,
     pub(super) stop: watch::Sender<Stop>,
-    /// The earliest time the next job may start (admission's `start_delay`).
-    pub(super) next_start: Mutex<Option<tokio::time::Instant>>,
+    /// Whose turn it is to start a job, and when the last one started (admission's
+    /// `start_delay`).
+    pub(super) start_gate: StartGate,
 }
 
 impl Slots {
@@ -128,15 +130,22 @@ async fn slot_loop(slot: usize, slots: Arc<Slots>, ctx: Arc<Ctx>) {
             slots.stopped_early();
             break;
         }
-        if ctx.opts.admission.is_active() && !ctx.opts.admission.admit(&slots.next_start, &mut stop).await {
-            drop(sub);
-            slots.stopped_early();
-            break;
-        }
+        let starting = if ctx.opts.admission.is_active() {
+            match ctx.opts.admission.admit(&slots.start_gate, &mut stop).await {
+                Some(starting) => starting,
+                None => {
+                    drop(sub);
+                    slots.stopped_early();
+                    break;
+                }
+            }
+        } else {
+            Starting::free()
+        };
         slots.took_job(&ctx);
         let (freed_tx, freed_rx) = oneshot::channel();
         let num = sub.spec.num;
-        let handle = jobs.spawn(run_unit(sub, slot, ctx.clone(), stop.clone(), freed_tx));
+        let handle = jobs.spawn(run_unit(sub, slot, ctx.clone(), stop.clone(), freed_tx, starting));
         nums.insert(handle.id(), num);
         let freed_early = freed_rx.await.is_ok();
         slots.busy.fetch_sub(1, Ordering::AcqRel);

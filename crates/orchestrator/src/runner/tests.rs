@@ -408,6 +408,41 @@ async fn admission_spaces_the_starts_and_holds_jobs_while_memory_is_short() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_start_delay_counts_from_the_last_real_start() {
+    // The first job takes 2.5 s to start (a warm interpreter getting ready); the others
+    // start at once. Spaced from their admissions, the second and third would start at 1 s
+    // and 2 s, before the first; spaced from real starts they follow it a second apart.
+    let backend = FakeBackend::new(|spec, _| {
+        let script = Script::exits(0, 10 * S);
+        if spec.num == 0 { script.starting_after(S * 5 / 2) } else { script }
+    });
+    let t0 = Instant::now();
+    let mut opts = options(3, &backend);
+    opts.admission.start_delay = Some(S);
+    let (_, events) = run_jobs(opts, (0..3).map(|n| job(n).into()).collect(), no_stop()).await;
+    assert_eq!(finished(&events).len(), 3);
+    let starts: Vec<(u64, f64)> =
+        timeline(&backend, t0).into_iter().filter(|e| e.3 == Happened::Started).map(|e| (e.0, e.2)).collect();
+    assert_eq!(starts, [(0, 2.5), (1, 3.5), (2, 4.5)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_that_cannot_start_does_not_hold_the_next_one_back() {
+    let backend = FakeBackend::new(|spec, _| {
+        if spec.num == 0 { Script::unstartable("no such program").starting_after(S) } else { Script::exits(0, S) }
+    });
+    let t0 = Instant::now();
+    let mut opts = options(2, &backend);
+    opts.admission.start_delay = Some(10 * S);
+    let (_, events) = run_jobs(opts, (0..2).map(|n| job(n).into()).collect(), no_stop()).await;
+    assert_eq!(finished(&events).len(), 2);
+    let starts: Vec<(u64, f64)> =
+        timeline(&backend, t0).into_iter().filter(|e| e.3 == Happened::Started).map(|e| (e.0, e.2)).collect();
+    // Job 0's failed start is no start: job 1 goes as soon as it failed, not 10 s later.
+    assert_eq!(starts, [(1, 1.0)]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_stop_while_a_job_is_held_back_leaves_it_unstarted() {
     let backend = FakeBackend::new(|_, _| Script::exits(0, S));
     let mut opts = options(1, &backend);

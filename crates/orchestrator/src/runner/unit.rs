@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::admission::Starting;
 use super::attempt::{self, Exited};
 use super::{RunOptions, RunSummary, Stop, Submission};
 use crate::backend::{Backend, JobLog, StartRequest, Usage};
@@ -81,16 +82,17 @@ pub(crate) fn lost_record(num: u64, slot: usize, why: &str) -> JobRecord {
 /// Run one job in `slot`, reply to its submitter, and return its record. `freed` is sent as
 /// soon as the slot can take its next job: once the job's last attempt has no process left
 /// (before its log, journal line and events are written), when nothing else has to happen
-/// first.
+/// first. `starting` is told when the job's first attempt has started.
 pub(crate) async fn run_unit(
     sub: Submission,
     slot: usize,
     ctx: Arc<Ctx>,
     stop: watch::Receiver<Stop>,
     freed: oneshot::Sender<()>,
+    starting: Starting,
 ) -> JobRecord {
     let Submission { spec, cancel, reply } = sub;
-    let record = run_job(spec, slot, &ctx, stop, cancel, freed).await;
+    let record = run_job(spec, slot, &ctx, stop, cancel, freed, starting).await;
     if let Some(reply) = reply {
         // The caller may have dropped its handle: nobody to tell.
         let _ = reply.send(record.clone());
@@ -131,6 +133,7 @@ async fn run_job(
     mut stop: watch::Receiver<Stop>,
     cancel: CancellationToken,
     freed: oneshot::Sender<()>,
+    mut starting: Starting,
 ) -> JobRecord {
     let start = Utc::now();
     let t0 = Instant::now();
@@ -154,9 +157,18 @@ async fn run_job(
         let max_attempts = policy.max_attempts().saturating_add(requeued);
         // The last attempt takes the files; an earlier one a copy (only with retries on).
         let files = if last { std::mem::take(&mut files) } else { files.clone() };
-        let mut end =
-            run_attempt(&spec, files, slot, number, ctx, &mut stop, &cancel, if last { freed.take() } else { None })
-                .await;
+        let mut end = run_attempt(
+            &spec,
+            files,
+            slot,
+            number,
+            ctx,
+            &mut stop,
+            &cancel,
+            if last { freed.take() } else { None },
+            &mut starting,
+        )
+        .await;
         let stopping = *stop.borrow() != Stop::None || cancel.is_cancelled();
         let retries_used = number - 1 - requeued;
         let retry = !stopping && retries_used < policy.retries && policy.retries_after(&end.outcome);
@@ -253,14 +265,19 @@ async fn run_attempt(
     stop: &mut watch::Receiver<Stop>,
     cancel: &CancellationToken,
     freed: Option<oneshot::Sender<()>>,
+    starting: &mut Starting,
 ) -> AttemptEnd {
     let start = Utc::now();
     let t0 = Instant::now();
     let output = if ctx.opts.forward_output { ctx.events.clone() } else { None };
     let req = StartRequest { job: spec, files, slot, attempt: number, output };
     let mut attempt = match ctx.backend.start(req).await {
-        Ok(a) => a,
+        Ok(a) => {
+            starting.started();
+            a
+        }
         Err(e) => {
+            starting.release();
             return AttemptEnd {
                 outcome: Outcome::SpawnFailed { error: e.message },
                 pid: None,
