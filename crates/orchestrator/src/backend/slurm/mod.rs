@@ -619,27 +619,11 @@ const TAIL_EVERY: Duration = Duration::from_millis(500);
 /// during a send resends only that line). The task on the node writes the log; this only
 /// reads it back, so the console shows a Slurm job's lines as a local job's.
 async fn forward_output(num: u64, log: &Path, pos: &mut u64, to: Option<u64>, tx: &mpsc::Sender<Event>) {
-    use std::io::{Read, Seek, SeekFrom};
     let from = *pos;
-    // Most ticks find nothing new: one stat, no open.
-    let len = std::fs::metadata(log).map_or(0, |m| m.len());
-    let to = to.unwrap_or(len).min(len);
-    if to <= from {
-        return;
-    }
-    let Ok(mut f) = std::fs::File::open(log) else { return };
-    if f.seek(SeekFrom::Start(from)).is_err() {
-        return;
-    }
-    let mut buf = Vec::new();
-    if f.take(to - from).read_to_end(&mut buf).is_err() {
-        return;
-    }
-    // A record being written (or not yet visible whole on a network filesystem: a hole of
-    // NULs) waits for the next read.
-    let visible = memchr::memchr(0, &buf).unwrap_or(buf.len());
-    let Some(last) = memchr::memrchr(b'\n', &buf[..visible]) else { return };
-    buf.truncate(last + 1);
+    // On a thread of the blocking pool: a network filesystem can stall a stat or a read, and
+    // the runtime also serves the other tasks and the scheduler.
+    let path = log.to_path_buf();
+    let Ok(Some(buf)) = tokio::task::spawn_blocking(move || complete_lines(&path, from, to)).await else { return };
     let mut at = from;
     for line in buf.split_inclusive(|b| *b == b'\n') {
         at += line.len() as u64;
@@ -662,6 +646,27 @@ async fn forward_output(num: u64, log: &Path, pos: &mut u64, to: Option<u64>, tx
         *pos = at;
     }
     *pos = at;
+}
+
+/// The complete lines of `log` from byte `from` (up to `to`, else its end); `None` when there
+/// is none yet. Most ticks find nothing new: one stat, no open.
+fn complete_lines(log: &Path, from: u64, to: Option<u64>) -> Option<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = std::fs::metadata(log).map_or(0, |m| m.len());
+    let to = to.unwrap_or(len).min(len);
+    if to <= from {
+        return None;
+    }
+    let mut f = std::fs::File::open(log).ok()?;
+    f.seek(SeekFrom::Start(from)).ok()?;
+    let mut buf = Vec::new();
+    f.take(to - from).read_to_end(&mut buf).ok()?;
+    // A record being written (or not yet visible whole on a network filesystem: a hole of
+    // NULs) waits for the next read.
+    let visible = memchr::memchr(0, &buf).unwrap_or(buf.len());
+    let last = memchr::memrchr(b'\n', &buf[..visible])?;
+    buf.truncate(last + 1);
+    Some(buf)
 }
 
 // ---------------------------------------------------------------------------------------
