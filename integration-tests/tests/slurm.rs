@@ -696,6 +696,18 @@ fn slurm_settings_are_checked_like_the_others() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("did you mean `slurm`?"), "{stderr}");
+    // Admission is about this machine: refused with Slurm, wherever the backend was chosen.
+    let cfg = slurm_config(&sb, 2, "");
+    for (args, key) in [
+        (vec!["-c", cfg.to_str().unwrap(), "hydra.launcher.orchestrator.start_delay=1s"], "start_delay"),
+        (vec!["--backend", "slurm", "hydra.launcher.orchestrator.max_load=4"], "max_load"),
+    ] {
+        let out = sb.cmd().args(&args).args(["-m", "task=1", "--", fixture(), "echo"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(&format!("{key} does not apply with backend: slurm")), "{stderr}");
+        assert!(stderr.contains("n_jobs (the array's throttle)"), "{stderr}");
+    }
     assert!(sb.nothing_created());
 }
 

@@ -654,6 +654,25 @@ impl Reader<'_> {
                 }
             }
         }
+        if cfg.exec == ExecBackend::Slurm {
+            // Admission waits on this machine (its memory, its load, the starts it makes):
+            // on a cluster the scheduler starts the tasks, and holding submissions back
+            // would split the sweep into arrays of one task, each with its own throttle.
+            let admission = [
+                ("min_free_memory", cfg.min_free_memory.is_some()),
+                ("max_load", cfg.max_load.is_some()),
+                ("start_delay", cfg.start_delay.is_some()),
+            ];
+            if let Some((key, _)) = admission.into_iter().find(|(_, set)| *set) {
+                let mut path = base.to_vec();
+                path.push(key);
+                return Err(self.invalid(
+                    &path,
+                    format!("{key} does not apply with backend: slurm"),
+                    "admission looks at this machine, and on Slurm the cluster's scheduler starts the tasks: cap them with n_jobs (the array's throttle), or pass sbatch flags in slurm.additional_parameters",
+                ));
+            }
+        }
         Ok(())
     }
 

@@ -95,14 +95,18 @@ impl Admission {
     pub(super) async fn admit(&self, gate: &StartGate, stop: &mut watch::Receiver<Stop>) -> Option<Starting> {
         let starting = match self.start_delay {
             Some(delay) => {
+                // A stop wins over a turn or a delay that is ready at the same moment.
                 let turn = tokio::select! {
-                    turn = gate.0.clone().lock_owned() => turn,
+                    biased;
                     () = super::stopped(stop) => return None,
+                    turn = gate.0.clone().lock_owned() => turn,
                 };
-                if let Some(last) = *turn {
+                // A delay too long for the clock (a library caller's Duration::MAX): no wait.
+                if let Some(at) = turn.and_then(|last| last.checked_add(delay)) {
                     tokio::select! {
-                        () = tokio::time::sleep_until(last + delay) => {}
+                        biased;
                         () = super::stopped(stop) => return None,
+                        () = tokio::time::sleep_until(at) => {}
                     }
                 }
                 Starting(Some(turn))
@@ -116,8 +120,9 @@ impl Admission {
                 said = true;
             }
             tokio::select! {
-                () = tokio::time::sleep(RECHECK) => {}
+                biased;
                 () = super::stopped(stop) => return None,
+                () = tokio::time::sleep(RECHECK) => {}
             }
         }
         Some(starting)

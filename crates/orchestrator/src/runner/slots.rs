@@ -142,6 +142,12 @@ async fn slot_loop(slot: usize, slots: Arc<Slots>, ctx: Arc<Ctx>) {
         } else {
             Starting::free()
         };
+        // A stop that came as admission let the job through: it still never starts.
+        if *stop.borrow_and_update() != Stop::None {
+            drop((sub, starting));
+            slots.stopped_early();
+            break;
+        }
         slots.took_job(&ctx);
         let (freed_tx, freed_rx) = oneshot::channel();
         let num = sub.spec.num;

@@ -427,6 +427,31 @@ async fn the_start_delay_counts_from_the_last_real_start() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_stop_while_a_start_holds_the_turn_leaves_the_waiting_jobs_unstarted() {
+    // Job 0 takes 5 s to start; jobs 1 and 2 wait for their turn. A drain at 2 s: job 0
+    // (already starting) runs, the others never start.
+    let backend = FakeBackend::new(|spec, _| {
+        let script = Script::exits(0, S);
+        if spec.num == 0 { script.starting_after(5 * S) } else { script }
+    });
+    let t0 = Instant::now();
+    let mut opts = options(3, &backend);
+    opts.admission.start_delay = Some(S);
+    let (stop_tx, stop_rx) = watch::channel(Stop::None);
+    tokio::spawn(async move {
+        tokio::time::sleep(2 * S).await;
+        stop_tx.send_modify(|s| *s = (*s).max(Stop::Drain));
+        std::future::pending::<()>().await;
+    });
+    let (summary, events) = run_jobs(opts, (0..3).map(|n| job(n).into()).collect(), stop_rx).await;
+    let starts: Vec<(u64, f64)> =
+        timeline(&backend, t0).into_iter().filter(|e| e.3 == Happened::Started).map(|e| (e.0, e.2)).collect();
+    assert_eq!(starts, [(0, 5.0)]);
+    assert_eq!(finished(&events).iter().map(|r| r.num).collect::<Vec<_>>(), [0]);
+    assert!(summary.stopped_early);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_job_that_cannot_start_does_not_hold_the_next_one_back() {
     let backend = FakeBackend::new(|spec, _| {
         if spec.num == 0 { Script::unstartable("no such program").starting_after(S) } else { Script::exits(0, S) }
