@@ -562,6 +562,65 @@ fn slurm_halt_soon_cancels_the_queued_tasks_after_a_failure() {
 }
 
 #[test]
+fn slurm_halt_soon_withdraws_a_requeued_task_waiting_to_run_again() {
+    if !cluster("slurm_halt_soon_withdraws_a_requeued_task_waiting_to_run_again") {
+        return;
+    }
+    // Job 0 runs until Slurm requeues it (as a preemption or a node failure would): it then
+    // waits two minutes in the queue (Slurm's requeue delay). Job 1 runs meanwhile and
+    // fails: under halt: soon the requeued task, which has started once, is withdrawn all
+    // the same, and the run ends now rather than after job 0's second run.
+    let sb = Sandbox::new();
+    let name = unique("requeue");
+    let cfg = slurm_config(&sb, 1, "      halt: soon\n");
+    let script = "case \"$1\" in task=1) sleep 60;; *) exit 3;; esac";
+    let mut child = sb.spawn(&[
+        "-c",
+        cfg.to_str().unwrap(),
+        "-m",
+        "task=1,2",
+        &format!("hydra.job.name={name}"),
+        "--",
+        "/bin/bash",
+        "-c",
+        script,
+        "job",
+    ]);
+    let running = |task: &str| queued(&name).iter().any(|l| l.starts_with(task) && l.ends_with("|RUNNING"));
+    let first =
+        || queued(&name).iter().find_map(|l| l.split('|').next().filter(|t| t.ends_with("_0")).map(str::to_string));
+    // Running, and its program started (the task runner has claimed its start): a requeue
+    // before that would leave a task that never ran, withdrawn as any queued one.
+    let claimed = |sb: &Sandbox| {
+        sb.sweep_dirs()
+            .first()
+            .is_some_and(|d| std::fs::read_to_string(d.join(".slurm/b0/0.claim")).is_ok_and(|c| c == "started"))
+    };
+    wait_for(60, "job 0 running", || first().is_some_and(|t| running(&t)) && claimed(&sb));
+    let task = first().unwrap();
+    let requeued = Command::new("scontrol").args(["requeue", &task]).output().unwrap();
+    assert!(requeued.status.success(), "{}", String::from_utf8_lossy(&requeued.stderr));
+    let t0 = Instant::now();
+    let status = child.wait().unwrap();
+    let took = t0.elapsed();
+    assert_eq!(status.code(), Some(1));
+    assert!(took < Duration::from_secs(60), "the run waited for the requeued task: {took:?}");
+    let records = journal(&sb.sweep_dir());
+    let status: Vec<&str> = records.iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(status, ["halted", "failed"], "{records:?}");
+    assert!(queued(&name).is_empty(), "still queued: {:?}", queued(&name));
+    // Its second start was claimed as withdrawn: had it run, it would not have run the job.
+    let claims: Vec<String> = std::fs::read_dir(sb.sweep_dir().join(".slurm/b0"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".claim"))
+        .collect();
+    assert!(claims.contains(&"0.r1.claim".to_string()), "{claims:?}");
+    let claim = std::fs::read_to_string(sb.sweep_dir().join(".slurm/b0/0.r1.claim")).unwrap();
+    assert_eq!(claim, "withdrawn");
+}
+
+#[test]
 fn slurm_rejected_submission_exits_2_with_slurms_message_and_queues_nothing() {
     if !cluster("slurm_rejected_submission_exits_2_with_slurms_message_and_queues_nothing") {
         return;

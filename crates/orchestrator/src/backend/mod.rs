@@ -250,10 +250,11 @@ pub trait Attempt: Send {
 
     /// The run starts no new job (a drain, or the halt policy `soon`): an attempt whose
     /// program has not started yet (a cluster task still queued) should not start it.
-    /// Returns whether it will be dropped (it then ends soon, as stopped by the run); the
-    /// default, for backends whose attempts run as soon as they start, is `false`.
-    fn withdraw(&mut self) -> bool {
-        false
+    /// Resolves to whether it will be dropped (it then ends soon, as stopped by the run);
+    /// the default, for backends whose attempts run as soon as they start, is `false`.
+    /// Asynchronous: deciding may take I/O (a cluster's shared filesystem, its controller).
+    fn withdraw(&mut self) -> BoxFuture<'_, bool> {
+        Box::pin(std::future::ready(false))
     }
 
     /// Deliver `signal` to the whole attempt (its process group, its escaped descendants;

@@ -148,7 +148,7 @@ pub(crate) async fn drive(
             phase = apply(attempt, phase, Happening::Stop(req), grace);
             // A drain starts no new job: an attempt still waiting to run (a queued cluster
             // task) is dropped, as a job the run never started would be.
-            if req == Stop::Drain && phase == Phase::Running && attempt.withdraw() {
+            if req == Stop::Drain && phase == Phase::Running && attempt.withdraw().await {
                 phase = Phase::Terminating { cause: EndCause::Stopped(StopReason::Halt), kill_at: None };
             }
         }

@@ -310,6 +310,20 @@ pub(crate) fn scontrol_job(task: &str) -> Option<Accounted> {
     })
 }
 
+/// How many times Slurm has requeued `task` (`Restarts=`), and its state now.
+pub(crate) fn scontrol_restarts(task: &str) -> Option<(u32, String)> {
+    let out = run("scontrol", &["-o".into(), "show".into(), "job".into(), task.into()]).ok()?;
+    if !out.ok {
+        return None;
+    }
+    parse_restarts(out.stdout.lines().next()?)
+}
+
+fn parse_restarts(line: &str) -> Option<(u32, String)> {
+    let get = |key: &str| line.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='));
+    Some((get("Restarts")?.parse().ok()?, get("JobState")?.to_string()))
+}
+
 /// `scancel` with `args`; what it said when it failed (a task already gone is not worth a
 /// word: the caller waits for the queue anyway).
 pub(crate) fn scancel(args: &[String]) -> Result<(), String> {
@@ -320,6 +334,13 @@ pub(crate) fn scancel(args: &[String]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restarts_parse_from_scontrol() {
+        let line = "JobId=91 ArrayJobId=90 ArrayTaskId=1 JobName=x JobState=PENDING Reason=BeginTime Dependency=(null) Requeue=1 Restarts=2 BatchFlag=1";
+        assert_eq!(parse_restarts(line), Some((2, "PENDING".to_string())));
+        assert_eq!(parse_restarts("JobId=91 JobState=RUNNING"), None);
+    }
 
     #[test]
     fn squeue_lines_parse() {

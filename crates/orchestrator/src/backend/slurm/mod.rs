@@ -193,6 +193,8 @@ struct Tracked {
     vanished_at: Option<Instant>,
     /// Cancelled while queued: the run was draining.
     withdrawn: bool,
+    /// Withdrawn with its claim won: its program never ran (this start of it).
+    never_ran: bool,
 }
 
 #[derive(Default)]
@@ -202,7 +204,8 @@ struct State {
     tasks: HashMap<TaskId, Tracked>,
     signals: Vec<(TaskId, i32)>,
     /// Queued tasks to cancel: the run is draining.
-    withdrawals: Vec<TaskId>,
+    /// Tasks to cancel as withdrawn, and whether the claim was won (else it may have run).
+    withdrawals: Vec<(TaskId, bool)>,
     /// First attempts submitted so far.
     first_submitted: u64,
     batches: u32,
@@ -508,34 +511,44 @@ impl Attempt for SlurmAttempt {
         })
     }
 
-    fn withdraw(&mut self) -> bool {
-        let task = self.submitted.task.clone();
-        let queued = {
-            let st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.tasks.get(&task).is_some_and(|t| matches!(t.state.as_deref(), None | Some("PENDING")))
-        };
-        if !queued {
-            return false;
-        }
-        // Slurm may start it at any moment, and a cancel cannot be limited to a task that is
-        // still pending (`scancel --state=PENDING` with one task's id cancels all the
-        // array's pending tasks): the claim decides, and a task that won it runs on.
-        match task::claim(&task::claim_path(&self.submitted.marker), task::Claim::Withdrawn) {
-            Ok(task::Claim::Withdrawn) => {}
-            Ok(task::Claim::Started) => {
-                tracing::debug!("Slurm task {} started before it was withdrawn: it runs on", task.name());
+    fn withdraw(&mut self) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let task = self.submitted.task.clone();
+            let queued = {
+                let st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+                st.tasks.get(&task).is_some_and(|t| matches!(t.state.as_deref(), None | Some("PENDING" | "REQUEUED")))
+            };
+            if !queued {
                 return false;
             }
-            // Cancelled all the same: if it has just started, it is stopped (and recorded
-            // as halted, with the signal that ended it).
-            Err(e) => tracing::warn!("cannot claim Slurm task {} to withdraw it ({e}): cancelling it", task.name()),
-        }
-        {
-            let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.withdrawals.push(task);
-        }
-        self.shared.wake.notify_all();
-        true
+            // Slurm may start it at any moment, and a cancel cannot be limited to a task that
+            // is still pending (`scancel --state=PENDING` with one task's id cancels all the
+            // array's pending tasks): the claim decides, and a task that won it runs on. On a
+            // thread of the blocking pool: the claim is I/O on a shared filesystem.
+            let (marker, name) = (self.submitted.marker.clone(), task.name());
+            let claimed = tokio::task::spawn_blocking(move || claim_withdrawal(&marker, &name))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+            let won = match claimed {
+                Ok(true) => true,
+                Ok(false) => {
+                    tracing::debug!("Slurm task {} started before it was withdrawn: it runs on", task.name());
+                    return false;
+                }
+                // Cancelled all the same: if it has just started, it is stopped (and recorded
+                // as halted, with the signal that ended it).
+                Err(e) => {
+                    tracing::warn!("cannot claim Slurm task {} to withdraw it ({e}): cancelling it", task.name());
+                    false
+                }
+            };
+            {
+                let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+                st.withdrawals.push((task, won));
+            }
+            self.shared.wake.notify_all();
+            true
+        })
     }
 
     fn signal(&mut self, signal: i32) {
@@ -708,12 +721,13 @@ fn drive(shared: &Shared) {
         }
         if !st.withdrawals.is_empty() {
             let withdrawn = std::mem::take(&mut st.withdrawals);
-            for id in &withdrawn {
+            for (id, won) in &withdrawn {
                 if let Some(t) = st.tasks.get_mut(id) {
                     t.withdrawn = true;
+                    t.never_ran = *won;
                 }
             }
-            let ids: Vec<String> = withdrawn.iter().map(TaskId::name).collect();
+            let ids: Vec<String> = withdrawn.iter().map(|(id, _)| id.name()).collect();
             st.poll_now = true;
             drop(st);
             if let Err(e) = cmd::scancel(&ids) {
@@ -974,6 +988,7 @@ fn register(id: TaskId, m: &Manifest, out: PathBuf) -> (Submitted, Tracked) {
         slot: m.slot,
         vanished_at: None,
         withdrawn: false,
+        never_ran: false,
     };
     (submitted, tracked)
 }
@@ -1025,8 +1040,7 @@ fn adoptable(work_dir: &Path) -> HashMap<u64, Adoptable> {
         if let Some(manifest) = manifest {
             // A task the dead run withdrew (it died before the cancel): it will never run
             // its program, so it is cancelled and the job submitted again.
-            let claim = std::fs::read_to_string(task::claim_path(&manifest.marker)).unwrap_or_default();
-            if claim.trim() == "withdrawn" {
+            if task::withdrawn(&manifest.marker) {
                 extra.push(name);
                 continue;
             }
@@ -1053,6 +1067,23 @@ fn adoptable(work_dir: &Path) -> HashMap<u64, Adoptable> {
         let _ = cmd::scancel(&extra);
     }
     out
+}
+
+/// Claim Slurm task `name` (completion marker `marker`) as withdrawn: `Ok(true)` if this
+/// start of it will never run its program. A task that has started once and now waits in
+/// the queue again (requeued after a preemption or a node failure) is claimed for its next
+/// start, the one scontrol's `Restarts=` counts.
+fn claim_withdrawal(marker: &Path, name: &str) -> std::io::Result<bool> {
+    use task::{Claim, claim, claim_path};
+    if claim(&claim_path(marker, 0), Claim::Withdrawn)? == Claim::Withdrawn {
+        return Ok(true);
+    }
+    match cmd::scontrol_restarts(name) {
+        Some((restarts, state)) if restarts > 0 && matches!(state.as_str(), "PENDING" | "REQUEUED") => {
+            Ok(claim(&claim_path(marker, restarts), Claim::Withdrawn)? == Claim::Withdrawn)
+        }
+        _ => Ok(false),
+    }
 }
 
 fn code_or_signal(code: i32, signal: i32) -> (Option<i32>, Option<i32>) {
@@ -1217,7 +1248,7 @@ fn finish(
     let status = match state {
         // Withdrawn by the claim: its program never ran, whatever Slurm made of the rest
         // (the task runner may have seen the claim and exited before the cancel came).
-        _ if t.withdrawn && done.is_none() => {
+        _ if t.never_ran && done.is_none() => {
             ExitStatus::Ended { reason: EndReason::Cancelled, code: None, signal: None }
         }
         "COMPLETED" => program(code.or(Some(0)), signal),
@@ -1269,6 +1300,7 @@ mod tests {
             slot: 1,
             vanished_at: None,
             withdrawn: false,
+            never_ran: false,
         }
     }
 
@@ -1314,7 +1346,7 @@ mod tests {
         // (the task runner may have exited on the claim before the cancel came).
         std::fs::remove_file(&marker).unwrap();
         for state in ["CANCELLED", "COMPLETED"] {
-            let t = Tracked { withdrawn: true, ..tracked(marker.clone(), out.clone(), vec![]) };
+            let t = Tracked { withdrawn: true, never_ran: true, ..tracked(marker.clone(), out.clone(), vec![]) };
             let e = finish(&shared, &id, &t, state, None, None, None, None).exit;
             assert_eq!(
                 e.status,
@@ -1327,8 +1359,10 @@ mod tests {
     #[test]
     fn the_first_to_claim_a_task_decides_whether_it_runs() {
         let dir = tempfile::tempdir().unwrap();
-        let path = task::claim_path(&dir.path().join("3.done"));
+        let marker = dir.path().join("3.done");
+        let path = task::claim_path(&marker, 0);
         assert_eq!(path, dir.path().join("3.claim"));
+        assert_eq!(task::claim_path(&marker, 2), dir.path().join("3.r2.claim"));
         // The supervisor first: the task runner, starting late, finds it withdrawn.
         assert_eq!(task::claim(&path, task::Claim::Withdrawn).unwrap(), task::Claim::Withdrawn);
         assert_eq!(task::claim(&path, task::Claim::Started).unwrap(), task::Claim::Withdrawn);
@@ -1353,5 +1387,16 @@ mod tests {
             handles.into_iter().map(|h| h.join().unwrap()).map(|(_, held)| held).collect()
         });
         assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+        // A claim that says nothing known is an error, after a moment's patience.
+        std::fs::write(&path, "").unwrap();
+        assert!(task::claim(&path, task::Claim::Withdrawn).is_err());
+        // What a resume looks at: the latest start's claim. Started, then requeued and
+        // withdrawn before its second start: withdrawn; started again: not.
+        std::fs::write(&path, "started").unwrap();
+        assert!(!task::withdrawn(&marker));
+        assert_eq!(task::claim(&task::claim_path(&marker, 1), task::Claim::Withdrawn).unwrap(), task::Claim::Withdrawn);
+        assert!(task::withdrawn(&marker));
+        std::fs::write(task::claim_path(&marker, 1), "started").unwrap();
+        assert!(!task::withdrawn(&marker));
     }
 }

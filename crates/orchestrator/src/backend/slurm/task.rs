@@ -129,30 +129,68 @@ impl Claim {
     }
 }
 
-/// The claim file of the task whose completion marker is `marker`.
-pub(crate) fn claim_path(marker: &Path) -> PathBuf {
-    marker.with_extension("claim")
+/// The claim file of one start of the task whose completion marker is `marker`: its first
+/// (`restarts` 0) or, after Slurm requeued it (a preemption, a node failure), its
+/// `restarts`-th (`SLURM_RESTART_COUNT`, scontrol's `Restarts=`). Each start is claimed
+/// anew: a requeued task waiting in the queue can be withdrawn like one that never ran.
+pub(crate) fn claim_path(marker: &Path, restarts: u32) -> PathBuf {
+    if restarts == 0 { marker.with_extension("claim") } else { marker.with_extension(format!("r{restarts}.claim")) }
 }
 
 /// Claim the task for `who`; returns who holds the claim (`who`, or the other side if it
-/// was first). The file appears with its contents at once (a temporary file linked into
-/// place, which fails if the name exists, on NFS too), so the loser never reads it empty.
-/// A requeued task finds its own earlier `started`.
+/// was first). The file appears with its contents whole (a temporary file, synced, then
+/// linked into place, which fails if the name exists, on NFS too); a loser that still reads
+/// it empty (a network filesystem's cache) looks again for a moment.
 pub(crate) fn claim(path: &Path, who: Claim) -> io::Result<Claim> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new().prefix(".claim").tempfile_in(dir)?;
-    io::Write::write_all(&mut tmp, who.word().as_bytes())?;
-    match tmp.persist_noclobber(path) {
-        Ok(_) => Ok(who),
-        Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
-            let held = std::fs::read_to_string(path)?;
-            match held.trim() {
-                "started" => Ok(Claim::Started),
-                "withdrawn" => Ok(Claim::Withdrawn),
-                other => Err(io::Error::other(format!("{}: unknown claim {other:?}", path.display()))),
-            }
+    let made = (|| {
+        let mut tmp = tempfile::Builder::new().prefix(".claim").tempfile_in(dir)?;
+        io::Write::write_all(&mut tmp, who.word().as_bytes())?;
+        tmp.as_file().sync_all()?;
+        Ok::<_, io::Error>(tmp)
+    })();
+    let error = match made.map(|tmp| tmp.persist_noclobber(path)) {
+        Ok(Ok(_)) => return Ok(who),
+        Ok(Err(e)) => e.error,
+        Err(e) => e,
+    };
+    // The name was taken (by the other side), or the file could not be made (a full disk,
+    // a quota): the other side may hold the claim all the same.
+    let exists = error.kind() == io::ErrorKind::AlreadyExists;
+    for _ in 0..if exists { 25 } else { 1 } {
+        if let Some(held) = held(path) {
+            return Ok(held);
         }
-        Err(e) => Err(e.error),
+        if exists {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    Err(if exists {
+        io::Error::other(format!("{}: a claim that says neither started nor withdrawn", path.display()))
+    } else {
+        error
+    })
+}
+
+/// Whether the latest start of the task whose completion marker is `marker` was claimed as
+/// withdrawn (by a run that may have died before it cancelled the task).
+pub(crate) fn withdrawn(marker: &Path) -> bool {
+    let mut latest = None;
+    for restarts in 0.. {
+        match held(&claim_path(marker, restarts)) {
+            Some(h) => latest = Some(h),
+            None => break,
+        }
+    }
+    latest == Some(Claim::Withdrawn)
+}
+
+/// Who holds the claim at `path`, if anyone does.
+fn held(path: &Path) -> Option<Claim> {
+    match std::fs::read_to_string(path).ok()?.trim() {
+        "started" => Some(Claim::Started),
+        "withdrawn" => Some(Claim::Withdrawn),
+        _ => None,
     }
 }
 
@@ -182,7 +220,8 @@ fn main(dir: &Path) -> io::Result<u8> {
     let text = std::fs::read(&path).map_err(|e| io::Error::other(format!("cannot read {}: {e}", path.display())))?;
     let manifest: Manifest =
         serde_json::from_slice(&text).map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
-    match claim(&claim_path(&manifest.marker), Claim::Started) {
+    let restarts = std::env::var("SLURM_RESTART_COUNT").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    match claim(&claim_path(&manifest.marker, restarts), Claim::Started) {
         Ok(Claim::Started) => {}
         // The supervisor withdrew it first (and cancels it): the job never runs here.
         Ok(Claim::Withdrawn) => {
