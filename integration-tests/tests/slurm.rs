@@ -541,7 +541,10 @@ fn slurm_halt_soon_cancels_the_queued_tasks_after_a_failure() {
     let out = sb
         .cmd()
         .args(["-c", cfg.to_str().unwrap(), "-m", "task=1..5", &format!("hydra.job.name={name}"), "--"])
-        .args([fixture(), "fail-on", "1"])
+        // The others take a while: however slow the supervisor is to see the failure (its
+        // squeue polls back off to 2 s, more on a loaded machine), at most one of them can
+        // have started by then (the throttle is 1).
+        .args(["/bin/bash", "-c", "case \"$1\" in task=1) exit 3;; *) sleep 5;; esac", "job"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
