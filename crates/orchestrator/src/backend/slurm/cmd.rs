@@ -287,15 +287,8 @@ pub(crate) fn parse_sacct(text: &str) -> HashMap<String, Accounted> {
 /// `scontrol -o show job <array>_<task>`: its state and exit code, for a task that ended
 /// without writing its marker while accounting is off.
 pub(crate) fn scontrol_job(task: &str) -> Option<Accounted> {
-    let out = run("scontrol", &["-o".into(), "show".into(), "job".into(), task.into()]).ok()?;
-    if !out.ok {
-        return None;
-    }
-    let line = out.stdout.lines().next()?;
-    let get = |key: &str| {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')).map(str::to_string))
-    };
+    let line = scontrol_show(task)?;
+    let get = |key: &str| scontrol_field(&line, key).map(str::to_string);
     let (code, signal) = get("ExitCode").and_then(|e| {
         let (c, s) = e.split_once(':')?;
         Some((c.parse().ok()?, s.parse().ok()?))
@@ -312,16 +305,25 @@ pub(crate) fn scontrol_job(task: &str) -> Option<Accounted> {
 
 /// How many times Slurm has requeued `task` (`Restarts=`), and its state now.
 pub(crate) fn scontrol_restarts(task: &str) -> Option<(u32, String)> {
+    parse_restarts(&scontrol_show(task)?)
+}
+
+fn parse_restarts(line: &str) -> Option<(u32, String)> {
+    Some((scontrol_field(line, "Restarts")?.parse().ok()?, scontrol_field(line, "JobState")?.to_string()))
+}
+
+/// `scontrol -o show job <task>`: its one line of `Key=value` fields.
+fn scontrol_show(task: &str) -> Option<String> {
     let out = run("scontrol", &["-o".into(), "show".into(), "job".into(), task.into()]).ok()?;
     if !out.ok {
         return None;
     }
-    parse_restarts(out.stdout.lines().next()?)
+    out.stdout.lines().next().map(str::to_string)
 }
 
-fn parse_restarts(line: &str) -> Option<(u32, String)> {
-    let get = |key: &str| line.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='));
-    Some((get("Restarts")?.parse().ok()?, get("JobState")?.to_string()))
+/// The value of `key` in a line of `scontrol -o` (`Key=value` fields).
+fn scontrol_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// `scancel` with `args`; what it said when it failed (a task already gone is not worth a

@@ -191,10 +191,17 @@ struct Tracked {
     slot: usize,
     /// When it was first missing from squeue without a final state.
     vanished_at: Option<Instant>,
-    /// Cancelled while queued: the run was draining.
-    withdrawn: bool,
-    /// Withdrawn with its claim won: its program never ran (this start of it).
-    never_ran: bool,
+    /// Cancelled while queued (the run was draining), and how.
+    withdrawn: Option<Withdrawal>,
+}
+
+/// How a task was withdrawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Withdrawal {
+    /// With its claim won: its program never ran (this start of it).
+    Claimed,
+    /// Cancelled without the claim (it could not be made): it may have started.
+    Unclaimed,
 }
 
 #[derive(Default)]
@@ -204,8 +211,8 @@ struct State {
     tasks: HashMap<TaskId, Tracked>,
     signals: Vec<(TaskId, i32)>,
     /// Queued tasks to cancel: the run is draining.
-    /// Tasks to cancel as withdrawn, and whether the claim was won (else it may have run).
-    withdrawals: Vec<(TaskId, bool)>,
+    /// Tasks to cancel as withdrawn, and how.
+    withdrawals: Vec<(TaskId, Withdrawal)>,
     /// First attempts submitted so far.
     first_submitted: u64,
     batches: u32,
@@ -529,8 +536,8 @@ impl Attempt for SlurmAttempt {
             let claimed = tokio::task::spawn_blocking(move || claim_withdrawal(&marker, &name))
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
-            let won = match claimed {
-                Ok(true) => true,
+            let how = match claimed {
+                Ok(true) => Withdrawal::Claimed,
                 Ok(false) => {
                     tracing::debug!("Slurm task {} started before it was withdrawn: it runs on", task.name());
                     return false;
@@ -539,12 +546,12 @@ impl Attempt for SlurmAttempt {
                 // as halted, with the signal that ended it).
                 Err(e) => {
                     tracing::warn!("cannot claim Slurm task {} to withdraw it ({e}): cancelling it", task.name());
-                    false
+                    Withdrawal::Unclaimed
                 }
             };
             {
                 let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-                st.withdrawals.push((task, won));
+                st.withdrawals.push((task, how));
             }
             self.shared.wake.notify_all();
             true
@@ -721,10 +728,9 @@ fn drive(shared: &Shared) {
         }
         if !st.withdrawals.is_empty() {
             let withdrawn = std::mem::take(&mut st.withdrawals);
-            for (id, won) in &withdrawn {
+            for (id, how) in &withdrawn {
                 if let Some(t) = st.tasks.get_mut(id) {
-                    t.withdrawn = true;
-                    t.never_ran = *won;
+                    t.withdrawn = Some(*how);
                 }
             }
             let ids: Vec<String> = withdrawn.iter().map(|(id, _)| id.name()).collect();
@@ -987,8 +993,7 @@ fn register(id: TaskId, m: &Manifest, out: PathBuf) -> (Submitted, Tracked) {
         node: None,
         slot: m.slot,
         vanished_at: None,
-        withdrawn: false,
-        never_ran: false,
+        withdrawn: None,
     };
     (submitted, tracked)
 }
@@ -1159,7 +1164,7 @@ fn poll(shared: &Shared, arrays: &[u64], warned: &mut Option<String>) -> bool {
                     || seen.is_none()
                     || t.state.is_some()
                     || !t.signaled.is_empty()
-                    || t.withdrawn
+                    || t.withdrawn.is_some()
                 {
                     forgotten.push(id.clone());
                 }
@@ -1185,7 +1190,7 @@ fn poll(shared: &Shared, arrays: &[u64], warned: &mut Option<String>) -> bool {
                 (None, Some(_)) => Ok(finish(shared, &id, t, "COMPLETED", None, None, None, None)),
                 // We cancelled it, and it left no trace: it never ran (pending tasks
                 // cancelled are not listed by squeue, and sacct lags behind).
-                (None, None) if !t.signaled.is_empty() || t.withdrawn => {
+                (None, None) if !t.signaled.is_empty() || t.withdrawn.is_some() => {
                     Ok(finish(shared, &id, t, "CANCELLED", None, None, None, None))
                 }
                 // sacct can be seconds behind: give it time before calling the task lost.
@@ -1219,11 +1224,16 @@ fn finish(
     end: Option<DateTime<Utc>>,
 ) -> Ended {
     let done = read_marker(&t.marker);
+    // Withdrawn by the claim: its program never ran, whatever Slurm made of the rest (the
+    // task runner may have seen the claim and exited before the cancel came).
+    let never_ran = t.withdrawn == Some(Withdrawal::Claimed) && done.is_none();
     // Without a marker: the exit code from sacct, else scontrol (while it holds the job).
     let (code, signal) = match (&done, accounted) {
         (Some(d), _) => (d.code, d.signal),
         // Slurm's `code:signal`: a signal means no exit code (`0:9`).
         (None, Some((c, s))) => code_or_signal(c, s),
+        // No program, no exit code to ask for.
+        (None, None) if never_ran => (None, None),
         (None, None) => match cmd::scontrol_job(&id.name()) {
             Some(a) => code_or_signal(a.code, a.signal),
             None => (None, None),
@@ -1246,11 +1256,7 @@ fn finish(
             .unwrap_or(false)
     };
     let status = match state {
-        // Withdrawn by the claim: its program never ran, whatever Slurm made of the rest
-        // (the task runner may have seen the claim and exited before the cancel came).
-        _ if t.never_ran && done.is_none() => {
-            ExitStatus::Ended { reason: EndReason::Cancelled, code: None, signal: None }
-        }
+        _ if never_ran => ExitStatus::Ended { reason: EndReason::Cancelled, code: None, signal: None },
         "COMPLETED" => program(code.or(Some(0)), signal),
         "FAILED" if signal == Some(libc::SIGKILL) && oom_note() => ended(EndReason::OutOfMemory),
         "FAILED" => program(code.or(Some(1)), signal),
@@ -1299,8 +1305,7 @@ mod tests {
             node: Some("n1".into()),
             slot: 1,
             vanished_at: None,
-            withdrawn: false,
-            never_ran: false,
+            withdrawn: None,
         }
     }
 
@@ -1346,7 +1351,7 @@ mod tests {
         // (the task runner may have exited on the claim before the cancel came).
         std::fs::remove_file(&marker).unwrap();
         for state in ["CANCELLED", "COMPLETED"] {
-            let t = Tracked { withdrawn: true, never_ran: true, ..tracked(marker.clone(), out.clone(), vec![]) };
+            let t = Tracked { withdrawn: Some(Withdrawal::Claimed), ..tracked(marker.clone(), out.clone(), vec![]) };
             let e = finish(&shared, &id, &t, state, None, None, None, None).exit;
             assert_eq!(
                 e.status,
