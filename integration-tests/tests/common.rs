@@ -19,15 +19,18 @@ pub fn fixture() -> &'static str {
 /// the process's stderr. The harness captures `eprintln!` of a passing test, and a skip must
 /// be seen (`.ci/run` counts these lines and takes them off the passed count).
 pub fn skip(what: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "skipped: {what}");
+    say("skipped", what);
 }
 
 /// Say that a part of a test did not run here while the rest did: `partly skipped: <what>`,
 /// seen in CI's log but not counted as a skipped test.
 pub fn partly_skipped(what: &str) {
+    say("partly skipped", what);
+}
+
+fn say(label: &str, what: &str) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "partly skipped: {what}");
+    let _ = writeln!(std::io::stderr().lock(), "{label}: {what}");
 }
 
 /// Where the cgroup2 filesystem is mounted, from our `/proc/self/mountinfo`.

@@ -589,9 +589,10 @@ fn slurm_halt_soon_withdraws_a_requeued_task_waiting_to_run_again() {
         script,
         "job",
     ]);
-    let running = |task: &str| queued(&name).iter().any(|l| l.starts_with(task) && l.ends_with("|RUNNING"));
-    let first =
-        || queued(&name).iter().find_map(|l| l.split('|').next().filter(|t| t.ends_with("_0")).map(str::to_string));
+    // Job 0's task, `<array>_0`, while squeue says it runs.
+    let running = || {
+        queued(&name).iter().find_map(|l| l.strip_suffix("|RUNNING").filter(|t| t.ends_with("_0")).map(str::to_string))
+    };
     // Running, and its program started (the task runner has claimed its start): a requeue
     // before that would leave a task that never ran, withdrawn as any queued one.
     let claimed = |sb: &Sandbox| {
@@ -599,8 +600,8 @@ fn slurm_halt_soon_withdraws_a_requeued_task_waiting_to_run_again() {
             .first()
             .is_some_and(|d| std::fs::read_to_string(d.join(".slurm/b0/0.claim")).is_ok_and(|c| c == "started"))
     };
-    wait_for(60, "job 0 running", || first().is_some_and(|t| running(&t)) && claimed(&sb));
-    let task = first().unwrap();
+    wait_for(60, "job 0 running", || running().is_some() && claimed(&sb));
+    let task = running().unwrap();
     let requeued = Command::new("scontrol").args(["requeue", &task]).output().unwrap();
     assert!(requeued.status.success(), "{}", String::from_utf8_lossy(&requeued.stderr));
     let t0 = Instant::now();

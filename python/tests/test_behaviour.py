@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, List
 
@@ -218,8 +219,6 @@ def test_admission_settings_reach_the_run(hydra_sweep_runner: TSweepRunner, tmp_
     with sweep(hydra_sweep_runner, returns_values, tmp_path, *overrides) as s:
         assert [r.status for r in s.returns[0]] == [JobStatus.COMPLETED] * 3
         records = journal(tmp_path)
-    from datetime import datetime
-
     starts = sorted(datetime.fromisoformat(r["start"].replace("Z", "+00:00")) for r in records)
     gaps = [(b - a).total_seconds() for a, b in zip(starts, starts[1:])]
     assert all(g >= 0.39 for g in gaps), gaps

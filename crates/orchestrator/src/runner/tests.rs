@@ -66,6 +66,11 @@ fn timeline(backend: &FakeBackend, t0: Instant) -> Vec<(u64, u32, f64, Happened)
     backend.history().iter().map(|e| (e.num, e.attempt, (e.at - t0).as_secs_f64(), e.what)).collect()
 }
 
+/// (job, seconds from `t0`) of each start, in order.
+fn started_at(backend: &FakeBackend, t0: Instant) -> Vec<(u64, f64)> {
+    timeline(backend, t0).into_iter().filter(|e| e.3 == Happened::Started).map(|e| (e.0, e.2)).collect()
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_timeout_sends_sigterm_then_sigkill_after_the_grace_period() {
     let backend = FakeBackend::new(|_, _| Script::exits(0, 3600 * S).ignoring_signals());
@@ -398,8 +403,7 @@ async fn admission_spaces_the_starts_and_holds_jobs_while_memory_is_short() {
     }));
     let (_, events) = run_jobs(opts, (0..3).map(|n| job(n).into()).collect(), no_stop()).await;
     assert_eq!(finished(&events).len(), 3);
-    let mut starts: Vec<f64> =
-        timeline(&backend, t0).into_iter().filter(|e| e.3 == Happened::Started).map(|e| e.2).collect();
+    let mut starts: Vec<f64> = started_at(&backend, t0).into_iter().map(|(_, at)| at).collect();
     starts.sort_by(f64::total_cmp);
     // Held until 5 s (checked every 0.1 s), then one a second.
     assert_eq!(starts.len(), 3);
@@ -421,8 +425,7 @@ async fn the_start_delay_counts_from_the_last_real_start() {
     opts.admission.start_delay = Some(S);
     let (_, events) = run_jobs(opts, (0..3).map(|n| job(n).into()).collect(), no_stop()).await;
     assert_eq!(finished(&events).len(), 3);
-    let starts: Vec<(u64, f64)> =
-        timeline(&backend, t0).into_iter().filter(|e| e.3 == Happened::Started).map(|e| (e.0, e.2)).collect();
+    let starts = started_at(&backend, t0);
     assert_eq!(starts, [(0, 2.5), (1, 3.5), (2, 4.5)]);
 }
 
@@ -444,8 +447,7 @@ async fn a_stop_while_a_start_holds_the_turn_leaves_the_waiting_jobs_unstarted()
         std::future::pending::<()>().await;
     });
     let (summary, events) = run_jobs(opts, (0..3).map(|n| job(n).into()).collect(), stop_rx).await;
-    let starts: Vec<(u64, f64)> =
-        timeline(&backend, t0).into_iter().filter(|e| e.3 == Happened::Started).map(|e| (e.0, e.2)).collect();
+    let starts = started_at(&backend, t0);
     assert_eq!(starts, [(0, 5.0)]);
     assert_eq!(finished(&events).iter().map(|r| r.num).collect::<Vec<_>>(), [0]);
     assert!(summary.stopped_early);
@@ -461,8 +463,7 @@ async fn a_job_that_cannot_start_does_not_hold_the_next_one_back() {
     opts.admission.start_delay = Some(10 * S);
     let (_, events) = run_jobs(opts, (0..2).map(|n| job(n).into()).collect(), no_stop()).await;
     assert_eq!(finished(&events).len(), 2);
-    let starts: Vec<(u64, f64)> =
-        timeline(&backend, t0).into_iter().filter(|e| e.3 == Happened::Started).map(|e| (e.0, e.2)).collect();
+    let starts = started_at(&backend, t0);
     // Job 0's failed start is no start: job 1 goes as soon as it failed, not 10 s later.
     assert_eq!(starts, [(1, 1.0)]);
 }
